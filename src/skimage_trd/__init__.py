@@ -1,0 +1,26 @@
+"""Trained nonlinear reaction diffusion (TRD) image restoration.
+
+Chen, Yu & Pock, "On learning optimized reaction diffusion processes for
+effective image restoration", CVPR 2015.
+"""
+
+from ._basis import dct_filter_basis
+from ._denoise import denoise_trd
+from ._matlab import import_matlab_model
+from ._model import ModelFileError, TRDModel
+from ._reference import stage_reference, trd_reference
+from ._registry import list_models, load_model
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "denoise_trd",
+    "load_model",
+    "list_models",
+    "TRDModel",
+    "ModelFileError",
+    "dct_filter_basis",
+    "import_matlab_model",
+    "stage_reference",
+    "trd_reference",
+]

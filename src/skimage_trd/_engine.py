@@ -1,0 +1,235 @@
+"""Run a TRD model over a 2-D image on one of the backends, whole or in tiles.
+
+Backends
+--------
+``'numpy'``
+    The readable reference of ``_reference.py`` (slow; for checking).
+``'numba'``
+    Fused parallel CPU kernels (``_numba_kernels.py``).
+``'cupy'``
+    GPU kernels (``_cupy_kernels.py``), for CuPy arrays.
+
+All work on the model's [0, 255] intensity scale; the public functions map
+the user's intensities onto it.
+
+Tiling
+------
+Stage ``t`` of an image pixel depends on the pixels within ``2 r`` of it at
+stage ``t - 1``, so the output at a pixel depends only on the input within
+``halo = n_stages * 2 r``. A tile grown by ``halo`` on each side (clipped at
+the image border, where the symmetric boundary rule applies as for the whole
+image) therefore gives exactly the whole-image result inside the tile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._influence import build_table, rbf_reach_terms
+
+__all__ = ["run_model", "BACKENDS", "iter_tiles"]
+
+BACKENDS = ("numpy", "numba", "cupy")
+
+# Influence-function table accuracy (absolute, on the [0, 255] scale).
+TABLE_TOLERANCE = 1e-5
+
+
+@dataclass(frozen=True)
+class PreparedStage:
+    filters: np.ndarray  # (N, F, F), compute dtype
+    weights: np.ndarray  # (N, J), compute dtype
+    coef: np.ndarray  # (N, n_intervals, 4), compute dtype
+    x0: float
+    inv_h: float
+    lam: float
+
+
+@dataclass(frozen=True)
+class Prepared:
+    stages: tuple
+    mu0: float
+    delta: float
+    beta: float
+    reach: int
+
+
+_prepared_cache: dict = {}
+_prepared_lock = threading.Lock()
+
+
+def model_fingerprint(model) -> str:
+    h = hashlib.sha1()
+    for arr in (model.filters, model.weights, model.centers, model.lambdas):
+        if arr is not None:
+            h.update(np.ascontiguousarray(arr).tobytes())
+    h.update(repr(model.precision).encode())
+    return h.hexdigest()
+
+
+def prepare(model, dtype) -> Prepared:
+    """Per-stage arrays in ``dtype`` and influence tables, cached per model content."""
+    dtype = np.dtype(dtype)
+    key = (model_fingerprint(model), dtype.str)
+    with _prepared_lock:
+        hit = _prepared_cache.get(key)
+    if hit is not None:
+        return hit
+    stages = []
+    for t in range(model.n_stages):
+        table = build_table(
+            model.weights[t], model.centers, model.precision, TABLE_TOLERANCE, dtype=dtype
+        )
+        lam = 0.0 if model.lambdas is None else float(model.lambdas[t])
+        stages.append(
+            PreparedStage(
+                filters=np.ascontiguousarray(model.filters[t], dtype=dtype),
+                weights=np.ascontiguousarray(model.weights[t], dtype=dtype),
+                coef=table.coef,
+                x0=table.x0,
+                inv_h=table.inv_h,
+                lam=lam,
+            )
+        )
+    prepared = Prepared(
+        stages=tuple(stages),
+        mu0=float(model.centers[0]),
+        delta=float(model.centers[1] - model.centers[0]),
+        beta=float(model.precision),
+        reach=rbf_reach_terms(model.centers, model.precision),
+    )
+    with _prepared_lock:
+        if len(_prepared_cache) > 32:
+            _prepared_cache.clear()
+        _prepared_cache[key] = prepared
+    return prepared
+
+
+def _run_numba(f, model, n_stages, exact, post_stage, progress):
+    from . import _numba_kernels as nk
+
+    prep = prepare(model, f.dtype)
+    r = model.radius
+    H, W = f.shape
+    padded = np.empty((H + 4 * r, W + 4 * r), dtype=f.dtype)
+    u = f
+    buffers = [np.empty_like(f), np.empty_like(f)]
+    for t in range(n_stages):
+        st = prep.stages[t]
+        nk.pad_symmetric(u, 2 * r, padded)
+        out = buffers[t % 2]
+        nk.trd_stage(
+            padded, f, st.lam, st.filters, st.coef, st.x0, st.inv_h, st.weights,
+            prep.mu0, prep.delta, prep.beta, prep.reach, exact, out,
+        )
+        if post_stage is not None:
+            out = post_stage(out, t)
+        u = out
+        if progress is not None:
+            progress(t + 1)
+    return u
+
+
+def _run_numpy(f, model, n_stages, exact, post_stage, progress):
+    from ._reference import diffusion_reference
+
+    u = f
+    for t in range(n_stages):
+        d = diffusion_reference(u, model.filters[t], model.weights[t], model.centers, model.precision)
+        lam = 0.0 if model.lambdas is None else float(model.lambdas[t])
+        u = u - (d + lam * (u - f))
+        if post_stage is not None:
+            u = post_stage(u, t)
+        if progress is not None:
+            progress(t + 1)
+    return u
+
+
+def _run_cupy(f, model, n_stages, exact, post_stage, progress):
+    from ._cupy_kernels import run_cupy
+
+    return run_cupy(f, model, n_stages, exact, post_stage, progress)
+
+
+_RUNNERS = {"numpy": _run_numpy, "numba": _run_numba, "cupy": _run_cupy}
+
+
+def iter_tiles(shape, tile_shape, halo):
+    """Yield (inner, outer) slices: the tile and the tile grown by ``halo`` (clipped)."""
+    H, W = shape
+    th, tw = tile_shape
+    for y0 in range(0, H, th):
+        y1 = min(H, y0 + th)
+        for x0 in range(0, W, tw):
+            x1 = min(W, x0 + tw)
+            oy0, oy1 = max(0, y0 - halo), min(H, y1 + halo)
+            ox0, ox1 = max(0, x0 - halo), min(W, x1 + halo)
+            yield (
+                (slice(y0, y1), slice(x0, x1)),
+                (slice(oy0, oy1), slice(ox0, ox1)),
+                (slice(y0 - oy0, y1 - oy0), slice(x0 - ox0, x1 - ox0)),
+            )
+
+
+def run_model(
+    f,
+    model,
+    *,
+    backend="numba",
+    n_stages=None,
+    exact=None,
+    tile_shape=None,
+    post_stage=None,
+    progress=None,
+):
+    """Run ``model`` on the 2-D image ``f`` (model scale) and return the result.
+
+    Parameters
+    ----------
+    f : ndarray (2-D, float32 or float64) or cupy.ndarray
+    model : TRDModel
+    backend : {'numpy', 'numba', 'cupy'}
+    n_stages : int, optional
+        Run only the first stages.
+    exact : bool, optional
+        Evaluate influence functions exactly instead of by table. Defaults to
+        True in float64 and False in float32.
+    tile_shape : (int, int), optional
+        Process in tiles of this size (plus the model's halo); the result is
+        identical to whole-image processing.
+    post_stage : callable(u, t) -> u, optional
+        Applied after each stage (the deblocking projection).
+    progress : callable(done, total), optional
+        Called after every stage of every tile.
+    """
+    if backend not in _RUNNERS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    n_stages = model.n_stages if n_stages is None else int(n_stages)
+    if exact is None:
+        exact = f.dtype == np.float64
+    runner = _RUNNERS[backend]
+    if tile_shape is None or (tile_shape[0] >= f.shape[0] and tile_shape[1] >= f.shape[1]):
+        cb = None if progress is None else (lambda done: progress(done, n_stages))
+        return runner(f, model, n_stages, exact, post_stage, cb)
+    if post_stage is not None:
+        raise ValueError("tiling is not available with a per-stage projection")
+    th, tw = (int(s) for s in tile_shape)
+    if th < 1 or tw < 1:
+        raise ValueError(f"tile_shape must be positive, got {tile_shape}")
+    halo = n_stages * 2 * model.radius
+    n_tiles = math.ceil(f.shape[0] / th) * math.ceil(f.shape[1] / tw)
+    total = n_tiles * n_stages
+    out = (f * 0) if backend == "cupy" else np.empty_like(f)
+    for k, (inner, outer, crop) in enumerate(iter_tiles(f.shape, (th, tw), halo)):
+        tile = f[outer]
+        if backend != "cupy":
+            tile = np.ascontiguousarray(tile)
+        cb = None if progress is None else (lambda done, k=k: progress(k * n_stages + done, total))
+        res = runner(tile, model, n_stages, exact, None, cb)
+        out[inner] = res[crop]
+    return out

@@ -1,0 +1,156 @@
+"""Numba CPU kernels of the TRD stage map (fast versions of ``_reference.py``).
+
+One stage is fused: the padded input, the output and one row strip of
+filter responses per thread are the only buffers. Rows are processed in
+strips (``STRIP`` output rows) in parallel; for each filter the strip's
+responses ``phi(k * u)`` are computed into a small buffer that stays in
+cache and immediately correlated with ``rot180(k)`` into the strip's
+accumulator.
+
+Compiled functions are cached on disk (``cache=True``), so a new process
+does not recompile.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+STRIP = 32  # output rows per parallel work item
+
+
+@njit(cache=True, inline="always")
+def _mirror(i, n):
+    # NumPy 'symmetric' padding (edge repeated), valid for any pad width.
+    j = i % (2 * n)
+    if j >= n:
+        j = 2 * n - 1 - j
+    return j
+
+
+@njit(cache=True)
+def pad_symmetric(u, p, out):
+    H, W = u.shape
+    for y in range(H + 2 * p):
+        sy = _mirror(y - p, H)
+        for x in range(W + 2 * p):
+            out[y, x] = u[sy, _mirror(x - p, W)]
+
+
+@njit(cache=True, inline="always")
+def _phi_table(z, coef, i, x0, inv_h, n_int):
+    t = (z - x0) * inv_h
+    if t < 0.0:
+        t = 0.0
+    n = int(t)
+    if n >= n_int:
+        n = n_int - 1
+        t = 1.0
+    else:
+        t = t - n
+    c = coef[i, n]
+    return ((c[3] * t + c[2]) * t + c[1]) * t + c[0]
+
+
+@njit(cache=True, inline="always")
+def _phi_exact(z, w, mu0, delta, beta, J, K):
+    # Gaussian RBF sum over the 2K+1 centres nearest to z; consecutive terms
+    # follow from the first by a recurrence, so only three exponentials are needed.
+    jc = int(math.floor((z - mu0) / delta + 0.5))
+    if jc < 0:
+        jc = 0
+    elif jc > J - 1:
+        jc = J - 1
+    d = z - (mu0 + jc * delta)
+    if abs(d) > (K + 1) * delta:
+        return 0.0 * z
+    g0 = math.exp(-0.5 * beta * d * d)
+    q = math.exp(-beta * delta * delta)
+    s = w[jc] * g0
+    # upwards: d_{j+1} = d_j - delta
+    g = g0
+    rho = math.exp(beta * delta * d - 0.5 * beta * delta * delta)
+    for j in range(jc + 1, min(J, jc + K + 1)):
+        g *= rho
+        rho *= q
+        s += w[j] * g
+    g = g0
+    rho = math.exp(-beta * delta * d - 0.5 * beta * delta * delta)
+    for j in range(jc - 1, max(-1, jc - K - 1), -1):
+        g *= rho
+        rho *= q
+        s += w[j] * g
+    return s
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def trd_stage(
+    padded, f, lam, filters, coef, x0, inv_h, weights, mu0, delta, beta, K, exact, out
+):
+    """One stage: ``out = u - (sum_i rot180(k_i) * phi_i(k_i * u) + lam (u - f))``.
+
+    ``padded`` is ``u`` padded symmetrically by ``2 r``. ``exact`` selects the
+    RBF sum for ``phi`` instead of the table ``coef``. Deblocking passes
+    ``lam = 0`` (its projection runs afterwards).
+    """
+    N, F, _ = filters.shape
+    r = F // 2
+    H = padded.shape[0] - 4 * r
+    W = padded.shape[1] - 4 * r
+    Wz = W + 2 * r
+    J = weights.shape[1]
+    n_int = coef.shape[1]
+    n_strips = (H + STRIP - 1) // STRIP
+    for s in prange(n_strips):
+        y0 = s * STRIP
+        h = min(STRIP, H - y0)
+        hz = h + 2 * r
+        z = np.empty((hz, Wz), dtype=padded.dtype)
+        acc = np.zeros((h, W), dtype=padded.dtype)
+        for i in range(N):
+            k = filters[i]
+            # responses v = phi_i(k_i * u) on rows y0 .. y0 + h + 2r of the 'valid' grid
+            for yy in range(hz):
+                row = z[yy]
+                row[:] = 0.0
+                for a in range(F):
+                    src = padded[y0 + yy + a]
+                    for b in range(F):
+                        kab = k[a, b]
+                        for x in range(Wz):
+                            row[x] += kab * src[x + b]
+                if exact:
+                    w = weights[i]
+                    for x in range(Wz):
+                        row[x] = _phi_exact(row[x], w, mu0, delta, beta, J, K)
+                else:
+                    for x in range(Wz):
+                        row[x] = _phi_table(row[x], coef, i, x0, inv_h, n_int)
+            # acc += rot180(k_i) * v  ('valid')
+            for yy in range(h):
+                arow = acc[yy]
+                for a in range(F):
+                    src = z[yy + a]
+                    for b in range(F):
+                        kab = k[F - 1 - a, F - 1 - b]
+                        for x in range(W):
+                            arow[x] += kab * src[x + b]
+        for yy in range(h):
+            urow = padded[y0 + yy + 2 * r]
+            frow = f[y0 + yy]
+            orow = out[y0 + yy]
+            arow = acc[yy]
+            for x in range(W):
+                uv = urow[x + 2 * r]
+                orow[x] = uv - (arow[x] + lam * (uv - frow[x]))
+
+
+def set_threads(n_threads):
+    """Set Numba's thread count; ``None`` leaves it unchanged. Returns the previous count."""
+    previous = numba.get_num_threads()
+    if n_threads is not None:
+        numba.set_num_threads(int(n_threads))
+    return previous

@@ -1,0 +1,74 @@
+"""The TRD stage map written once, in plain NumPy, to be read next to the paper.
+
+Paper Eq. 7 (Chen, Yu & Pock, CVPR 2015), with the boundary rule of the
+authors' code::
+
+    u_t = u_{t-1} - ( sum_i  kbar_ti * phi_ti(k_ti * u_{t-1})  +  lambda_t (u_{t-1} - f) )
+
+* ``k * u`` is correlation; ``kbar`` is ``k`` rotated by 180 degrees, so
+  ``kbar * v`` is convolution with ``k`` (the adjoint of correlation).
+* Each stage pads ``u_{t-1}`` symmetrically (edge pixel repeated) by ``2 r``,
+  correlates 'valid' with ``k`` (giving an image ``2 r`` larger than ``u``
+  on every side minus ``r``), applies ``phi`` and correlates 'valid' with
+  ``kbar``: the result has the shape of ``u`` again.
+* ``phi_ti(z) = sum_j w_tij exp(-beta / 2 (z - mu_j)**2)``, Gaussian RBFs.
+
+Every fast kernel (Numba, CuPy) is tested against these functions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "influence_reference",
+    "correlate_valid",
+    "stage_reference",
+    "trd_reference",
+]
+
+
+def influence_reference(z, weights, centers, precision):
+    """phi(z) = sum_j weights[j] exp(-precision / 2 (z - centers[j])**2)."""
+    out = np.zeros_like(z)
+    for w, mu in zip(weights, centers, strict=False):
+        out += float(w) * np.exp(-0.5 * float(precision) * (z - float(mu)) ** 2)
+    return out
+
+
+def correlate_valid(image, kernel):
+    """2-D correlation keeping only outputs whose window lies inside ``image``."""
+    kh, kw = kernel.shape
+    h, w = image.shape[0] - kh + 1, image.shape[1] - kw + 1
+    out = np.zeros((h, w), dtype=np.result_type(image, kernel))
+    for a in range(kh):
+        for b in range(kw):
+            out += kernel[a, b] * image[a : a + h, b : b + w]
+    return out
+
+
+def diffusion_reference(u, filters, weights, centers, precision):
+    """The diffusion term ``sum_i kbar_i * phi_i(k_i * u)`` with the symmetric boundary."""
+    r = filters.shape[-1] // 2
+    padded = np.pad(u, 2 * r, mode="symmetric")
+    out = np.zeros_like(u)
+    for k, w in zip(filters, weights, strict=False):
+        z = correlate_valid(padded, k.astype(u.dtype))
+        v = influence_reference(z, w, centers, precision)
+        out += correlate_valid(v, k[::-1, ::-1].astype(u.dtype))
+    return out
+
+
+def stage_reference(u, f, model, t):
+    """One denoising stage ``t`` (0-based) of ``model`` applied to ``u`` given the input ``f``."""
+    d = diffusion_reference(u, model.filters[t], model.weights[t], model.centers, model.precision)
+    return u - (d + float(model.lambdas[t]) * (u - f))
+
+
+def trd_reference(f, model, n_stages=None):
+    """Run the first ``n_stages`` (default all) denoising stages on ``f`` (2-D, [0, 255] scale)."""
+    f = np.asarray(f)
+    u = f
+    for t in range(model.n_stages if n_stages is None else n_stages):
+        u = stage_reference(u, f, model, t)
+    return u

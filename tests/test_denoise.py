@@ -1,0 +1,210 @@
+"""The public denoise_trd: dtype rules, shapes, channels, equivariance, errors, the oracle."""
+
+import numpy as np
+import pytest
+from conftest import AUTHORS, SHARED, random_model, require_shared
+from skimage import data
+
+from skimage_trd import denoise_trd, import_matlab_model
+from skimage_trd._engine import run_model
+
+
+@pytest.fixture(scope="module")
+def bank():
+    models = []
+    for i, s in enumerate((15.0, 25.0, 50.0)):
+        m = random_model(2, 5, seed=20 + i)
+        m.sigma = s
+        m.name = f"rand-s{s:g}"
+        models.append(m)
+    return models
+
+
+@pytest.fixture(scope="module")
+def noisy():
+    rng = np.random.default_rng(0)
+    clean = data.camera()[100:164, 200:260] / 255.0
+    return clean + 0.1 * rng.standard_normal(clean.shape)
+
+
+def test_matches_engine_on_model_scale(model, noisy):
+    out = denoise_trd(noisy, 0.1, model=model)
+    gain = model.sigma / 0.1
+    f = (noisy - noisy.mean()) * gain + 127.5
+    expected = (run_model(f, model) - 127.5) / gain + noisy.mean()
+    np.testing.assert_allclose(out, expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("a, b", [(3.0, 7.0), (0.01, -2.0), (255.0, 0.0)])
+def test_affine_equivariance(bank, noisy, a, b):
+    ref = denoise_trd(noisy, 0.1, model=bank)
+    out = denoise_trd(a * noisy + b, a * 0.1, model=bank)
+    np.testing.assert_allclose((out - b) / a, ref, atol=1e-9)
+
+
+def test_equivariance_with_estimated_sigma(bank, noisy):
+    ref = denoise_trd(noisy, model=bank)
+    out = denoise_trd(40 * noisy + 3, model=bank)
+    np.testing.assert_allclose((out - 3) / 40, ref, atol=1e-9)
+
+
+def test_bank_picks_nearest_sigma(bank, noisy):
+    # 0.2 on a ~[0, 1] image is ~51 on the [0, 255] scale: the sigma-50 model
+    out = denoise_trd(noisy, 0.2, model=bank, data_range=1.0)
+    assert np.allclose(out, denoise_trd(noisy, 0.2, model=bank[2]))
+    out = denoise_trd(noisy, 0.06, model=bank, data_range=1.0)
+    assert np.allclose(out, denoise_trd(noisy, 0.06, model=bank[0]))
+
+
+@pytest.mark.parametrize(
+    "dtype, out_dtype",
+    [(np.float16, np.float32), (np.float32, np.float32), (np.float64, np.float64),
+     (np.uint8, np.float64), (np.uint16, np.float64), (np.int16, np.float64)],
+)
+def test_dtypes(model, noisy, dtype, out_dtype):
+    if np.dtype(dtype).kind == "f":
+        img = noisy.astype(dtype)
+        sigma = 0.1
+    else:
+        top = np.iinfo(dtype).max
+        img = (np.clip(noisy, 0, 1) * top).astype(dtype)
+        sigma = 0.1 * top
+    out = denoise_trd(img, sigma, model=model)
+    assert out.dtype == out_dtype and out.shape == img.shape
+    assert np.all(np.isfinite(out))
+    if np.dtype(dtype).kind != "f":
+        low = -1.0 if np.dtype(dtype).kind == "i" else 0.0
+        assert out.min() >= low and out.max() <= 1
+        ref = denoise_trd(img.astype(np.float64) / top, 0.1, model=model)
+        np.testing.assert_allclose(out, np.clip(ref, low, 1), atol=1e-4)
+
+
+def test_preserve_range(model, noisy):
+    img = (np.clip(noisy, 0, 1) * 4095).astype(np.uint16)
+    out = denoise_trd(img, 409.5, model=model, preserve_range=True)
+    ref = denoise_trd(img.astype(np.float64), 409.5, model=model)
+    assert out.dtype == np.float64
+    np.testing.assert_allclose(out, np.clip(ref, 0, 65535), atol=1e-2)
+
+
+@pytest.mark.parametrize("channel_axis", [0, 1, 2, -1])
+def test_channel_axis(model, noisy, channel_axis):
+    rgb = np.stack([noisy, noisy[::-1], noisy[:, ::-1]], axis=-1)
+    img = np.moveaxis(rgb, -1, channel_axis)
+    out = denoise_trd(img, 0.1, model=model, channel_axis=channel_axis)
+    assert out.shape == img.shape
+    back = np.moveaxis(out, channel_axis, -1)
+    np.testing.assert_allclose(back[..., 1], denoise_trd(noisy[::-1], 0.1, model=model), atol=1e-12)
+
+
+def test_per_channel_sigma(model, noisy):
+    rgb = np.stack([noisy, noisy], axis=-1)
+    out = denoise_trd(rgb, [0.1, 0.05], model=model, channel_axis=-1)
+    np.testing.assert_allclose(out[..., 1], denoise_trd(noisy, 0.05, model=model), atol=1e-12)
+
+
+def test_stack_is_processed_plane_by_plane(model, noisy):
+    stack = np.stack([noisy, noisy[::-1]])
+    out = denoise_trd(stack, 0.1, model=model)
+    np.testing.assert_allclose(out[1], denoise_trd(noisy[::-1], 0.1, model=model), atol=1e-12)
+    four_d = stack[None]
+    assert denoise_trd(four_d, 0.1, model=model).shape == four_d.shape
+
+
+def test_sigma_zero_returns_input(model, noisy):
+    np.testing.assert_array_equal(denoise_trd(noisy, 0, model=model), noisy)
+
+
+def test_denoising_helps(model, noisy):
+    clean = data.camera()[100:164, 200:260] / 255.0
+    m = import_matlab_model(AUTHORS / "denoising" / "JointTraining_5x5_400_180x180_stage=5_sigma=25.mat") \
+        if AUTHORS.exists() else None
+    if m is None:
+        pytest.skip("needs a trained model")
+    out = denoise_trd(noisy, 0.1, model=m)
+    assert np.mean((out - clean) ** 2) < 0.3 * np.mean((noisy - clean) ** 2)
+
+
+def test_numpy_backend_and_threads_agree(model, noisy):
+    a = denoise_trd(noisy, 0.1, model=model, backend="numpy")
+    b = denoise_trd(noisy, 0.1, model=model, backend="numba", num_threads=1)
+    c = denoise_trd(noisy, 0.1, model=model, tile_shape=(20, 20))
+    np.testing.assert_allclose(a, b, atol=1e-10)
+    np.testing.assert_allclose(c, b, atol=1e-10)
+
+
+def test_progress(model, noisy):
+    calls = []
+    denoise_trd(np.stack([noisy] * 3), 0.1, model=model, progress=lambda d, t: calls.append((d, t)))
+    assert calls[-1] == (6, 6) and len(calls) == 6
+
+
+def test_calibrate_denoiser_works(model, noisy):
+    from skimage.restoration import calibrate_denoiser
+
+    best = calibrate_denoiser(noisy, denoise_trd, {"sigma": [0.05, 0.1], "model": [model]})
+    assert best(noisy).shape == noisy.shape
+
+
+@pytest.mark.parametrize(
+    "image, kwargs, exc, match",
+    [
+        (np.zeros(10), {}, ValueError, "at least 2 spatial"),
+        (np.zeros((0, 5)), {}, ValueError, "empty"),
+        (np.full((8, 8), np.nan), {}, ValueError, "NaN"),
+        (np.full((8, 8), np.inf), {}, ValueError, "NaN or infinite"),
+        (np.zeros((8, 8), complex), {}, TypeError, "complex"),
+        (np.zeros((8, 8), bool), {}, TypeError, "bool"),
+        (np.zeros((8, 8)), {"sigma": -1.0}, ValueError, "non-negative"),
+        (np.zeros((8, 8)), {"sigma": np.nan}, ValueError, "finite"),
+        (np.zeros((8, 8)), {"sigma": "x"}, TypeError, "sigma"),
+        (np.zeros((8, 8, 3)), {"channel_axis": 3}, ValueError, "out of range"),
+        (np.zeros((8, 8, 3)), {"channel_axis": (0, 1)}, ValueError, "single channel axis"),
+        (np.zeros((8, 3)), {"channel_axis": 1}, ValueError, "at least 2 spatial"),
+        (np.zeros((8, 8, 3)), {"channel_axis": -1, "sigma": [1, 2]}, ValueError, "one per channel"),
+        (np.zeros((8, 8)), {"model": "not-a-model"}, ValueError, "unknown model"),
+        (np.zeros((8, 8)), {"backend": "tpu"}, ValueError, "unknown backend"),
+        (np.zeros((8, 8)), {"tile_shape": (0, 4)}, ValueError, "tile_shape"),
+        (np.zeros((8, 8)), {"n_stages": 9}, ValueError, "n_stages"),
+    ],
+)
+def test_bad_input(model, image, kwargs, exc, match):
+    kwargs = {"sigma": 0.1, "model": model, **kwargs}
+    with pytest.raises(exc, match=match):
+        denoise_trd(image, **kwargs)
+
+
+def test_colour_without_channel_axis_warns(model):
+    with pytest.warns(UserWarning, match="channel_axis=-1"):
+        denoise_trd(np.zeros((8, 8, 3)), 0.1, model=model)
+
+
+def test_deblocking_model_refused(model):
+    deb = random_model(1, 5, task="deblock")
+    with pytest.raises(ValueError, match="deblock model"):
+        denoise_trd(np.zeros((8, 8)), 0.1, model=deb)
+
+
+# ------------------------------------------------------------------ the oracle (../shared)
+@pytest.mark.slow
+def test_bsd68_table1_sigma25_authors_7x7():
+    """The authors' 7x7 sigma-25 model over BSD68 gives the paper's 28.92 dB (PROTOCOLS.md)."""
+    from skimage.io import imread
+
+    folder = require_shared(SHARED / "data" / "bsd68")
+    m = import_matlab_model(AUTHORS / "denoising" / "JointTraining_7x7_400_180x180_stage=5_sigma=25.mat")
+    rng = np.random.default_rng(0)
+    scores = []
+    for path in sorted(folder.glob("*.png")):
+        clean = imread(path).astype(np.float64)
+        noisy = clean + 25 * rng.standard_normal(clean.shape)
+        out = run_model(noisy.astype(np.float32), m).astype(np.float64)
+        scores.append(10 * np.log10(255**2 / np.mean((np.clip(out, 0, 255) - clean) ** 2)))
+    assert len(scores) == 68
+    assert abs(np.mean(scores) - 28.92) < 0.01
+    # and one image through the public API on the [0, 1] scale, against the engine
+    clean = imread(sorted(folder.glob("*.png"))[0]).astype(np.float64)
+    noisy = clean + 25 * np.random.default_rng(0).standard_normal(clean.shape)
+    out = denoise_trd(noisy / 255, 25 / 255, model=m)
+    psnr = 10 * np.log10(1 / np.mean((np.clip(out, 0, 1) - clean / 255) ** 2))
+    assert abs(psnr - scores[0]) < 0.005

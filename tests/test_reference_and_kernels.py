@@ -1,0 +1,113 @@
+"""The readable NumPy reference against itself (adjointness) and the fast kernels against it."""
+
+import numpy as np
+import pytest
+from conftest import random_model
+
+from skimage_trd._engine import iter_tiles, run_model
+from skimage_trd._influence import build_table, influence_and_derivative
+from skimage_trd._reference import correlate_valid, influence_reference, trd_reference
+
+
+def test_correlation_adjoint_is_rotated_correlation():
+    # <k * x, y> == <x, rot180(k) * pad0(y)>: the 'kbar' of Eq. 7 is the adjoint of 'k'.
+    rng = np.random.default_rng(0)
+    k = rng.standard_normal((5, 5))
+    x = rng.standard_normal((20, 17))
+    y = rng.standard_normal((16, 13))
+    lhs = np.sum(correlate_valid(x, k) * y)
+    rhs = np.sum(x * correlate_valid(np.pad(y, 4), k[::-1, ::-1]))
+    assert np.isclose(lhs, rhs, rtol=1e-12)
+
+
+def test_stage_of_constant_image_is_identity(model):
+    # zero-mean filters see nothing in a constant image and u = f: nothing moves
+    f = np.full((23, 19), 87.0)
+    assert np.allclose(trd_reference(f, model), f, atol=1e-9)
+
+
+def test_influence_table_accuracy():
+    m = random_model(1, 5, seed=3)
+    table = build_table(m.weights[0], m.centers, m.precision, 1e-5)
+    assert table.max_error <= 1e-5
+    z = np.linspace(-500, 500, 20001)
+    phi, _ = influence_and_derivative(z, m.weights[0], m.centers, m.precision)
+    t = np.clip((z - table.x0) * table.inv_h, 0, table.n_intervals - 1e-12)
+    n = t.astype(int)
+    tt = t - n
+    c = table.coef[:, n]
+    approx = ((c[..., 3] * tt + c[..., 2]) * tt + c[..., 1]) * tt + c[..., 0]
+    assert np.max(np.abs(approx - phi)) < 2e-5
+    assert np.allclose(influence_reference(z[:50], m.weights[0, 0], m.centers, m.precision),
+                       phi[0, :50], rtol=1e-12, atol=1e-12)
+
+
+SHAPES = [(1, 1), (2, 3), (5, 4), (7, 7), (13, 9), (33, 65), (70, 31)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("kernel_size", [5, 7])
+def test_numba_equals_reference_float64(shape, kernel_size):
+    m = random_model(3, kernel_size, seed=kernel_size, wide_grid=kernel_size == 7)
+    rng = np.random.default_rng(sum(shape))
+    f = rng.uniform(0, 255, shape)
+    ref = trd_reference(f, m)
+    out = run_model(f, m, backend="numba")
+    assert out.dtype == np.float64 and out.shape == shape
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_numba_equals_reference_float32(shape):
+    m = random_model(3, 7, seed=11)
+    rng = np.random.default_rng(sum(shape) + 1)
+    f = rng.uniform(0, 255, shape)
+    ref = trd_reference(f, m)
+    out = run_model(f.astype(np.float32), m, backend="numba")
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, ref, rtol=0, atol=2e-3)
+    # the table path in float64 is as close as the table tolerance allows
+    out_t = run_model(f, m, backend="numba", exact=False)
+    np.testing.assert_allclose(out_t, ref, rtol=0, atol=2e-3)
+
+
+def test_reference_backend_matches_reference():
+    m = random_model(2, 5, seed=4)
+    f = np.random.default_rng(0).uniform(0, 255, (21, 18))
+    np.testing.assert_array_equal(run_model(f, m, backend="numpy"), trd_reference(f, m))
+
+
+def test_kernel_detects_a_wrong_model():
+    # the comparison above can fail: a changed weight changes the output
+    m = random_model(2, 5, seed=4)
+    f = np.random.default_rng(0).uniform(0, 255, (21, 18))
+    m2 = m.copy()
+    m2.weights[1, 3, 30] += 1.0
+    assert np.abs(run_model(f, m2, backend="numba") - trd_reference(f, m)).max() > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("tile", [(16, 16), (25, 40), (1, 7), (64, 3)])
+def test_tiled_equals_whole(dtype, tile):
+    m = random_model(3, 5, seed=5)
+    f = np.random.default_rng(1).uniform(0, 255, (57, 45)).astype(dtype)
+    whole = run_model(f, m, backend="numba")
+    tiled = run_model(f, m, backend="numba", tile_shape=tile)
+    np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-4 if dtype == np.float32 else 1e-10)
+
+
+def test_tiles_cover_the_image_once():
+    count = np.zeros((37, 29), int)
+    for inner, outer, _crop in iter_tiles(count.shape, (10, 8), 6):
+        count[inner] += 1
+        assert outer[0].start <= inner[0].start and outer[0].stop >= inner[0].stop
+    assert np.all(count == 1)
+
+
+def test_progress_and_partial_stages():
+    m = random_model(3, 5, seed=6)
+    f = np.random.default_rng(2).uniform(0, 255, (20, 20))
+    seen = []
+    out = run_model(f, m, n_stages=2, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(1, 2), (2, 2)]
+    np.testing.assert_allclose(out, trd_reference(f, m, n_stages=2), atol=1e-8)
