@@ -1,0 +1,869 @@
+"""Gradients of the TRD stage map for training (Chen, Yu & Pock, CVPR 2015, Eqs. 4, 10, 11).
+
+One denoising stage (paper Eq. 7, [0, 255] scale) maps ``u = u_{t-1}`` to::
+
+    u_t = u - ( sum_i kbar_i * phi_i(k_i * pad(u)) + lambda (u - f) )
+
+with ``pad`` the symmetric padding by ``2 r``, ``*`` 'valid' correlation and
+``kbar_i = rot180(k_i)``. Training parameterises each stage by
+
+* ``coefficients`` ``a`` of shape ``(N, m)``: filter ``k_i = c_i / ||c_i||``
+  with ``c_i = sum_c a_ic B_c`` and ``B`` the zero-mean DCT basis
+  (:func:`skimage_trd.dct_filter_basis`, ``m = kernel_size**2 - 1`` atoms);
+* ``weights`` ``w`` of shape ``(N, J)``: ``phi_i(z) = sum_j w_ij G_j(z)``,
+  ``G_j(z) = exp(-beta / 2 (z - mu_j)**2)``;
+* ``log_lambda`` ``theta``: ``lambda = exp(theta)``.
+
+Backward pass of one stage
+--------------------------
+Write ``P = pad(u)`` (shape ``(H + 4r, W + 4r)``), ``z_i = k_i * P`` and
+``v_i = phi_i(z_i)`` (shape ``(H + 2r, W + 2r)``, the "response grid" ``q``),
+and let ``g = dL/du_t`` be the incoming adjoint. Then, with ``Gd`` the image
+``-g`` padded by ``2 r`` zeros on every side (shape of ``P``)::
+
+    e_i[q]         = sum_ab k_i[a, b] Gd[q + (a, b)]        dL/dv_i   (= kbar_i adjoint)
+    s_i[q]         = e_i[q] phi_i'(z_i[q])                   dL/dz_i
+    dL/dw_ij       = sum_q e_i[q] G_j(z_i[q])
+    dL/dk_i[a, b]  = sum_q s_i[q] P[q + (a, b)]  +  sum_q v_i[q] Gd[q + (a, b)]
+    dL/dP[x]       = sum_i sum_ab k_i[a, b] s_i[x - (a, b)]   (full convolution)
+    dL/du          = (1 - lambda) g + pad^T(dL/dP)
+    dL/dtheta      = -lambda sum_p g[p] (u[p] - f[p])
+
+The second term of ``dL/dk`` is the ``kbar`` term: ``d[p] = sum_ab k[a, b]
+v[p + (F-1-a, F-1-b)]``, which re-indexed over the response grid reads
+``sum_q v[q] Gd[q + (a, b)]``; ``e_i`` and the forward responses ``z_i`` are
+the same correlation applied to ``Gd`` and ``P``. ``pad^T`` (the adjoint of
+symmetric padding) adds every padded pixel back onto the pixel it copies,
+:func:`pad_symmetric_adjoint`. Through the normalisation ``k = c / ||c||``::
+
+    dL/dc = (dL/dk - k <k, dL/dk>) / ||c||,     dL/da_c = <B_c, dL/dc>.
+
+``f`` is constant data (the noisy input, ``u_0 = f``); no gradient flows into it.
+
+Two implementations are given: :func:`stage_backward_reference` (plain NumPy,
+one image, to be read next to the formulas above) and the Numba kernel used by
+:func:`stage_gradient` with ``backend='numba'`` (a batch of equal-sized
+images, parameter gradients summed over the batch), tested against it.
+
+Training
+--------
+:func:`loss_and_grad` evaluates ``L = 1/2 sum_b ||u_T(f_b) - u_gt,b||**2`` and
+its gradient with respect to a flat float64 parameter vector (the layout of
+:func:`pack_params`), for joint training of all stages (Eq. 11, backpropagation
+through the stages) or for greedy training of the last stage (Eq. 4), in a
+form that ``scipy.optimize.minimize(..., jac=True, method='L-BFGS-B')`` uses
+directly. :func:`params_to_model` and :func:`model_to_params` convert between
+parameter vectors and :class:`~skimage_trd.TRDModel`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from ._basis import dct_filter_basis, filters_from_coefficients
+from ._influence import RBF_REACH, influence_and_derivative
+from ._model import TRDModel
+from ._numba_kernels import _mirror
+from ._reference import correlate_valid, diffusion_reference
+
+__all__ = [
+    "TrainingSpec",
+    "StageParams",
+    "StageGradient",
+    "pack_params",
+    "unpack_params",
+    "params_to_model",
+    "model_to_params",
+    "pad_symmetric_adjoint",
+    "stage_forward_reference",
+    "stage_backward_reference",
+    "stage_forward",
+    "stage_gradient",
+    "forward_batch",
+    "loss_and_grad",
+]
+
+STRIP = 32  # response rows per parallel work item of the Numba gradient kernel
+CHUNK = 64  # images per call of the Numba gradient kernel (bounds the padded buffers)
+RBF_REACH_FLOAT32 = 6.0  # RBF widths summed in float32 (dropped terms < 1.6e-8 of a weight)
+
+
+# ---------------------------------------------------------------------------------- parameters
+@dataclass(frozen=True)
+class TrainingSpec:
+    """Shapes and fixed quantities shared by every stage of a model being trained.
+
+    Parameters
+    ----------
+    kernel_size : int
+        Odd filter size ``F``; each filter has ``m = F**2 - 1`` DCT coefficients.
+    centers : array_like, shape (J,)
+        Equidistant RBF centres ``mu_j`` on the [0, 255] scale.
+    precision : float
+        RBF precision ``beta``.
+    n_filters : int, optional
+        Filters per stage ``N``; defaults to ``m`` (the paper's choice).
+    """
+
+    kernel_size: int
+    centers: np.ndarray
+    precision: float
+    n_filters: int | None = None
+
+    def __post_init__(self):
+        f = int(self.kernel_size)
+        if f < 3 or f % 2 == 0:
+            raise ValueError(f"kernel_size must be odd and at least 3, got {self.kernel_size}")
+        centers = np.array(self.centers, dtype=np.float64).reshape(-1)
+        if centers.size < 2 or not np.allclose(
+            np.diff(centers), centers[1] - centers[0], rtol=1e-9, atol=0
+        ) or centers[1] <= centers[0]:
+            raise ValueError("centers must be at least 2 increasing, equidistant values")
+        centers.setflags(write=False)
+        n = f * f - 1 if self.n_filters is None else int(self.n_filters)
+        if n < 1:
+            raise ValueError(f"n_filters must be positive, got {self.n_filters}")
+        if not (np.isfinite(self.precision) and self.precision > 0):
+            raise ValueError(f"precision must be positive, got {self.precision}")
+        object.__setattr__(self, "kernel_size", f)
+        object.__setattr__(self, "centers", centers)
+        object.__setattr__(self, "precision", float(self.precision))
+        object.__setattr__(self, "n_filters", n)
+
+    @property
+    def n_coefficients(self) -> int:
+        """DCT coefficients per filter, ``kernel_size**2 - 1``."""
+        return self.kernel_size**2 - 1
+
+    @property
+    def n_rbf(self) -> int:
+        """Number of RBF centres ``J``."""
+        return self.centers.size
+
+    @property
+    def radius(self) -> int:
+        return self.kernel_size // 2
+
+    @property
+    def stage_size(self) -> int:
+        """Length of one stage in the flat parameter vector."""
+        return self.n_filters * (self.n_coefficients + self.n_rbf) + 1
+
+    @classmethod
+    def from_model(cls, model: TRDModel) -> TrainingSpec:
+        """The spec of ``model`` (kernel size, filter count and RBF grid)."""
+        return cls(model.kernel_size, model.centers, model.precision, model.n_filters)
+
+
+class StageParams(NamedTuple):
+    """Training parameters of one stage."""
+
+    coefficients: np.ndarray  # (N, m) DCT coefficients of the (unnormalised) filters
+    weights: np.ndarray  # (N, J) RBF weights
+    log_lambda: float  # theta = log(lambda)
+
+
+class StageGradient(NamedTuple):
+    """Gradient of a loss with respect to one stage's parameters and its input ``u_{t-1}``.
+
+    ``u`` is ``None`` when the input gradient was not asked for.
+    """
+
+    coefficients: np.ndarray
+    weights: np.ndarray
+    log_lambda: float
+    u: np.ndarray | None
+
+
+def pack_params(stages) -> np.ndarray:
+    """Concatenate stages into one flat float64 vector.
+
+    Parameters
+    ----------
+    stages : sequence of StageParams (or of (coefficients, weights, log_lambda))
+
+    Returns
+    -------
+    ndarray, shape (n_stages * spec.stage_size,)
+        Per stage: ``coefficients.ravel()``, ``weights.ravel()``, ``log_lambda``.
+    """
+    parts = []
+    for a, w, theta in stages:
+        parts += [np.ravel(a), np.ravel(w), [float(theta)]]
+    return np.concatenate(parts).astype(np.float64)
+
+
+def unpack_params(vector, spec: TrainingSpec) -> list:
+    """Split a flat vector written by :func:`pack_params` into a list of :class:`StageParams`.
+
+    The arrays are copies. Raises ``ValueError`` if the length is not a
+    positive multiple of ``spec.stage_size``.
+    """
+    vector = np.asarray(vector, dtype=np.float64).reshape(-1)
+    size = spec.stage_size
+    if vector.size == 0 or vector.size % size:
+        raise ValueError(
+            f"parameter vector of length {vector.size} is not a positive multiple of the "
+            f"stage size {size} (n_filters={spec.n_filters}, m={spec.n_coefficients}, "
+            f"J={spec.n_rbf})"
+        )
+    N, m, J = spec.n_filters, spec.n_coefficients, spec.n_rbf
+    stages = []
+    for t in range(vector.size // size):
+        s = vector[t * size : (t + 1) * size]
+        stages.append(
+            StageParams(
+                s[: N * m].reshape(N, m).copy(),
+                s[N * m : N * (m + J)].reshape(N, J).copy(),
+                float(s[-1]),
+            )
+        )
+    return stages
+
+
+def _stage_list(params, spec):
+    if isinstance(params, np.ndarray) and params.ndim == 1:
+        return unpack_params(params, spec)
+    return [StageParams(np.asarray(a, float), np.asarray(w, float), float(t)) for a, w, t in params]
+
+
+def params_to_model(params, spec: TrainingSpec, *, sigma, name="unnamed", metadata=None):
+    """Build the :class:`~skimage_trd.TRDModel` (denoising) that a parameter set defines.
+
+    Parameters
+    ----------
+    params : ndarray (flat vector) or sequence of StageParams
+    spec : TrainingSpec
+    sigma : float
+        Noise level on the [0, 255] scale the model is trained for.
+    name : str, optional
+    metadata : dict, optional
+
+    Returns
+    -------
+    TRDModel
+        Filters ``filters_from_coefficients(a)`` (unit norm), the weights, and
+        ``lambdas = exp(log_lambda)``.
+    """
+    stages = _stage_list(params, spec)
+    return TRDModel(
+        filters=np.stack([filters_from_coefficients(s.coefficients, spec.kernel_size)
+                          for s in stages]),
+        weights=np.stack([s.weights for s in stages]),
+        centers=spec.centers,
+        precision=spec.precision,
+        lambdas=np.exp([s.log_lambda for s in stages]),
+        task="denoise",
+        sigma=sigma,
+        name=name,
+        metadata={} if metadata is None else metadata,
+    )
+
+
+def model_to_params(model: TRDModel, *, atol=1e-8):
+    """Parameters of a denoising model: the inverse of :func:`params_to_model`.
+
+    The coefficients are the projections of the (unit-norm) filters onto the DCT
+    basis, so ``params_to_model(model_to_params(model))`` reproduces ``model``
+    when its filters are zero-mean.
+
+    Parameters
+    ----------
+    model : TRDModel
+        A denoising model with positive ``lambdas``.
+    atol : float, optional
+        Largest allowed residual of a filter outside the span of the basis
+        (relative to the filter's norm).
+
+    Returns
+    -------
+    params : ndarray
+        Flat float64 vector (:func:`pack_params` layout).
+    spec : TrainingSpec
+
+    Raises
+    ------
+    ValueError
+        If the model is not a denoising model, a lambda is not positive, or a
+        filter has a nonzero mean (it cannot be expressed in the zero-mean basis).
+    """
+    if model.task != "denoise" or model.lambdas is None:
+        raise ValueError(f"only denoising models have training parameters, got {model.task!r}")
+    if np.any(model.lambdas <= 0):
+        raise ValueError(f"lambdas must be positive to take their log, got {model.lambdas}")
+    spec = TrainingSpec.from_model(model)
+    basis = dct_filter_basis(spec.kernel_size)
+    stages = []
+    for t in range(model.n_stages):
+        k = model.filters[t]
+        norm = np.sqrt(np.sum(k**2, axis=(1, 2)))
+        a = np.tensordot(k, basis, axes=([1, 2], [1, 2]))  # (N, m)
+        residual = k - np.tensordot(a, basis, axes=([1], [0]))
+        bad = np.sqrt(np.sum(residual**2, axis=(1, 2))) > atol * np.maximum(norm, 1e-300)
+        if np.any(bad):
+            raise ValueError(
+                f"stage {t}: filters {np.flatnonzero(bad).tolist()} are not zero-mean, so they "
+                "cannot be written in the zero-mean DCT basis"
+            )
+        stages.append(StageParams(a, model.weights[t].copy(), float(np.log(model.lambdas[t]))))
+    return pack_params(stages), spec
+
+
+# ------------------------------------------------------------------------- NumPy reference
+def pad_symmetric_adjoint(padded_grad, pad, shape):
+    """Adjoint of ``np.pad(u, pad, mode='symmetric')``: fold a padded gradient back onto ``u``.
+
+    Every pixel of the padded image is a copy of one pixel of ``u`` (for pad
+    widths beyond the image size, NumPy reflects repeatedly); its gradient is
+    added onto that pixel.
+
+    Parameters
+    ----------
+    padded_grad : ndarray, shape (H + 2 pad, W + 2 pad)
+    pad : int
+    shape : (int, int)
+        ``(H, W)``.
+
+    Returns
+    -------
+    ndarray, shape (H, W)
+    """
+    H, W = shape
+    rows = np.pad(np.arange(H), pad, mode="symmetric")  # source row of each padded row
+    cols = np.pad(np.arange(W), pad, mode="symmetric")
+    folded_rows = np.zeros((H, padded_grad.shape[1]), dtype=padded_grad.dtype)
+    np.add.at(folded_rows, rows, padded_grad)
+    out = np.zeros((H, W), dtype=padded_grad.dtype)
+    np.add.at(out.T, cols, folded_rows.T)
+    return out
+
+
+def _filters_and_norms(coefficients, kernel_size):
+    c = filters_from_coefficients(np.asarray(coefficients, np.float64), kernel_size,
+                                  normalize=False)
+    norm = np.sqrt(np.sum(c**2, axis=(1, 2)))
+    return c / norm[:, None, None], norm
+
+
+def _filter_grad_to_coefficients(filter_grad, coefficients, kernel_size):
+    """Chain rule through ``k = c / ||c||``, ``c = sum_c a_c B_c``: dL/dk -> dL/da."""
+    k, norm = _filters_and_norms(coefficients, kernel_size)
+    dk = np.asarray(filter_grad, dtype=np.float64)
+    proj = np.sum(k * dk, axis=(1, 2))
+    dc = (dk - k * proj[:, None, None]) / norm[:, None, None]
+    return np.tensordot(dc, dct_filter_basis(kernel_size), axes=([1, 2], [1, 2]))
+
+
+def stage_forward_reference(u, f, params, spec):
+    """One stage ``u_t`` from ``u = u_{t-1}`` and the input ``f`` (NumPy, one 2-D image).
+
+    Parameters
+    ----------
+    u, f : ndarray, shape (H, W)
+    params : StageParams
+    spec : TrainingSpec
+
+    Returns
+    -------
+    ndarray, shape (H, W)
+        ``u - (sum_i kbar_i * phi_i(k_i * pad(u)) + exp(log_lambda) (u - f))``,
+        computed by :func:`skimage_trd._reference.diffusion_reference`.
+    """
+    a, w, theta = params
+    k, _ = _filters_and_norms(a, spec.kernel_size)
+    d = diffusion_reference(u, k, np.asarray(w, np.float64), spec.centers, spec.precision)
+    return u - (d + math.exp(theta) * (u - f))
+
+
+def stage_backward_reference(u, f, grad_out, params, spec):
+    """Gradient of one stage (NumPy reference, one 2-D image, float64).
+
+    Parameters
+    ----------
+    u : ndarray, shape (H, W)
+        Stage input ``u_{t-1}``.
+    f : ndarray, shape (H, W)
+        The noisy input (constant data).
+    grad_out : ndarray, shape (H, W)
+        ``g = dL/du_t``.
+    params : StageParams
+        ``(coefficients (N, m), weights (N, J), log_lambda)``.
+    spec : TrainingSpec
+
+    Returns
+    -------
+    StageGradient
+        ``dL/dcoefficients`` (N, m), ``dL/dweights`` (N, J),
+        ``dL/dlog_lambda`` and ``dL/du_{t-1}`` (H, W).
+    """
+    u = np.asarray(u, np.float64)
+    f = np.asarray(f, np.float64)
+    g = np.asarray(grad_out, np.float64)
+    a, w, theta = params
+    w = np.asarray(w, np.float64)
+    F, beta, mu = spec.kernel_size, spec.precision, spec.centers
+    p = 2 * (F // 2)
+    lam = math.exp(theta)
+    filters, _ = _filters_and_norms(a, F)
+
+    P = np.pad(u, p, mode="symmetric")  # pad(u_{t-1})
+    Gd = np.pad(-g, p)  # dL/d(diffusion term) = -g, zero-padded
+    dP = np.zeros_like(P)  # dL/dP
+    dk = np.zeros_like(filters)
+    dw = np.zeros_like(w)
+    for i, k in enumerate(filters):
+        z = correlate_valid(P, k)  # responses z_i = k_i * P
+        phi, dphi = influence_and_derivative(z.ravel(), w[i : i + 1], mu, beta)
+        v, dphi = phi.reshape(z.shape), dphi.reshape(z.shape)
+        e = correlate_valid(Gd, k)  # dL/dv_i: adjoint of the kbar_i correlation
+        G = np.exp(-0.5 * beta * (z.ravel()[None, :] - mu[:, None]) ** 2)  # (J, n_q)
+        dw[i] = G @ e.ravel()
+        s = e * dphi  # dL/dz_i
+        dk[i] = correlate_valid(P, s) + correlate_valid(Gd, v)
+        dP += correlate_valid(np.pad(s, p), k[::-1, ::-1])  # adjoint of correlation with k_i
+    du = (1.0 - lam) * g + pad_symmetric_adjoint(dP, p, u.shape)
+    dtheta = -lam * float(np.sum(g * (u - f)))
+    return StageGradient(_filter_grad_to_coefficients(dk, a, F), dw, dtheta, du)
+
+
+# ---------------------------------------------------------------------------- Numba kernels
+@njit(cache=True, parallel=True)
+def _pad_batch(u, p, P, Gd, g):
+    # P[b] = symmetric pad of u[b]; Gd[b] = -g[b] zero-padded (both by p)
+    B, H, W = u.shape
+    for b in prange(B):
+        for y in range(H + 2 * p):
+            sy = _mirror(y - p, H)
+            for x in range(W + 2 * p):
+                P[b, y, x] = u[b, sy, _mirror(x - p, W)]
+        Gd[b, :p, :] = 0.0
+        Gd[b, p + H :, :] = 0.0
+        Gd[b, :, :p] = 0.0
+        Gd[b, :, p + W :] = 0.0
+        for y in range(H):
+            for x in range(W):
+                Gd[b, y + p, x + p] = -g[b, y, x]
+
+
+@njit(cache=True, parallel=True)
+def _fold_batch(dP, p, g, one_minus_lam, du):
+    # du[b] = (1 - lam) g[b] + pad^T(dP[b])
+    B, H, W = du.shape
+    for b in prange(B):
+        for y in range(H):
+            for x in range(W):
+                du[b, y, x] = one_minus_lam * g[b, y, x]
+        for y in range(H + 2 * p):
+            sy = _mirror(y - p, H)
+            for x in range(W + 2 * p):
+                du[b, sy, _mirror(x - p, W)] += dP[b, y, x]
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _stage_grad_kernel(P, Gd, filters, weights, mu0, delta, beta, K, strip, phase, need_dP,
+                       dP, dk_acc, dw_acc):
+    """Backward pass of one stage over a batch, for the strips of one parity.
+
+    ``P`` holds the padded stage inputs, ``Gd`` the zero-padded ``-g``. The
+    response grid (``Hp - F + 1`` rows) is cut into strips of ``strip >= F - 1``
+    rows; this call handles the strips ``s`` with ``s % 2 == phase``, whose
+    ``dP`` rows (``F - 1`` beyond the strip) do not overlap. Parameter
+    gradients are added to the per-thread accumulators ``dk_acc[tid]``
+    (filters) and ``dw_acc[tid]`` (weights), in float64.
+    """
+    B, Hp, Wp = P.shape
+    N, F, _ = filters.shape
+    J = weights.shape[1]
+    Hz = Hp - F + 1
+    Wz = Wp - F + 1
+    n_strips = (Hz + strip - 1) // strip
+    n_ph = (n_strips - phase + 1) // 2
+    q_ratio = math.exp(-beta * delta * delta)
+    half = 0.5 * beta * delta * delta
+    inv_delta = 1.0 / delta
+    d_max = (K + 1) * delta
+    for item in prange(B * n_ph):
+        tid = numba.get_thread_id()
+        b = item // n_ph
+        q0 = (2 * (item % n_ph) + phase) * strip
+        hq = min(strip, Hz - q0)
+        z = np.empty(Wz, dtype=P.dtype)
+        e = np.empty(Wz, dtype=P.dtype)
+        v = np.empty(Wz, dtype=P.dtype)
+        s = np.empty(Wz, dtype=P.dtype)
+        for yy in range(hq):
+            q = q0 + yy
+            for i in range(N):
+                k = filters[i]
+                # z = k_i * P (responses), e = k_i * Gd (adjoint of the kbar_i pass)
+                z[:] = 0.0
+                e[:] = 0.0
+                for a in range(F):
+                    prow = P[b, q + a]
+                    grow = Gd[b, q + a]
+                    for bb in range(F):
+                        kab = k[a, bb]
+                        for x in range(Wz):
+                            z[x] += kab * prow[x + bb]
+                            e[x] += kab * grow[x + bb]
+                # v = phi(z), s = e phi'(z), dw_ij += e G_j(z): exact RBF sum over the
+                # centres within K of the nearest one, by the recurrence of _phi_exact
+                w = weights[i]
+                dwi = dw_acc[tid, i]
+                for x in range(Wz):
+                    zz = np.float64(z[x])
+                    ex = np.float64(e[x])
+                    jc = int(math.floor((zz - mu0) * inv_delta + 0.5))
+                    if jc < 0:
+                        jc = 0
+                    elif jc > J - 1:
+                        jc = J - 1
+                    d = zz - (mu0 + jc * delta)
+                    if abs(d) > d_max:
+                        v[x] = 0.0
+                        s[x] = 0.0
+                        continue
+                    g0 = math.exp(-0.5 * beta * d * d)
+                    rho_up = math.exp(beta * delta * d - half)
+                    rho_dn = q_ratio / rho_up
+                    t = w[jc] * g0
+                    phi = t
+                    dph = t * d
+                    dwi[jc] += ex * g0
+                    g = g0
+                    rho = rho_up
+                    dj = d
+                    for j in range(jc + 1, min(J, jc + K + 1)):
+                        g *= rho
+                        rho *= q_ratio
+                        dj -= delta
+                        t = w[j] * g
+                        phi += t
+                        dph += t * dj
+                        dwi[j] += ex * g
+                    g = g0
+                    rho = rho_dn
+                    dj = d
+                    for j in range(jc - 1, max(-1, jc - K - 1), -1):
+                        g *= rho
+                        rho *= q_ratio
+                        dj += delta
+                        t = w[j] * g
+                        phi += t
+                        dph += t * dj
+                        dwi[j] += ex * g
+                    v[x] = phi
+                    s[x] = -beta * dph * ex
+                # dL/dk_i[a, b] += sum_x s[x] P[q + a, x + b] + v[x] Gd[q + a, x + b]
+                dki = dk_acc[tid, i]
+                for a in range(F):
+                    prow = P[b, q + a]
+                    grow = Gd[b, q + a]
+                    for bb in range(F):
+                        acc = P.dtype.type(0.0)
+                        for x in range(Wz):
+                            acc += s[x] * prow[x + bb] + v[x] * grow[x + bb]
+                        dki[a, bb] += acc
+                # dL/dP[q + a, x + b] += k_i[a, b] s[x]
+                if need_dP:
+                    for a in range(F):
+                        drow = dP[b, q + a]
+                        for bb in range(F):
+                            kab = k[a, bb]
+                            for x in range(Wz):
+                                drow[x + bb] += kab * s[x]
+
+
+# ------------------------------------------------------------------------------ batch API
+def _as_batch(images, name, dtype=None):
+    if isinstance(images, np.ndarray):
+        arr = images
+    else:
+        images = list(images)
+        if not images:
+            raise ValueError(f"{name} is empty")
+        shapes = {np.shape(im) for im in images}
+        if len(shapes) != 1:
+            raise ValueError(f"{name}: all images must have the same shape, got {sorted(shapes)}")
+        arr = np.stack([np.asarray(im) for im in images])
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise ValueError(f"{name} must be a 2-D image, a 3-D (image, row, column) array or a "
+                         f"list of equal-sized 2-D images; got shape {arr.shape}")
+    if dtype is None:
+        dtype = arr.dtype if arr.dtype in (np.float32, np.float64) else np.float64
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def _reach_terms(spec, dtype, rbf_reach):
+    if rbf_reach is None:
+        rbf_reach = RBF_REACH if np.dtype(dtype) == np.float64 else RBF_REACH_FLOAT32
+    delta = float(spec.centers[1] - spec.centers[0])
+    return int(math.ceil(rbf_reach / math.sqrt(spec.precision) / delta))
+
+
+def _check_backend(backend):
+    if backend not in ("numba", "numpy"):
+        raise ValueError(f"unknown backend {backend!r}; choose 'numba' or 'numpy'")
+
+
+def stage_forward(u, f, params, spec, *, backend="numba", rbf_reach=None):
+    """One stage applied to a batch.
+
+    Parameters
+    ----------
+    u, f : ndarray, shape (B, H, W) or (H, W), or list of equal-sized 2-D images
+        Stage input ``u_{t-1}`` and noisy input ``f``; float32 or float64
+        (the dtype of ``u`` is the compute dtype; other dtypes become float64).
+    params : StageParams
+    spec : TrainingSpec
+    backend : {'numba', 'numpy'}
+    rbf_reach : float, optional
+        RBF widths summed for ``phi`` (Numba); default 10 in float64, 6 in float32.
+
+    Returns
+    -------
+    ndarray, shape (B, H, W)
+    """
+    _check_backend(backend)
+    u = _as_batch(u, "u")
+    f = _as_batch(f, "f", u.dtype)
+    if f.shape != u.shape:
+        raise ValueError(f"u and f must have the same shape, got {u.shape} and {f.shape}")
+    a, w, theta = params
+    if backend == "numpy":
+        return np.stack([stage_forward_reference(ub, fb, params, spec) for ub, fb in zip(u, f)])
+    from ._numba_kernels import pad_symmetric, trd_stage
+
+    dtype = u.dtype
+    k, _ = _filters_and_norms(a, spec.kernel_size)
+    k = np.ascontiguousarray(k, dtype=dtype)
+    w = np.ascontiguousarray(w, dtype=dtype)
+    dummy_table = np.zeros((spec.n_filters, 1, 4), dtype=dtype)
+    K = _reach_terms(spec, dtype, rbf_reach)
+    mu0 = float(spec.centers[0])
+    delta = float(spec.centers[1] - spec.centers[0])
+    p = 2 * spec.radius
+    B, H, W = u.shape
+    padded = np.empty((H + 2 * p, W + 2 * p), dtype=dtype)
+    out = np.empty_like(u)
+    lam = math.exp(theta)
+    for b in range(B):
+        pad_symmetric(u[b], p, padded)
+        trd_stage(padded, f[b], lam, k, dummy_table, 0.0, 1.0, w, mu0, delta, spec.precision,
+                  K, True, out[b])
+    return out
+
+
+def forward_batch(noisy, params, spec, *, backend="numba", rbf_reach=None,
+                  return_all=False):
+    """Run the stages of ``params`` on a batch of noisy images (``u_0 = f``).
+
+    Parameters
+    ----------
+    noisy : ndarray, shape (B, H, W) or (H, W), or list of equal-sized 2-D images
+    params : ndarray (flat vector) or sequence of StageParams
+    spec : TrainingSpec
+    backend : {'numba', 'numpy'}
+    rbf_reach : float, optional
+        See :func:`stage_forward`.
+    return_all : bool, optional
+        Return the list ``[u_0, u_1, ..., u_T]`` instead of ``u_T``.
+
+    Returns
+    -------
+    ndarray, shape (B, H, W), or list of them
+    """
+    f = _as_batch(noisy, "noisy")
+    us = [f]
+    for st in _stage_list(params, spec):
+        us.append(stage_forward(us[-1], f, st, spec, backend=backend, rbf_reach=rbf_reach))
+    return us if return_all else us[-1]
+
+
+def stage_gradient(u, f, grad_out, params, spec, *, backend="numba", input_grad=True,
+                   rbf_reach=None, _strip=STRIP, _chunk=CHUNK):
+    """Gradient of one stage for a batch, parameter gradients summed over the batch.
+
+    Parameters
+    ----------
+    u : ndarray, shape (B, H, W) or (H, W), or list of equal-sized 2-D images
+        Stage inputs ``u_{t-1}``; float32 or float64 sets the compute dtype
+        (other dtypes are computed in float64).
+    f : same shape as ``u``
+        Noisy inputs (constant data).
+    grad_out : same shape as ``u``
+        ``g = dL/du_t`` for every image.
+    params : StageParams
+    spec : TrainingSpec
+    backend : {'numba', 'numpy'}
+        ``'numpy'`` loops :func:`stage_backward_reference` over the images.
+    input_grad : bool, optional
+        Also return ``dL/du_{t-1}`` (needed to backpropagate to earlier
+        stages); skipping it saves about a fifth of the work.
+    rbf_reach : float, optional
+        RBF widths around ``z`` summed exactly (Numba); default 10 in float64
+        (terms dropped are below 2e-22 of a weight), 6 in float32 (below 2e-8).
+
+    Returns
+    -------
+    StageGradient
+        Parameter gradients as float64; ``u`` in the compute dtype, shape
+        (B, H, W), or ``None`` if ``input_grad`` is false.
+
+    Notes
+    -----
+    The Numba kernel runs in parallel over (image, strip of response rows)
+    pairs, even strips then odd ones so that their input-gradient rows never
+    overlap, with per-thread float64 accumulators for the parameter gradients.
+    Images are processed ``_chunk`` at a time to bound the padded buffers.
+    """
+    _check_backend(backend)
+    u = _as_batch(u, "u")
+    dtype = u.dtype
+    f = _as_batch(f, "f", dtype)
+    g = _as_batch(grad_out, "grad_out", dtype)
+    if not (u.shape == f.shape == g.shape):
+        raise ValueError(f"u, f and grad_out must have the same shape, got {u.shape}, "
+                         f"{f.shape} and {g.shape}")
+    a, w, theta = params
+    a = np.asarray(a, np.float64)
+    w = np.asarray(w, np.float64)
+    N, m, J = spec.n_filters, spec.n_coefficients, spec.n_rbf
+    if a.shape != (N, m) or w.shape != (N, J):
+        raise ValueError(f"expected coefficients {(N, m)} and weights {(N, J)}, got "
+                         f"{a.shape} and {w.shape}")
+    if backend == "numpy":
+        da, dw, dth = np.zeros((N, m)), np.zeros((N, J)), 0.0
+        du = np.empty_like(u) if input_grad else None
+        for b in range(u.shape[0]):
+            gr = stage_backward_reference(u[b], f[b], g[b], StageParams(a, w, theta), spec)
+            da += gr.coefficients
+            dw += gr.weights
+            dth += gr.log_lambda
+            if input_grad:
+                du[b] = gr.u
+        return StageGradient(da, dw, dth, du)
+
+    F = spec.kernel_size
+    p = 2 * spec.radius
+    lam = math.exp(theta)
+    k, _ = _filters_and_norms(a, F)
+    k_c = np.ascontiguousarray(k, dtype=dtype)
+    K = _reach_terms(spec, dtype, rbf_reach)
+    mu0 = float(spec.centers[0])
+    delta = float(spec.centers[1] - spec.centers[0])
+    strip = max(int(_strip), F - 1, 1)
+    n_threads = numba.get_num_threads()
+    dk_acc = np.zeros((n_threads, N, F, F))
+    dw_acc = np.zeros((n_threads, N, J))
+    B, H, W = u.shape
+    du = np.empty_like(u) if input_grad else None
+    chunk = max(1, int(_chunk))
+    P = Gd = dP = None
+    for b0 in range(0, B, chunk):
+        b1 = min(B, b0 + chunk)
+        n = b1 - b0
+        if P is None or P.shape[0] != n:
+            P = np.empty((n, H + 2 * p, W + 2 * p), dtype=dtype)
+            Gd = np.empty_like(P)
+            dP = np.empty_like(P) if input_grad else np.empty((1, 1, 1), dtype=dtype)
+        _pad_batch(u[b0:b1], p, P, Gd, g[b0:b1])
+        if input_grad:
+            dP[:] = 0.0
+        for phase in (0, 1):
+            _stage_grad_kernel(P, Gd, k_c, w, mu0, delta, spec.precision, K, strip, phase,
+                               input_grad, dP, dk_acc, dw_acc)
+        if input_grad:
+            _fold_batch(dP, p, g[b0:b1], dtype.type(1.0 - lam), du[b0:b1])
+    dth = -lam * float(np.sum(g * (u - f), dtype=np.float64))
+    da = _filter_grad_to_coefficients(dk_acc.sum(axis=0), a, F)
+    return StageGradient(da, dw_acc.sum(axis=0), dth, du)
+
+
+def loss_and_grad(params, noisy, clean, spec, *, stages="all", backend="numba", fixed=None,
+                  u_start=None, rbf_reach=None):
+    """Training loss ``1/2 sum_b ||u_T - u_gt||**2`` and its gradient, for scipy's L-BFGS.
+
+    Parameters
+    ----------
+    params : ndarray, shape (n * spec.stage_size,)
+        Flat float64 parameters being trained (:func:`pack_params` layout):
+        all ``n`` stages of the model when ``stages='all'``, the single last
+        stage when ``stages='last'``.
+    noisy, clean : ndarray, shape (B, H, W) or (H, W), or lists of equal-sized 2-D images
+        Training pairs on the [0, 255] scale; the dtype of ``noisy`` (float32 or
+        float64) is the compute dtype.
+    spec : TrainingSpec
+    stages : {'all', 'last'}
+        ``'all'``: joint training (Eq. 11), gradient through every stage.
+        ``'last'``: greedy training (Eq. 4) of one stage appended to the fixed
+        stages ``fixed``; only that stage's gradient is returned.
+    backend : {'numba', 'numpy'}
+    fixed : ndarray or sequence of StageParams, optional
+        ``stages='last'`` only: the earlier, fixed stages (none by default).
+    u_start : ndarray, optional
+        ``stages='last'`` only: the output of the fixed stages on ``noisy``
+        (:func:`forward_batch`), to avoid recomputing it at every evaluation;
+        overrides ``fixed``.
+    rbf_reach : float, optional
+        See :func:`stage_gradient`.
+
+    Returns
+    -------
+    loss : float
+    grad : ndarray, float64, same shape as ``params``
+
+    Notes
+    -----
+    Joint training keeps every ``u_t`` of the batch in memory.
+
+    Examples
+    --------
+    >>> from functools import partial
+    >>> from scipy.optimize import minimize
+    >>> fun = partial(loss_and_grad, noisy=f, clean=x, spec=spec)   # doctest: +SKIP
+    >>> res = minimize(fun, x0, jac=True, method="L-BFGS-B")         # doctest: +SKIP
+    """
+    if stages not in ("all", "last"):
+        raise ValueError(f"stages must be 'all' or 'last', got {stages!r}")
+    _check_backend(backend)
+    f = _as_batch(noisy, "noisy")
+    x = _as_batch(clean, "clean", f.dtype)
+    if x.shape != f.shape:
+        raise ValueError(f"noisy and clean must have the same shape, got {f.shape} and {x.shape}")
+    trained = unpack_params(params, spec)
+    kw = dict(backend=backend, rbf_reach=rbf_reach)
+    if stages == "last":
+        if len(trained) != 1:
+            raise ValueError(f"stages='last' trains one stage: params must have length "
+                             f"{spec.stage_size}, got {np.size(params)}")
+        if u_start is not None:
+            u_prev = _as_batch(u_start, "u_start", f.dtype)
+            if u_prev.shape != f.shape:
+                raise ValueError(f"u_start must have the shape of noisy {f.shape}, "
+                                 f"got {u_prev.shape}")
+        elif fixed is not None and len(_stage_list(fixed, spec)):
+            u_prev = forward_batch(f, fixed, spec, **kw)
+        else:
+            u_prev = f
+        us = [u_prev, stage_forward(u_prev, f, trained[0], spec, **kw)]
+    else:
+        us = forward_batch(f, trained, spec, return_all=True, **kw)
+    residual = us[-1] - x
+    loss = 0.5 * float(np.sum(residual.astype(np.float64) ** 2))
+    g = residual
+    grads = [None] * len(trained)
+    for t in range(len(trained) - 1, -1, -1):
+        need_u = stages == "all" and t > 0
+        gr = stage_gradient(us[t], f, g, trained[t], spec, input_grad=need_u, **kw)
+        grads[t] = StageParams(gr.coefficients, gr.weights, gr.log_lambda)
+        g = gr.u
+    return loss, pack_params(grads)

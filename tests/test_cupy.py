@@ -1,0 +1,57 @@
+"""CuPy GPU kernels against the NumPy reference (skipped without CuPy and a GPU)."""
+
+import numpy as np
+import pytest
+from conftest import random_model
+
+from skimage_trd import denoise_trd
+from skimage_trd._engine import run_model
+from skimage_trd._reference import trd_reference
+
+cp = pytest.importorskip("cupy")
+try:
+    _usable = cp.cuda.runtime.getDeviceCount() > 0
+except Exception:  # no driver
+    _usable = False
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not _usable, reason="no usable CUDA device")]
+
+SHAPES = [(1, 1), (2, 3), (5, 4), (13, 9), (33, 65), (70, 31), (100, 129)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("kernel_size", [5, 7])
+def test_cupy_equals_reference(shape, kernel_size):
+    m = random_model(3, kernel_size, seed=kernel_size, wide_grid=kernel_size == 7)
+    f = np.random.default_rng(sum(shape)).uniform(0, 255, shape)
+    ref = trd_reference(f, m)
+    out64 = run_model(cp.asarray(f), m, backend="cupy")
+    assert isinstance(out64, cp.ndarray) and out64.dtype == np.float64
+    np.testing.assert_allclose(out64.get(), ref, rtol=0, atol=1e-8)
+    out32 = run_model(cp.asarray(f, dtype=np.float32), m, backend="cupy")
+    assert out32.dtype == np.float32
+    np.testing.assert_allclose(out32.get(), ref, rtol=0, atol=2e-3)
+
+
+def test_cupy_tiled_equals_whole():
+    m = random_model(3, 5, seed=5)
+    f = cp.asarray(np.random.default_rng(1).uniform(0, 255, (57, 45)))
+    whole = run_model(f, m, backend="cupy")
+    tiled = run_model(f, m, backend="cupy", tile_shape=(16, 20))
+    np.testing.assert_allclose(tiled.get(), whole.get(), atol=1e-10)
+
+
+def test_denoise_trd_cupy_in_cupy_out():
+    m = random_model(2, 7, seed=3)
+    rng = np.random.default_rng(0)
+    img = rng.uniform(0, 1, (3, 40, 50))
+    out_np = denoise_trd(img, 0.1, model=m)
+    out_cp = denoise_trd(cp.asarray(img), 0.1, model=m)
+    assert isinstance(out_cp, cp.ndarray) and out_cp.shape == img.shape
+    np.testing.assert_allclose(out_cp.get(), out_np, atol=1e-8)
+    # NumPy in, GPU backend: NumPy out
+    out_g = denoise_trd(img, 0.1, model=m, backend="cupy")
+    assert isinstance(out_g, np.ndarray)
+    np.testing.assert_allclose(out_g, out_np, atol=1e-8)
+    # CuPy in, CPU backend: CuPy out
+    out_c = denoise_trd(cp.asarray(img), 0.1, model=m, backend="numba")
+    assert isinstance(out_c, cp.ndarray)
