@@ -434,14 +434,21 @@ def stage_backward_reference(u, f, grad_out, params, spec):
 
 # ---------------------------------------------------------------------------- Numba kernels
 @njit(cache=True, parallel=True)
-def _pad_batch(u, p, P, Gd, g):
-    # P[b] = symmetric pad of u[b]; Gd[b] = -g[b] zero-padded (both by p)
+def _pad_batch(u, p, P):
+    # P[b] = np.pad(u[b], p, mode='symmetric')
     B, H, W = u.shape
     for b in prange(B):
         for y in range(H + 2 * p):
             sy = _mirror(y - p, H)
             for x in range(W + 2 * p):
                 P[b, y, x] = u[b, sy, _mirror(x - p, W)]
+
+
+@njit(cache=True, parallel=True)
+def _pad_negated_adjoint(g, p, Gd):
+    # Gd[b] = np.pad(-g[b], p) (zeros outside)
+    B, H, W = g.shape
+    for b in prange(B):
         Gd[b, :p, :] = 0.0
         Gd[b, p + H :, :] = 0.0
         Gd[b, :, :p] = 0.0
@@ -465,29 +472,176 @@ def _fold_batch(dP, p, g, one_minus_lam, du):
                 du[b, sy, _mirror(x - p, W)] += dP[b, y, x]
 
 
+@njit(cache=True, fastmath=True, inline="always")
+def _exp_small(a):
+    # exp(a) for |a| <= 1/16: Taylor polynomial of degree 9 (remainder < 3e-19 relative)
+    p = 1.0 + a * (1.0 / 9)
+    p = 1.0 + a * (1.0 / 8) * p
+    p = 1.0 + a * (1.0 / 7) * p
+    p = 1.0 + a * (1.0 / 6) * p
+    p = 1.0 + a * (1.0 / 5) * p
+    p = 1.0 + a * (1.0 / 4) * p
+    p = 1.0 + a * (1.0 / 3) * p
+    p = 1.0 + a * (1.0 / 2) * p
+    return 1.0 + a * p
+
+
+@njit(cache=True, fastmath=True)
+def _rbf_prepass(z, mu0, delta, K, J, half_beta, beta_delta, n_squarings, jrow, dd, g0, t, tinv):
+    """Per response of one row: nearest-centre row index and the Gaussian factors.
+
+    With ``n`` the centre nearest to ``z`` (virtual centres ``-K .. J-1+K``
+    with zero weight allowed) and ``d = z - mu_n``, ``|d| <= delta / 2``::
+
+        G_{n+k}(z) = g0 c_k t**k,  g0 = exp(-beta/2 d**2),  t = exp(beta delta d),
+        c_k = exp(-beta/2 (k delta)**2).
+
+    ``jrow = n + K`` indexes the tables of :func:`_rbf_tables`. Responses
+    further than ``K + 1/2`` spacings beyond the grid get ``g0 = 0``. The
+    exponentials are Taylor polynomials of the argument scaled by
+    ``2**-n_squarings`` (at most 1/16 in size), squared back: no calls, so the
+    loops vectorise.
+    """
+    scale = 0.5**n_squarings
+    n_lo = -K
+    n_hi = J - 1 + K
+    inv_delta = 1.0 / delta
+    for x in range(z.size):
+        zz = np.float64(z[x])
+        nf = np.floor((zz - mu0) * inv_delta + 0.5)
+        inside = (nf >= n_lo) & (nf <= n_hi)
+        nf = min(max(nf, n_lo), n_hi)
+        d = zz - (mu0 + nf * delta)
+        d = d if inside else 0.0
+        jrow[x] = np.int64(nf) + K
+        dd[x] = d
+        pa = _exp_small(-half_beta * d * d * scale)
+        pr = _exp_small(beta_delta * d * scale)
+        g0[x] = pa if inside else 0.0
+        t[x] = pr
+    for _ in range(n_squarings):
+        for x in range(z.size):
+            g0[x] *= g0[x]
+            t[x] *= t[x]
+    for x in range(z.size):
+        tinv[x] = 1.0 / t[x]
+
+
+@njit(cache=True, fastmath=True)
+def _rbf_powers(z, mu0, delta, K, J, half_beta, beta_delta, n_squarings, jrow, dd, g0, t, tinv,
+                pw):
+    """Pre-pass plus the powers ``pw[x, k + K] = g0 t**k = G_{n+k}(z_x) / c_k``, k = -K..K."""
+    _rbf_prepass(z, mu0, delta, K, J, half_beta, beta_delta, n_squarings, jrow, dd, g0, t, tinv)
+    for x in range(z.size):
+        pw[x, K] = g0[x]
+    for kk in range(1, K + 1):
+        for x in range(z.size):
+            pw[x, K + kk] = pw[x, K + kk - 1] * t[x]
+            pw[x, K - kk] = pw[x, K - kk + 1] * tinv[x]
+
+
+@njit(cache=True, fastmath=True)
+def _correlate_rows(P, b, q, k, z):
+    """``z[x] = sum_ab k[a, b] P[b, q + a, x + b]``: one row of 'valid' responses."""
+    F = k.shape[0]
+    z[:] = 0.0
+    for a in range(F):
+        prow = P[b, q + a]
+        for bb in range(F):
+            kab = k[a, bb]
+            for x in range(z.size):
+                z[x] += kab * prow[x + bb]
+
+
 @njit(cache=True, parallel=True, fastmath=True)
-def _stage_grad_kernel(P, Gd, filters, weights, mu0, delta, beta, K, strip, phase, need_dP,
-                       dP, dk_acc, dw_acc):
+def _stage_forward_kernel(P, filters, wc_tab, mu0, delta, beta, K, J, n_squarings, strip, phase,
+                          D):
+    """Diffusion term of one stage over a batch, for the strips of one parity.
+
+    Adds ``k_i[a, b] phi_i(z_i[q])`` to ``D[b, q + (a, b)]`` for every response
+    ``q`` of the strips ``s % 2 == phase`` (``D`` has the shape of ``P``; its
+    interior ``D[:, F-1:-(F-1), F-1:-(F-1)]`` is ``sum_i kbar_i * v_i``).
+    """
+    B, Hp, Wp = P.shape
+    N, F, _ = filters.shape
+    Hz = Hp - F + 1
+    Wz = Wp - F + 1
+    n_strips = (Hz + strip - 1) // strip
+    n_ph = (n_strips - phase + 1) // 2
+    half_beta = 0.5 * beta
+    beta_delta = beta * delta
+    L = 2 * K + 1
+    for item in prange(B * n_ph):
+        b = item // n_ph
+        q0 = (2 * (item % n_ph) + phase) * strip
+        hq = min(strip, Hz - q0)
+        z = np.empty(Wz, dtype=P.dtype)
+        v = np.empty(Wz, dtype=P.dtype)
+        jrow = np.empty(Wz, dtype=np.int64)
+        dd = np.empty(Wz)
+        g0 = np.empty(Wz)
+        t = np.empty(Wz)
+        tinv = np.empty(Wz)
+        pw = np.empty((Wz, L))
+        for yy in range(hq):
+            q = q0 + yy
+            for i in range(N):
+                k = filters[i]
+                _correlate_rows(P, b, q, k, z)
+                _rbf_powers(z, mu0, delta, K, J, half_beta, beta_delta, n_squarings,
+                            jrow, dd, g0, t, tinv, pw)
+                wci = wc_tab[i]
+                for x in range(Wz):
+                    wc = wci[jrow[x]]
+                    px = pw[x]
+                    phi = 0.0
+                    for kk in range(L):
+                        phi += wc[kk] * px[kk]
+                    v[x] = phi
+                for a in range(F):
+                    drow = D[b, q + a]
+                    for bb in range(F):
+                        kab = k[a, bb]
+                        for x in range(Wz):
+                            drow[x + bb] += kab * v[x]
+
+
+@njit(cache=True, parallel=True)
+def _finish_forward(D, p, u, f, lam, out):
+    # out = u - (interior of D + lam (u - f))
+    B, H, W = u.shape
+    for b in prange(B):
+        for y in range(H):
+            drow = D[b, y + p]
+            for x in range(W):
+                uv = u[b, y, x]
+                out[b, y, x] = uv - (drow[x + p] + lam * (uv - f[b, y, x]))
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _stage_grad_kernel(P, Gd, filters, wc_tab, wd_tab, mu0, delta, beta, K, J, n_squarings,
+                       strip, phase, need_dP, dP, dk_acc, m_acc):
     """Backward pass of one stage over a batch, for the strips of one parity.
 
     ``P`` holds the padded stage inputs, ``Gd`` the zero-padded ``-g``. The
     response grid (``Hp - F + 1`` rows) is cut into strips of ``strip >= F - 1``
     rows; this call handles the strips ``s`` with ``s % 2 == phase``, whose
     ``dP`` rows (``F - 1`` beyond the strip) do not overlap. Parameter
-    gradients are added to the per-thread accumulators ``dk_acc[tid]``
-    (filters) and ``dw_acc[tid]`` (weights), in float64.
+    gradients go to per-thread float64 accumulators: ``dk_acc[tid]`` (filters)
+    and ``m_acc[tid]``, the moments ``M[i, n + K, k + K] = sum e g0 t**k`` over
+    the responses nearest to centre ``n``, from which :func:`_moments_to_weights`
+    forms the weight gradient. ``wc_tab``/``wd_tab`` are the tables of
+    :func:`_rbf_tables`.
     """
     B, Hp, Wp = P.shape
     N, F, _ = filters.shape
-    J = weights.shape[1]
     Hz = Hp - F + 1
     Wz = Wp - F + 1
     n_strips = (Hz + strip - 1) // strip
     n_ph = (n_strips - phase + 1) // 2
-    q_ratio = math.exp(-beta * delta * delta)
-    half = 0.5 * beta * delta * delta
-    inv_delta = 1.0 / delta
-    d_max = (K + 1) * delta
+    half_beta = 0.5 * beta
+    beta_delta = beta * delta
+    L = 2 * K + 1
     for item in prange(B * n_ph):
         tid = numba.get_thread_id()
         b = item // n_ph
@@ -497,6 +651,12 @@ def _stage_grad_kernel(P, Gd, filters, weights, mu0, delta, beta, K, strip, phas
         e = np.empty(Wz, dtype=P.dtype)
         v = np.empty(Wz, dtype=P.dtype)
         s = np.empty(Wz, dtype=P.dtype)
+        jrow = np.empty(Wz, dtype=np.int64)
+        dd = np.empty(Wz)
+        g0 = np.empty(Wz)
+        t = np.empty(Wz)
+        tinv = np.empty(Wz)
+        pw = np.empty((Wz, L))
         for yy in range(hq):
             q = q0 + yy
             for i in range(N):
@@ -512,72 +672,84 @@ def _stage_grad_kernel(P, Gd, filters, weights, mu0, delta, beta, K, strip, phas
                         for x in range(Wz):
                             z[x] += kab * prow[x + bb]
                             e[x] += kab * grow[x + bb]
-                # v = phi(z), s = e phi'(z), dw_ij += e G_j(z): exact RBF sum over the
-                # centres within K of the nearest one, by the recurrence of _phi_exact
-                w = weights[i]
-                dwi = dw_acc[tid, i]
+                # v = phi(z), s = e phi'(z) and the moments of dL/dw: exact RBF sums over
+                # the 2K + 1 centres around the nearest one
+                _rbf_powers(z, mu0, delta, K, J, half_beta, beta_delta, n_squarings,
+                            jrow, dd, g0, t, tinv, pw)
+                wci = wc_tab[i]
+                wdi = wd_tab[i]
+                mi = m_acc[tid, i]
                 for x in range(Wz):
-                    zz = np.float64(z[x])
                     ex = np.float64(e[x])
-                    jc = int(math.floor((zz - mu0) * inv_delta + 0.5))
-                    if jc < 0:
-                        jc = 0
-                    elif jc > J - 1:
-                        jc = J - 1
-                    d = zz - (mu0 + jc * delta)
-                    if abs(d) > d_max:
-                        v[x] = 0.0
-                        s[x] = 0.0
-                        continue
-                    g0 = math.exp(-0.5 * beta * d * d)
-                    rho_up = math.exp(beta * delta * d - half)
-                    rho_dn = q_ratio / rho_up
-                    t = w[jc] * g0
-                    phi = t
-                    dph = t * d
-                    dwi[jc] += ex * g0
-                    g = g0
-                    rho = rho_up
-                    dj = d
-                    for j in range(jc + 1, min(J, jc + K + 1)):
-                        g *= rho
-                        rho *= q_ratio
-                        dj -= delta
-                        t = w[j] * g
-                        phi += t
-                        dph += t * dj
-                        dwi[j] += ex * g
-                    g = g0
-                    rho = rho_dn
-                    dj = d
-                    for j in range(jc - 1, max(-1, jc - K - 1), -1):
-                        g *= rho
-                        rho *= q_ratio
-                        dj += delta
-                        t = w[j] * g
-                        phi += t
-                        dph += t * dj
-                        dwi[j] += ex * g
+                    row = jrow[x]
+                    wc = wci[row]
+                    wd = wdi[row]
+                    px = pw[x]
+                    phi = 0.0
+                    dsum = 0.0
+                    for kk in range(L):
+                        phi += wc[kk] * px[kk]
+                        dsum += wd[kk] * px[kk]
+                    mm = mi[row]
+                    for kk in range(L):
+                        mm[kk] += ex * px[kk]
                     v[x] = phi
-                    s[x] = -beta * dph * ex
+                    s[x] = -beta * ex * (dd[x] * phi + dsum)
                 # dL/dk_i[a, b] += sum_x s[x] P[q + a, x + b] + v[x] Gd[q + a, x + b]
+                # dL/dP[q + a, x + b] += k_i[a, b] s[x]
                 dki = dk_acc[tid, i]
                 for a in range(F):
                     prow = P[b, q + a]
                     grow = Gd[b, q + a]
+                    drow = dP[b, q + a] if need_dP else prow
                     for bb in range(F):
                         acc = P.dtype.type(0.0)
-                        for x in range(Wz):
-                            acc += s[x] * prow[x + bb] + v[x] * grow[x + bb]
-                        dki[a, bb] += acc
-                # dL/dP[q + a, x + b] += k_i[a, b] s[x]
-                if need_dP:
-                    for a in range(F):
-                        drow = dP[b, q + a]
-                        for bb in range(F):
+                        if need_dP:
                             kab = k[a, bb]
                             for x in range(Wz):
-                                drow[x + bb] += kab * s[x]
+                                sx = s[x]
+                                acc += sx * prow[x + bb] + v[x] * grow[x + bb]
+                                drow[x + bb] += kab * sx
+                        else:
+                            for x in range(Wz):
+                                acc += s[x] * prow[x + bb] + v[x] * grow[x + bb]
+                        dki[a, bb] += acc
+
+
+def _rbf_tables(weights, spec, K):
+    """Tables ``wc[i, n + K, k + K] = w_i[n + k] c_k`` and ``wd = wc (-k delta)``.
+
+    ``n`` runs over the virtual centres ``-K .. J-1+K`` and ``k`` over
+    ``-K .. K``; entries with ``n + k`` outside ``0 .. J-1`` are zero.
+    Also returns ``c_k = exp(-beta/2 (k delta)**2)``.
+    """
+    N, J = weights.shape
+    delta = float(spec.centers[1] - spec.centers[0])
+    n = np.arange(-K, J + K)
+    k = np.arange(-K, K + 1)
+    j = n[:, None] + k[None, :]
+    valid = (j >= 0) & (j < J)
+    c = np.exp(-0.5 * spec.precision * (k * delta) ** 2)
+    wc = np.where(valid, weights[:, np.clip(j, 0, J - 1)] * c, 0.0)
+    wd = wc * (-k * delta)
+    return np.ascontiguousarray(wc), np.ascontiguousarray(wd), c
+
+
+def _moments_to_weights(moments, c, K):
+    """``dL/dw_ij = sum_k c_k M[i, j - k + K, k + K]`` from the kernel's moments."""
+    N, n_rows, _ = moments.shape
+    J = n_rows - 2 * K
+    dw = np.zeros((N, J))
+    for kk in range(-K, K + 1):
+        # rows n + K with n = j - kk for j in 0 .. J-1
+        dw += c[kk + K] * moments[:, K - kk : K - kk + J, kk + K]
+    return dw
+
+
+def _n_squarings(spec):
+    # scale the largest exponent, beta delta**2 / 2, to at most 1/16
+    bd2 = spec.precision * float(spec.centers[1] - spec.centers[0]) ** 2
+    return max(0, int(math.ceil(math.log2(max(bd2 * 8.0, 1e-300)))))
 
 
 # ------------------------------------------------------------------------------ batch API
@@ -614,7 +786,8 @@ def _check_backend(backend):
         raise ValueError(f"unknown backend {backend!r}; choose 'numba' or 'numpy'")
 
 
-def stage_forward(u, f, params, spec, *, backend="numba", rbf_reach=None):
+def stage_forward(u, f, params, spec, *, backend="numba", rbf_reach=None, _strip=STRIP,
+                  _chunk=CHUNK):
     """One stage applied to a batch.
 
     Parameters
@@ -640,25 +813,33 @@ def stage_forward(u, f, params, spec, *, backend="numba", rbf_reach=None):
     a, w, theta = params
     if backend == "numpy":
         return np.stack([stage_forward_reference(ub, fb, params, spec) for ub, fb in zip(u, f)])
-    from ._numba_kernels import pad_symmetric, trd_stage
-
     dtype = u.dtype
-    k, _ = _filters_and_norms(a, spec.kernel_size)
+    F = spec.kernel_size
+    p = 2 * spec.radius
+    k, _ = _filters_and_norms(a, F)
     k = np.ascontiguousarray(k, dtype=dtype)
-    w = np.ascontiguousarray(w, dtype=dtype)
-    dummy_table = np.zeros((spec.n_filters, 1, 4), dtype=dtype)
     K = _reach_terms(spec, dtype, rbf_reach)
+    wc_tab, _, _ = _rbf_tables(np.asarray(w, np.float64), spec, K)
     mu0 = float(spec.centers[0])
     delta = float(spec.centers[1] - spec.centers[0])
-    p = 2 * spec.radius
+    n_sq = _n_squarings(spec)
+    strip = max(int(_strip), F - 1, 1)
     B, H, W = u.shape
-    padded = np.empty((H + 2 * p, W + 2 * p), dtype=dtype)
     out = np.empty_like(u)
-    lam = math.exp(theta)
-    for b in range(B):
-        pad_symmetric(u[b], p, padded)
-        trd_stage(padded, f[b], lam, k, dummy_table, 0.0, 1.0, w, mu0, delta, spec.precision,
-                  K, True, out[b])
+    lam = dtype.type(math.exp(theta))
+    chunk = max(1, int(_chunk))
+    P = D = None
+    for b0 in range(0, B, chunk):
+        b1 = min(B, b0 + chunk)
+        if P is None or P.shape[0] != b1 - b0:
+            P = np.empty((b1 - b0, H + 2 * p, W + 2 * p), dtype=dtype)
+            D = np.empty_like(P)
+        _pad_batch(u[b0:b1], p, P)
+        D[:] = 0.0
+        for phase in (0, 1):
+            _stage_forward_kernel(P, k, wc_tab, mu0, delta, spec.precision, K, spec.n_rbf, n_sq,
+                                  strip, phase, D)
+        _finish_forward(D, p, u[b0:b1], f[b0:b1], lam, out[b0:b1])
     return out
 
 
@@ -762,8 +943,10 @@ def stage_gradient(u, f, grad_out, params, spec, *, backend="numba", input_grad=
     delta = float(spec.centers[1] - spec.centers[0])
     strip = max(int(_strip), F - 1, 1)
     n_threads = numba.get_num_threads()
+    wc_tab, wd_tab, c = _rbf_tables(w, spec, K)
     dk_acc = np.zeros((n_threads, N, F, F))
-    dw_acc = np.zeros((n_threads, N, J))
+    m_acc = np.zeros((n_threads, N, J + 2 * K, 2 * K + 1))
+    n_sq = _n_squarings(spec)
     B, H, W = u.shape
     du = np.empty_like(u) if input_grad else None
     chunk = max(1, int(_chunk))
@@ -775,17 +958,18 @@ def stage_gradient(u, f, grad_out, params, spec, *, backend="numba", input_grad=
             P = np.empty((n, H + 2 * p, W + 2 * p), dtype=dtype)
             Gd = np.empty_like(P)
             dP = np.empty_like(P) if input_grad else np.empty((1, 1, 1), dtype=dtype)
-        _pad_batch(u[b0:b1], p, P, Gd, g[b0:b1])
+        _pad_batch(u[b0:b1], p, P)
+        _pad_negated_adjoint(g[b0:b1], p, Gd)
         if input_grad:
             dP[:] = 0.0
         for phase in (0, 1):
-            _stage_grad_kernel(P, Gd, k_c, w, mu0, delta, spec.precision, K, strip, phase,
-                               input_grad, dP, dk_acc, dw_acc)
+            _stage_grad_kernel(P, Gd, k_c, wc_tab, wd_tab, mu0, delta, spec.precision, K, J,
+                               n_sq, strip, phase, input_grad, dP, dk_acc, m_acc)
         if input_grad:
             _fold_batch(dP, p, g[b0:b1], dtype.type(1.0 - lam), du[b0:b1])
     dth = -lam * float(np.sum(g * (u - f), dtype=np.float64))
     da = _filter_grad_to_coefficients(dk_acc.sum(axis=0), a, F)
-    return StageGradient(da, dw_acc.sum(axis=0), dth, du)
+    return StageGradient(da, _moments_to_weights(m_acc.sum(axis=0), c, K), dth, du)
 
 
 def loss_and_grad(params, noisy, clean, spec, *, stages="all", backend="numba", fixed=None,

@@ -1,0 +1,578 @@
+"""Train TRD denoising models on your own images (greedy stage-wise, then joint; L-BFGS).
+
+The procedure of Chen, Yu & Pock (CVPR 2015, Sec. 3-4):
+
+1. training pairs: clean images and noisy versions (Gaussian noise with a
+   seed, or noisy images you supply);
+2. greedy training (Eq. 4): stage ``t`` is trained alone to minimise the
+   quadratic loss of its output (Eq. 5), stages ``1 .. t-1`` fixed;
+3. joint training (Eq. 11): all stages together, the loss of the last output.
+
+Every stage starts from the paper's plain initialisation: the zero-mean DCT
+atoms as filters and ``phi(z) = 2z / (1 + z**2)`` (rescaled, see
+:func:`plain_initial_stage`) fitted by the Gaussian RBFs. Gradients are
+hand-written (``_gradients.py``), the optimiser is scipy's L-BFGS-B, run in
+chunks of ``chunk`` iterations: after every chunk the state is checkpointed
+atomically, and a run restarted from a checkpoint continues exactly as the
+uninterrupted run would have (each chunk starts L-BFGS afresh from the
+checkpointed parameters, in both cases).
+
+Command line::
+
+    python -m skimage_trd.train --data DIR --sigma 25 --out runs/s25 [--kernel-size 7]
+        [--stages 5] [--greedy-iterations 200] [--joint-iterations 200] [--seed 0]
+        [--validation DIR] [--dtype float32] [--threads N] [--export model.npz]
+
+Rerunning the same command resumes from ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ._gradients import (
+    StageParams,
+    TrainingSpec,
+    forward_batch,
+    loss_and_grad,
+    pack_params,
+    params_to_model,
+    unpack_params,
+)
+from ._model import TRDModel
+
+__all__ = [
+    "TrainingConfig",
+    "load_image_folder",
+    "add_noise",
+    "plain_initial_stage",
+    "train_denoiser",
+    "main",
+]
+
+IMAGE_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".pgm"}
+
+
+# ------------------------------------------------------------------------------------- data
+def load_image_folder(folder, *, min_size=None) -> tuple[list[np.ndarray], list[str]]:
+    """Read every image of ``folder`` (sorted by name) as gray float64 on the [0, 255] scale.
+
+    Colour images are converted with ITU-R 601 luma weights. Unreadable files
+    and images smaller than ``min_size`` (rows and columns) raise ``ValueError``
+    naming the file.
+    """
+    from skimage.color import rgb2gray
+    from skimage.io import imread
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"training data folder {str(folder)!r} does not exist")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+    images = []
+    for path in files:
+        try:
+            img = imread(path)
+        except Exception as exc:
+            raise ValueError(f"cannot read training image {path}: {exc}") from exc
+        if img.ndim == 3:
+            img = rgb2gray(img[..., :3]) * 255.0
+        elif img.ndim != 2:
+            raise ValueError(f"training image {path} has shape {img.shape}; expected 2-D or RGB")
+        elif img.dtype == np.uint16:
+            img = img / 257.0
+        img = np.asarray(img, dtype=np.float64)
+        if min_size is not None and min(img.shape) < min_size:
+            raise ValueError(
+                f"training image {path} is {img.shape[0]}x{img.shape[1]}, smaller than "
+                f"{min_size} pixels on a side"
+            )
+        images.append(img)
+    return images, [p.name for p in files]
+
+
+def add_noise(clean, sigma, seed):
+    """``clean + sigma * N(0, 1)`` with ``numpy.random.default_rng(seed)``, image by image."""
+    rng = np.random.default_rng(seed)
+    return [c + sigma * rng.standard_normal(c.shape) for c in clean]
+
+
+def _crop_batch(images, names, size):
+    """Equal-sized centre crops (the paper trains on 180x180 crops), as one array."""
+    out = []
+    for img, name in zip(images, names):
+        if min(img.shape) < size:
+            raise ValueError(f"training image {name} is smaller than the crop size {size}")
+        y0 = (img.shape[0] - size) // 2
+        x0 = (img.shape[1] - size) // 2
+        out.append(img[y0 : y0 + size, x0 : x0 + size])
+    return np.stack(out)
+
+
+# ------------------------------------------------------------------------------ initialisation
+def default_rbf_grid(sigma):
+    """RBF centres and precision: the authors' grid, wider for strong noise (sigma >= 50)."""
+    if sigma >= 50:
+        return np.arange(-387.5, 387.5 + 1e-9, 12.5), 0.0064
+    return np.arange(-310.0, 310.0 + 1e-9, 10.0), 0.01
+
+
+def plain_initial_stage(spec: TrainingSpec, *, width=10.0, strength=0.05, log_lambda=0.0):
+    """The paper's plain start for one stage.
+
+    Filters: the ``kernel_size**2 - 1`` zero-mean DCT atoms (coefficients =
+    identity). Influence functions: ``phi(z) = strength * 2 s / (1 + s**2)``
+    with ``s = z / width``, the derivative of the Lorentzian penalty
+    ``log(1 + s**2)`` of the paper on the [0, 255] intensity scale, fitted by
+    the RBFs by least squares. ``strength`` keeps the first step stable (the
+    48 unit filters sum to ~48 times the identity on high frequencies).
+    """
+    m = spec.n_coefficients
+    n = spec.n_filters
+    coefficients = np.eye(n, m)
+    lo = spec.centers[0] - 3 * (spec.centers[1] - spec.centers[0])
+    hi = spec.centers[-1] + 3 * (spec.centers[1] - spec.centers[0])
+    z = np.linspace(lo, hi, 4001)
+    s = z / width
+    target = strength * 2 * s / (1 + s * s)
+    basis = np.exp(-0.5 * spec.precision * (z[:, None] - spec.centers[None, :]) ** 2)
+    ridge = 1e-6 * np.eye(spec.n_rbf)
+    w = np.linalg.solve(basis.T @ basis + ridge, basis.T @ target)
+    weights = np.tile(w, (n, 1))
+    return StageParams(coefficients, weights, float(log_lambda))
+
+
+# ---------------------------------------------------------------------------------- training
+@dataclass
+class TrainingConfig:
+    """Everything that determines a training run (recorded in checkpoints and models)."""
+
+    sigma: float
+    kernel_size: int = 7
+    n_stages: int = 5
+    greedy_iterations: int = 200
+    joint_iterations: int = 200
+    seed: int = 0
+    crop: int | None = 180
+    dtype: str = "float32"
+    chunk: int = 20
+    n_filters: int | None = None
+    init_strength: float = 0.05
+    centers: list = field(default_factory=list)
+    precision: float = 0.0
+
+    def __post_init__(self):
+        if not self.centers:
+            c, p = default_rbf_grid(self.sigma)
+            self.centers, self.precision = [float(x) for x in c], float(p)
+
+    def spec(self) -> TrainingSpec:
+        return TrainingSpec(self.kernel_size, np.array(self.centers), self.precision,
+                            self.n_filters)
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _atomic_write_bytes(path: Path, data: bytes):
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class Checkpoint:
+    """The state of a run: phase, iterations done, parameters; written atomically."""
+
+    def __init__(self, directory, config: TrainingConfig, data_digest: str):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / "checkpoint.npz"
+        self.config = config
+        self.data_digest = data_digest
+
+    def load(self):
+        if not self.path.exists():
+            return None
+        with np.load(self.path, allow_pickle=False) as z:
+            state = json.loads(str(z["state"]))
+            params = z["params"].copy()
+        if state.get("config_digest") != self.config.digest():
+            raise ValueError(
+                f"checkpoint {self.path} belongs to a different configuration "
+                f"({state.get('config')}); use another --out or delete it"
+            )
+        if state.get("data_digest") != self.data_digest:
+            raise ValueError(f"checkpoint {self.path} was made with different training data")
+        return state, params
+
+    def save(self, state: dict, params: np.ndarray):
+        state = {**state, "config_digest": self.config.digest(), "config": asdict(self.config),
+                 "data_digest": self.data_digest}
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, params=params, state=np.array(json.dumps(state)))
+        _atomic_write_bytes(self.path, buf.getvalue())
+
+
+def _psnr(out, clean):
+    mse = float(np.mean((np.clip(out, 0, 255) - clean) ** 2))
+    return 10 * math.log10(255.0**2 / mse)
+
+
+class _Reporter:
+    def __init__(self, log, total_iterations, done_iterations):
+        self.log = log
+        self.total = total_iterations
+        self.done = done_iterations
+        self.t0 = time.perf_counter()
+        self.done_at_start = done_iterations
+        self.evals = 0
+        self.eval_time = 0.0
+
+    def eta(self):
+        run = self.done - self.done_at_start
+        if run <= 0:
+            return float("nan")
+        return (time.perf_counter() - self.t0) / run * (self.total - self.done)
+
+
+def _git_commit():
+    try:
+        here = Path(__file__).resolve().parent
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        # a copy of the tree without .git (e.g. on a GPU machine): the caller says the commit
+        return os.environ.get("SKIMAGE_TRD_COMMIT", "unknown")
+
+
+def _lbfgs_chunks(fun, x, done, total, chunk, on_chunk, reporter, label):
+    """Run L-BFGS-B from ``x`` until ``total`` iterations, restarting every ``chunk``."""
+    from scipy.optimize import minimize
+
+    while done < total:
+        n = min(chunk, total - done)
+        iters = [0]
+
+        def callback(intermediate_result):
+            iters[0] += 1
+            reporter.done += 1
+            reporter.log(
+                f"{label} iter {done + iters[0]:4d}/{total}  loss/px {fun.last_loss_per_px:.4f}  "
+                f"train PSNR {fun.last_psnr:.3f}  grad {fun.last_time:.2f} s  "
+                f"ETA {reporter.eta() / 60:.1f} min"
+            )
+
+        res = minimize(fun, x, jac=True, method="L-BFGS-B", callback=callback,
+                       options={"maxiter": n, "maxcor": 10, "gtol": 0, "ftol": 0})
+        x = res.x
+        # A chunk that stops early (converged, or the line search gave up) still counts as
+        # spent, so that a resumed run takes the same path as an uninterrupted one.
+        reporter.done += n - iters[0]
+        done += n
+        on_chunk(x, done)
+    return x
+
+
+class _KernelBatch:
+    """The training batch with the Numba (or NumPy reference) gradient kernels."""
+
+    def __init__(self, noisy, clean, spec, backend):
+        self.f, self.x, self.spec, self.backend = noisy, clean, spec, backend
+
+    def forward(self, stages, u=None):
+        if not stages:
+            return self.f if u is None else u
+        return forward_batch(self.f, stages, self.spec, backend=self.backend)
+
+    def loss_and_grad(self, params, *, stages, u_start=None):
+        return loss_and_grad(params, self.f, self.x, self.spec, stages=stages,
+                             backend=self.backend, u_start=u_start)
+
+
+def _batch(noisy, clean, spec, backend):
+    if backend == "cupy":
+        from ._cupy_kernels import cupy_module
+        from ._gemm_gradients import GemmTrainer
+
+        return GemmTrainer(noisy, clean, spec, xp=cupy_module(), dtype=noisy.dtype)
+    if backend not in ("numba", "numpy"):
+        raise ValueError(f"unknown training backend {backend!r}; choose 'numba', 'cupy' or 'numpy'")
+    return _KernelBatch(noisy, clean, spec, backend)
+
+
+class _Objective:
+    """loss_and_grad with bookkeeping (timing, loss per pixel, training PSNR)."""
+
+    def __init__(self, batch, n_px, stages, fixed_u=None):
+        self.batch, self.stages, self.fixed_u = batch, stages, fixed_u
+        self.n_px = n_px
+        self.last_loss_per_px = float("nan")
+        self.last_psnr = float("nan")
+        self.last_time = float("nan")
+
+    def __call__(self, x):
+        t0 = time.perf_counter()
+        loss, grad = self.batch.loss_and_grad(x, stages=self.stages, u_start=self.fixed_u)
+        self.last_time = time.perf_counter() - t0
+        self.last_loss_per_px = loss / self.n_px
+        self.last_psnr = 10 * math.log10(255.0**2 / max(2 * loss / self.n_px, 1e-300))
+        return loss, grad
+
+
+def train_denoiser(
+    clean,
+    config: TrainingConfig,
+    *,
+    noisy=None,
+    checkpoint_dir=None,
+    validation=None,
+    log=print,
+    backend="numba",
+    names=None,
+    data_source="(in memory)",
+    command=None,
+) -> TRDModel:
+    """Train a denoising TRD model (greedy, then joint) and return it.
+
+    Parameters
+    ----------
+    clean : sequence of 2-D arrays on the [0, 255] scale
+        Clean training images (cropped to ``config.crop`` squares if set;
+        otherwise they must all have the same shape).
+    config : TrainingConfig
+    noisy : sequence of 2-D arrays, optional
+        Noisy versions of ``clean`` (same shapes). Default: Gaussian noise of
+        ``config.sigma`` drawn with ``config.seed``.
+    checkpoint_dir : path, optional
+        Where the run is checkpointed after every chunk of iterations; an
+        existing checkpoint of the same configuration and data is resumed.
+    validation : (list of clean, list of noisy), optional
+        Images of any size scored (PSNR) after every chunk, for monitoring.
+    log : callable(str)
+        Progress lines (iteration, loss, PSNR, time per gradient, ETA).
+    command : str, optional
+        The command that reproduces this run, recorded in the provenance.
+
+    Returns
+    -------
+    TRDModel
+        With ``metadata['provenance']`` recording configuration, data, seeds,
+        iterations, final loss and the git commit of the code.
+    """
+    spec = config.spec()
+    names = names or [f"image{i}" for i in range(len(clean))]
+    if noisy is None:
+        noisy = add_noise(clean, config.sigma, config.seed)
+    if len(noisy) != len(clean):
+        raise ValueError(f"{len(noisy)} noisy images for {len(clean)} clean ones")
+    for c, n, name in zip(clean, noisy, names):
+        if np.shape(c) != np.shape(n):
+            raise ValueError(f"training pair {name}: clean {np.shape(c)} and noisy {np.shape(n)} differ")
+    dtype = np.dtype(config.dtype)
+    if config.crop:
+        x = _crop_batch(clean, names, config.crop)
+        f = _crop_batch(noisy, names, config.crop)
+    else:
+        x, f = np.stack(clean), np.stack(noisy)
+    x = x.astype(dtype)
+    f = f.astype(dtype)
+    data_digest = hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:16]
+    batch = _batch(f, x, spec, backend)
+    ckpt = Checkpoint(checkpoint_dir, config, data_digest) if checkpoint_dir else None
+    T = config.n_stages
+    total = T * config.greedy_iterations + config.joint_iterations
+    state = {"phase": "greedy", "stage": 0, "done": 0, "history": []}
+    trained: list = []
+    current = None
+    if ckpt is not None:
+        loaded = ckpt.load()
+        if loaded is not None:
+            state, params = loaded
+            stages = unpack_params(params, spec) if params.size else []
+            if state["phase"] == "greedy":
+                trained, current = stages[: state["stage"]], stages[state["stage"]]
+            else:
+                trained = stages
+            log(f"resuming from {ckpt.path}: phase {state['phase']}, stage {state['stage'] + 1}, "
+                f"{state['done']} iterations done")
+    done_before = (
+        state["stage"] * config.greedy_iterations + state["done"]
+        if state["phase"] == "greedy" else T * config.greedy_iterations + state["done"]
+    )
+    reporter = _Reporter(log, total, done_before)
+    t_start = time.perf_counter()
+
+    def score(stages):
+        if validation is None:
+            return None
+        model = params_to_model(stages, spec, sigma=config.sigma)
+        from ._engine import run_model
+
+        vals = [_psnr(run_model(np.asarray(n, dtype), model), c) for c, n in zip(*validation)]
+        return float(np.mean(vals))
+
+    def checkpoint(stages_all, st):
+        if ckpt is not None:
+            ckpt.save(st, pack_params(stages_all) if stages_all else np.zeros(0))
+
+    # ------------------------------------------------------------------ greedy
+    while state["phase"] == "greedy" and state["stage"] < T:
+        t = state["stage"]
+        if current is None:
+            current = plain_initial_stage(spec, strength=config.init_strength,
+                                          log_lambda=0.0 if t == 0 else math.log(0.1))
+            state["done"] = 0
+        obj = _Objective(batch, x.size, "last", fixed_u=batch.forward(trained))
+        label = f"greedy stage {t + 1}/{T}"
+
+        def on_chunk(xv, done, t=t):
+            state["done"] = done
+            val = score(trained + unpack_params(xv, spec))
+            state["history"].append({"phase": "greedy", "stage": t + 1, "iteration": done,
+                                     "loss_per_px": obj.last_loss_per_px, "val_psnr": val})
+            checkpoint(trained + unpack_params(xv, spec), state)
+            log(f"{label}: checkpoint at {done} iterations" +
+                (f", validation PSNR {val:.3f}" if val is not None else ""))
+
+        xv = _lbfgs_chunks(obj, pack_params([current]), state["done"], config.greedy_iterations,
+                           config.chunk, on_chunk, reporter, label)
+        trained = trained + unpack_params(xv, spec)
+        current = None
+        state["stage"] = t + 1
+        state["done"] = 0
+        if state["stage"] == T:
+            state["phase"] = "joint"
+            state["stage"] = T - 1  # joint: all stages, stage index unused
+        checkpoint(trained, state)
+    # ------------------------------------------------------------------ joint
+    obj = _Objective(batch, x.size, "all")
+    if config.joint_iterations > 0 and state["done"] < config.joint_iterations:
+        def on_chunk(xv, done):
+            state["done"] = done
+            val = score(unpack_params(xv, spec))
+            state["history"].append({"phase": "joint", "iteration": done,
+                                     "loss_per_px": obj.last_loss_per_px, "val_psnr": val})
+            checkpoint(unpack_params(xv, spec), state)
+            log(f"joint: checkpoint at {done} iterations" +
+                (f", validation PSNR {val:.3f}" if val is not None else ""))
+
+        xv = _lbfgs_chunks(obj, pack_params(trained), state["done"], config.joint_iterations,
+                           config.chunk, on_chunk, reporter, f"joint {T} stages")
+        trained = unpack_params(xv, spec)
+    final_loss, _ = obj(pack_params(trained))
+    provenance = {
+        "config": asdict(config),
+        "data": data_source,
+        "n_images": len(clean),
+        "data_sha256_16": data_digest,
+        "noise_seed": config.seed,
+        "iterations": {"greedy_per_stage": config.greedy_iterations,
+                       "joint": config.joint_iterations},
+        "final_loss_per_pixel": final_loss / x.size,
+        "final_train_psnr": 10 * math.log10(255.0**2 / (2 * final_loss / x.size)),
+        "history": state["history"][-50:],
+        "git_commit": _git_commit(),
+        "command": command,
+        "machine": f"{platform.machine()} {platform.platform()}",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "seconds_this_session": time.perf_counter() - t_start,
+    }
+    return params_to_model(
+        trained, spec, sigma=config.sigma,
+        name=f"trd-gauss-s{config.sigma:g}-{config.kernel_size}x{config.kernel_size}-{T}st",
+        metadata={"provenance": provenance, "source": "skimage_trd.train"},
+    )
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def _parser():
+    ap = argparse.ArgumentParser(prog="python -m skimage_trd.train", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True, help="folder of clean training images")
+    ap.add_argument("--noisy", help="folder of noisy images matching --data by file name")
+    ap.add_argument("--sigma", type=float, required=True, help="noise level on the [0, 255] scale")
+    ap.add_argument("--out", required=True, help="run folder (checkpoints; rerun to resume)")
+    ap.add_argument("--kernel-size", type=int, default=7)
+    ap.add_argument("--stages", type=int, default=5)
+    ap.add_argument("--greedy-iterations", type=int, default=200)
+    ap.add_argument("--joint-iterations", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--crop", type=int, default=180, help="centre crop size (0: no crop)")
+    ap.add_argument("--chunk", type=int, default=20, help="L-BFGS iterations per checkpoint")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--backend", default="numba", choices=["numba", "cupy", "numpy"],
+                    help="gradient kernels: Numba (CPU) or CuPy (GPU)")
+    ap.add_argument("--validation", help="folder of clean images scored after every chunk")
+    ap.add_argument("--export", help="write the trained model here (.npz)")
+    return ap
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser().parse_args(argv)
+    if args.threads:
+        from ._numba_kernels import set_threads
+
+        set_threads(args.threads)
+    config = TrainingConfig(sigma=args.sigma, kernel_size=args.kernel_size, n_stages=args.stages,
+                            greedy_iterations=args.greedy_iterations,
+                            joint_iterations=args.joint_iterations, seed=args.seed,
+                            crop=args.crop or None, dtype=args.dtype, chunk=args.chunk)
+    clean, names = load_image_folder(args.data, min_size=args.crop or None)
+    noisy = None
+    if args.noisy:
+        noisy_imgs, noisy_names = load_image_folder(args.noisy)
+        lookup = dict(zip(noisy_names, noisy_imgs))
+        missing = [n for n in names if n not in lookup]
+        if missing:
+            raise SystemExit(f"no noisy image for {', '.join(missing[:5])} in {args.noisy}")
+        noisy = [lookup[n] for n in names]
+    validation = None
+    if args.validation:
+        vc, _ = load_image_folder(args.validation)
+        validation = (vc, add_noise(vc, args.sigma, args.seed + 1))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    logfile = open(out / "train.log", "a", buffering=1)
+
+    def log(line):
+        stamp = datetime.datetime.now().strftime("%H:%M:%S")
+        print(f"[{stamp}] {line}", flush=True)
+        logfile.write(f"[{stamp}] {line}\n")
+
+    log(f"training {config} on {len(clean)} images from {args.data}")
+    model = train_denoiser(clean, config, noisy=noisy, checkpoint_dir=out, validation=validation,
+                           backend=args.backend,
+                           log=log, names=names, data_source=str(args.data),
+                           command=shlex.join(["python", "-m", "skimage_trd.train", *argv]))
+    target = Path(args.export) if args.export else out / f"{model.name}.npz"
+    model.save(target)
+    log(f"saved {target} (final training PSNR {model.metadata['provenance']['final_train_psnr']:.3f})")
+    return model
+
+
+if __name__ == "__main__":
+    main()
