@@ -423,6 +423,13 @@ def train_denoiser(
         if state["phase"] == "greedy" else T * config.greedy_iterations + state["done"]
     )
     reporter = _Reporter(log, total, done_before)
+    # every (re)start of the run is recorded: a resumed run may continue on newer code
+    state.setdefault("sessions", []).append({
+        "git_commit": _git_commit(),
+        "sessions": state["sessions"], "started_at_iteration": done_before,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "backend": backend, "machine": f"{platform.machine()} {platform.node()}",
+    })
     t_start = time.perf_counter()
 
     def score(stages):
@@ -495,6 +502,7 @@ def train_denoiser(
         "final_train_psnr": 10 * math.log10(255.0**2 / (2 * final_loss / x.size)),
         "history": state["history"][-50:],
         "git_commit": _git_commit(),
+        "sessions": state["sessions"],
         "command": command,
         "machine": f"{platform.machine()} {platform.platform()}",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
