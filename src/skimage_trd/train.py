@@ -425,8 +425,7 @@ def train_denoiser(
     reporter = _Reporter(log, total, done_before)
     # every (re)start of the run is recorded: a resumed run may continue on newer code
     state.setdefault("sessions", []).append({
-        "git_commit": _git_commit(),
-        "sessions": state["sessions"], "started_at_iteration": done_before,
+        "git_commit": _git_commit(), "started_at_iteration": done_before,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "backend": backend, "machine": f"{platform.machine()} {platform.node()}",
     })
