@@ -81,3 +81,35 @@ def test_gemm_gradients_on_gpu_equal_numpy():
     # deterministic: the same call twice gives the same bits
     l32b, g32b = gpu32.loss_and_grad(params)
     assert l32b == l32 and np.array_equal(g32b, g32)
+
+
+def test_deblock_gradients_on_gpu_equal_numpy():
+    from skimage_trd._gemm_gradients import GemmTrainer
+    from skimage_trd._gradients import StageParams, TrainingSpec, pack_params
+    from skimage_trd._jpeg import block_dct, block_idct, quality_tables
+
+    rng = np.random.default_rng(0)
+    spec = TrainingSpec(5, np.arange(-310.0, 310.1, 10.0), 0.01)
+    m = spec.n_coefficients
+    stages = [StageParams(rng.standard_normal((m, m)), rng.standard_normal((m, 63)), 0.0)
+              for _ in range(2)]
+    q = quality_tables(10)[0]
+    clean = rng.uniform(30, 220, (3, 24, 16))
+    d = np.stack([np.rint(block_dct(c - 128) / q) for c in clean])
+    start = np.stack([block_idct(di * q) + 128 for di in d])
+    bounds = ((d - 0.4) * q, (d + 0.4) * q)
+    params = pack_params(stages)
+    l_ref, g_ref = GemmTrainer(start, clean, spec, np, np.float64, constraint=bounds).loss_and_grad(params)
+    l, g = GemmTrainer(start, clean, spec, cp, np.float64, constraint=bounds).loss_and_grad(params)
+    assert np.isclose(l, l_ref, rtol=1e-10)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-7, atol=1e-8 * np.abs(g_ref).max())
+
+
+def test_deblock_trd_on_gpu_equals_cpu():
+    from skimage_trd import deblock_trd
+
+    m = random_model(2, 7, seed=2, task="deblock")
+    img = np.random.default_rng(0).integers(0, 256, (37, 45)).astype(np.uint8)
+    cpu = deblock_trd(img, 20, model=m)
+    gpu = deblock_trd(img, 20, model=m, backend="cupy")
+    np.testing.assert_allclose(gpu, cpu, atol=1e-5)

@@ -43,3 +43,52 @@ def test_gemm_rejects_mismatched_batches():
     spec, _, f, x = _problem()
     with pytest.raises(ValueError, match="equal"):
         GemmTrainer(f, x[:2], spec, np)
+
+
+def _deblock_problem(seed=0, B=2, size=16, quality=20):
+    from skimage_trd._jpeg import block_dct, block_idct, quality_tables
+
+    rng = np.random.default_rng(seed)
+    spec = TrainingSpec(3, np.arange(-310.0, 310.1, 10.0), 0.01)
+    m = spec.n_coefficients
+    stages = [StageParams(rng.standard_normal((m, m)), rng.standard_normal((m, 63)) * 2.0, 0.0)
+              for _ in range(2)]
+    q = quality_tables(quality)[0]
+    yy, xx = np.mgrid[:size, :size]
+    clean = np.stack([100 + 60 * np.sin(xx / (3 + b)) * np.cos(yy / 4) + 5 * rng.standard_normal((size, size))
+                      for b in range(B)])
+    d = np.stack([np.rint(block_dct(c - 128) / q) for c in clean])
+    lower, upper = (d - 0.4) * q, (d + 0.4) * q
+    start = np.stack([np.clip(block_idct(di * q) + 128, 0, 255) for di in d])
+    return spec, stages, start, clean, (lower, upper)
+
+
+def test_deblock_gradient_matches_finite_differences():
+    spec, stages, start, clean, constraint = _deblock_problem()
+    tr = GemmTrainer(start, clean, spec, np, np.float64, constraint=constraint)
+    params = pack_params(stages)
+    loss, grad = tr.loss_and_grad(params)
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        direction = rng.standard_normal(params.size)
+        direction[spec.stage_size - 1 :: spec.stage_size] = 0  # log_lambda is unused
+        eps = 1e-6
+        lp, _ = tr.loss_and_grad(params + eps * direction)
+        lm, _ = tr.loss_and_grad(params - eps * direction)
+        fd = (lp - lm) / (2 * eps)
+        assert np.isclose(grad @ direction, fd, rtol=1e-5), (grad @ direction, fd)
+    # the unused reaction weight gets no gradient
+    assert np.all(grad[spec.stage_size - 1 :: spec.stage_size] == 0)
+
+
+def test_deblock_forward_projects_onto_the_constraint_set():
+    from skimage_trd._jpeg import block_dct
+
+    spec, stages, start, clean, (lower, upper) = _deblock_problem()
+    tr = GemmTrainer(start, clean, spec, np, np.float64, constraint=(lower, upper))
+    out = tr.forward(stages)
+    y = np.stack([block_dct(o - 128) for o in out])
+    inside = (y >= lower - 1e-9) & (y <= upper + 1e-9)
+    clipped = np.stack([(o <= 0) | (o >= 255) for o in out]).any()
+    assert inside.mean() > 0.99 or clipped
+    assert out.min() >= 0 and out.max() <= 255

@@ -5,9 +5,11 @@ effective image restoration", CVPR 2015.
 """
 
 from ._basis import dct_filter_basis
+from ._deblock import deblock_jpeg, deblock_trd
 from ._denoise import denoise_trd
 from ._matlab import import_matlab_model
 from ._model import ModelFileError, TRDModel
+from ._plot import penalty_functions, plot_model
 from ._reference import stage_reference, trd_reference
 from ._registry import list_models, load_model
 
@@ -15,6 +17,8 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "denoise_trd",
+    "deblock_trd",
+    "deblock_jpeg",
     "load_model",
     "list_models",
     "TRDModel",
@@ -23,4 +27,6 @@ __all__ = [
     "import_matlab_model",
     "stage_reference",
     "trd_reference",
+    "plot_model",
+    "penalty_functions",
 ]

@@ -209,14 +209,15 @@ def _fold_matrix(n, p, xp, dtype):
 class _Stage:
     """Per-stage arrays on the device."""
 
-    def __init__(self, params: StageParams, spec: TrainingSpec, xp, dtype):
+    def __init__(self, params: StageParams, spec: TrainingSpec, xp, dtype, deblock=False):
         k, _ = _filters_and_norms(params.coefficients, spec.kernel_size)
         N, F = k.shape[0], spec.kernel_size
         self.params = params
         self.K = xp.asarray(k.reshape(N, F * F), dtype=dtype)
         self.Kbar = xp.asarray(k[:, ::-1, ::-1].reshape(N, F * F), dtype=dtype)
         self.w = xp.asarray(params.weights, dtype=dtype)
-        self.lam = math.exp(params.log_lambda)
+        # deblocking stages have no reaction term: their log_lambda is unused (gradient 0)
+        self.lam = 0.0 if deblock else math.exp(params.log_lambda)
 
 
 class GemmTrainer:
@@ -232,7 +233,8 @@ class GemmTrainer:
     dtype : float32 or float64
     """
 
-    def __init__(self, noisy, clean, spec, xp=np, dtype=np.float32, images_per_chunk=None):
+    def __init__(self, noisy, clean, spec, xp=np, dtype=np.float32, images_per_chunk=None,
+                 constraint=None):
         self.xp = xp
         self.dtype = np.dtype(dtype)
         self.spec = spec
@@ -246,6 +248,41 @@ class GemmTrainer:
         self.chunk = images_per_chunk or IMAGES_PER_CHUNK
         self.Rh = _fold_matrix(H, p, xp, self.dtype)
         self.Rw = _fold_matrix(W, p, xp, self.dtype)
+        # Deblocking (Eq. 9): every stage ends in the projection onto the quantisation
+        # constraint set, u_t = clip(idct(box(dct(v - 128))) + 128, 0, 255), v = u - diffusion.
+        self.deblock = constraint is not None
+        if self.deblock:
+            lower, upper = constraint
+            if H % 8 or W % 8 or lower.shape != (B, H // 8, W // 8, 8, 8):
+                raise ValueError("deblocking needs images of whole 8x8 blocks and per-image "
+                                 "coefficient bounds of shape (B, H/8, W/8, 8, 8)")
+            self.lower = xp.asarray(lower, dtype=self.dtype)
+            self.upper = xp.asarray(upper, dtype=self.dtype)
+
+    # ------------------------------------------------------------------- the projection
+    def _bdct(self, x, inverse=False):
+        from ._jpeg import dct_blocks
+
+        if inverse:
+            B, nh, nw = x.shape[:3]
+            y = dct_blocks(x, inverse=True)
+            return y.transpose(0, 1, 3, 2, 4).reshape(B, nh * 8, nw * 8)
+        B, H, W = x.shape
+        blocks = x.reshape(B, H // 8, 8, W // 8, 8).transpose(0, 1, 3, 2, 4)
+        return dct_blocks(blocks)
+
+    def _project(self, v, sl):
+        """The projection of a stage output ``v`` and the masks its adjoint needs."""
+        xp = self.xp
+        y = self._bdct(v - self.dtype.type(128))
+        inside = (y > self.lower[sl]) & (y < self.upper[sl])
+        w = self._bdct(xp.clip(y, self.lower[sl], self.upper[sl]), inverse=True) + self.dtype.type(128)
+        unclipped = (w > 0) & (w < 255)
+        return xp.clip(w, 0, 255).astype(self.dtype, copy=False), inside, unclipped
+
+    def _project_adjoint(self, g, inside, unclipped):
+        gy = self._bdct(g * unclipped) * inside
+        return self._bdct(gy, inverse=True).astype(self.dtype, copy=False)
 
     # -------------------------------------------------------------------------- one stage
     def _pad(self, u, mode):
@@ -269,7 +306,12 @@ class GemmTrainer:
         return (out, (U, Z, V, D)) if keep else (out, None)
 
     def stage_forward(self, st, u):
-        outs = [self._forward_chunk(st, u[s], self.f[s], False)[0] for s in self._slices(u)]
+        outs = []
+        for sl in self._slices(u):
+            out = self._forward_chunk(st, u[sl], self.f[sl], False)[0]
+            if self.deblock:
+                out = self._project(out, sl)[0]
+            outs.append(out)
         return self.xp.concatenate(outs) if len(outs) > 1 else outs[0]
 
     def _slices(self, u):
@@ -287,7 +329,9 @@ class GemmTrainer:
             uc, fc, gc = u[sl], self.f[sl], g[sl]
             B, H, W = uc.shape
             Hz, Wz = H + 2 * r, W + 2 * r
-            _, (U, Z, V, D) = self._forward_chunk(st, uc, fc, True)
+            v, (U, Z, V, D) = self._forward_chunk(st, uc, fc, True)
+            if self.deblock:  # back through the projection: gc becomes dL/dv
+                gc = self._project_adjoint(gc, *self._project(v, sl)[1:])
             Ug = _im2col(self._pad(-gc, "zero"), F, Hz, Wz, xp)
             E = st.K @ Ug
             S = E * D
@@ -308,7 +352,7 @@ class GemmTrainer:
         """Outputs of the stages (list of StageParams) on the batch, starting from ``u``."""
         u = self.f if u is None else u
         for p in stages:
-            u = self.stage_forward(_Stage(p, self.spec, self.xp, self.dtype), u)
+            u = self.stage_forward(_Stage(p, self.spec, self.xp, self.dtype, self.deblock), u)
         return u
 
     def loss_and_grad(self, params, *, stages="all", u_start=None):
@@ -317,10 +361,10 @@ class GemmTrainer:
         trained = unpack_params(params, self.spec)
         if stages == "last":
             u0 = self.f if u_start is None else u_start
-            sts = [_Stage(trained[0], self.spec, xp, self.dtype)]
+            sts = [_Stage(trained[0], self.spec, xp, self.dtype, self.deblock)]
             us = [u0, self.stage_forward(sts[0], u0)]
         elif stages == "all":
-            sts = [_Stage(p, self.spec, xp, self.dtype) for p in trained]
+            sts = [_Stage(p, self.spec, xp, self.dtype, self.deblock) for p in trained]
             us = [self.f]
             for st in sts:
                 us.append(self.stage_forward(st, us[-1]))

@@ -13,6 +13,14 @@ authors' code::
   ``kbar``: the result has the shape of ``u`` again.
 * ``phi_ti(z) = sum_j w_tij exp(-beta / 2 (z - mu_j)**2)``, Gaussian RBFs.
 
+JPEG deblocking (paper Eq. 9) replaces the reaction term by a projection::
+
+    u_t = clip( proj_Q( u_{t-1} - sum_i kbar_ti * phi_ti(k_ti * u_{t-1}) ), 0, 255 )
+
+with ``proj_Q`` the projection onto the quantisation-constraint set of the
+JPEG file (``_jpeg.QuantisationConstraint``), starting from the inverse DCT
+of the dequantised coefficients on the full 8x8-block grid.
+
 Every fast kernel (Numba, CuPy) is tested against these functions.
 """
 
@@ -25,6 +33,7 @@ __all__ = [
     "correlate_valid",
     "stage_reference",
     "trd_reference",
+    "deblock_reference",
 ]
 
 
@@ -71,4 +80,16 @@ def trd_reference(f, model, n_stages=None):
     u = f
     for t in range(model.n_stages if n_stages is None else n_stages):
         u = stage_reference(u, f, model, t)
+    return u
+
+
+def deblock_reference(constraint, model, n_stages=None):
+    """Run the deblocking stages of ``model`` (Eq. 9) from ``constraint.start``.
+
+    Returns the image on the full block grid (crop it to the image size).
+    """
+    u = constraint.start
+    for t in range(model.n_stages if n_stages is None else n_stages):
+        d = diffusion_reference(u, model.filters[t], model.weights[t], model.centers, model.precision)
+        u = constraint.project(u - d)
     return u

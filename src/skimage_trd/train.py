@@ -17,6 +17,10 @@ atomically, and a run restarted from a checkpoint continues exactly as the
 uninterrupted run would have (each chunk starts L-BFGS afresh from the
 checkpointed parameters, in both cases).
 
+Deblocking models (Eq. 9) are trained the same way on JPEG-compressed crops
+(``--task deblock --quality 10``); their stages end in the quantisation
+projection, whose gradient is part of the GPU trainer.
+
 Command line::
 
     python -m skimage_trd.train --data DIR --sigma 25 --out runs/s25 [--kernel-size 7]
@@ -60,7 +64,8 @@ __all__ = [
     "load_image_folder",
     "add_noise",
     "plain_initial_stage",
-    "train_denoiser",
+    "train_model",
+    "jpeg_pairs",
     "main",
 ]
 
@@ -110,6 +115,35 @@ def add_noise(clean, sigma, seed):
     """``clean + sigma * N(0, 1)`` with ``numpy.random.default_rng(seed)``, image by image."""
     rng = np.random.default_rng(seed)
     return [c + sigma * rng.standard_normal(c.shape) for c in clean]
+
+
+def jpeg_pairs(clean, quality, scale=0.8):
+    """JPEG-compress clean images (Pillow, baseline) and recover their quantisation constraints.
+
+    Returns the starting images (inverse DCT of the dequantised coefficients),
+    and the lower and upper coefficient bounds ``(d -/+ scale/2) q`` of each
+    image, as :func:`skimage_trd.deblock_trd` computes them from a decoded file.
+    """
+    import io
+
+    from PIL import Image
+
+    from ._jpeg import QuantisationConstraint, quantised_coefficients
+
+    starts, lowers, uppers = [], [], []
+    for img in clean:
+        buf = io.BytesIO()
+        Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8)).save(
+            buf, "JPEG", quality=int(quality))
+        buf.seek(0)
+        with Image.open(buf) as im:
+            decoded = np.asarray(im, dtype=np.float64)
+            table = np.asarray(im.quantization[0], dtype=np.float64).reshape(8, 8)
+        c = QuantisationConstraint(quantised_coefficients(decoded, table), table, scale)
+        starts.append(c.start)
+        lowers.append(c.lower)
+        uppers.append(c.upper)
+    return starts, np.stack(lowers), np.stack(uppers)
 
 
 def _crop_batch(images, names, size):
@@ -162,7 +196,7 @@ def plain_initial_stage(spec: TrainingSpec, *, width=10.0, strength=0.05, log_la
 class TrainingConfig:
     """Everything that determines a training run (recorded in checkpoints and models)."""
 
-    sigma: float
+    sigma: float | None = None
     kernel_size: int = 7
     n_stages: int = 5
     greedy_iterations: int = 200
@@ -175,10 +209,23 @@ class TrainingConfig:
     init_strength: float = 0.05
     centers: list = field(default_factory=list)
     precision: float = 0.0
+    task: str = "denoise"
+    quality: int | None = None
+    constraint_scale: float = 0.8
 
     def __post_init__(self):
+        if self.task == "denoise":
+            if self.sigma is None or not self.sigma > 0:
+                raise ValueError(f"denoising needs a positive sigma, got {self.sigma!r}")
+        elif self.task == "deblock":
+            if self.quality is None or not 1 <= int(self.quality) <= 100:
+                raise ValueError(f"deblocking needs a JPEG quality in 1..100, got {self.quality!r}")
+            if self.crop is not None and self.crop % 8:
+                raise ValueError(f"deblocking crops must be whole 8x8 blocks, got {self.crop}")
+        else:
+            raise ValueError(f"task must be 'denoise' or 'deblock', got {self.task!r}")
         if not self.centers:
-            c, p = default_rbf_grid(self.sigma)
+            c, p = default_rbf_grid(self.sigma or 0)
             self.centers, self.precision = [float(x) for x in c], float(p)
 
     def spec(self) -> TrainingSpec:
@@ -186,7 +233,11 @@ class TrainingConfig:
                             self.n_filters)
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        fields = asdict(self)
+        if self.task == "denoise":  # digests of denoising runs predate the deblocking fields
+            for key in ("task", "quality", "constraint_scale"):
+                fields.pop(key)
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _atomic_write_bytes(path: Path, data: bytes):
@@ -312,12 +363,21 @@ class _KernelBatch:
                              backend=self.backend, u_start=u_start)
 
 
-def _batch(noisy, clean, spec, backend):
-    if backend == "cupy":
-        from ._cupy_kernels import cupy_module
+def _batch(noisy, clean, spec, backend, constraint=None):
+    if backend == "cupy" or constraint is not None:
+        # the deblocking projection is in the matrix-form trainer only (GPU, or NumPy: slow)
         from ._gemm_gradients import GemmTrainer
 
-        return GemmTrainer(noisy, clean, spec, xp=cupy_module(), dtype=noisy.dtype)
+        if backend == "cupy":
+            from ._cupy_kernels import cupy_module
+
+            xp = cupy_module()
+        elif backend == "numpy":
+            xp = np
+        else:
+            raise ValueError("deblocking models train with backend='cupy' (GPU) or 'numpy' "
+                             "(slow reference); the Numba kernels have no projection yet")
+        return GemmTrainer(noisy, clean, spec, xp=xp, dtype=noisy.dtype, constraint=constraint)
     if backend not in ("numba", "numpy"):
         raise ValueError(f"unknown training backend {backend!r}; choose 'numba', 'cupy' or 'numpy'")
     return _KernelBatch(noisy, clean, spec, backend)
@@ -342,7 +402,7 @@ class _Objective:
         return loss, grad
 
 
-def train_denoiser(
+def train_model(
     clean,
     config: TrainingConfig,
     *,
@@ -355,7 +415,7 @@ def train_denoiser(
     data_source="(in memory)",
     command=None,
 ) -> TRDModel:
-    """Train a denoising TRD model (greedy, then joint) and return it.
+    """Train a TRD model (greedy, then joint) for ``config.task`` and return it.
 
     Parameters
     ----------
@@ -364,8 +424,10 @@ def train_denoiser(
         otherwise they must all have the same shape).
     config : TrainingConfig
     noisy : sequence of 2-D arrays, optional
-        Noisy versions of ``clean`` (same shapes). Default: Gaussian noise of
-        ``config.sigma`` drawn with ``config.seed``.
+        Denoising: noisy versions of ``clean`` (same shapes). Default:
+        Gaussian noise of ``config.sigma`` drawn with ``config.seed``.
+        Deblocking: not used; the clean crops are JPEG-compressed with Pillow
+        at ``config.quality``.
     checkpoint_dir : path, optional
         Where the run is checkpointed after every chunk of iterations; an
         existing checkpoint of the same configuration and data is resumed.
@@ -383,9 +445,10 @@ def train_denoiser(
         iterations, final loss and the git commit of the code.
     """
     spec = config.spec()
+    deblock = config.task == "deblock"
     names = names or [f"image{i}" for i in range(len(clean))]
     if noisy is None:
-        noisy = add_noise(clean, config.sigma, config.seed)
+        noisy = clean if deblock else add_noise(clean, config.sigma, config.seed)
     if len(noisy) != len(clean):
         raise ValueError(f"{len(noisy)} noisy images for {len(clean)} clean ones")
     for c, n, name in zip(clean, noisy, names):
@@ -397,10 +460,14 @@ def train_denoiser(
         f = _crop_batch(noisy, names, config.crop)
     else:
         x, f = np.stack(clean), np.stack(noisy)
+    constraint = None
+    if deblock:
+        starts, lower, upper = jpeg_pairs(list(x), config.quality, config.constraint_scale)
+        f, constraint = np.stack(starts), (lower, upper)
     x = x.astype(dtype)
     f = f.astype(dtype)
     data_digest = hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:16]
-    batch = _batch(f, x, spec, backend)
+    batch = _batch(f, x, spec, backend, constraint)
     ckpt = Checkpoint(checkpoint_dir, config, data_digest) if checkpoint_dir else None
     T = config.n_stages
     total = T * config.greedy_iterations + config.joint_iterations
@@ -434,10 +501,16 @@ def train_denoiser(
     def score(stages):
         if validation is None:
             return None
-        model = params_to_model(stages, spec, sigma=config.sigma)
-        from ._engine import run_model
+        model = _to_model(stages, spec, config)
+        if deblock:
+            from ._deblock import deblock_trd
 
-        vals = [_psnr(run_model(np.asarray(n, dtype), model), c) for c, n in zip(*validation)]
+            vals = [_psnr(deblock_trd(n, config.quality, model=model, preserve_range=True), c)
+                    for c, n in zip(*validation)]
+        else:
+            from ._engine import run_model
+
+            vals = [_psnr(run_model(np.asarray(n, dtype), model), c) for c, n in zip(*validation)]
         return float(np.mean(vals))
 
     def checkpoint(stages_all, st):
@@ -507,11 +580,37 @@ def train_denoiser(
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seconds_this_session": time.perf_counter() - t_start,
     }
-    return params_to_model(
-        trained, spec, sigma=config.sigma,
-        name=f"trd-gauss-s{config.sigma:g}-{config.kernel_size}x{config.kernel_size}-{T}st",
-        metadata={"provenance": provenance, "source": "skimage_trd.train"},
-    )
+    return _to_model(trained, spec, config,
+                     metadata={"provenance": provenance, "source": "skimage_trd.train"})
+
+
+def _to_model(stages, spec, config, metadata=None):
+    """The TRDModel of a parameter set, named after the task and its level."""
+    f, T = config.kernel_size, len(stages)
+    if config.task == "denoise":
+        return params_to_model(stages, spec, sigma=config.sigma,
+                               name=f"trd-gauss-s{config.sigma:g}-{f}x{f}-{T}st",
+                               metadata=metadata)
+    m = params_to_model(stages, spec, sigma=1.0)
+    meta = dict(metadata or {})
+    meta["constraint_scale"] = config.constraint_scale
+    return TRDModel(filters=m.filters, weights=m.weights, centers=m.centers,
+                    precision=m.precision, lambdas=None, task="deblock",
+                    quality=int(config.quality), name=f"trd-jpeg-q{config.quality}-{f}x{f}-{T}st",
+                    metadata=meta)
+
+
+def _jpeg_decoded(img, quality):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8)).save(buf, "JPEG",
+                                                                          quality=int(quality))
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return np.asarray(im, dtype=np.float64)
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -519,7 +618,9 @@ def _parser():
     ap = argparse.ArgumentParser(prog="python -m skimage_trd.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="folder of clean training images")
     ap.add_argument("--noisy", help="folder of noisy images matching --data by file name")
-    ap.add_argument("--sigma", type=float, required=True, help="noise level on the [0, 255] scale")
+    ap.add_argument("--task", default="denoise", choices=["denoise", "deblock"])
+    ap.add_argument("--sigma", type=float, help="denoising: noise level on the [0, 255] scale")
+    ap.add_argument("--quality", type=int, help="deblocking: JPEG quality (1..100)")
     ap.add_argument("--out", required=True, help="run folder (checkpoints; rerun to resume)")
     ap.add_argument("--kernel-size", type=int, default=7)
     ap.add_argument("--stages", type=int, default=5)
@@ -544,10 +645,14 @@ def main(argv=None):
         from ._numba_kernels import set_threads
 
         set_threads(args.threads)
-    config = TrainingConfig(sigma=args.sigma, kernel_size=args.kernel_size, n_stages=args.stages,
-                            greedy_iterations=args.greedy_iterations,
-                            joint_iterations=args.joint_iterations, seed=args.seed,
-                            crop=args.crop or None, dtype=args.dtype, chunk=args.chunk)
+    try:
+        config = TrainingConfig(sigma=args.sigma, kernel_size=args.kernel_size,
+                                n_stages=args.stages, greedy_iterations=args.greedy_iterations,
+                                joint_iterations=args.joint_iterations, seed=args.seed,
+                                crop=args.crop or None, dtype=args.dtype, chunk=args.chunk,
+                                task=args.task, quality=args.quality)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     clean, names = load_image_folder(args.data, min_size=args.crop or None)
     noisy = None
     if args.noisy:
@@ -560,7 +665,10 @@ def main(argv=None):
     validation = None
     if args.validation:
         vc, _ = load_image_folder(args.validation)
-        validation = (vc, add_noise(vc, args.sigma, args.seed + 1))
+        if config.task == "deblock":
+            validation = (vc, [_jpeg_decoded(c, config.quality) for c in vc])
+        else:
+            validation = (vc, add_noise(vc, args.sigma, args.seed + 1))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     logfile = open(out / "train.log", "a", buffering=1)
@@ -571,7 +679,7 @@ def main(argv=None):
         logfile.write(f"[{stamp}] {line}\n")
 
     log(f"training {config} on {len(clean)} images from {args.data}")
-    model = train_denoiser(clean, config, noisy=noisy, checkpoint_dir=out, validation=validation,
+    model = train_model(clean, config, noisy=noisy, checkpoint_dir=out, validation=validation,
                            backend=args.backend,
                            log=log, names=names, data_source=str(args.data),
                            command=shlex.join(["python", "-m", "skimage_trd.train", *argv]))

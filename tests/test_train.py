@@ -1,0 +1,136 @@
+"""The training driver: it learns, checkpoints, resumes exactly, and names bad data."""
+
+import numpy as np
+import pytest
+from skimage import data
+from skimage.io import imsave
+
+from skimage_trd import TRDModel
+from skimage_trd.train import TrainingConfig, load_image_folder, main, train_model
+
+
+def _clean(n=4, size=40):
+    cam = data.camera().astype(np.float64)
+    return [cam[100 + 50 * i : 100 + 50 * i + size, 150 : 150 + size] for i in range(n)]
+
+
+def _config(**kw):
+    base = dict(sigma=25, kernel_size=3, n_stages=2, greedy_iterations=4, joint_iterations=4,
+                crop=40, chunk=2, dtype="float64")
+    base.update(kw)
+    return TrainingConfig(**base)
+
+
+def test_training_improves_on_the_noisy_input(tmp_path):
+    clean = _clean()
+    lines = []
+    model = train_model(clean, _config(), log=lines.append)
+    prov = model.metadata["provenance"]
+    noisy_psnr = 10 * np.log10(255**2 / 25**2)
+    assert prov["final_train_psnr"] > noisy_psnr + 3
+    assert any("ETA" in line and "grad" in line and "PSNR" in line for line in lines)
+    assert model.n_stages == 2 and model.kernel_size == 3 and model.sigma == 25
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_deterministic_for_a_seed(dtype):
+    a = train_model(_clean(), _config(dtype=dtype), log=lambda s: None)
+    b = train_model(_clean(), _config(dtype=dtype), log=lambda s: None)
+    np.testing.assert_array_equal(a.weights, b.weights)
+    c = train_model(_clean(), _config(seed=1, dtype=dtype), log=lambda s: None)
+    assert not np.array_equal(a.weights, c.weights)
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stop_after", [3, 9, 14])
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, stop_after):
+    full = train_model(_clean(), _config(), checkpoint_dir=tmp_path / "a", log=lambda s: None)
+    seen = []
+
+    def killer(line):
+        seen.append(line)
+        if len(seen) == stop_after:
+            raise _Stop  # the process dies here, possibly in the middle of a chunk
+
+    with pytest.raises(_Stop):
+        train_model(_clean(), _config(), checkpoint_dir=tmp_path / "b", log=killer)
+    lines = []
+    resumed = train_model(_clean(), _config(), checkpoint_dir=tmp_path / "b", log=lines.append)
+    assert lines[0].startswith("resuming") or stop_after < 3
+    np.testing.assert_array_equal(resumed.filters, full.filters)
+    np.testing.assert_array_equal(resumed.weights, full.weights)
+    np.testing.assert_array_equal(resumed.lambdas, full.lambdas)
+
+
+def test_checkpoint_of_other_config_is_refused(tmp_path):
+    train_model(_clean(), _config(greedy_iterations=2, joint_iterations=0),
+                   checkpoint_dir=tmp_path, log=lambda s: None)
+    with pytest.raises(ValueError, match="different configuration"):
+        train_model(_clean(), _config(sigma=15), checkpoint_dir=tmp_path, log=lambda s: None)
+
+
+def test_bad_training_data_is_named(tmp_path):
+    good = tmp_path / "good"
+    good.mkdir()
+    for i, img in enumerate(_clean(2)):
+        imsave(good / f"img{i}.png", img.astype(np.uint8))
+    (good / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="broken.png"):
+        load_image_folder(good)
+    (good / "broken.png").unlink()
+    imsave(good / "tiny.png", np.zeros((10, 12), np.uint8))
+    with pytest.raises(ValueError, match="tiny.png.*smaller"):
+        load_image_folder(good, min_size=40)
+    with pytest.raises(ValueError, match="does not exist"):
+        load_image_folder(tmp_path / "nowhere")
+    clean = _clean(2)
+    with pytest.raises(ValueError, match="image1"):
+        train_model(clean, _config(), noisy=[clean[0], clean[1][:30]], log=lambda s: None)
+
+
+def test_command_line(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for i, img in enumerate(_clean(3)):
+        imsave(folder / f"c{i}.png", np.clip(img, 0, 255).astype(np.uint8))
+    out = tmp_path / "run"
+    model = main(["--data", str(folder), "--sigma", "20", "--out", str(out), "--kernel-size", "3",
+                  "--stages", "1", "--greedy-iterations", "2", "--joint-iterations", "0",
+                  "--crop", "40", "--chunk", "1", "--export", str(tmp_path / "m.npz")])
+    loaded = TRDModel.load(tmp_path / "m.npz")
+    assert loaded.sigma == 20 and loaded.n_stages == 1
+    assert "--sigma 20" in loaded.metadata["provenance"]["command"]
+    assert (out / "train.log").read_text().count("iter") >= 2
+    np.testing.assert_array_equal(model.weights, loaded.weights)
+
+
+def test_deblocking_training_on_numpy_backend(tmp_path):
+    from skimage_trd import deblock_trd
+
+    clean = [c[:32, :32] for c in _clean(3)]
+    cfg = TrainingConfig(task="deblock", quality=10, kernel_size=3, n_stages=2, greedy_iterations=3,
+                         joint_iterations=2, crop=32, chunk=2, dtype="float64")
+    lines = []
+    model = train_model(clean, cfg, backend="numpy", log=lines.append)
+    assert model.task == "deblock" and model.quality == 10 and model.lambdas is None
+    assert model.constraint_scale == 0.8 and model.name == "trd-jpeg-q10-3x3-2st"
+    from skimage_trd.train import _jpeg_decoded
+
+    dec = _jpeg_decoded(clean[0], 10)
+    out = deblock_trd(dec, 10, model=model, preserve_range=True)
+    err = lambda a: np.mean((a - clean[0]) ** 2)  # noqa: E731
+    assert err(out) < err(dec)  # trained on these crops, it must beat the decoder on them
+    with pytest.raises(ValueError, match="backend='cupy'"):
+        train_model(clean, cfg, backend="numba", log=lines.append)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="sigma"):
+        TrainingConfig()
+    with pytest.raises(ValueError, match="quality"):
+        TrainingConfig(task="deblock")
+    with pytest.raises(ValueError, match="8x8"):
+        TrainingConfig(task="deblock", quality=10, crop=180)
