@@ -43,6 +43,7 @@ TABLE_TOLERANCE = 1e-5
 @dataclass(frozen=True)
 class PreparedStage:
     filters: np.ndarray  # (N, F, F), compute dtype
+    flipped: np.ndarray  # filters rotated by 180 degrees
     weights: np.ndarray  # (N, J), compute dtype
     coef: np.ndarray  # (N, n_intervals, 4), compute dtype
     x0: float
@@ -89,6 +90,7 @@ def prepare(model, dtype) -> Prepared:
         stages.append(
             PreparedStage(
                 filters=np.ascontiguousarray(model.filters[t], dtype=dtype),
+                flipped=np.ascontiguousarray(model.filters[t, :, ::-1, ::-1], dtype=dtype),
                 weights=np.ascontiguousarray(model.weights[t], dtype=dtype),
                 coef=table.coef,
                 x0=table.x0,
@@ -124,7 +126,7 @@ def _run_numba(f, model, n_stages, exact, post_stage, progress):
         nk.pad_symmetric(u, 2 * r, padded)
         out = buffers[t % 2]
         nk.trd_stage(
-            padded, f, st.lam, st.filters, st.coef, st.x0, st.inv_h, st.weights,
+            padded, f, st.lam, st.filters, st.flipped, st.coef, st.x0, st.inv_h, st.weights,
             prep.mu0, prep.delta, prep.beta, prep.reach, exact, out,
         )
         if post_stage is not None:

@@ -19,6 +19,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from ._unrolled import corr3, corr5, corr7, corr9
+
 STRIP = 32  # output rows per parallel work item
 
 
@@ -42,17 +44,35 @@ def pad_symmetric(u, p, out):
 
 @njit(cache=True, inline="always")
 def _phi_table(z, coef, i, x0, inv_h, n_int):
-    t = (z - x0) * inv_h
-    if t < 0.0:
-        t = 0.0
+    # branch-free: t is clamped into [0, n_int) (beyond the grid phi is flat at ~0)
+    t = min(max((z - x0) * inv_h, 0.0), n_int - 1e-3)
     n = int(t)
-    if n >= n_int:
-        n = n_int - 1
-        t = 1.0
-    else:
-        t = t - n
+    t = t - n
     c = coef[i, n]
     return ((c[3] * t + c[2]) * t + c[1]) * t + c[0]
+
+
+@njit(cache=True, inline="always")
+def _correlate_row(src, y, k, out, n, accumulate):
+    """out[x] (+)= sum_ab k[a, b] src[y + a, x + b] for x < n (unrolled for the usual sizes)."""
+    F = k.shape[0]
+    if F == 7:
+        corr7(src, y, k, out, n, accumulate)
+    elif F == 5:
+        corr5(src, y, k, out, n, accumulate)
+    elif F == 3:
+        corr3(src, y, k, out, n, accumulate)
+    elif F == 9:
+        corr9(src, y, k, out, n, accumulate)
+    else:
+        if not accumulate:
+            out[:n] = 0.0
+        for a in range(F):
+            row = src[y + a]
+            for b in range(F):
+                kab = k[a, b]
+                for x in range(n):
+                    out[x] += kab * row[x + b]
 
 
 @njit(cache=True, inline="always")
@@ -88,13 +108,14 @@ def _phi_exact(z, w, mu0, delta, beta, J, K):
 
 @njit(cache=True, parallel=True, fastmath=True)
 def trd_stage(
-    padded, f, lam, filters, coef, x0, inv_h, weights, mu0, delta, beta, K, exact, out
+    padded, f, lam, filters, flipped, coef, x0, inv_h, weights, mu0, delta, beta, K, exact, out
 ):
     """One stage: ``out = u - (sum_i rot180(k_i) * phi_i(k_i * u) + lam (u - f))``.
 
     ``padded`` is ``u`` padded symmetrically by ``2 r``. ``exact`` selects the
-    RBF sum for ``phi`` instead of the table ``coef``. Deblocking passes
-    ``lam = 0`` (its projection runs afterwards).
+    RBF sum for ``phi`` instead of the table ``coef``. ``flipped`` holds the
+    filters rotated by 180 degrees. Deblocking passes ``lam = 0`` (its
+    projection runs afterwards).
     """
     N, F, _ = filters.shape
     r = F // 2
@@ -115,13 +136,7 @@ def trd_stage(
             # responses v = phi_i(k_i * u) on rows y0 .. y0 + h + 2r of the 'valid' grid
             for yy in range(hz):
                 row = z[yy]
-                row[:] = 0.0
-                for a in range(F):
-                    src = padded[y0 + yy + a]
-                    for b in range(F):
-                        kab = k[a, b]
-                        for x in range(Wz):
-                            row[x] += kab * src[x + b]
+                _correlate_row(padded, y0 + yy, k, row, Wz, False)
                 if exact:
                     w = weights[i]
                     for x in range(Wz):
@@ -130,14 +145,9 @@ def trd_stage(
                     for x in range(Wz):
                         row[x] = _phi_table(row[x], coef, i, x0, inv_h, n_int)
             # acc += rot180(k_i) * v  ('valid')
+            kf = flipped[i]
             for yy in range(h):
-                arow = acc[yy]
-                for a in range(F):
-                    src = z[yy + a]
-                    for b in range(F):
-                        kab = k[F - 1 - a, F - 1 - b]
-                        for x in range(W):
-                            arow[x] += kab * src[x + b]
+                _correlate_row(z, yy, kf, acc[yy], W, True)
         for yy in range(h):
             urow = padded[y0 + yy + 2 * r]
             frow = f[y0 + yy]
