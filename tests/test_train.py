@@ -134,3 +134,58 @@ def test_config_validation():
         TrainingConfig(task="deblock")
     with pytest.raises(ValueError, match="8x8"):
         TrainingConfig(task="deblock", quality=10, crop=180)
+
+
+@pytest.mark.parametrize("crash_at", [1, 2, 3, 4, 5, 7, 9, 12])
+def test_crash_while_writing_a_checkpoint(tmp_path, monkeypatch, crash_at):
+    import skimage_trd.train as tr
+
+    full = train_model(_clean(), _config(), checkpoint_dir=tmp_path / "a", log=lambda s: None)
+    real_replace = tr.os.replace
+    calls = {"n": 0}
+
+    def crashing_replace(src, dst):
+        calls["n"] += 1
+        if calls["n"] == crash_at:  # the temporary file is written, the rename never happens
+            raise _Stop
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(tr.os, "replace", crashing_replace)
+    with pytest.raises(_Stop):
+        train_model(_clean(), _config(), checkpoint_dir=tmp_path / "b", log=lambda s: None)
+    monkeypatch.setattr(tr.os, "replace", real_replace)
+    resumed = train_model(_clean(), _config(), checkpoint_dir=tmp_path / "b", log=lambda s: None)
+    np.testing.assert_array_equal(resumed.weights, full.weights)
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for i, img in enumerate(_clean(3)):
+        imsave(folder / f"c{i}.png", np.clip(img, 0, 255).astype(np.uint8))
+    args = ["--data", str(folder), "--sigma", "20", "--kernel-size", "3", "--stages", "2",
+            "--greedy-iterations", "6", "--joint-iterations", "6", "--crop", "40", "--chunk", "1",
+            "--dtype", "float64"]
+    main(args + ["--out", str(tmp_path / "full"), "--export", str(tmp_path / "full.npz")])
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "skimage_trd.train", *args, "--out", str(run),
+           "--export", str(tmp_path / "resumed.npz")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "checkpoint.npz").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    a = TRDModel.load(tmp_path / "full.npz")
+    b = TRDModel.load(tmp_path / "resumed.npz")
+    np.testing.assert_array_equal(a.weights, b.weights)
+    np.testing.assert_array_equal(a.filters, b.filters)

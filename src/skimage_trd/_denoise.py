@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,6 +24,8 @@ __all__ = ["denoise_trd", "select_model"]
 
 # Intensity level the model scale is centred on: models see images in [0, 255].
 _MODEL_MID = 127.5
+# Noise below 1e-7 of the plane's spread is left alone (float32 resolves about 1e-7).
+_NEGLIGIBLE_NOISE = 1e7
 
 
 def _resolve_bank(model) -> list[TRDModel]:
@@ -66,9 +69,16 @@ def _robust_range(plane):
 
 
 def _estimate_sigma(plane):
+    """Noise estimate of one 2-D plane; 0 where the plane is too small to tell."""
+    import warnings
+
     from skimage.restoration import estimate_sigma
 
-    return float(estimate_sigma(np.asarray(plane, dtype=np.float64)))
+    with warnings.catch_warnings():
+        # per-plane calls: skimage's colour hint and empty-slice warnings do not apply
+        warnings.simplefilter("ignore")
+        s = float(estimate_sigma(np.asarray(plane, dtype=np.float64)))
+    return s if np.isfinite(s) else 0.0
 
 
 def denoise_trd(
@@ -121,6 +131,8 @@ def denoise_trd(
         Process every plane in tiles of this size plus a halo of
         ``n_stages * (kernel_size - 1)`` pixels; the result equals
         whole-image processing and memory is bounded by the tile size.
+        Chosen automatically (2048 x 2048) when a plane's working buffers
+        would not fit in the memory available.
     n_stages : int, optional
         Run only the first stages of the model.
     data_range : float, optional
@@ -147,6 +159,8 @@ def denoise_trd(
     ------
     TypeError
         Complex, bool or object images; an unsupported array type.
+    MemoryError
+        Before any work, when the result itself cannot fit in memory.
     ValueError
         Empty or 1-D images, NaN or infinite values, a negative sigma, an
         unknown model or backend, a ``channel_axis`` out of range.
@@ -165,6 +179,8 @@ def denoise_trd(
     clipped to the converted range ([0, 1] or [-1, 1]); with
     ``preserve_range=True`` to the integer type's range. Float input is not
     clipped. Integer images are computed in float32 and returned as float64.
+    A plane whose noise is below 1e-7 of its spread is returned unchanged;
+    one whose noise exceeds its spread ten million times becomes its mean.
 
     The influence functions are evaluated from cubic tables accurate to
     1e-5 on the [0, 255] scale unless ``exact=True``.
@@ -241,6 +257,9 @@ def denoise_trd(
             src = image.get()
         else:
             src = image
+    plane_shape = tuple(n for ax, n in enumerate(image.shape) if ax != channel_axis)[-2:]
+    if backend == "numba" and tile_shape is None:
+        tile_shape = _memory_plan(image.shape, out_dtype, plane_shape, compute_dtype, bank)
     out = xp.empty(image.shape, dtype=out_dtype)
     planes = list(iter_planes(image.shape, channel_axis))
     total_planes = len(planes)
@@ -254,8 +273,16 @@ def denoise_trd(
             host_plane = plane if xp is np else plane.get()
             s = sigmas[channel or 0]
             s = _estimate_sigma(host_plane) if s is None else s * scale
-            if s == 0:
+            centre = float(plane.mean())
+            spread = float(xp.abs(plane - compute_dtype.type(centre)).max())
+            if s == 0 or spread == 0 or spread / s > _NEGLIGIBLE_NOISE:
+                # no noise, a constant plane (which the stage map leaves as it is), or noise
+                # too weak to matter (and to rescale onto the model's scale without overflow)
                 out[index] = plane
+                continue
+            if spread / s < 1.0 / _NEGLIGIBLE_NOISE:
+                # noise ten million times the signal: nothing but the mean is left to estimate
+                out[index] = centre
                 continue
             if len(bank) == 1:
                 m = bank[0]
@@ -268,7 +295,6 @@ def denoise_trd(
                     r = _robust_range(host_plane)
                 m = select_model(bank, 255.0 * s / r if r > 0 else np.inf)
             gain = m.sigma / s
-            centre = float(plane.mean())
             f = (plane - compute_dtype.type(centre)) * compute_dtype.type(gain)
             f += compute_dtype.type(_MODEL_MID)
             if xp is np:
@@ -294,6 +320,39 @@ def denoise_trd(
 
         return cupy.asarray(out)
     return out
+
+
+def _available_memory():
+    """Bytes of memory available now (Linux), or None where that cannot be told."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+# Whole-plane processing holds about this many plane-sized buffers of the compute dtype:
+# the converted plane, the model-scale input, the padded image and two stage buffers.
+_PLANE_BUFFERS = 6
+AUTO_TILE = 2048
+
+
+def _memory_plan(shape, out_dtype, plane_shape, compute_dtype, bank):
+    """Refuse up front what cannot fit; tile planes whose working set would not fit."""
+    available = _available_memory()
+    if available is None:
+        return None
+    out_bytes = int(np.prod(shape)) * np.dtype(out_dtype).itemsize
+    if out_bytes > 0.9 * available:
+        raise MemoryError(
+            f"the result of shape {shape} ({out_bytes / 2**30:.1f} GiB of "
+            f"{np.dtype(out_dtype).name}) does not fit in the {available / 2**30:.1f} GiB of "
+            "memory available; process the image in parts, e.g. as a dask array "
+            "(denoise_trd takes dask arrays) or plane by plane"
+        )
+    plane_bytes = int(np.prod(plane_shape)) * compute_dtype.itemsize
+    if _PLANE_BUFFERS * plane_bytes > 0.5 * (available - out_bytes):
+        return (AUTO_TILE, AUTO_TILE)  # identical result, memory bounded by the tile
+    return None
 
 
 def _check_sigma(sigma, n_channels):

@@ -63,6 +63,26 @@ class Prepared:
 _prepared_cache: dict = {}
 _prepared_lock = threading.Lock()
 
+# Numba's 'workqueue' threading layer (used when neither OpenMP nor TBB is available) aborts the
+# process if two threads launch parallel kernels at once; napari and dask call from many threads.
+# Kernel launches are serialised until the first launch tells which layer is in use, and
+# afterwards only under 'workqueue'.
+_launch_lock = threading.Lock()
+_serialise_launches = None
+
+
+def _launch(kernel, *args):
+    global _serialise_launches
+    if _serialise_launches is False:
+        return kernel(*args)
+    with _launch_lock:
+        result = kernel(*args)
+        if _serialise_launches is None:
+            import numba
+
+            _serialise_launches = numba.threading_layer() == "workqueue"
+        return result
+
 
 def model_fingerprint(model) -> str:
     h = hashlib.sha1()
@@ -125,7 +145,8 @@ def _run_numba(f, model, n_stages, exact, post_stage, progress):
         st = prep.stages[t]
         nk.pad_symmetric(u, 2 * r, padded)
         out = buffers[t % 2]
-        nk.trd_stage(
+        _launch(
+            nk.trd_stage,
             padded, f, st.lam, st.filters, st.flipped, st.coef, st.x0, st.inv_h, st.weights,
             prep.mu0, prep.delta, prep.beta, prep.reach, exact, out,
         )

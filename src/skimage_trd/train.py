@@ -480,7 +480,9 @@ def train_model(
             state, params = loaded
             stages = unpack_params(params, spec) if params.size else []
             if state["phase"] == "greedy":
-                trained, current = stages[: state["stage"]], stages[state["stage"]]
+                # a checkpoint taken right after a stage finished holds no next stage yet
+                trained = stages[: state["stage"]]
+                current = stages[state["stage"]] if len(stages) > state["stage"] else None
             else:
                 trained = stages
             log(f"resuming from {ckpt.path}: phase {state['phase']}, stage {state['stage'] + 1}, "
