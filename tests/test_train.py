@@ -136,7 +136,7 @@ def test_config_validation():
         TrainingConfig(task="deblock", quality=10, crop=180)
 
 
-@pytest.mark.parametrize("crash_at", [1, 2, 3, 4, 5, 7, 9, 12])
+@pytest.mark.parametrize("crash_at", range(1, 9))  # a run writes 8 checkpoints
 def test_crash_while_writing_a_checkpoint(tmp_path, monkeypatch, crash_at):
     import skimage_trd.train as tr
 
