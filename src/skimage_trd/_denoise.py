@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -211,7 +212,7 @@ def denoise_trd(
         return denoise_trd_dask(
             image, sigma, model=model, channel_axis=channel_axis,
             preserve_range=preserve_range, backend=backend, num_threads=num_threads,
-            tile_shape=tile_shape, n_stages=n_stages,
+            tile_shape=tile_shape, n_stages=n_stages, data_range=data_range, exact=exact,
         )
     channel_axis = normalize_channel_axis(image, channel_axis)
     check_spatial(image, channel_axis)
@@ -234,32 +235,21 @@ def denoise_trd(
 
     work_dtype, scale = float_dtype(image.dtype, preserve_range)
     out_dtype = work_dtype
-    compute_dtype = work_dtype if image.dtype.kind == "f" else np.dtype(np.float32)
-    if image.dtype.kind == "f":
-        clip = None
-    elif preserve_range:
-        info = np.iinfo(image.dtype)
-        clip = (float(info.min), float(info.max))
-    else:
-        clip = (-1.0 if image.dtype.kind == "i" else 0.0, 1.0)
     if data_range is not None and not (np.isfinite(data_range) and data_range > 0):
         raise ValueError(f"data_range must be a positive number, got {data_range!r}")
 
     if backend == "cupy":
         from ._cupy_kernels import cupy_module
 
-        cp = cupy_module()
-        xp = cp
-        src = cp.asarray(image)
+        xp = cupy_module()
+        src = xp.asarray(image)
     else:
         xp = np
-        if kind == "cupy":
-            src = image.get()
-        else:
-            src = image
+        src = image.get() if kind == "cupy" else image
     plane_shape = tuple(n for ax, n in enumerate(image.shape) if ax != channel_axis)[-2:]
     if backend == "numba" and tile_shape is None:
-        tile_shape = _memory_plan(image.shape, out_dtype, plane_shape, compute_dtype, bank)
+        tile_shape = _memory_plan(image.shape, out_dtype, plane_shape, _compute_dtype(image.dtype),
+                                  bank)
     out = xp.empty(image.shape, dtype=out_dtype)
     planes = list(iter_planes(image.shape, channel_axis))
     total_planes = len(planes)
@@ -269,47 +259,15 @@ def denoise_trd(
     previous_threads = set_threads(num_threads) if backend == "numba" else None
     try:
         for p_index, (index, channel) in enumerate(planes):
-            plane = src[index].astype(compute_dtype) * compute_dtype.type(scale)
-            host_plane = plane if xp is np else plane.get()
-            s = sigmas[channel or 0]
-            s = _estimate_sigma(host_plane) if s is None else s * scale
-            centre = float(plane.mean())
-            spread = float(xp.abs(plane - compute_dtype.type(centre)).max())
-            if s == 0 or spread == 0 or spread / s > _NEGLIGIBLE_NOISE:
-                # no noise, a constant plane (which the stage map leaves as it is), or noise
-                # too weak to matter (and to rescale onto the model's scale without overflow)
-                out[index] = plane
-                continue
-            if spread / s < 1.0 / _NEGLIGIBLE_NOISE:
-                # noise ten million times the signal: nothing but the mean is left to estimate
-                out[index] = centre
-                continue
-            if len(bank) == 1:
-                m = bank[0]
-            else:
-                if data_range is not None:
-                    r = data_range * scale
-                elif image.dtype.kind in "ui" and not preserve_range:
-                    r = 1.0
-                else:
-                    r = _robust_range(host_plane)
-                m = select_model(bank, 255.0 * s / r if r > 0 else np.inf)
-            gain = m.sigma / s
-            f = (plane - compute_dtype.type(centre)) * compute_dtype.type(gain)
-            f += compute_dtype.type(_MODEL_MID)
-            if xp is np:
-                f = np.ascontiguousarray(f)
+            plane = src[index]
+            setting = _plane_settings(plane.astype(np.float64) * scale, sigmas[channel or 0], scale,
+                                      bank, data_range, image.dtype, preserve_range)
             cb = None
             if progress is not None:
                 def cb(done, total, p=p_index):
                     progress(p * total + done, total_planes * total)
-            res = run_model(f, m, backend=backend, n_stages=n_stages, tile_shape=tile_shape,
-                            exact=bool(exact) and backend != "numpy", progress=cb)
-            res = (res - compute_dtype.type(_MODEL_MID)) / compute_dtype.type(gain)
-            res += compute_dtype.type(centre)
-            if clip is not None:
-                res = xp.clip(res, *clip)
-            out[index] = res
+            out[index] = _denoise_plane(plane, setting, scale, image.dtype, preserve_range,
+                                        None, tile_shape, n_stages, exact, backend, cb)
     finally:
         if previous_threads is not None:
             set_threads(previous_threads)
@@ -320,6 +278,98 @@ def denoise_trd(
 
         return cupy.asarray(out)
     return out
+
+
+@dataclass(frozen=True)
+class _PlaneSetting:
+    """What happens to one plane: 'copy' it, replace it by its 'mean', or 'denoise' it."""
+
+    action: str
+    centre: float
+    model: TRDModel | None = None
+    gain: float = 1.0
+
+
+def _compute_dtype(in_dtype):
+    """float32 for integer and float16/32 images, float64 for float64 ones."""
+    in_dtype = np.dtype(in_dtype)
+    if in_dtype.kind == "f" and in_dtype.itemsize >= 8:
+        return np.dtype(np.float64)
+    return np.dtype(np.float32)
+
+
+def _clip_limits(in_dtype, preserve_range):
+    in_dtype = np.dtype(in_dtype)
+    if in_dtype.kind == "f":
+        return None
+    if preserve_range:
+        info = np.iinfo(in_dtype)
+        return float(info.min), float(info.max)
+    return (-1.0 if in_dtype.kind == "i" else 0.0), 1.0
+
+
+def _plane_settings(plane, sigma, scale, bank, data_range, in_dtype, preserve_range, centre=None):
+    """Decide for one plane (float64, working units; host or device) how it is denoised.
+
+    ``sigma`` is in the image's own units (None: estimated here); ``centre``
+    defaults to the plane's mean.
+    """
+    host = plane.get() if hasattr(plane, "get") else np.asarray(plane)
+    s = _estimate_sigma(host) if sigma is None else sigma * scale
+    centre = float(host.mean()) if centre is None else float(centre)
+    spread = float(np.abs(host - centre).max())
+    if s == 0 or spread == 0 or spread / s > _NEGLIGIBLE_NOISE:
+        # no noise, a constant plane (which the stage map leaves as it is), or noise
+        # too weak to matter (and to rescale onto the model's scale without overflow)
+        return _PlaneSetting("copy", centre)
+    if spread / s < 1.0 / _NEGLIGIBLE_NOISE:
+        # noise ten million times the signal: nothing but the mean is left to estimate
+        return _PlaneSetting("mean", centre)
+    if len(bank) == 1:
+        m = bank[0]
+    else:
+        if data_range is not None:
+            r = data_range * scale
+        elif np.dtype(in_dtype).kind in "ui" and not preserve_range:
+            r = 1.0
+        else:
+            r = _robust_range(host)
+        m = select_model(bank, 255.0 * s / r if r > 0 else np.inf)
+    return _PlaneSetting("denoise", centre, m, m.sigma / s)
+
+
+def _denoise_plane(plane, setting, scale, in_dtype, preserve_range, num_threads, tile_shape,
+                   n_stages, exact, backend="numba", progress=None):
+    """Apply a plane's setting to the plane, or to any rectangular part of it (dask blocks)."""
+    xp = np if backend != "cupy" else __import__("cupy")
+    cdt = _compute_dtype(in_dtype)
+    x = plane.astype(cdt) * cdt.type(scale)
+    if setting.action == "copy":
+        return x
+    if setting.action == "mean":
+        return xp.full_like(x, setting.centre)
+    f = (x - cdt.type(setting.centre)) * cdt.type(setting.gain)
+    f += cdt.type(_MODEL_MID)
+    if xp is np:
+        f = np.ascontiguousarray(f)
+    previous = None
+    if num_threads is not None and backend == "numba":
+        from ._numba_kernels import set_threads
+
+        previous = set_threads(num_threads)
+    try:
+        res = run_model(f, setting.model, backend=backend, n_stages=n_stages,
+                        tile_shape=tile_shape, exact=bool(exact) and backend != "numpy",
+                        progress=progress)
+    finally:
+        if previous is not None:
+            set_threads(previous)
+    res = (res - cdt.type(_MODEL_MID)) / cdt.type(setting.gain)
+    res += cdt.type(setting.centre)
+    clip = _clip_limits(in_dtype, preserve_range)
+    if clip is not None:
+        res = xp.clip(res, *clip)
+    return res
 
 
 def _available_memory():

@@ -1,0 +1,101 @@
+"""Dask arrays in, lazy dask arrays out: TRD chunk by chunk with an exact overlap.
+
+The output at a pixel depends only on the input within the model's halo
+(``n_stages * (kernel_size - 1)`` pixels), so ``map_overlap`` with that depth
+along rows and columns and ``boundary='none'`` (chunks at the image border
+keep the symmetric boundary rule of the whole image) reproduces the in-memory
+result to float rounding, for any chunking.
+
+What is decided per plane (the noise level when not given, the model of the
+bank, the intensity centre) is computed up front from the plane: sigma and
+the model from a central crop of at most ``SAMPLE`` x ``SAMPLE`` pixels, the
+centre as the plane's mean. Those need small computations of the input; the
+denoising itself stays lazy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SAMPLE = 1024
+
+
+def denoise_trd_dask(image, sigma=None, *, model=None, channel_axis=None, preserve_range=False,
+                     backend="auto", num_threads=None, tile_shape=None, n_stages=None,
+                     data_range=None, exact=False):
+    try:
+        import dask
+        import dask.array as da
+    except ImportError as exc:  # pragma: no cover - a dask array implies dask
+        raise ImportError("dask input needs dask: pip install 'skimage-trd[dask]'") from exc
+    from ._arrays import check_spatial, float_dtype, normalize_channel_axis
+    from ._denoise import _check_sigma, _resolve_bank
+
+    channel_axis = normalize_channel_axis(image, channel_axis)
+    check_spatial(image, channel_axis)
+    if backend == "cupy":
+        raise ValueError("dask arrays run on the CPU backends; map denoise_trd over CuPy chunks "
+                         "yourself for GPU work")
+    n_channels = 1 if channel_axis is None else image.shape[channel_axis]
+    sigmas = _check_sigma(sigma, n_channels)
+    bank = _resolve_bank(model)
+    _, scale = float_dtype(image.dtype, preserve_range)
+    out_dtype = float_dtype(image.dtype, preserve_range)[0]
+    if n_stages is not None and not 1 <= int(n_stages) <= min(m.n_stages for m in bank):
+        raise ValueError(f"n_stages must be in 1..{min(m.n_stages for m in bank)}, got {n_stages}")
+
+    # planes: every index of the axes other than the last two spatial ones
+    spatial = [ax for ax in range(image.ndim) if ax != channel_axis][-2:]
+    lead = [ax for ax in range(image.ndim) if ax not in spatial]
+    H, W = image.shape[spatial[0]], image.shape[spatial[1]]
+    y0, x0 = max(0, (H - SAMPLE) // 2), max(0, (W - SAMPLE) // 2)
+    crop = [slice(None)] * image.ndim
+    crop[spatial[0]] = slice(y0, y0 + SAMPLE)
+    crop[spatial[1]] = slice(x0, x0 + SAMPLE)
+    sample, means = dask.compute(image[tuple(crop)],
+                                 image.astype(np.float64).mean(axis=tuple(spatial)))
+    sample = np.asarray(sample)
+    means = np.asarray(means)
+
+    # per-plane settings, decided exactly as denoise_trd does on the sample
+    from ._denoise import _plane_settings
+
+    lead_shape = tuple(image.shape[ax] for ax in lead)
+    settings = {}
+    for idx in np.ndindex(*lead_shape):
+        sel = [slice(None)] * image.ndim
+        for ax, i in zip(lead, idx):
+            sel[ax] = i
+        plane = sample[tuple(sel)].astype(np.float64) * scale
+        channel = idx[lead.index(channel_axis)] if channel_axis is not None else None
+        s = sigmas[channel or 0]
+        settings[idx] = _plane_settings(plane, s, scale, bank, data_range, image.dtype,
+                                        preserve_range, centre=float(means[idx]) * scale)
+
+    halo = max(m.halo for m in bank)
+    depth = {ax: 0 for ax in range(image.ndim)}
+    depth[spatial[0]] = depth[spatial[1]] = halo
+
+    def block(x, block_info=None):
+        loc = block_info[0]["array-location"]
+        out = np.empty(x.shape, dtype=out_dtype)
+        for local in np.ndindex(*(x.shape[ax] for ax in lead)):
+            idx = tuple(loc[ax][0] + i for ax, i in zip(lead, local))
+            sel = [slice(None)] * x.ndim
+            for ax, i in zip(lead, local):
+                sel[ax] = i
+            sel = tuple(sel)
+            out[sel] = _apply(x[sel], settings[idx], scale, image.dtype, preserve_range,
+                              num_threads, tile_shape, n_stages, exact)
+        return out
+
+    return da.map_overlap(block, image, depth=depth, boundary="none", trim=True,
+                          dtype=out_dtype, meta=np.array((), dtype=out_dtype))
+
+
+def _apply(plane, setting, scale, in_dtype, preserve_range, num_threads, tile_shape, n_stages,
+           exact):
+    from ._denoise import _denoise_plane
+
+    return _denoise_plane(plane, setting, scale, in_dtype, preserve_range, num_threads,
+                          tile_shape, n_stages, exact)

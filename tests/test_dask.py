@@ -1,0 +1,58 @@
+"""Dask arrays: lazy results equal to the in-memory ones, also on a distributed cluster."""
+
+import numpy as np
+import pytest
+from conftest import random_model
+
+from skimage_trd import denoise_trd
+
+da = pytest.importorskip("dask.array")
+
+MODEL = random_model(3, 5, seed=41)
+BANK = [random_model(2, 5, seed=42 + i) for i in range(2)]
+BANK[0].sigma, BANK[1].sigma = 15.0, 40.0
+
+
+def _image(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    clean = np.clip(np.cumsum(rng.standard_normal(shape), axis=-1) / 20 + 0.5, 0, 1)
+    return clean + 0.08 * rng.standard_normal(shape)
+
+
+@pytest.mark.parametrize("chunks", [(23, 31), (64, 17), (100, 100), (10, 90)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dask_equals_numpy_2d(chunks, dtype):
+    img = _image((100, 90)).astype(dtype)
+    expected = denoise_trd(img, 0.08, model=MODEL)
+    lazy = denoise_trd(da.from_array(img, chunks=chunks), 0.08, model=MODEL)
+    assert isinstance(lazy, da.Array) and lazy.dtype == expected.dtype
+    np.testing.assert_allclose(lazy.compute(), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def test_dask_stack_bank_estimated_sigma_uint16():
+    stack = (np.clip(_image((3, 70, 64)), 0, 1) * 4095).astype(np.uint16)
+    kw = dict(model=BANK, preserve_range=True)
+    expected = denoise_trd(stack, **kw)
+    lazy = denoise_trd(da.from_array(stack, chunks=(1, 30, 40)), **kw)
+    np.testing.assert_allclose(lazy.compute(), expected, rtol=1e-5, atol=1e-3)
+
+
+def test_dask_channels():
+    rgb = _image((60, 50, 3))
+    expected = denoise_trd(rgb, [0.08, 0.05, 0.1], model=MODEL, channel_axis=-1)
+    lazy = denoise_trd(da.from_array(rgb, chunks=(25, 25, 1)), [0.08, 0.05, 0.1], model=MODEL,
+                       channel_axis=-1)
+    np.testing.assert_allclose(lazy.compute(), expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_distributed_local_cluster_with_processes():
+    distributed = pytest.importorskip("distributed")
+    img = _image((2, 120, 110))
+    expected = denoise_trd(img, 0.08, model=MODEL)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        lazy = denoise_trd(da.from_array(img, chunks=(1, 60, 55)), 0.08, model=MODEL)
+        result = client.compute(lazy).result()
+    np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-7)
