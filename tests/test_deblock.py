@@ -1,0 +1,165 @@
+"""JPEG deblocking: block DCT, tables, coefficient recovery, the projection, deblock_trd."""
+
+import io
+
+import numpy as np
+import pytest
+from conftest import AUTHORS, SHARED, random_model, require_shared
+from PIL import Image
+from skimage import data
+
+from skimage_trd import deblock_jpeg, deblock_trd, import_matlab_model
+from skimage_trd._engine import run_model
+from skimage_trd._jpeg import (
+    QuantisationConstraint,
+    block_dct,
+    block_idct,
+    estimate_quality,
+    quality_tables,
+    quantised_coefficients,
+    read_jpeg,
+)
+from skimage_trd._reference import deblock_reference
+
+
+def _jpeg(img, quality):
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", quality=quality)
+    buf.seek(0)
+    return buf
+
+
+@pytest.mark.parametrize("quality", [1, 10, 50, 75, 100])
+def test_quality_tables_match_pillow(quality):
+    img = data.astronaut()[:64, :64]
+    with Image.open(_jpeg(img, quality)) as im:
+        q = im.quantization
+    luma, chroma = quality_tables(quality)
+    np.testing.assert_array_equal(luma.ravel(), q[0])
+    np.testing.assert_array_equal(chroma.ravel(), q[1])
+    assert estimate_quality(luma) == quality or quality in (1, 100)
+
+
+def test_block_dct_is_orthonormal():
+    x = np.random.default_rng(0).standard_normal((16, 24))
+    y = block_dct(x)
+    assert y.shape == (2, 3, 8, 8)
+    assert np.isclose(np.sum(x**2), np.sum(y**2))
+    np.testing.assert_allclose(block_idct(y), x, atol=1e-12)
+    assert np.isclose(y[0, 0, 0, 0], x[:8, :8].sum() / 8)  # DC = 8 * mean
+
+
+@pytest.mark.parametrize("shape", [(64, 48), (61, 45)])
+@pytest.mark.parametrize("quality", [10, 30, 80])
+def test_coefficients_recovered_from_the_decoded_image(shape, quality):
+    img = data.camera()[100 : 100 + shape[0], 200 : 200 + shape[1]]
+    planes, tables, mode = read_jpeg(_jpeg(img, quality))
+    assert mode == "L" and np.array_equal(tables[0], quality_tables(quality)[0])
+    d = quantised_coefficients(planes[0], tables[0])
+    assert np.all(d == np.round(d))
+    rec = np.clip(np.round(block_idct(d * tables[0]) + 128), 0, 255)[: shape[0], : shape[1]]
+    close = np.abs(rec - planes[0]) <= 1  # the decoder's integer IDCT is within one grey level
+    h, w = shape[0] // 8 * 8, shape[1] // 8 * 8
+    assert np.mean(close[:h, :w]) > 0.99  # whole blocks: the coefficients are recovered
+    assert np.mean(close) > 0.95  # blocks cut by the border: the encoder's padding is guessed
+
+
+def test_projection():
+    rng = np.random.default_rng(0)
+    q = quality_tables(20)[0]
+    d = np.zeros((2, 3, 8, 8))
+    d[..., :3, :3] = np.round(rng.standard_normal((2, 3, 3, 3)) * 0.6)
+    d[..., 0, 0] = 0  # grey around 128 with low frequencies: nothing gets clipped
+    c = QuantisationConstraint(d, q, 0.8)
+    u = c.start + rng.normal(0, 5, (16, 24))
+    p = c.project(u)
+    assert 0 < p.min() and p.max() < 255  # nothing clipped in this example
+    y = block_dct(p - 128)
+    assert np.all((y >= c.lower - 1e-9) & (y <= c.upper + 1e-9))
+    np.testing.assert_allclose(c.project(p), p, atol=1e-9)  # idempotent
+    # the nearest consistent image: moving along any coefficient that is free gets no closer
+    assert np.sum((p - u) ** 2) <= np.sum((c.start - u) ** 2)
+    far = c.project(np.full((16, 24), 1e4))  # far outside: back into the set, and into [0, 255]
+    assert 0 <= far.min() and far.max() <= 255
+    assert np.all(block_dct(far - 128) <= c.upper + 1e-9)
+
+
+def test_numba_deblocking_equals_reference():
+    m = random_model(2, 5, seed=3, task="deblock")
+    img = data.camera()[:45, :53]
+    planes, tables, _ = read_jpeg(_jpeg(img, 20))
+    c = QuantisationConstraint(quantised_coefficients(planes[0], tables[0]), tables[0], 0.8)
+    ref = deblock_reference(c, m)
+    out = run_model(c.start, m, post_stage=lambda u, t: c.project(u))
+    np.testing.assert_allclose(out, ref, atol=1e-6)
+    out32 = run_model(c.start.astype(np.float32), m, post_stage=lambda u, t: c.project(u))
+    np.testing.assert_allclose(out32, ref, atol=2e-2)
+
+
+def test_deblock_trd_api():
+    m = random_model(2, 5, seed=4, task="deblock")
+    img = data.camera()[:70, :90]
+    dec = np.asarray(Image.open(_jpeg(img, 10)))
+    out = deblock_trd(dec, 10, model=m)
+    assert out.shape == dec.shape and out.dtype == np.float64 and 0 <= out.min() <= out.max() <= 1
+    np.testing.assert_allclose(deblock_trd(dec / 255.0, 10, model=m), out, atol=1e-6)
+    np.testing.assert_allclose(deblock_trd(dec.astype(float), 10, model=m, preserve_range=True),
+                               out * 255, atol=1e-4)
+    np.testing.assert_allclose(deblock_trd(dec, qtable=quality_tables(10)[0], model=m), out)
+    calls = []
+    deblock_trd(dec, 10, model=m, progress=lambda d, t: calls.append((d, t)))
+    assert calls[-1] == (2, 2)
+    with pytest.raises(ValueError, match="quality"):
+        deblock_trd(dec, model=m)
+    with pytest.raises(ValueError, match="qtable"):
+        deblock_trd(dec, qtable=np.ones((4, 4)), model=m)
+    with pytest.raises(ValueError, match="deblock_trd needs a deblocking model"):
+        deblock_trd(dec, 10, model=random_model())
+    with pytest.raises(ValueError, match="3 channels"):
+        deblock_trd(np.zeros((16, 16, 4), np.uint8), 10, model=m, channel_axis=-1)
+
+
+def test_deblock_colour_and_file(tmp_path):
+    m = random_model(2, 5, seed=5, task="deblock")
+    rgb = data.astronaut()[:64, :80]
+    buf = _jpeg(rgb, 20)
+    (tmp_path / "a.jpg").write_bytes(buf.getvalue())
+    dec = np.asarray(Image.open(tmp_path / "a.jpg"))
+    out = deblock_trd(dec, 20, model=m, channel_axis=-1)
+    assert out.shape == rgb.shape
+    out_file = deblock_jpeg(tmp_path / "a.jpg", model=m)
+    assert out_file.shape == rgb.shape and out_file.max() <= 1
+    # chroma passes through: Cb, Cr of the result are those of the decoded file (to rounding)
+    gray = tmp_path / "g.jpg"
+    Image.fromarray(rgb[..., 0]).save(gray, "JPEG", quality=20)
+    assert deblock_jpeg(gray, model=m).shape == rgb.shape[:2]
+    (tmp_path / "x.png").write_bytes(b"")
+    Image.fromarray(rgb).save(tmp_path / "x.png")
+    with pytest.raises(ValueError, match="not a JPEG"):
+        deblock_jpeg(tmp_path / "x.png", model=m)
+
+
+def test_shipped_models_improve_jpeg():
+    img = data.camera()[:128, :128]
+    dec = np.asarray(Image.open(_jpeg(img, 10)))
+    out = deblock_trd(dec, 10) * 255
+    err = lambda a: np.mean((np.asarray(a, float) - img) ** 2)  # noqa: E731
+    assert err(out) < 0.85 * err(dec)
+
+
+@pytest.mark.slow
+def test_authors_q10_model_on_live1_half():
+    """The authors' q=10 model through our projection: LIVE1-half 27.85 dB in PROTOCOLS.md."""
+    folder = require_shared(SHARED / "data" / "live1")
+    m = import_matlab_model(AUTHORS / "jpeg_deblocking" / "JointTraining_7x7_400_176X176_stage=4.mat")
+    scores = []
+    for path in sorted(folder.glob("*.png")):
+        im = Image.open(path).convert("L")
+        im = im.resize((im.width // 2, im.height // 2), Image.BICUBIC)
+        x = np.asarray(im, dtype=np.float64)
+        with Image.open(_jpeg(np.asarray(im), 10)) as j:
+            dec, table = np.asarray(j), j.quantization[0]
+        out = deblock_trd(dec, qtable=table, model=m) * 255
+        scores.append(10 * np.log10(255**2 / np.mean((out - x) ** 2)))
+    # coefficients recovered from the decoded images cost up to 0.02 dB (PROTOCOLS.md)
+    assert abs(np.mean(scores) - 27.85) < 0.03
