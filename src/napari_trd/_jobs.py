@@ -1,0 +1,177 @@
+"""The work behind the widgets, free of Qt and napari so that it can be tested on its own.
+
+Every job takes a ``progress(done, total)`` callback and a ``cancel`` event; a set event stops
+the job at the next stage (or training iteration) with :class:`Cancelled`, leaving nothing
+behind.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+import skimage_trd
+from skimage_trd import ModelFileError, TRDModel
+
+AUTO = "auto (model bank)"
+USER_MODELS_ENV = "SKIMAGE_TRD_USER_MODELS"
+
+
+class Cancelled(Exception):
+    """The user cancelled the job."""
+
+
+def user_models_dir() -> Path:
+    """Where models trained in napari are saved (``SKIMAGE_TRD_USER_MODELS`` overrides)."""
+    env = os.environ.get(USER_MODELS_ENV)
+    if env:
+        return Path(env)
+    from skimage_trd._registry import cache_dir
+
+    return cache_dir() / "user-models"
+
+
+def model_choices(task: str) -> list[str]:
+    """Registered models of a task, then the user's own (file paths), for the model menus."""
+    names = skimage_trd.list_models(task)
+    own = []
+    folder = user_models_dir()
+    if folder.is_dir():
+        for path in sorted(folder.glob("*.npz")):
+            try:
+                if TRDModel.load(path).task == task:
+                    own.append(str(path))
+            except ModelFileError:
+                continue
+    return [AUTO, *names, *own]
+
+
+def _model_arg(choice):
+    return None if choice in (None, "", AUTO) else choice
+
+
+def _ticker(progress, cancel):
+    def tick(done, total):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+        if progress is not None:
+            progress(done, total)
+
+    return tick
+
+
+def estimate_noise(data, channel_axis=None) -> float:
+    """Noise level of the displayed data (first plane of a stack), in its own units."""
+    from skimage.restoration import estimate_sigma
+
+    plane = np.asarray(data)
+    if channel_axis is not None:
+        plane = np.moveaxis(plane, channel_axis, -1)[..., 0]
+    while plane.ndim > 2:
+        plane = plane[plane.shape[0] // 2]
+    return float(estimate_sigma(plane.astype(np.float64)))
+
+
+def denoise(data, *, sigma=None, model=AUTO, backend="auto", channel_axis=None, progress=None,
+            cancel=None):
+    """Denoise layer data (NumPy or dask; nD as 2-D planes). ``sigma`` None or 0: estimated."""
+    if sigma is not None and sigma <= 0:
+        sigma = None
+    return skimage_trd.denoise_trd(
+        data, sigma, model=_model_arg(model), channel_axis=channel_axis,
+        backend={"CPU": "numba", "GPU": "cupy"}.get(backend, "auto"), preserve_range=True,
+        progress=None if type(data).__module__.startswith("dask") else _ticker(progress, cancel),
+    )
+
+
+def jpeg_tables(path):
+    """The luma quantisation table of a JPEG file, or None if ``path`` is not a JPEG."""
+    if not path:
+        return None
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            if im.format != "JPEG":
+                return None
+            return np.asarray(im.quantization[0], dtype=np.float64).reshape(8, 8)
+    except (OSError, ValueError):
+        return None
+
+
+def deblock(data, *, quality=None, qtable=None, model=AUTO, rgb=False, progress=None,
+            cancel=None):
+    """Deblock decoded JPEG layer data (0..255 values; RGB in the last axis if ``rgb``)."""
+    data = np.asarray(data)
+    values = data.astype(np.float64)
+    out = skimage_trd.deblock_trd(values, quality, qtable=qtable, model=_model_arg(model),
+                                  channel_axis=-1 if rgb else None, preserve_range=True,
+                                  progress=_ticker(progress, cancel))
+    return out.astype(np.uint8) if data.dtype == np.uint8 else out
+
+
+def _tiles(planes, size):
+    out = []
+    for p in planes:
+        for y in range(0, p.shape[0] - size + 1, size):
+            for x in range(0, p.shape[1] - size + 1, size):
+                out.append(p[y : y + size, x : x + size])
+    return out
+
+
+def train(clean, *, noisy=None, sigma, kernel_size=5, n_stages=3, greedy_iterations=30,
+          joint_iterations=30, patch=64, name="my-trd-model", backend="numba", progress=None,
+          cancel=None, log=None) -> Path:
+    """Train a denoising model from a clean layer (noise added, seed 0) or a clean/noisy pair.
+
+    Intensities are mapped to the [0, 255] training scale by the clean data's range; ``sigma``
+    is in the layer's units. Planes are cut into ``patch`` x ``patch`` tiles. The model is saved
+    into :func:`user_models_dir` and its path returned.
+    """
+    from skimage_trd.train import TrainingConfig, add_noise, train_model
+
+    clean = np.asarray(clean, dtype=np.float64)
+    lo, hi = float(clean.min()), float(clean.max())
+    if hi <= lo:
+        raise ValueError("the clean layer is constant; it has nothing to learn from")
+    scale = 255.0 / (hi - lo)
+    planes = list(clean.reshape(-1, *clean.shape[-2:]))
+    if min(planes[0].shape) < patch:
+        patch = min(planes[0].shape)
+    tiles = _tiles([(p - lo) * scale for p in planes], patch)
+    if noisy is not None:
+        noisy = np.asarray(noisy, dtype=np.float64)
+        if noisy.shape != clean.shape:
+            raise ValueError(f"clean {clean.shape} and noisy {noisy.shape} layers differ in shape")
+        noisy_tiles = _tiles([(p - lo) * scale for p in noisy.reshape(-1, *noisy.shape[-2:])], patch)
+    else:
+        noisy_tiles = add_noise(tiles, sigma * scale, 0)
+    config = TrainingConfig(sigma=sigma * scale, kernel_size=kernel_size, n_stages=n_stages,
+                            greedy_iterations=greedy_iterations,
+                            joint_iterations=joint_iterations, crop=None, chunk=10)
+    total = n_stages * greedy_iterations + joint_iterations
+    count = [0]
+    tick = _ticker(progress, cancel)
+
+    def on_log(line):
+        if " iter " in line:
+            count[0] += 1
+            tick(min(count[0], total), total)
+        elif cancel is not None and cancel.is_set():
+            raise Cancelled()
+        if log is not None:
+            log(line)
+
+    model = train_model(tiles, config, noisy=noisy_tiles, log=on_log, backend=backend,
+                        data_source="napari layer", command="napari widget 'Train TRD'")
+    model.name = name
+    folder = user_models_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    return model.save(folder / f"{name}.npz")
+
+
+def new_event():
+    return threading.Event()

@@ -1,0 +1,373 @@
+"""Dock widgets: Denoise (TRD), JPEG deblock (TRD), Train TRD.
+
+Each widget runs its job in a napari thread worker; progress goes to napari's progress bar
+(with a cancel button), errors to napari's notifications, results to a new layer that keeps
+the input's scale, translate and name (plus a suffix).
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    PushButton,
+    SpinBox,
+)
+
+from . import _jobs
+
+_LIVE = weakref.WeakSet()  # widgets whose model menus follow newly trained models
+
+
+def _gpu_available():
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+class _JobWidget(Container):
+    """Layer menus, a run button, a cancel button, and the worker plumbing."""
+
+    task = "denoise"
+    suffix = "_trd"
+
+    def __init__(self, napari_viewer, widgets, run_text):
+        self.viewer = napari_viewer
+        self.run_button = PushButton(text=run_text)
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status = Label(value="")
+        super().__init__(widgets=[*widgets, self.run_button, self.cancel_button, self.status])
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self._cancel = None
+        self.worker = None
+        self.last_error = None
+        layers = napari_viewer.layers.events
+        layers.inserted.connect(self._refresh_layers)
+        layers.removed.connect(self._refresh_layers)
+        _LIVE.add(self)
+
+    # ------------------------------------------------------------------ menus
+    def _image_layers(self):
+        from napari.layers import Image
+
+        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _layer_names(self, widget=None):
+        # a callable, so that magicgui's reset_choices (on docking, for instance) refreshes it
+        return [layer.name for layer in self._image_layers()]
+
+    def _model_names(self, widget=None):
+        return _jobs.model_choices(self.task)
+
+    def _refresh_layers(self, event=None):
+        for combo in self._layer_combos():
+            combo.reset_choices()
+
+    def _layer_combos(self):
+        return []
+
+    def refresh_models(self):
+        combo = getattr(self, "model", None)
+        if combo is not None:
+            combo.reset_choices()
+
+    def layer(self, combo):
+        if not combo.value:
+            return None
+        return self.viewer.layers[combo.value]
+
+    # ----------------------------------------------------------------- worker
+    def start(self, job, on_done, total, desc):
+        """Run ``job(progress, cancel)`` off the GUI thread with a cancelable progress bar."""
+        from napari.qt.threading import create_worker
+        from napari.utils import cancelable_progress
+
+        cancel = _jobs.new_event()
+        pbar = cancelable_progress(total=total, desc=desc, cancel_callback=cancel.set)
+
+        def progress(done, total_now):
+            if pbar.total != total_now:
+                pbar.total = total_now
+            pbar.update(done - pbar.n)
+
+        def work():
+            try:
+                return job(progress, cancel)
+            except _jobs.Cancelled:
+                return _jobs.Cancelled
+
+        # errors are ours to report (as napari notifications, below), not re-raised in Qt
+        worker = create_worker(work, _ignore_errors=True)
+        self._cancel = cancel
+        self.worker = worker
+        self.last_error = None
+
+        def returned(result):
+            if result is _jobs.Cancelled:
+                self._notify("cancelled: nothing was added", error=False)
+            else:
+                on_done(result)
+
+        def errored(exc):
+            self.last_error = exc
+            self._notify(f"{type(exc).__name__}: {exc}", error=True)
+
+        def finished():
+            pbar.close()
+            self.run_button.enabled = True
+            self.cancel_button.enabled = False
+
+        worker.returned.connect(returned)
+        worker.errored.connect(errored)
+        worker.finished.connect(finished)
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        worker.start()
+        return worker
+
+    def cancel(self, *_):
+        if self._cancel is not None:
+            self._cancel.set()
+
+    def _notify(self, message, error):
+        from napari.utils.notifications import show_error, show_info
+
+        self.status.value = message[:120]
+        (show_error if error else show_info)(message)
+
+    def add_result(self, data, source, name_suffix=None, translate=None, scale=None):
+        kwargs = dict(
+            name=f"{source.name}{name_suffix or self.suffix}",
+            scale=source.scale if scale is None else scale,
+            translate=source.translate if translate is None else translate,
+            rgb=source.rgb,
+            contrast_limits=source.contrast_limits,
+            colormap=source.colormap.name,
+        )
+        if kwargs["name"] in self.viewer.layers:  # a new preview replaces the old one
+            self.viewer.layers.remove(kwargs["name"])
+        return self.viewer.add_image(data, **kwargs)
+
+    def _guard(self, layer):
+        if layer is None:
+            self._notify("choose an image layer first", error=True)
+            return False
+        if getattr(layer, "multiscale", False):
+            self._notify("multiscale layers are not supported; use the full-resolution level",
+                         error=True)
+            return False
+        return True
+
+
+class DenoiseWidget(_JobWidget):
+    """Denoise (TRD): image layer, noise level (auto-estimated and shown, or set), model,
+    backend, and a preview of the visible region."""
+
+    task = "denoise"
+    suffix = "_trd"
+
+    def __init__(self, napari_viewer):
+        self.viewer = napari_viewer  # the menus below read the viewer's layers
+        self.image = ComboBox(label="image", choices=self._layer_names)
+        self.sigma = FloatSpinBox(label="noise sigma (0: auto)", value=0.0, min=0.0, max=1e9,
+                                  step=0.001)
+        self.estimate = Label(label="estimated sigma", value="-")
+        self.model = ComboBox(label="model", choices=self._model_names)
+        backends = ["auto", "CPU"] + (["GPU"] if _gpu_available() else [])
+        self.backend = ComboBox(label="backend", choices=backends, value="auto")
+        self.preview_button = PushButton(text="Preview visible region")
+        super().__init__(napari_viewer, [self.image, self.sigma, self.estimate, self.model,
+                                         self.backend, self.preview_button], "Denoise")
+        self.image.changed.connect(self._update_estimate)
+        self.preview_button.changed.connect(self.preview)
+        self._refresh_layers()
+        self._update_estimate()
+
+    def _layer_combos(self):
+        return [self.image]
+
+    def _channel_axis(self, layer):
+        return -1 if layer.rgb else None
+
+    def _update_estimate(self, *_):
+        layer = self.layer(self.image)
+        if layer is None or getattr(layer, "multiscale", False):
+            self.estimate.value = "-"
+            return
+        data = layer.data
+        crop = tuple(slice(None) for _ in range(data.ndim - 2 - layer.rgb))
+        h, w = data.shape[-2 - layer.rgb: data.ndim - layer.rgb]
+        y0, x0 = max(0, h // 2 - 256), max(0, w // 2 - 256)
+        window = crop + (slice(y0, y0 + 512), slice(x0, x0 + 512))
+        try:
+            s = _jobs.estimate_noise(np.asarray(data[window]), self._channel_axis(layer))
+            self.estimate.value = f"{s:.4g}"
+        except Exception as exc:  # a display helper: never break the widget
+            self.estimate.value = f"({type(exc).__name__})"
+
+    def _sigma(self):
+        return self.sigma.value if self.sigma.value > 0 else None
+
+    def run(self, *_):
+        layer = self.layer(self.image)
+        if not self._guard(layer):
+            return None
+        data, sigma, model = layer.data, self._sigma(), self.model.value
+        backend, channel_axis = self.backend.value, self._channel_axis(layer)
+
+        def job(progress, cancel):
+            return _jobs.denoise(data, sigma=sigma, model=model, backend=backend,
+                                 channel_axis=channel_axis, progress=progress, cancel=cancel)
+
+        return self.start(job, lambda out: self.add_result(out, layer), total=1,
+                          desc=f"TRD denoising {layer.name}")
+
+    def visible_region(self, layer):
+        """(index of the displayed plane, (row slice, column slice)) in data coordinates."""
+        nd = layer.data.ndim - layer.rgb
+        step = self.viewer.dims.current_step
+        lead = tuple(int(step[ax]) for ax in range(nd - 2)) if nd > 2 else ()
+        corners = getattr(layer, "corner_pixels", None)
+        h, w = layer.data.shape[nd - 2], layer.data.shape[nd - 1]
+        if corners is None or np.asarray(corners).shape[-1] < 2:
+            return lead, (slice(0, h), slice(0, w))
+        c = np.asarray(corners)[:, nd - 2 : nd]
+        y0, x0 = (max(0, int(v)) for v in c[0])
+        y1, x1 = (min(n, int(v) + 1) for v, n in zip(c[1], (h, w)))
+        if y1 - y0 < 2 or x1 - x0 < 2:
+            return lead, (slice(0, h), slice(0, w))
+        return lead, (slice(y0, y1), slice(x0, x1))
+
+    def preview(self, *_):
+        layer = self.layer(self.image)
+        if not self._guard(layer):
+            return None
+        lead, (rows, cols) = self.visible_region(layer)
+        data = np.asarray(layer.data[lead + (rows, cols)])
+        sigma, model, backend = self._sigma(), self.model.value, self.backend.value
+        channel_axis = self._channel_axis(layer)
+        # the preview is the displayed plane's visible part, placed where it is shown
+        scale = np.asarray(layer.scale, dtype=float)[-2:]
+        translate = np.asarray(layer.translate, dtype=float)[-2:] + scale * [rows.start, cols.start]
+
+        def job(progress, cancel):
+            return _jobs.denoise(data, sigma=sigma, model=model, backend=backend,
+                                 channel_axis=channel_axis, progress=progress, cancel=cancel)
+
+        def done(out):
+            self.add_result(out, layer, name_suffix="_trd_preview", translate=translate,
+                            scale=scale)
+
+        return self.start(job, done, total=1, desc="TRD preview")
+
+
+class DeblockWidget(_JobWidget):
+    """JPEG deblock (TRD): image layer; quantisation tables from the file the layer was opened
+    from when it is a JPEG, else the quality you set."""
+
+    task = "deblock"
+    suffix = "_deblocked"
+
+    def __init__(self, napari_viewer):
+        self.viewer = napari_viewer  # the menus below read the viewer's layers
+        self.image = ComboBox(label="image", choices=self._layer_names)
+        self.quality = SpinBox(label="JPEG quality", value=10, min=1, max=100)
+        self.tables = Label(label="tables", value="from quality")
+        self.model = ComboBox(label="model", choices=self._model_names)
+        super().__init__(napari_viewer, [self.image, self.quality, self.tables, self.model],
+                         "Deblock")
+        self.image.changed.connect(self._update_tables)
+        self._refresh_layers()
+        self._update_tables()
+
+    def _layer_combos(self):
+        return [self.image]
+
+    def _file_table(self, layer):
+        path = getattr(getattr(layer, "source", None), "path", None)
+        return _jobs.jpeg_tables(path), path
+
+    def _update_tables(self, *_):
+        layer = self.layer(self.image)
+        table, path = self._file_table(layer) if layer is not None else (None, None)
+        self.tables.value = f"from {path}" if table is not None else "from quality"
+
+    def run(self, *_):
+        layer = self.layer(self.image)
+        if not self._guard(layer):
+            return None
+        table, _ = self._file_table(layer)
+        data, rgb, model = layer.data, layer.rgb, self.model.value
+        quality = None if table is not None else self.quality.value
+
+        def job(progress, cancel):
+            return _jobs.deblock(data, quality=quality, qtable=table, model=model, rgb=rgb,
+                                 progress=progress, cancel=cancel)
+
+        return self.start(job, lambda out: self.add_result(out, layer), total=1,
+                          desc=f"TRD deblocking {layer.name}")
+
+
+class TrainWidget(_JobWidget):
+    """Train TRD: learn a denoising model from a clean layer (noise added) or a clean/noisy
+    pair of layers; the model is saved and appears in the Denoise widget's model menu."""
+
+    task = "denoise"
+
+    def __init__(self, napari_viewer):
+        self.viewer = napari_viewer  # the menus below read the viewer's layers
+        self.clean = ComboBox(label="clean image", choices=self._layer_names)
+        self.noisy = ComboBox(label="noisy image", choices=self._layer_names)
+        self.add_noise = CheckBox(label="add noise instead", value=True)
+        self.sigma = FloatSpinBox(label="noise sigma", value=0.1, min=1e-9, max=1e9, step=0.001)
+        self.kernel_size = ComboBox(label="filter size", choices=[3, 5, 7], value=5)
+        self.n_stages = SpinBox(label="stages", value=3, min=1, max=8)
+        self.greedy = SpinBox(label="greedy iterations / stage", value=30, min=0, max=1000)
+        self.joint = SpinBox(label="joint iterations", value=30, min=0, max=1000)
+        self.model_name = LineEdit(label="model name", value="my-trd-model")
+        super().__init__(napari_viewer, [self.clean, self.noisy, self.add_noise, self.sigma,
+                                         self.kernel_size, self.n_stages, self.greedy,
+                                         self.joint, self.model_name], "Train")
+        self._refresh_layers()
+
+    def _layer_combos(self):
+        return [self.clean, self.noisy]
+
+    def run(self, *_):
+        clean = self.layer(self.clean)
+        if not self._guard(clean):
+            return None
+        noisy = None if self.add_noise.value else self.layer(self.noisy)
+        if not self.add_noise.value and noisy is None:
+            self._notify("choose a noisy layer, or tick 'add noise instead'", error=True)
+            return None
+        kw = dict(noisy=None if noisy is None else np.asarray(noisy.data), sigma=self.sigma.value,
+                  kernel_size=int(self.kernel_size.value), n_stages=self.n_stages.value,
+                  greedy_iterations=self.greedy.value, joint_iterations=self.joint.value,
+                  name=self.model_name.value.strip() or "my-trd-model")
+        data = np.asarray(clean.data)
+
+        def job(progress, cancel):
+            return _jobs.train(data, progress=progress, cancel=cancel, **kw)
+
+        def done(path):
+            for widget in list(_LIVE):
+                try:
+                    widget.refresh_models()
+                except RuntimeError:  # its Qt widget was closed and deleted
+                    _LIVE.discard(widget)
+            self._notify(f"saved {path}; it is in the Denoise widget's model menu", error=False)
+
+        total = kw["n_stages"] * kw["greedy_iterations"] + kw["joint_iterations"]
+        return self.start(job, done, total=max(total, 1), desc=f"training {kw['name']}")

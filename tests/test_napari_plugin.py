@@ -1,0 +1,198 @@
+"""The napari plugin: its jobs on their own, then the widgets in a real viewer (Xvfb, Mesa)."""
+
+import os
+
+import numpy as np
+import pytest
+
+napari = pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari_trd import _jobs  # noqa: E402
+from napari_trd._sample_data import jpeg_camera, noisy_camera, noisy_cells  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def user_models(tmp_path, monkeypatch):
+    monkeypatch.setenv(_jobs.USER_MODELS_ENV, str(tmp_path / "models"))
+    return tmp_path / "models"
+
+
+def test_manifest_is_valid():
+    from importlib import resources
+
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_file(resources.files("napari_trd") / "napari.yaml")
+    assert manifest.name == "skimage-trd"  # the distribution name
+    assert {w.display_name for w in manifest.contributions.widgets} == {
+        "Denoise (TRD)", "JPEG deblock (TRD)", "Train TRD"}
+
+
+def test_sample_data():
+    for make in (noisy_camera, noisy_cells, jpeg_camera):
+        (data, meta, kind), = make()
+        assert kind == "image" and data.ndim == 2 and meta["name"]
+
+
+def test_denoise_job_progress_and_cancel():
+    (noisy, _, _), = noisy_camera()
+    seen = []
+    out = _jobs.denoise(noisy[:96, :96], sigma=25 / 255, progress=lambda d, t: seen.append((d, t)))
+    assert out.shape == (96, 96) and seen[-1][0] == seen[-1][1]
+    cancel = _jobs.new_event()
+    cancel.set()
+    with pytest.raises(_jobs.Cancelled):
+        _jobs.denoise(noisy[:64, :64], sigma=0.1, cancel=cancel)
+
+
+def test_deblock_job_keeps_uint8():
+    (dec, _, _), = jpeg_camera()
+    out = _jobs.deblock(dec[:64, :64], quality=10)
+    assert out.dtype == np.uint8 and out.shape == (64, 64)
+
+
+def test_train_job_saves_a_selectable_model(user_models):
+    (noisy, _, _), = noisy_camera()
+    from skimage import data
+
+    clean = data.camera()[:96, :128] / 255.0
+    path = _jobs.train(clean, sigma=0.1, kernel_size=3, n_stages=1, greedy_iterations=3,
+                       joint_iterations=0, patch=32, name="tiny")
+    assert path.parent == user_models and path.name == "tiny.npz"
+    assert str(path) in _jobs.model_choices("denoise")
+    out = _jobs.denoise(noisy[:40, :40], sigma=0.1, model=str(path))
+    assert out.shape == (40, 40)
+    cancel = _jobs.new_event()
+    cancel.set()
+    with pytest.raises(_jobs.Cancelled):
+        _jobs.train(clean, sigma=0.1, kernel_size=3, n_stages=1, greedy_iterations=3,
+                    joint_iterations=0, patch=32, cancel=cancel)
+
+
+# ------------------------------------------------------------------------- real viewer
+def _wait(qtbot, widget, timeout=120_000):
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=timeout)
+
+
+@pytest.mark.napari
+def test_denoise_widget_in_viewer(make_napari_viewer, qtbot):
+    from napari_trd import DenoiseWidget
+
+    viewer = make_napari_viewer(show=True)
+    (noisy, meta, _), = noisy_camera()
+    layer = viewer.add_image(noisy[:160, :200], name="noisy", scale=(0.5, 0.5), translate=(3, 4))
+    widget = DenoiseWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Denoise (TRD)")
+    assert widget.image.value == "noisy"
+    assert 0.05 < float(widget.estimate.value) < 0.15  # the estimate is shown (true 0.098)
+    widget.run()
+    _wait(qtbot, widget)
+    assert widget.last_error is None
+    result = viewer.layers["noisy_trd"]
+    assert result.data.shape == layer.data.shape and result.visible
+    np.testing.assert_array_equal(result.scale, layer.scale)
+    np.testing.assert_array_equal(result.translate, layer.translate)
+    clean = np.asarray(__import__("skimage").data.camera()[:160, :200] / 255.0)
+    assert np.mean((result.data - clean) ** 2) < 0.3 * np.mean((noisy[:160, :200] - clean) ** 2)
+    # the viewer shows it: the screenshot differs from a screenshot without the result
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    result.visible = False
+    hidden = viewer.screenshot(canvas_only=True, flash=False)
+    result.visible = True
+    assert shot.shape[-1] == 4 and np.abs(shot.astype(int) - hidden.astype(int)).mean() > 1
+    target = os.environ.get("TRD_SCREENSHOT")
+    if target:  # docs: TRD_SCREENSHOT=docs/napari_denoise.png python -m pytest -k in_viewer
+        viewer.window.resize(1300, 700)
+        viewer.grid.enabled = True
+        qtbot.wait(300)
+        viewer.reset_view()
+        qtbot.wait(300)
+        full = viewer.screenshot(canvas_only=False, flash=False)
+        viewer.grid.enabled = False
+        from skimage.io import imsave
+
+        imsave(target, full)
+    # preview of the visible region, then an error turned into a notification
+    widget.preview()
+    _wait(qtbot, widget)
+    assert "noisy_trd_preview" in viewer.layers
+    widget.model.choices = [*widget.model.choices, "no-such-model"]
+    widget.model.value = "no-such-model"
+    widget.run()
+    _wait(qtbot, widget)
+    assert isinstance(widget.last_error, ValueError)
+
+
+@pytest.mark.napari
+def test_stack_and_cancel(make_napari_viewer, qtbot):
+    from napari_trd import DenoiseWidget
+
+    viewer = make_napari_viewer()
+    stack = np.random.default_rng(0).uniform(0, 1, (4, 64, 64))
+    viewer.add_image(stack, name="stack")
+    widget = DenoiseWidget(viewer)
+    widget.model.choices = [*widget.model.choices]
+    worker = widget.run()
+    widget.cancel()
+    _wait(qtbot, widget)
+    # cancelled before the end: either nothing was added or the whole result was
+    if "stack_trd" in viewer.layers:
+        assert viewer.layers["stack_trd"].data.shape == stack.shape
+    assert worker is not None
+
+
+@pytest.mark.napari
+def test_dask_layer_stays_lazy(make_napari_viewer, qtbot):
+    da = pytest.importorskip("dask.array")
+    from napari_trd import DenoiseWidget
+
+    viewer = make_napari_viewer()
+    stack = da.from_array(np.random.default_rng(0).uniform(0, 1, (3, 64, 64)), chunks=(1, 64, 64))
+    viewer.add_image(stack, name="lazy", contrast_limits=(0, 1))
+    widget = DenoiseWidget(viewer)
+    widget.sigma.value = 0.1
+    widget.run()
+    _wait(qtbot, widget)
+    assert isinstance(viewer.layers["lazy_trd"].data, da.Array)
+
+
+@pytest.mark.napari
+def test_deblock_widget_reads_tables_from_file(make_napari_viewer, qtbot, tmp_path):
+    from PIL import Image
+    from skimage import data
+
+    from napari_trd import DeblockWidget
+
+    path = tmp_path / "cam.jpg"
+    Image.fromarray(data.camera()[:128, :128]).save(path, "JPEG", quality=20)
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari")
+    widget = DeblockWidget(viewer)
+    assert widget.tables.value.startswith("from ")
+    assert str(path) in widget.tables.value
+    widget.run()
+    _wait(qtbot, widget)
+    assert widget.last_error is None
+    assert viewer.layers["cam_deblocked"].data.shape == (128, 128)
+
+
+@pytest.mark.napari
+def test_train_widget_makes_model_selectable(make_napari_viewer, qtbot):
+    from skimage import data
+
+    from napari_trd import DenoiseWidget, TrainWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(data.camera()[:96, :96] / 255.0, name="clean")
+    denoise = DenoiseWidget(viewer)
+    train = TrainWidget(viewer)
+    train.kernel_size.value = 3
+    train.n_stages.value = 1
+    train.greedy.value = 2
+    train.joint.value = 0
+    train.model_name.value = "widget-model"
+    train.run()
+    _wait(qtbot, train)
+    assert train.last_error is None
+    assert any(c.endswith("widget-model.npz") for c in denoise.model.choices)
