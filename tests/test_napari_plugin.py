@@ -196,3 +196,17 @@ def test_train_widget_makes_model_selectable(make_napari_viewer, qtbot):
     _wait(qtbot, train)
     assert train.last_error is None
     assert any(c.endswith("widget-model.npz") for c in denoise.model.choices)
+
+
+def test_fine_tune_job(user_models):
+    from skimage import data
+
+    clean = data.camera()[:96, :128] / 255.0
+    base = _jobs.train(clean, sigma=0.1, kernel_size=3, n_stages=1, greedy_iterations=2,
+                       joint_iterations=0, patch=32, name="base")
+    tuned = _jobs.train(clean[::-1], sigma=0.1, joint_iterations=2, patch=32, name="tuned",
+                        start_from=str(base))
+    import skimage_trd
+
+    m = skimage_trd.load_model(tuned)
+    assert m.kernel_size == 3 and m.metadata["provenance"]["initialised_from"] == "base"

@@ -189,3 +189,22 @@ def test_sigkill_and_resume(tmp_path):
     b = TRDModel.load(tmp_path / "resumed.npz")
     np.testing.assert_array_equal(a.weights, b.weights)
     np.testing.assert_array_equal(a.filters, b.filters)
+
+
+def test_fine_tuning_starts_from_a_model_and_improves_it():
+    base = train_model(_clean(), _config(joint_iterations=0), log=lambda s: None)
+    other = [c[::-1] for c in _clean()]  # "your own data"
+    config = TrainingConfig.for_model(base, greedy_iterations=0, joint_iterations=4, crop=40,
+                                      chunk=2, dtype="float64")
+    lines = []
+    tuned = train_model(other, config, init_model=base, log=lines.append)
+    assert any("fine-tuning" in line for line in lines)
+    assert not any("greedy" in line for line in lines)
+    assert tuned.metadata["provenance"]["initialised_from"] == base.name
+    before = train_model(other, config.__class__.for_model(base, greedy_iterations=0,
+                         joint_iterations=0, crop=40, dtype="float64"), init_model=base,
+                         log=lambda s: None)
+    assert (tuned.metadata["provenance"]["final_loss_per_pixel"]
+            < before.metadata["provenance"]["final_loss_per_pixel"])
+    with pytest.raises(ValueError, match="does not fit"):
+        train_model(other, _config(kernel_size=5), init_model=base, log=lambda s: None)

@@ -123,13 +123,15 @@ def _tiles(planes, size):
 
 
 def train(clean, *, noisy=None, sigma, kernel_size=5, n_stages=3, greedy_iterations=30,
-          joint_iterations=30, patch=64, name="my-trd-model", backend="numba", progress=None,
-          cancel=None, log=None) -> Path:
+          joint_iterations=30, patch=64, name="my-trd-model", start_from=None, backend="numba",
+          progress=None, cancel=None, log=None) -> Path:
     """Train a denoising model from a clean layer (noise added, seed 0) or a clean/noisy pair.
 
     Intensities are mapped to the [0, 255] training scale by the clean data's range; ``sigma``
-    is in the layer's units. Planes are cut into ``patch`` x ``patch`` tiles. The model is saved
-    into :func:`user_models_dir` and its path returned.
+    is in the layer's units. Planes are cut into ``patch`` x ``patch`` tiles. With
+    ``start_from`` (a model name or file) the model is fine-tuned: joint training from it for
+    ``joint_iterations``, its filter size and stages kept. The model is saved into
+    :func:`user_models_dir` and its path returned.
     """
     from skimage_trd.train import TrainingConfig, add_noise, train_model
 
@@ -149,10 +151,16 @@ def train(clean, *, noisy=None, sigma, kernel_size=5, n_stages=3, greedy_iterati
         noisy_tiles = _tiles([(p - lo) * scale for p in noisy.reshape(-1, *noisy.shape[-2:])], patch)
     else:
         noisy_tiles = add_noise(tiles, sigma * scale, 0)
-    config = TrainingConfig(sigma=sigma * scale, kernel_size=kernel_size, n_stages=n_stages,
-                            greedy_iterations=greedy_iterations,
-                            joint_iterations=joint_iterations, crop=None, chunk=10)
-    total = n_stages * greedy_iterations + joint_iterations
+    init = None
+    if start_from not in (None, "", AUTO):
+        init = skimage_trd.load_model(start_from)
+        config = TrainingConfig.for_model(init, sigma=sigma * scale, greedy_iterations=0,
+                                          joint_iterations=joint_iterations, crop=None, chunk=10)
+    else:
+        config = TrainingConfig(sigma=sigma * scale, kernel_size=kernel_size, n_stages=n_stages,
+                                greedy_iterations=greedy_iterations,
+                                joint_iterations=joint_iterations, crop=None, chunk=10)
+    total = config.n_stages * config.greedy_iterations + config.joint_iterations
     count = [0]
     tick = _ticker(progress, cancel)
 
@@ -166,7 +174,8 @@ def train(clean, *, noisy=None, sigma, kernel_size=5, n_stages=3, greedy_iterati
             log(line)
 
     model = train_model(tiles, config, noisy=noisy_tiles, log=on_log, backend=backend,
-                        data_source="napari layer", command="napari widget 'Train TRD'")
+                        data_source="napari layer", command="napari widget 'Train TRD'",
+                        init_model=init)
     model.name = name
     folder = user_models_dir()
     folder.mkdir(parents=True, exist_ok=True)

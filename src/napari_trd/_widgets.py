@@ -336,13 +336,23 @@ class TrainWidget(_JobWidget):
         self.greedy = SpinBox(label="greedy iterations / stage", value=30, min=0, max=1000)
         self.joint = SpinBox(label="joint iterations", value=30, min=0, max=1000)
         self.model_name = LineEdit(label="model name", value="my-trd-model")
+        self.start_from = ComboBox(label="start from", choices=self._start_choices)
         super().__init__(napari_viewer, [self.clean, self.noisy, self.add_noise, self.sigma,
                                          self.kernel_size, self.n_stages, self.greedy,
-                                         self.joint, self.model_name], "Train")
+                                         self.joint, self.start_from, self.model_name], "Train")
         self._refresh_layers()
 
     def _layer_combos(self):
         return [self.clean, self.noisy]
+
+    PLAIN = "plain initialisation"
+
+    def _start_choices(self, widget=None):
+        # fine-tuning: joint training from an existing model (its size and stages are kept)
+        return [self.PLAIN, *_jobs.model_choices("denoise")[1:]]
+
+    def refresh_models(self):
+        self.start_from.reset_choices()
 
     def run(self, *_):
         clean = self.layer(self.clean)
@@ -355,7 +365,8 @@ class TrainWidget(_JobWidget):
         kw = dict(noisy=None if noisy is None else np.asarray(noisy.data), sigma=self.sigma.value,
                   kernel_size=int(self.kernel_size.value), n_stages=self.n_stages.value,
                   greedy_iterations=self.greedy.value, joint_iterations=self.joint.value,
-                  name=self.model_name.value.strip() or "my-trd-model")
+                  name=self.model_name.value.strip() or "my-trd-model",
+                  start_from=None if self.start_from.value == self.PLAIN else self.start_from.value)
         data = np.asarray(clean.data)
 
         def job(progress, cancel):
@@ -369,5 +380,6 @@ class TrainWidget(_JobWidget):
                     _LIVE.discard(widget)
             self._notify(f"saved {path}; it is in the Denoise widget's model menu", error=False)
 
-        total = kw["n_stages"] * kw["greedy_iterations"] + kw["joint_iterations"]
+        greedy = 0 if kw["start_from"] else kw["n_stages"] * kw["greedy_iterations"]
+        total = greedy + kw["joint_iterations"]
         return self.start(job, done, total=max(total, 1), desc=f"training {kw['name']}")

@@ -228,6 +228,13 @@ class TrainingConfig:
             c, p = default_rbf_grid(self.sigma or 0)
             self.centers, self.precision = [float(x) for x in c], float(p)
 
+    @classmethod
+    def for_model(cls, model, *, sigma=None, **kw):
+        """A configuration that fine-tunes ``model`` (same filters, stages and RBF grid)."""
+        return cls(sigma=model.sigma if sigma is None else sigma, kernel_size=model.kernel_size,
+                   n_stages=model.n_stages, n_filters=model.n_filters,
+                   centers=[float(c) for c in model.centers], precision=model.precision, **kw)
+
     def spec(self) -> TrainingSpec:
         return TrainingSpec(self.kernel_size, np.array(self.centers), self.precision,
                             self.n_filters)
@@ -414,6 +421,7 @@ def train_model(
     names=None,
     data_source="(in memory)",
     command=None,
+    init_model=None,
 ) -> TRDModel:
     """Train a TRD model (greedy, then joint) for ``config.task`` and return it.
 
@@ -437,6 +445,10 @@ def train_model(
         Progress lines (iteration, loss, PSNR, time per gradient, ETA).
     command : str, optional
         The command that reproduces this run, recorded in the provenance.
+    init_model : TRDModel, optional
+        Fine-tuning: start the joint phase from this denoising model (its
+        kernel size, stages and RBF grid must be those of ``config``; see
+        :meth:`TrainingConfig.for_model`) and skip the greedy phase.
 
     Returns
     -------
@@ -487,6 +499,10 @@ def train_model(
                 trained = stages
             log(f"resuming from {ckpt.path}: phase {state['phase']}, stage {state['stage'] + 1}, "
                 f"{state['done']} iterations done")
+    if init_model is not None and not trained and current is None:
+        trained = _initial_stages(init_model, spec, config)
+        state.update(phase="joint", stage=T - 1, done=0, init_model=init_model.name)
+        log(f"fine-tuning {init_model.name}: joint training from its parameters")
     done_before = (
         state["stage"] * config.greedy_iterations + state["done"]
         if state["phase"] == "greedy" else T * config.greedy_iterations + state["done"]
@@ -575,6 +591,8 @@ def train_model(
         "final_loss_per_pixel": final_loss / x.size,
         "final_train_psnr": 10 * math.log10(255.0**2 / (2 * final_loss / x.size)),
         "history": state["history"][-50:],
+        "initialised_from": state.get("init_model", "plain initialisation (DCT filters, "
+                                                    "phi(z) = 2z/(1+z^2))"),
         "git_commit": _git_commit(),
         "sessions": state["sessions"],
         "command": command,
@@ -584,6 +602,24 @@ def train_model(
     }
     return _to_model(trained, spec, config,
                      metadata={"provenance": provenance, "source": "skimage_trd.train"})
+
+
+def _initial_stages(model, spec, config):
+    """The parameters of ``model`` for fine-tuning, after checking it fits ``config``."""
+    from ._gradients import model_to_params
+
+    if model.task != config.task or config.task != "denoise":
+        raise ValueError("fine-tuning starts from a denoising model for a denoising run")
+    params, mspec = model_to_params(model)
+    same_grid = (mspec.centers.shape == spec.centers.shape
+                 and np.allclose(mspec.centers, spec.centers) and mspec.precision == spec.precision)
+    if (mspec.kernel_size, mspec.n_filters, model.n_stages) != (
+            spec.kernel_size, spec.n_filters, config.n_stages) or not same_grid:
+        raise ValueError(
+            f"model {model.name!r} ({model.n_stages} stages of {model.n_filters} "
+            f"{model.kernel_size}x{model.kernel_size} filters) does not fit this run's "
+            "configuration; build it with TrainingConfig.for_model(model, ...)")
+    return unpack_params(params, spec)
 
 
 def _to_model(stages, spec, config, metadata=None):
