@@ -125,21 +125,39 @@ def test_denoise_widget_in_viewer(make_napari_viewer, qtbot):
 
 
 @pytest.mark.napari
-def test_stack_and_cancel(make_napari_viewer, qtbot):
+def test_cancel_leaves_nothing_behind(make_napari_viewer, qtbot):
     from napari_trd import DenoiseWidget
+    from napari_trd._jobs import denoise
 
     viewer = make_napari_viewer()
-    stack = np.random.default_rng(0).uniform(0, 1, (4, 64, 64))
+    stack = np.random.default_rng(0).uniform(0, 1, (12, 256, 256))  # several seconds of work
     viewer.add_image(stack, name="stack")
     widget = DenoiseWidget(viewer)
-    widget.model.choices = [*widget.model.choices]
+    widget.sigma.value = 0.1
+    layers_before = [layer.name for layer in viewer.layers]
     worker = widget.run()
+    qtbot.waitUntil(lambda: worker.is_running, timeout=10_000)
     widget.cancel()
     _wait(qtbot, widget)
-    # cancelled before the end: either nothing was added or the whole result was
-    if "stack_trd" in viewer.layers:
-        assert viewer.layers["stack_trd"].data.shape == stack.shape
-    assert worker is not None
+    assert [layer.name for layer in viewer.layers] == layers_before  # no partial result
+    assert widget.last_error is None and "cancelled" in widget.status.value
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+    # nothing left behind: the next run completes and gives the undisturbed result
+    small = stack[:2, :64, :64]
+    viewer.layers["stack"].data = small
+    widget.run()
+    _wait(qtbot, widget)
+    np.testing.assert_array_equal(viewer.layers["stack_trd"].data, denoise(small, sigma=0.1))
+
+
+def test_plugin_is_discovered_by_npe2():
+    from npe2 import PluginManager
+
+    pm = PluginManager.instance()
+    pm.discover()
+    manifest = pm.get_manifest("skimage-trd")
+    commands = {c.id for c in manifest.contributions.commands}
+    assert {"skimage-trd.denoise", "skimage-trd.deblock", "skimage-trd.train"} <= commands
 
 
 @pytest.mark.napari
