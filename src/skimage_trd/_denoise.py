@@ -95,6 +95,7 @@ def denoise_trd(
     n_stages=None,
     data_range=None,
     exact=False,
+    color_transform="opponent",
     progress=None,
 ):
     """Remove Gaussian noise with a trained nonlinear reaction diffusion (TRD) model.
@@ -147,6 +148,11 @@ def denoise_trd(
         Evaluate the influence functions as exact sums of Gaussians instead of
         from cubic tables accurate to 1e-5 on the [0, 255] scale. Only
         meaningful for float64 images; about four times slower.
+    color_transform : {'opponent', 'none'}, optional
+        For 3-channel images (``channel_axis`` given) with one noise level:
+        denoise in the orthonormal opponent colour space (luminance and two
+        colour differences, which keeps white noise white) instead of channel
+        by channel. 'none' denoises the channels as they are.
     progress : callable(done, total), optional
         Called after every stage of every plane (and tile).
 
@@ -206,23 +212,26 @@ def denoise_trd(
     """
     kind = array_module(image)
     image = check_image(image)
+    channel_axis = normalize_channel_axis(image, channel_axis)
+    check_spatial(image, channel_axis)
+    n_channels = 1 if channel_axis is None else image.shape[channel_axis]
+    sigmas = _check_sigma(sigma, n_channels)
+    if color_transform not in ("opponent", "none"):
+        raise ValueError(f"color_transform must be 'opponent' or 'none', got {color_transform!r}")
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose 'auto' or one of {BACKENDS}")
+    bank = _resolve_bank(model)
+    options = dict(model=bank, backend=backend, num_threads=num_threads, tile_shape=tile_shape,
+                   n_stages=n_stages, data_range=data_range, exact=exact)
+    if color_transform == "opponent" and n_channels == 3 and len(set(sigmas)) == 1:
+        return _denoise_opponent(image, sigmas[0], channel_axis, preserve_range, progress, options)
     if kind == "dask":
         from ._dask import denoise_trd_dask
 
-        return denoise_trd_dask(
-            image, sigma, model=model, channel_axis=channel_axis,
-            preserve_range=preserve_range, backend=backend, num_threads=num_threads,
-            tile_shape=tile_shape, n_stages=n_stages, data_range=data_range, exact=exact,
-        )
-    channel_axis = normalize_channel_axis(image, channel_axis)
-    check_spatial(image, channel_axis)
+        return denoise_trd_dask(image, sigma, channel_axis=channel_axis,
+                                preserve_range=preserve_range, **options)
     if backend == "auto":
         backend = "cupy" if kind == "cupy" else "numba"
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose 'auto' or one of {BACKENDS}")
-    n_channels = 1 if channel_axis is None else image.shape[channel_axis]
-    sigmas = _check_sigma(sigma, n_channels)
-    bank = _resolve_bank(model)
     if n_stages is not None:
         n_stages = int(n_stages)
         shortest = min(m.n_stages for m in bank)
@@ -278,6 +287,29 @@ def denoise_trd(
 
         return cupy.asarray(out)
     return out
+
+
+# Orthonormal opponent colour transform: luminance and two colour differences.
+_OPPONENT = np.array([[1, 1, 1], [1, 0, -1], [1, -2, 1]], dtype=np.float64)
+_OPPONENT /= np.sqrt((_OPPONENT**2).sum(axis=1, keepdims=True))
+
+
+def _denoise_opponent(image, sigma, channel_axis, preserve_range, progress, kw):
+    """Denoise a 3-channel image in the opponent colour space (white noise stays white)."""
+    kind = array_module(image)
+    xp = {"numpy": np}.get(kind) or __import__("cupy" if kind == "cupy" else "dask.array",
+                                              fromlist=["_"])
+    work_dtype, scale = float_dtype(image.dtype, preserve_range)
+    x = xp.moveaxis(image, channel_axis, -1).astype(work_dtype) * work_dtype.type(scale)
+    m = (np if kind == "dask" else xp).asarray(_OPPONENT, dtype=work_dtype)
+    y = x @ m.T
+    s = None if sigma is None else sigma * scale
+    out = denoise_trd(y, s, channel_axis=-1, color_transform="none", preserve_range=True,
+                      progress=progress, **kw) @ m
+    clip = _clip_limits(image.dtype, preserve_range)
+    if clip is not None:
+        out = xp.clip(out, *clip)
+    return xp.moveaxis(out.astype(work_dtype, copy=False), -1, channel_axis)
 
 
 @dataclass(frozen=True)
