@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import io
 import platform
 import sys
 import time
@@ -22,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from skimage_trd import deblock_trd, import_matlab_model, list_models, load_model
+from skimage_trd._jpeg import jpeg_roundtrip
 from skimage_trd._numba_kernels import set_threads
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -57,14 +57,6 @@ def load_protocol(name):
         return [rgb2ycbcr_y(np.asarray(Image.open(p).convert("RGB"))).astype(np.uint8)
                 for p in sorted((SHARED / "data" / "live1").glob("*.png"))]
     raise SystemExit(f"unknown protocol {name}")
-
-
-def jpeg_roundtrip(img, quality):
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, "JPEG", quality=quality)
-    buf.seek(0)
-    with Image.open(buf) as im:
-        return np.asarray(im), im.quantization[0]
 
 
 def psnr(a, ref):

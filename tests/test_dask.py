@@ -64,3 +64,14 @@ def test_dask_colour_opponent_matches_numpy():
     lazy = denoise_trd(da.from_array(rgb, chunks=(20, 20, 3)), 0.08, model=MODEL, channel_axis=-1)
     assert isinstance(lazy, da.Array)
     np.testing.assert_allclose(lazy.compute(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_dask_backends():
+    img = _image((40, 30))
+    lazy = denoise_trd(da.from_array(img, chunks=(20, 15)), 0.08, model=MODEL, backend="numpy")
+    np.testing.assert_allclose(lazy.compute(), denoise_trd(img, 0.08, model=MODEL, backend="numpy"),
+                               atol=1e-12)
+    with pytest.raises(ValueError, match="CPU backends"):
+        denoise_trd(da.from_array(img), 0.08, model=MODEL, backend="cupy")
+    with pytest.raises(ValueError, match="backend"):
+        denoise_trd(da.from_array(img), 0.08, model=MODEL, backend="tpu")

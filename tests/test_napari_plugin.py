@@ -228,3 +228,23 @@ def test_fine_tune_job(user_models):
 
     m = skimage_trd.load_model(tuned)
     assert m.kernel_size == 3 and m.metadata["provenance"]["initialised_from"] == "base"
+
+
+@pytest.mark.napari
+def test_preview_of_a_plane_in_a_scaled_stack(make_napari_viewer, qtbot):
+    from napari_trd import DenoiseWidget
+
+    viewer = make_napari_viewer()
+    stack = np.stack([np.full((40, 50), v) for v in (0.2, 0.5, 0.8)])
+    stack = stack + 0.05 * np.random.default_rng(0).standard_normal(stack.shape)
+    viewer.add_image(np.zeros((2, 3, 40, 50)), name="other")  # the viewer has one more axis
+    layer = viewer.add_image(stack, name="stack", scale=(2, 1, 1), translate=(10, 0, 0))
+    viewer.dims.set_point(-3, 10 + 2 * 2)  # world z of plane 2
+    widget = DenoiseWidget(viewer)
+    widget.image.value = "stack"
+    lead, _ = widget.visible_region(layer)
+    assert lead == (2,)
+    widget.sigma.value = 0.05
+    widget.preview()
+    _wait(qtbot, widget)
+    assert abs(float(viewer.layers["stack_trd_preview"].data.mean()) - 0.8) < 0.02

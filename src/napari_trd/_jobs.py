@@ -64,7 +64,7 @@ def _ticker(progress, cancel):
 
 
 def estimate_noise(data, channel_axis=None) -> float:
-    """Noise level of the displayed data (first plane of a stack), in its own units."""
+    """Noise level of the data (the middle plane of a stack), in its own units."""
     from skimage.restoration import estimate_sigma
 
     plane = np.asarray(data)
@@ -110,7 +110,7 @@ def deblock(data, *, quality=None, qtable=None, model=AUTO, rgb=False, progress=
     out = skimage_trd.deblock_trd(values, quality, qtable=qtable, model=_model_arg(model),
                                   channel_axis=-1 if rgb else None, preserve_range=True,
                                   progress=_ticker(progress, cancel))
-    return out.astype(np.uint8) if data.dtype == np.uint8 else out
+    return np.rint(out).astype(np.uint8) if data.dtype == np.uint8 else out
 
 
 def _tiles(planes, size):
@@ -136,6 +136,8 @@ def train(clean, *, noisy=None, sigma, kernel_size=5, n_stages=3, greedy_iterati
     from skimage_trd.train import TrainingConfig, add_noise, train_model
 
     clean = np.asarray(clean, dtype=np.float64)
+    if clean.ndim < 2:
+        raise ValueError(f"the clean layer must be an image, got shape {clean.shape}")
     lo, hi = float(clean.min()), float(clean.max())
     if hi <= lo:
         raise ValueError("the clean layer is constant; it has nothing to learn from")

@@ -1,7 +1,5 @@
 """Sample data: noisy and JPEG-compressed versions of images bundled with scikit-image."""
 
-import io
-
 import numpy as np
 
 
@@ -25,12 +23,9 @@ def noisy_cells():
 
 
 def jpeg_camera():
-    from PIL import Image
     from skimage import data
 
-    buf = io.BytesIO()
-    Image.fromarray(data.camera()).save(buf, "JPEG", quality=10)
-    buf.seek(0)
-    with Image.open(buf) as im:
-        decoded = np.asarray(im)
+    from skimage_trd._jpeg import jpeg_roundtrip
+
+    decoded, _ = jpeg_roundtrip(data.camera(), 10)
     return [(decoded, {"name": "camera (JPEG q10)", "metadata": {"jpeg_quality": 10}}, "image")]

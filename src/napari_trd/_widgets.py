@@ -206,7 +206,7 @@ class DenoiseWidget(_JobWidget):
             self.estimate.value = "-"
             return
         data = layer.data
-        crop = tuple(slice(None) for _ in range(data.ndim - 2 - layer.rgb))
+        crop = tuple(n // 2 for n in data.shape[: data.ndim - 2 - layer.rgb])  # middle plane
         h, w = data.shape[-2 - layer.rgb: data.ndim - layer.rgb]
         y0, x0 = max(0, h // 2 - 256), max(0, w // 2 - 256)
         window = crop + (slice(y0, y0 + 512), slice(x0, x0 + 512))
@@ -236,8 +236,10 @@ class DenoiseWidget(_JobWidget):
     def visible_region(self, layer):
         """(index of the displayed plane, (row slice, column slice)) in data coordinates."""
         nd = layer.data.ndim - layer.rgb
-        step = self.viewer.dims.current_step
-        lead = tuple(int(step[ax]) for ax in range(nd - 2)) if nd > 2 else ()
+        # the layer's axes are the viewer's last ones; world position -> data index
+        point = np.asarray(self.viewer.dims.point)[-nd:]
+        index = np.round((point - np.asarray(layer.translate)) / np.asarray(layer.scale))
+        lead = tuple(int(np.clip(index[ax], 0, layer.data.shape[ax] - 1)) for ax in range(nd - 2))
         corners = getattr(layer, "corner_pixels", None)
         h, w = layer.data.shape[nd - 2], layer.data.shape[nd - 1]
         if corners is None or np.asarray(corners).shape[-1] < 2:
@@ -357,6 +359,10 @@ class TrainWidget(_JobWidget):
     def run(self, *_):
         clean = self.layer(self.clean)
         if not self._guard(clean):
+            return None
+        if clean.rgb:
+            self._notify("training needs a gray layer (RGB models are not trained here); "
+                         "split the channels or convert the layer to gray", error=True)
             return None
         noisy = None if self.add_noise.value else self.layer(self.noisy)
         if not self.add_noise.value and noisy is None:

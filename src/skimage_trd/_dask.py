@@ -7,10 +7,12 @@ keep the symmetric boundary rule of the whole image) reproduces the in-memory
 result to float rounding, for any chunking.
 
 What is decided per plane (the noise level when not given, the model of the
-bank, the intensity centre) is computed up front from the plane: sigma and
-the model from a central crop of at most ``SAMPLE`` x ``SAMPLE`` pixels, the
-centre as the plane's mean. Those need small computations of the input; the
-denoising itself stays lazy.
+bank, the intensity centre) is computed up front: the centre as the plane's
+mean (one pass over the input), the noise estimate and the choice of model
+from a central crop of at most ``SAMPLE`` x ``SAMPLE`` pixels. The result
+therefore equals the in-memory one exactly when planes are no larger than the
+crop, or when ``sigma`` is given and the bank has one model; otherwise only
+those estimates may differ. The denoising itself stays lazy.
 """
 
 from __future__ import annotations
@@ -29,18 +31,19 @@ def denoise_trd_dask(image, sigma=None, *, model=None, channel_axis=None, preser
     except ImportError as exc:  # pragma: no cover - a dask array implies dask
         raise ImportError("dask input needs dask: pip install 'skimage-trd[dask]'") from exc
     from ._arrays import check_spatial, float_dtype, normalize_channel_axis
-    from ._denoise import _check_sigma, _resolve_bank
+    from ._denoise import _check_sigma, _denoise_plane, _plane_settings
+    from ._registry import resolve_models
 
     channel_axis = normalize_channel_axis(image, channel_axis)
     check_spatial(image, channel_axis)
-    if backend == "cupy":
-        raise ValueError("dask arrays run on the CPU backends; map denoise_trd over CuPy chunks "
-                         "yourself for GPU work")
+    backend = "numba" if backend == "auto" else backend
+    if backend not in ("numba", "numpy"):
+        raise ValueError(f"dask arrays run on the CPU backends ('numba', 'numpy'), got "
+                         f"{backend!r}; map denoise_trd over CuPy chunks yourself for GPU work")
     n_channels = 1 if channel_axis is None else image.shape[channel_axis]
     sigmas = _check_sigma(sigma, n_channels)
-    bank = _resolve_bank(model)
-    _, scale = float_dtype(image.dtype, preserve_range)
-    out_dtype = float_dtype(image.dtype, preserve_range)[0]
+    bank = resolve_models(model, "denoise")
+    out_dtype, scale = float_dtype(image.dtype, preserve_range)
     if n_stages is not None and not 1 <= int(n_stages) <= min(m.n_stages for m in bank):
         raise ValueError(f"n_stages must be in 1..{min(m.n_stages for m in bank)}, got {n_stages}")
 
@@ -57,9 +60,7 @@ def denoise_trd_dask(image, sigma=None, *, model=None, channel_axis=None, preser
     sample = np.asarray(sample)
     means = np.asarray(means)
 
-    # per-plane settings, decided exactly as denoise_trd does on the sample
-    from ._denoise import _plane_settings
-
+    # per-plane settings, decided as denoise_trd does, on the sample
     lead_shape = tuple(image.shape[ax] for ax in lead)
     settings = {}
     for idx in np.ndindex(*lead_shape):
@@ -85,17 +86,10 @@ def denoise_trd_dask(image, sigma=None, *, model=None, channel_axis=None, preser
             for ax, i in zip(lead, local):
                 sel[ax] = i
             sel = tuple(sel)
-            out[sel] = _apply(x[sel], settings[idx], scale, image.dtype, preserve_range,
-                              num_threads, tile_shape, n_stages, exact)
+            out[sel] = _denoise_plane(x[sel], settings[idx], scale, image.dtype,
+                                      preserve_range, num_threads, tile_shape, n_stages, exact,
+                                      backend)
         return out
 
     return da.map_overlap(block, image, depth=depth, boundary="none", trim=True,
                           dtype=out_dtype, meta=np.array((), dtype=out_dtype))
-
-
-def _apply(plane, setting, scale, in_dtype, preserve_range, num_threads, tile_shape, n_stages,
-           exact):
-    from ._denoise import _denoise_plane
-
-    return _denoise_plane(plane, setting, scale, in_dtype, preserve_range, num_threads,
-                          tile_shape, n_stages, exact)

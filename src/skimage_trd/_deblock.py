@@ -2,79 +2,52 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
 from ._arrays import array_module, check_image, check_spatial, iter_planes, normalize_channel_axis
 from ._engine import BACKENDS, run_model
 from ._jpeg import QuantisationConstraint, estimate_quality, quality_tables, quantised_coefficients
-from ._model import TRDModel
-from ._registry import list_models, load_model
+from ._numba_kernels import numba_threads
+from ._registry import resolve_models
 
 __all__ = ["deblock_trd", "deblock_jpeg"]
-
-
-def _resolve_bank(model):
-    if model is None:
-        names = list_models("deblock")
-        if not names:
-            raise ValueError("no pretrained deblocking models are installed; pass model=")
-        bank = [load_model(n) for n in names]
-    elif isinstance(model, (str, TRDModel)) or hasattr(model, "__fspath__"):
-        bank = [load_model(model)]
-    elif isinstance(model, Sequence):
-        bank = [load_model(m) for m in model]
-    else:
-        raise TypeError(f"model must be None, a name, a path, a TRDModel or a sequence of them; "
-                        f"got {type(model).__name__}")
-    if not bank:
-        raise ValueError("model is an empty sequence; give at least one model")
-    for m in bank:
-        if m.task != "deblock":
-            raise ValueError(f"model {m.name!r} is a {m.task} model; deblock_trd needs a "
-                             "deblocking model")
-    return bank
 
 
 def _pick(bank, quality):
     return min(bank, key=lambda m: (abs(m.quality - quality), -m.n_filters))
 
 
-def _tables(quality, qtable, n_planes):
-    """Luma (and chroma) tables from ``qtable`` or ``quality``."""
+def _luma_table(quality, qtable):
+    """The luma table, from ``qtable`` (one table or a (luma, chroma) pair) or ``quality``."""
     if qtable is not None:
         arr = np.asarray(qtable, dtype=np.float64)
         if arr.shape in ((8, 8), (64,)):
-            luma = chroma = arr.reshape(8, 8)
+            luma = arr.reshape(8, 8)
         elif arr.shape in ((2, 8, 8), (2, 64)):
-            luma, chroma = arr.reshape(2, 8, 8)
+            luma = arr.reshape(2, 8, 8)[0]
         else:
             raise ValueError(f"qtable must be one 8x8 table or a (luma, chroma) pair, got shape {arr.shape}")
         if np.any(arr < 1) or not np.all(np.isfinite(arr)):
             raise ValueError("quantisation steps must be finite and at least 1")
-        return luma, chroma, estimate_quality(luma) if quality is None else int(quality)
+        return luma, estimate_quality(luma) if quality is None else int(quality)
     if quality is None:
         raise ValueError("give the JPEG quality (1..100) or the quantisation table (qtable=) the "
                          "image was compressed with; deblock_jpeg(path) reads both from the file")
     if isinstance(quality, bool) or not float(quality).is_integer():
         raise ValueError(f"JPEG quality must be an integer in 1..100, got {quality!r}")
-    luma, chroma = quality_tables(int(quality))
-    return luma, chroma, int(quality)
+    return quality_tables(int(quality))[0], int(quality)
 
 
 def _deblock_plane(y, table, model, backend, constraint_scale, n_stages, progress):
     """Restore one plane on the [0, 255] scale, the JPEG's own block grid."""
     scale = model.constraint_scale if constraint_scale is None else float(constraint_scale)
     d = quantised_coefficients(y, table)
-    constraint = QuantisationConstraint(d, table, scale)
-    start = constraint.start
     if backend == "cupy":
         from ._cupy_kernels import cupy_module
 
-        cp = cupy_module()
-        constraint = QuantisationConstraint(cp.asarray(d), table, scale)
-        start = constraint.start
+        d = cupy_module().asarray(d)
+    constraint = QuantisationConstraint(d, table, scale)
+    start = constraint.start
     out = run_model(start, model, backend=backend, n_stages=n_stages, exact=False,
                     post_stage=lambda u, t: constraint.project(u), progress=progress)
     H, W = y.shape
@@ -167,8 +140,8 @@ def deblock_trd(
         backend = "cupy" if kind == "cupy" else "numba"
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose 'auto' or one of {BACKENDS}")
-    luma, _, q = _tables(quality, qtable, 1)
-    bank = _resolve_bank(model)
+    luma, q = _luma_table(quality, qtable)
+    bank = resolve_models(model, "deblock")
     m = _pick(bank, q)
     if n_stages is not None and not 1 <= int(n_stages) <= m.n_stages:
         raise ValueError(f"n_stages must be in 1..{m.n_stages}, got {n_stages}")
@@ -183,33 +156,25 @@ def deblock_trd(
         x255 = host.astype(np.float64)
     else:
         x255 = host.astype(np.float64) * 255.0
-    out255 = np.empty_like(x255)
 
-    from ._numba_kernels import set_threads
-
-    previous = set_threads(num_threads) if backend == "numba" else None
-    try:
-        if channel_axis is not None:
-            rgb = np.moveaxis(x255, channel_axis, -1)
-            ycc = _rgb_to_ycbcr(rgb)
-            planes = list(iter_planes(ycc.shape[:-1], None))
-            restored = ycc.copy()
-            for k, (index, _) in enumerate(planes):
-                cb = None if progress is None else (
-                    lambda d, t, k=k: progress(k * t + d, len(planes) * t))
-                restored[index + (0,)] = _deblock_plane(ycc[index + (0,)], luma, m, backend,
-                                                        constraint_scale, n_stages, cb)
-            out255 = np.moveaxis(_ycbcr_to_rgb(restored), -1, channel_axis)
-        else:
-            planes = list(iter_planes(x255.shape, None))
-            for k, (index, _) in enumerate(planes):
-                cb = None if progress is None else (
-                    lambda d, t, k=k: progress(k * t + d, len(planes) * t))
-                out255[index] = _deblock_plane(x255[index], luma, m, backend, constraint_scale,
-                                               n_stages, cb)
-    finally:
-        if previous is not None:
-            set_threads(previous)
+    if channel_axis is not None:
+        rgb = np.moveaxis(x255, channel_axis, -1)
+        ycc = _rgb_to_ycbcr(rgb)
+        planes_of = ycc  # luma restored, chroma passed through
+    else:
+        planes_of = x255[..., None]
+    restored = planes_of.copy()
+    planes = list(iter_planes(planes_of.shape[:-1], None))
+    with numba_threads(num_threads if backend == "numba" else None):
+        for k, (index, _) in enumerate(planes):
+            cb = None if progress is None else (
+                lambda d, t, k=k: progress(k * t + d, len(planes) * t))
+            restored[index + (0,)] = _deblock_plane(planes_of[index + (0,)], luma, m, backend,
+                                                    constraint_scale, n_stages, cb)
+    if channel_axis is not None:
+        out255 = np.moveaxis(_ycbcr_to_rgb(restored), -1, channel_axis)
+    else:
+        out255 = restored[..., 0]
     out = np.clip(out255, 0, 255)
     if not preserve_range:
         out = out / 255.0
@@ -257,19 +222,11 @@ def deblock_jpeg(path, *, model=None, backend="auto", num_threads=None, constrai
     from ._jpeg import read_jpeg
 
     planes, tables, mode = read_jpeg(path)
-    bank = _resolve_bank(model)
-    m = _pick(bank, estimate_quality(tables[0]))
-    if backend == "auto":
-        backend = "numba"
-    from ._numba_kernels import set_threads
-
-    previous = set_threads(num_threads) if backend == "numba" else None
-    try:
-        y = _deblock_plane(planes[0], tables[0], m, backend, constraint_scale, None, progress)
-    finally:
-        if previous is not None:
-            set_threads(previous)
+    # the file's own Y plane (no colour round trip) and its table
+    y = deblock_trd(planes[0], qtable=tables[0], model=model, preserve_range=True,
+                    backend=backend, num_threads=num_threads, constraint_scale=constraint_scale,
+                    progress=progress)
     if mode == "L":
-        return np.clip(y, 0, 255) / 255.0
+        return y / 255.0
     ycc = np.stack([y, planes[1], planes[2]], axis=-1)
     return np.clip(_ycbcr_to_rgb(ycc), 0, 255) / 255.0

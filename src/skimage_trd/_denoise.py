@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +18,8 @@ from ._arrays import (
 )
 from ._engine import BACKENDS, run_model
 from ._model import TRDModel
-from ._registry import list_models, load_model
+from ._numba_kernels import numba_threads
+from ._registry import resolve_models
 
 __all__ = ["denoise_trd", "select_model"]
 
@@ -27,32 +27,6 @@ __all__ = ["denoise_trd", "select_model"]
 _MODEL_MID = 127.5
 # Noise below 1e-7 of the plane's spread is left alone (float32 resolves about 1e-7).
 _NEGLIGIBLE_NOISE = 1e7
-
-
-def _resolve_bank(model) -> list[TRDModel]:
-    if model is None:
-        names = list_models("denoise")
-        if not names:
-            raise ValueError(
-                "no pretrained denoising models are installed; pass model= a TRDModel, a .npz "
-                "file or an authors' .mat file"
-            )
-        return [load_model(n) for n in names]
-    if isinstance(model, (str, TRDModel)) or hasattr(model, "__fspath__"):
-        bank = [load_model(model)]
-    elif isinstance(model, Sequence):
-        bank = [load_model(m) for m in model]
-        if not bank:
-            raise ValueError("model is an empty sequence; give at least one model")
-    else:
-        raise TypeError(
-            f"model must be None, a name, a path, a TRDModel or a sequence of them; "
-            f"got {type(model).__name__}"
-        )
-    for m in bank:
-        if m.task != "denoise":
-            raise ValueError(f"model {m.name!r} is a {m.task} model; denoise_trd needs a denoising model")
-    return bank
 
 
 def select_model(bank, sigma_255):
@@ -154,7 +128,8 @@ def denoise_trd(
         colour differences, which keeps white noise white) instead of channel
         by channel. 'none' denoises the channels as they are.
     progress : callable(done, total), optional
-        Called after every stage of every plane (and tile).
+        Called after every stage of every plane (and tile); not for dask
+        arrays, whose result is lazy.
 
     Returns
     -------
@@ -167,7 +142,8 @@ def denoise_trd(
     TypeError
         Complex, bool or object images; an unsupported array type.
     MemoryError
-        Before any work, when the result itself cannot fit in memory.
+        Before any work, when the result itself cannot fit in memory (Numba
+        backend, ``tile_shape`` not given).
     ValueError
         Empty or 1-D images, NaN or infinite values, a negative sigma, an
         unknown model or backend, a ``channel_axis`` out of range.
@@ -220,7 +196,7 @@ def denoise_trd(
         raise ValueError(f"color_transform must be 'opponent' or 'none', got {color_transform!r}")
     if backend != "auto" and backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose 'auto' or one of {BACKENDS}")
-    bank = _resolve_bank(model)
+    bank = resolve_models(model, "denoise")
     options = dict(model=bank, backend=backend, num_threads=num_threads, tile_shape=tile_shape,
                    n_stages=n_stages, data_range=data_range, exact=exact)
     if color_transform == "opponent" and n_channels == 3 and len(set(sigmas)) == 1:
@@ -242,8 +218,7 @@ def denoise_trd(
         if len(tile_shape) != 2 or min(tile_shape) < 1:
             raise ValueError(f"tile_shape must be two positive ints, got {tile_shape}")
 
-    work_dtype, scale = float_dtype(image.dtype, preserve_range)
-    out_dtype = work_dtype
+    out_dtype, scale = float_dtype(image.dtype, preserve_range)
     if data_range is not None and not (np.isfinite(data_range) and data_range > 0):
         raise ValueError(f"data_range must be a positive number, got {data_range!r}")
 
@@ -257,16 +232,12 @@ def denoise_trd(
         src = image.get() if kind == "cupy" else image
     plane_shape = tuple(n for ax, n in enumerate(image.shape) if ax != channel_axis)[-2:]
     if backend == "numba" and tile_shape is None:
-        tile_shape = _memory_plan(image.shape, out_dtype, plane_shape, _compute_dtype(image.dtype),
-                                  bank)
+        tile_shape = _memory_plan(image.shape, out_dtype, plane_shape, _compute_dtype(image.dtype))
     out = xp.empty(image.shape, dtype=out_dtype)
     planes = list(iter_planes(image.shape, channel_axis))
     total_planes = len(planes)
 
-    from ._numba_kernels import set_threads
-
-    previous_threads = set_threads(num_threads) if backend == "numba" else None
-    try:
+    with numba_threads(num_threads if backend == "numba" else None):
         for p_index, (index, channel) in enumerate(planes):
             plane = src[index]
             setting = _plane_settings(plane.astype(np.float64) * scale, sigmas[channel or 0], scale,
@@ -277,9 +248,6 @@ def denoise_trd(
                     progress(p * total + done, total_planes * total)
             out[index] = _denoise_plane(plane, setting, scale, image.dtype, preserve_range,
                                         None, tile_shape, n_stages, exact, backend, cb)
-    finally:
-        if previous_threads is not None:
-            set_threads(previous_threads)
     if backend == "cupy" and kind != "cupy":
         return out.get()
     if kind == "cupy" and backend != "cupy":
@@ -384,18 +352,10 @@ def _denoise_plane(plane, setting, scale, in_dtype, preserve_range, num_threads,
     f += cdt.type(_MODEL_MID)
     if xp is np:
         f = np.ascontiguousarray(f)
-    previous = None
-    if num_threads is not None and backend == "numba":
-        from ._numba_kernels import set_threads
-
-        previous = set_threads(num_threads)
-    try:
+    with numba_threads(num_threads if backend == "numba" else None):
         res = run_model(f, setting.model, backend=backend, n_stages=n_stages,
                         tile_shape=tile_shape, exact=bool(exact) and backend != "numpy",
                         progress=progress)
-    finally:
-        if previous is not None:
-            set_threads(previous)
     res = (res - cdt.type(_MODEL_MID)) / cdt.type(setting.gain)
     res += cdt.type(setting.centre)
     clip = _clip_limits(in_dtype, preserve_range)
@@ -412,13 +372,14 @@ def _available_memory():
         return None
 
 
-# Whole-plane processing holds about this many plane-sized buffers of the compute dtype:
-# the converted plane, the model-scale input, the padded image and two stage buffers.
+# Whole-plane processing holds about this many plane-sized buffers of the compute dtype: the
+# float64 copy for the plane's settings, the converted plane, the model-scale input, the padded
+# image and two stage buffers.
 _PLANE_BUFFERS = 6
 AUTO_TILE = 2048
 
 
-def _memory_plan(shape, out_dtype, plane_shape, compute_dtype, bank):
+def _memory_plan(shape, out_dtype, plane_shape, compute_dtype):
     """Refuse up front what cannot fit; tile planes whose working set would not fit."""
     available = _available_memory()
     if available is None:

@@ -26,6 +26,7 @@ __all__ = [
     "quantised_coefficients",
     "QuantisationConstraint",
     "read_jpeg",
+    "jpeg_roundtrip",
 ]
 
 # ITU-T T.81 Annex K tables (natural, row-major order), as used by the IJG library.
@@ -154,7 +155,6 @@ def quantised_coefficients(decoded, table, iterations=3):
                      xp.where(decoded >= 255, xp.maximum(v, 255.0), decoded))
         x = r
         x[:H, :W] = v
-    return d
 
 
 class QuantisationConstraint:
@@ -219,3 +219,20 @@ def read_jpeg(path):
     planes = [ycc[..., i] for i in range(3)]
     chroma = qt.get(1, qt[0])
     return planes, [qt[0], chroma, chroma], "YCbCr"
+
+
+def jpeg_roundtrip(image, quality):
+    """Compress a gray image (0..255) with Pillow at ``quality`` and decode it again.
+
+    Returns the decoded image (uint8) and its luma quantisation table (8x8, float64).
+    """
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(np.rint(image), 0, 255).astype(np.uint8)).save(
+        buf, "JPEG", quality=int(quality))
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return np.asarray(im), np.asarray(im.quantization[0], dtype=np.float64).reshape(8, 8)

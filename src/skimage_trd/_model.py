@@ -14,6 +14,7 @@ provenance ...). Nothing in a model file is ever unpickled or executed.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import zipfile
@@ -27,6 +28,18 @@ __all__ = ["TRDModel", "ModelFileError", "FORMAT_VERSION"]
 FORMAT_VERSION = 1
 TASKS = ("denoise", "deblock")
 _ARRAY_KEYS = ("filters", "weights", "centers", "precision", "lambdas")
+
+
+def atomic_write_bytes(path, data: bytes):
+    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
 
 
 class ModelFileError(ValueError):
@@ -192,7 +205,6 @@ class TRDModel:
 
     def save(self, path):
         """Write the model to ``path`` (``.npz``), atomically."""
-        path = Path(path)
         arrays = {
             "filters": self.filters,
             "weights": self.weights,
@@ -202,13 +214,9 @@ class TRDModel:
         }
         if self.lambdas is not None:
             arrays["lambdas"] = self.lambdas
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        return path
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        return atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
     def load(cls, path) -> TRDModel:

@@ -13,6 +13,7 @@ does not recompile.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numba
@@ -156,6 +157,16 @@ def trd_stage(
             for x in range(W):
                 uv = urow[x + 2 * r]
                 orow[x] = uv - (arow[x] + lam * (uv - frow[x]))
+
+
+@contextlib.contextmanager
+def numba_threads(n_threads):
+    """Run a block with ``n_threads`` Numba threads (``None``: unchanged); restores the setting."""
+    previous = set_threads(n_threads)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
 
 
 def set_threads(n_threads):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ._model import ModelFileError, TRDModel
 
-__all__ = ["list_models", "load_model", "registry", "cache_dir"]
+__all__ = ["list_models", "load_model", "registry", "cache_dir", "resolve_models"]
 
 CACHE_ENV = "SKIMAGE_TRD_CACHE"
 URL_ENV = "SKIMAGE_TRD_WEIGHTS_URL"
@@ -168,3 +168,31 @@ def load_model(model) -> TRDModel:
         f"unknown model {text!r}: not a registered name and not a file. "
         f"Registered models: {', '.join(list_models()) or '(none)'}."
     )
+
+
+def resolve_models(model, task) -> list[TRDModel]:
+    """The model bank of a public function: the shipped models of ``task`` for ``None``, else
+    the model(s) given (names, paths or TRDModel, one or a sequence), checked to be ``task``'s."""
+    from collections.abc import Sequence
+
+    if model is None:
+        names = list_models(task)
+        if not names:
+            raise ValueError(f"no pretrained {task} models are installed; pass model= a "
+                             "TRDModel, a .npz file or an authors' .mat file")
+        bank = [load_model(n) for n in names]
+    elif isinstance(model, (str, TRDModel)) or hasattr(model, "__fspath__"):
+        bank = [load_model(model)]
+    elif isinstance(model, Sequence):
+        bank = [load_model(m) for m in model]
+        if not bank:
+            raise ValueError("model is an empty sequence; give at least one model")
+    else:
+        raise TypeError(f"model must be None, a name, a path, a TRDModel or a sequence of them; "
+                        f"got {type(model).__name__}")
+    what = {"denoise": "denoise_trd needs a denoising model",
+            "deblock": "deblock_trd needs a deblocking model"}[task]
+    for m in bank:
+        if m.task != task:
+            raise ValueError(f"model {m.name!r} is a {m.task} model; {what}")
+    return bank

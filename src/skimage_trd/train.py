@@ -57,7 +57,7 @@ from ._gradients import (
     params_to_model,
     unpack_params,
 )
-from ._model import TRDModel
+from ._model import TRDModel, atomic_write_bytes
 
 __all__ = [
     "TrainingConfig",
@@ -124,21 +124,11 @@ def jpeg_pairs(clean, quality, scale=0.8):
     and the lower and upper coefficient bounds ``(d -/+ scale/2) q`` of each
     image, as :func:`skimage_trd.deblock_trd` computes them from a decoded file.
     """
-    import io
-
-    from PIL import Image
-
-    from ._jpeg import QuantisationConstraint, quantised_coefficients
+    from ._jpeg import QuantisationConstraint, jpeg_roundtrip, quantised_coefficients
 
     starts, lowers, uppers = [], [], []
     for img in clean:
-        buf = io.BytesIO()
-        Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8)).save(
-            buf, "JPEG", quality=int(quality))
-        buf.seek(0)
-        with Image.open(buf) as im:
-            decoded = np.asarray(im, dtype=np.float64)
-            table = np.asarray(im.quantization[0], dtype=np.float64).reshape(8, 8)
+        decoded, table = jpeg_roundtrip(img, quality)
         c = QuantisationConstraint(quantised_coefficients(decoded, table), table, scale)
         starts.append(c.start)
         lowers.append(c.lower)
@@ -247,15 +237,6 @@ class TrainingConfig:
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _atomic_write_bytes(path: Path, data: bytes):
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 class Checkpoint:
     """The state of a run: phase, iterations done, parameters; written atomically."""
 
@@ -288,7 +269,7 @@ class Checkpoint:
 
         buf = io.BytesIO()
         np.savez(buf, params=params, state=np.array(json.dumps(state)))
-        _atomic_write_bytes(self.path, buf.getvalue())
+        atomic_write_bytes(self.path, buf.getvalue())
 
 
 def _psnr(out, clean):
@@ -303,8 +284,6 @@ class _Reporter:
         self.done = done_iterations
         self.t0 = time.perf_counter()
         self.done_at_start = done_iterations
-        self.evals = 0
-        self.eval_time = 0.0
 
     def eta(self):
         run = self.done - self.done_at_start
@@ -479,6 +458,10 @@ def train_model(
     x = x.astype(dtype)
     f = f.astype(dtype)
     data_digest = hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:16]
+    if init_model is not None:  # a fine-tuning checkpoint belongs to its starting model
+        from ._engine import model_fingerprint
+
+        data_digest += "-from-" + model_fingerprint(init_model)[:12]
     batch = _batch(f, x, spec, backend, constraint)
     ckpt = Checkpoint(checkpoint_dir, config, data_digest) if checkpoint_dir else None
     T = config.n_stages
@@ -639,16 +622,9 @@ def _to_model(stages, spec, config, metadata=None):
 
 
 def _jpeg_decoded(img, quality):
-    import io
+    from ._jpeg import jpeg_roundtrip
 
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8)).save(buf, "JPEG",
-                                                                          quality=int(quality))
-    buf.seek(0)
-    with Image.open(buf) as im:
-        return np.asarray(im, dtype=np.float64)
+    return jpeg_roundtrip(img, quality)[0].astype(np.float64)
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -709,12 +685,11 @@ def main(argv=None):
             validation = (vc, add_noise(vc, args.sigma, args.seed + 1))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    logfile = open(out / "train.log", "a", buffering=1)
-
     def log(line):
         stamp = datetime.datetime.now().strftime("%H:%M:%S")
         print(f"[{stamp}] {line}", flush=True)
-        logfile.write(f"[{stamp}] {line}\n")
+        with open(out / "train.log", "a") as logfile:  # closed at once: survives a kill
+            logfile.write(f"[{stamp}] {line}\n")
 
     log(f"training {config} on {len(clean)} images from {args.data}")
     model = train_model(clean, config, noisy=noisy, checkpoint_dir=out, validation=validation,
