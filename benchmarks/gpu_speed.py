@@ -13,22 +13,9 @@ import datetime
 import sys
 
 import numpy as np
+from cpu_speed import synthetic_model  # the same random models as the CPU benchmark
 
 PAPER_GPU = {256: 0.01, 512: 0.032, 1024: 0.116, 2048: 0.40, 3072: 0.87}
-
-
-def synthetic_model(kernel_size, seed=0):
-    # Timing does not depend on the values; a random model of the right shape.
-    from skimage_trd import TRDModel, dct_filter_basis
-
-    rng = np.random.default_rng(seed)
-    basis = dct_filter_basis(kernel_size)
-    m = basis.shape[0]
-    filt = np.tensordot(rng.standard_normal((5, m, m)), basis, axes=([-1], [0]))
-    filt /= np.sqrt((filt**2).sum(axis=(-2, -1), keepdims=True))
-    centers = np.arange(-310.0, 310.1, 10.0)
-    return TRDModel(filt, 0.1 * rng.standard_normal((5, m, 63)), centers, 0.01,
-                    lambdas=np.full(5, 0.1), sigma=25.0, name=f"synthetic-{kernel_size}")
 
 
 def main(argv=None):

@@ -6,12 +6,13 @@ Models in src/skimage_trd/weights/ ship in the wheel; further models (files give
 command line with their download URL) are listed for pooch to fetch.
 """
 
-import hashlib
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "src" / "skimage_trd"
+sys.path.insert(0, str(ROOT / "src"))
+from skimage_trd._registry import sha256  # noqa: E402
 
 HEADER = """\
 # skimage-trd pretrained models, pooch registry format: file sha256:<hash> [url]
@@ -19,10 +20,6 @@ HEADER = """\
 # Names: trd-gauss-s<sigma>-<f>x<f>-<T>st.npz (denoising), trd-jpeg-q<quality>-<f>x<f>-<T>st.npz (deblocking)
 # Files in skimage_trd/weights/ ship in the wheel; the others are downloaded and cached.
 """
-
-
-def sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def main(argv):
