@@ -10,6 +10,12 @@ from ._denoise import denoise_trd
 from ._matlab import import_matlab_model
 from ._model import ModelFileError, TRDModel
 from ._plot import penalty_functions, plot_model
+from ._poisson import (
+    denoise_trd_poisson,
+    estimate_poisson_gaussian,
+    generalized_anscombe,
+    inverse_generalized_anscombe,
+)
 from ._reference import stage_reference, trd_reference
 from ._registry import list_models, load_model
 
@@ -19,6 +25,10 @@ __all__ = [
     "denoise_trd",
     "deblock_trd",
     "deblock_jpeg",
+    "denoise_trd_poisson",
+    "estimate_poisson_gaussian",
+    "generalized_anscombe",
+    "inverse_generalized_anscombe",
     "load_model",
     "list_models",
     "TRDModel",
