@@ -233,3 +233,12 @@ def test_colour_in_opponent_space(model):
     np.testing.assert_allclose(mixed[..., 0], per[..., 0], atol=1e-12)
     with pytest.raises(ValueError, match="color_transform"):
         denoise_trd(noisy, 0.1, model=m, channel_axis=-1, color_transform="lab")
+
+
+def test_colour_integer_input_and_data_range(bank):
+    rgb = (data.astronaut()[:48, :48]).astype(np.uint8)
+    out = denoise_trd(rgb, 25, model=bank, channel_axis=-1)
+    assert out.dtype == np.float64 and 0 <= out.min() and out.max() <= 1
+    # data_range is in the image's units, also through the colour transform
+    a = denoise_trd(rgb, 25, model=bank, channel_axis=-1, data_range=255)
+    np.testing.assert_allclose(a, out, atol=1e-12)

@@ -272,6 +272,11 @@ def _denoise_opponent(image, sigma, channel_axis, preserve_range, progress, kw):
     m = (np if kind == "dask" else xp).asarray(_OPPONENT, dtype=work_dtype)
     y = x @ m.T
     s = None if sigma is None else sigma * scale
+    kw = dict(kw)
+    if kw.get("data_range") is not None:
+        kw["data_range"] = kw["data_range"] * scale  # the user's units -> the working units
+    elif np.dtype(image.dtype).kind in "ui" and not preserve_range:
+        kw["data_range"] = 1.0  # as for gray integer images: their full range after conversion
     out = denoise_trd(y, s, channel_axis=-1, color_transform="none", preserve_range=True,
                       progress=progress, **kw) @ m
     clip = _clip_limits(image.dtype, preserve_range)
