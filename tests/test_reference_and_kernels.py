@@ -42,7 +42,7 @@ def test_influence_table_accuracy():
                        phi[0, :50], rtol=1e-12, atol=1e-12)
 
 
-SHAPES = [(1, 1), (2, 3), (5, 4), (7, 7), (13, 9), (33, 65), (70, 31)]
+SHAPES = [(1, 1), (2, 3), (5, 4), (7, 7), (13, 9), (33, 65), (70, 31), (205, 23)]  # 205: several strips
 
 
 @pytest.mark.parametrize("shape", SHAPES)
