@@ -141,6 +141,7 @@ def _run_numba(f, model, n_stages, exact, post_stage, progress):
     padded = np.empty((H + 4 * r, W + 4 * r), dtype=f.dtype)
     u = f
     buffers = [np.empty_like(f), np.empty_like(f)]
+    strip = nk.strip_height(H, nk.numba.get_num_threads())
     for t in range(n_stages):
         st = prep.stages[t]
         nk.pad_symmetric(u, 2 * r, padded)
@@ -148,7 +149,7 @@ def _run_numba(f, model, n_stages, exact, post_stage, progress):
         _launch(
             nk.trd_stage,
             padded, f, st.lam, st.filters, st.flipped, st.coef, st.x0, st.inv_h, st.weights,
-            prep.mu0, prep.delta, prep.beta, prep.reach, exact, out,
+            prep.mu0, prep.delta, prep.beta, prep.reach, exact, strip, out,
         )
         if post_stage is not None:
             out = post_stage(out, t)
