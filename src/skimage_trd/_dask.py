@@ -67,7 +67,7 @@ def denoise_trd_dask(image, sigma=None, *, model=None, channel_axis=None, preser
         sel = [slice(None)] * image.ndim
         for ax, i in zip(lead, idx):
             sel[ax] = i
-        plane = sample[tuple(sel)].astype(np.float64) * scale
+        plane = sample[tuple(sel)]
         channel = idx[lead.index(channel_axis)] if channel_axis is not None else None
         s = sigmas[channel or 0]
         settings[idx] = _plane_settings(plane, s, scale, bank, data_range, image.dtype,

@@ -240,8 +240,8 @@ def denoise_trd(
     with numba_threads(num_threads if backend == "numba" else None):
         for p_index, (index, channel) in enumerate(planes):
             plane = src[index]
-            setting = _plane_settings(plane.astype(np.float64) * scale, sigmas[channel or 0], scale,
-                                      bank, data_range, image.dtype, preserve_range)
+            setting = _plane_settings(plane, sigmas[channel or 0], scale, bank, data_range,
+                                      image.dtype, preserve_range)
             cb = None
             if progress is not None:
                 def cb(done, total, p=p_index):
@@ -314,15 +314,16 @@ def _clip_limits(in_dtype, preserve_range):
 
 
 def _plane_settings(plane, sigma, scale, bank, data_range, in_dtype, preserve_range, centre=None):
-    """Decide for one plane (float64, working units; host or device) how it is denoised.
+    """Decide for one plane (as stored; working units are ``plane * scale``) how it is denoised.
 
     ``sigma`` is in the image's own units (None: estimated here); ``centre``
-    defaults to the plane's mean.
+    (working units) defaults to the plane's mean. Float64 copies of the plane are made only
+    to estimate sigma or the intensity range, when those are needed.
     """
     host = plane.get() if hasattr(plane, "get") else np.asarray(plane)
-    s = _estimate_sigma(host) if sigma is None else sigma * scale
-    centre = float(host.mean()) if centre is None else float(centre)
-    spread = float(np.abs(host - centre).max())
+    s = _estimate_sigma(host.astype(np.float64) * scale) if sigma is None else sigma * scale
+    centre = float(host.mean(dtype=np.float64)) * scale if centre is None else float(centre)
+    spread = max(float(host.max()) * scale - centre, centre - float(host.min()) * scale)
     if s == 0 or spread == 0 or spread / s > _NEGLIGIBLE_NOISE:
         # no noise, a constant plane (which the stage map leaves as it is), or noise
         # too weak to matter (and to rescale onto the model's scale without overflow)
@@ -338,7 +339,7 @@ def _plane_settings(plane, sigma, scale, bank, data_range, in_dtype, preserve_ra
         elif np.dtype(in_dtype).kind in "ui" and not preserve_range:
             r = 1.0
         else:
-            r = _robust_range(host)
+            r = _robust_range(host.astype(np.float64) * scale)
         m = select_model(bank, 255.0 * s / r if r > 0 else np.inf)
     return _PlaneSetting("denoise", centre, m, m.sigma / s)
 
@@ -348,12 +349,17 @@ def _denoise_plane(plane, setting, scale, in_dtype, preserve_range, num_threads,
     """Apply a plane's setting to the plane, or to any rectangular part of it (dask blocks)."""
     xp = np if backend != "cupy" else __import__("cupy")
     cdt = _compute_dtype(in_dtype)
-    x = plane.astype(cdt) * cdt.type(scale)
+    # in place throughout: one plane-sized buffer here, plus the engine's three
+    x = plane.astype(cdt)
+    x *= cdt.type(scale)
     if setting.action == "copy":
         return x
     if setting.action == "mean":
-        return xp.full_like(x, setting.centre)
-    f = (x - cdt.type(setting.centre)) * cdt.type(setting.gain)
+        x[...] = setting.centre
+        return x
+    f = x
+    f -= cdt.type(setting.centre)
+    f *= cdt.type(setting.gain)
     f += cdt.type(_MODEL_MID)
     if xp is np:
         f = np.ascontiguousarray(f)
@@ -361,11 +367,12 @@ def _denoise_plane(plane, setting, scale, in_dtype, preserve_range, num_threads,
         res = run_model(f, setting.model, backend=backend, n_stages=n_stages,
                         tile_shape=tile_shape, exact=bool(exact) and backend != "numpy",
                         progress=progress)
-    res = (res - cdt.type(_MODEL_MID)) / cdt.type(setting.gain)
+    res -= cdt.type(_MODEL_MID)
+    res /= cdt.type(setting.gain)
     res += cdt.type(setting.centre)
     clip = _clip_limits(in_dtype, preserve_range)
     if clip is not None:
-        res = xp.clip(res, *clip)
+        xp.clip(res, *clip, out=res)
     return res
 
 
@@ -377,9 +384,9 @@ def _available_memory():
         return None
 
 
-# Whole-plane processing holds about this many plane-sized buffers of the compute dtype: the
-# float64 copy for the plane's settings, the converted plane, the model-scale input, the padded
-# image and two stage buffers.
+# Whole-plane processing holds about this many plane-sized buffers of the compute dtype besides
+# the input and the output: the model-scale plane, the padded image and two stage buffers (plus
+# float64 copies when sigma or the intensity range is estimated).
 _PLANE_BUFFERS = 6
 AUTO_TILE = 2048
 
