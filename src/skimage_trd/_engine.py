@@ -248,7 +248,8 @@ def run_model(
     halo = n_stages * 2 * model.radius
     n_tiles = math.ceil(f.shape[0] / th) * math.ceil(f.shape[1] / tw)
     total = n_tiles * n_stages
-    out = (f * 0) if backend == "cupy" else np.empty_like(f)
+    xp = __import__("cupy") if backend == "cupy" else np
+    out = xp.empty_like(f)  # every pixel is written by exactly one tile
     for k, (inner, outer, crop) in enumerate(iter_tiles(f.shape, (th, tw), halo)):
         tile = f[outer]
         if backend != "cupy":
