@@ -1,13 +1,15 @@
-"""Denoise an image stored as zarr, chunk by chunk, without loading it, and write zarr back.
+"""Denoise an image stored as zarr or OME-TIFF, chunk by chunk, without loading it; write zarr.
 
-    python examples/denoise_zarr.py INPUT.zarr OUTPUT.zarr [--sigma S] [--workers N]
+    python examples/denoise_zarr.py INPUT.zarr OUTPUT.zarr [--sigma S] [--keep-dtype]
+    python examples/denoise_zarr.py INPUT.ome.tif OUTPUT.zarr [--sigma S] [--keep-dtype]
     python examples/denoise_zarr.py --demo /tmp/trd-demo        # makes a 2 GB noisy stack first
 
-The input is opened lazily with dask (one task per chunk); `denoise_trd` returns a lazy dask
-array whose chunks overlap by the model's halo, so the result equals whole-image denoising;
-`to_zarr` computes and writes it chunk by chunk with a progress bar. Memory stays at a few
-chunks per worker. For OME-TIFF input, open it with `tifffile.imread(path, aszarr=True)` and
-`dask.array.from_zarr` instead.
+The input is opened lazily with dask (one task per chunk; a TIFF through tifffile's zarr view of
+its tiles or strips, nothing is read up front); `denoise_trd` returns a lazy dask array whose
+chunks overlap by the model's halo, so the result equals whole-image denoising; `to_zarr`
+computes and writes it chunk by chunk with a progress bar. Memory stays at a few chunks per
+worker. `--keep-dtype` keeps integer data in its own units and type (a 12-bit camera's uint16
+stays uint16, sigma in camera units).
 """
 
 import argparse
@@ -38,11 +40,28 @@ def make_demo(folder, shape=(32, 4096, 4096), chunks=(1, 1024, 1024), sigma=0.1)
     return path
 
 
+def open_lazy(path):
+    """A lazy dask array over a zarr array or a (OME-)TIFF file's first series."""
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+        import zarr
+
+        store = tifffile.imread(str(path), aszarr=True)  # tiles/strips become zarr chunks
+        z = zarr.open(store, mode="r")
+        if not hasattr(z, "shape"):  # a pyramid (multiscale group): take full resolution
+            z = z["0"]
+        return da.from_zarr(z)
+    return da.from_zarr(str(path))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("input", nargs="?")
+    ap.add_argument("input", nargs="?", help="zarr array or (OME-)TIFF file")
     ap.add_argument("output", nargs="?")
     ap.add_argument("--sigma", type=float, default=None, help="noise level (default: estimated)")
+    ap.add_argument("--keep-dtype", action="store_true",
+                    help="integer input: sigma in its units, result in its dtype")
     ap.add_argument("--demo", metavar="FOLDER", help="make a noisy demo stack in FOLDER and use it")
     ap.add_argument("--shape", default="32,4096,4096", help="demo stack shape")
     ap.add_argument("--chunk", type=int, default=1024, help="demo chunk edge (rows, columns)")
@@ -53,10 +72,11 @@ def main(argv=None):
         args.output = Path(args.demo) / "denoised.zarr"
     if not args.input or not args.output:
         ap.error("give INPUT.zarr and OUTPUT.zarr, or --demo FOLDER")
-    noisy = da.from_zarr(str(args.input))
+    noisy = open_lazy(args.input)
     print(f"input {args.input}: shape {noisy.shape}, chunks {noisy.chunksize}, "
           f"{noisy.nbytes / 2**30:.2f} GiB of {noisy.dtype}")
-    lazy = denoise_trd(noisy, args.sigma)
+    lazy = denoise_trd(noisy, args.sigma, preserve_range=args.keep_dtype,
+                       preserve_dtype=args.keep_dtype)
     t0 = time.perf_counter()
     with ProgressBar():
         lazy.to_zarr(str(args.output), overwrite=True)

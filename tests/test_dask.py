@@ -37,6 +37,15 @@ def test_dask_stack_bank_estimated_sigma_uint16():
     np.testing.assert_allclose(lazy.compute(), expected, rtol=1e-5, atol=1e-3)
 
 
+def test_dask_preserve_dtype_uint16():
+    stack = (np.clip(_image((2, 70, 64)), 0, 1) * 4095).astype(np.uint16)
+    kw = dict(model=BANK, preserve_range=True, preserve_dtype=True)
+    expected = denoise_trd(stack, **kw)
+    lazy = denoise_trd(da.from_array(stack, chunks=(1, 30, 40)), **kw)
+    assert isinstance(lazy, da.Array) and lazy.dtype == np.uint16
+    assert np.abs(lazy.compute().astype(int) - expected).max() <= 1
+
+
 def test_dask_channels():
     rgb = _image((60, 50, 3))
     expected = denoise_trd(rgb, [0.08, 0.05, 0.1], model=MODEL, channel_axis=-1)

@@ -87,6 +87,40 @@ def test_preserve_range(model, noisy):
     np.testing.assert_allclose(out, np.clip(ref, 0, 65535), atol=1e-2)
 
 
+@pytest.mark.parametrize("preserve_range", [False, True])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float16, np.float32])
+def test_preserve_dtype(model, noisy, dtype, preserve_range):
+    """preserve_dtype returns the input's dtype and units: the float result, rounded and clipped."""
+    if np.dtype(dtype).kind == "f":
+        img, sigma = noisy.astype(dtype), 0.1
+    else:
+        top = 4095 if dtype != np.uint8 else 255  # a 12-bit camera in 16 bits
+        img = (np.clip(noisy, 0, 1) * top).astype(dtype)
+        sigma = 0.1 * top
+    kw = dict(model=model, preserve_range=preserve_range)
+    out = denoise_trd(img, sigma, preserve_dtype=True, **kw)
+    assert out.dtype == img.dtype and out.shape == img.shape
+    ref = denoise_trd(img, sigma, **kw)
+    if np.dtype(dtype).kind == "f":
+        np.testing.assert_array_equal(out, ref.astype(dtype))
+        return
+    units = ref if preserve_range else ref * np.iinfo(dtype).max
+    info = np.iinfo(dtype)
+    expected = np.clip(np.rint(units), info.min, info.max)
+    assert np.abs(out.astype(np.float64) - expected).max() <= 1  # rounding of float32 work
+    assert np.mean(out != expected) < 1e-3
+    assert out.max() <= top + 3 * sigma and abs(out.astype(float).mean() - img.mean()) < 0.01 * top
+
+
+def test_preserve_dtype_clips_and_passes_a_clean_image_through(model):
+    img = np.full((40, 50), 65535, np.uint16)
+    img[:, :25] = 0
+    out = denoise_trd(img, 1e-12, model=model, preserve_dtype=True)  # noise negligible: a copy
+    np.testing.assert_array_equal(out, img)
+    out = denoise_trd(img, 3000.0, model=model, preserve_dtype=True)
+    assert out.dtype == np.uint16 and out.min() >= 0  # clipped, no wrap-around
+
+
 @pytest.mark.parametrize("channel_axis", [0, 1, 2, -1])
 def test_channel_axis(model, noisy, channel_axis):
     rgb = np.stack([noisy, noisy[::-1], noisy[:, ::-1]], axis=-1)

@@ -107,6 +107,25 @@ def test_command_line(tmp_path):
     np.testing.assert_array_equal(model.weights, loaded.weights)
 
 
+def test_command_line_fine_tunes_a_deblocking_model(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for i, img in enumerate(_clean(3)):
+        imsave(folder / f"c{i}.png", np.clip(img, 0, 255).astype(np.uint8))
+    common = ["--data", str(folder), "--task", "deblock", "--crop", "32", "--chunk", "1"]
+    main([*common, "--quality", "20", "--out", str(tmp_path / "a"), "--kernel-size", "3",
+          "--stages", "2", "--greedy-iterations", "1", "--joint-iterations", "0",
+          "--export", str(tmp_path / "a.npz")])
+    tuned = main([*common, "--out", str(tmp_path / "b"), "--init", str(tmp_path / "a.npz"),
+                  "--joint-iterations", "2", "--export", str(tmp_path / "b.npz")])
+    assert tuned.quality == 20 and tuned.n_stages == 2 and tuned.kernel_size == 3  # from --init
+    log = (tmp_path / "b" / "train.log").read_text()
+    assert "fine-tuning" in log and "greedy" not in log.split("fine-tuning")[1]
+    assert "--init" in tuned.metadata["provenance"]["command"]
+    with pytest.raises(SystemExit, match="unknown|not"):
+        main([*common, "--out", str(tmp_path / "c"), "--init", "no-such-model"])
+
+
 def test_deblocking_training_on_numpy_backend(tmp_path):
     from skimage_trd import deblock_trd
 
@@ -123,8 +142,39 @@ def test_deblocking_training_on_numpy_backend(tmp_path):
     out = deblock_trd(dec, 10, model=model, preserve_range=True)
     err = lambda a: np.mean((a - clean[0]) ** 2)  # noqa: E731
     assert err(out) < err(dec)  # trained on these crops, it must beat the decoder on them
-    with pytest.raises(ValueError, match="backend='cupy'"):
-        train_model(clean, cfg, backend="numba", log=lines.append)
+    # the Numba trainer takes the same path (float64: equal to rounding)
+    numba_model = train_model(clean, cfg, backend="numba", log=lines.append)
+    np.testing.assert_allclose(numba_model.filters, model.filters, atol=1e-6)
+    np.testing.assert_allclose(numba_model.weights, model.weights, rtol=1e-5,
+                               atol=1e-6 * np.abs(model.weights).max())
+
+
+def test_fine_tuning_a_deblocking_model(tmp_path):
+    from skimage_trd.train import _jpeg_decoded
+
+    clean = [c[:32, :32] for c in _clean(3)]
+    cfg = TrainingConfig(task="deblock", quality=10, kernel_size=3, n_stages=2, greedy_iterations=2,
+                         joint_iterations=0, crop=32, chunk=2)
+    start = train_model(clean, cfg, log=lambda line: None)
+    tune = TrainingConfig.for_model(start, task="deblock", quality=10, greedy_iterations=0,
+                                    joint_iterations=4, crop=32, chunk=2)
+    lines = []
+    tuned = train_model(clean, tune, init_model=start, log=lines.append,
+                        checkpoint_dir=tmp_path / "run")
+    assert any("fine-tuning" in line for line in lines)
+    assert tuned.task == "deblock" and tuned.lambdas is None
+    assert tuned.metadata["provenance"]["initialised_from"] == start.name
+    dec = [_jpeg_decoded(c, 10) for c in clean]
+    from skimage_trd import deblock_trd
+
+    def err(m):
+        return np.mean([np.mean((deblock_trd(d, 10, model=m, preserve_range=True) - c) ** 2)
+                        for d, c in zip(dec, clean)])
+
+    assert err(tuned) < err(start)
+    with pytest.raises(ValueError, match="deblock run starts from a deblock model"):
+        denoiser = train_model(_clean(), _config(greedy_iterations=1, joint_iterations=0), log=print)
+        train_model(clean, tune, init_model=denoiser, log=lines.append)
 
 
 def test_config_validation():

@@ -111,6 +111,27 @@ def float_dtype(dtype, preserve_range):
     return np.dtype(np.float64), 1.0 / info.max
 
 
+def to_input_dtype(result, in_dtype, preserve_range):
+    """Map a float result back to the input's dtype and units (the inverse of ``float_dtype``).
+
+    Integer types: rounded and clipped to the type's range. Works on NumPy (in place on the
+    float result), CuPy and dask arrays alike.
+    """
+    in_dtype = np.dtype(in_dtype)
+    if in_dtype.kind == "f":
+        return result.astype(in_dtype, copy=False)
+    _, scale = float_dtype(in_dtype, preserve_range)
+    info = np.iinfo(in_dtype)
+    if isinstance(result, np.ndarray):
+        if scale != 1.0:
+            result /= scale
+        np.rint(result, out=result)
+        np.clip(result, info.min, info.max, out=result)
+        return result.astype(in_dtype)
+    scaled = result / scale if scale != 1.0 else result
+    return scaled.round().clip(info.min, info.max).astype(in_dtype)
+
+
 def iter_planes(shape, channel_axis):
     """Index tuples of the 2-D planes of an array (last two non-channel axes are rows, cols)."""
     axes = [ax for ax in range(len(shape)) if ax != channel_axis]

@@ -15,6 +15,7 @@ from ._arrays import (
     float_dtype,
     iter_planes,
     normalize_channel_axis,
+    to_input_dtype,
 )
 from ._engine import BACKENDS, run_model
 from ._model import TRDModel
@@ -71,6 +72,7 @@ def denoise_trd(
     exact=False,
     color_transform="opponent",
     progress=None,
+    preserve_dtype=False,
 ):
     """Remove Gaussian noise with a trained nonlinear reaction diffusion (TRD) model.
 
@@ -130,12 +132,18 @@ def denoise_trd(
     progress : callable(done, total), optional
         Called after every stage of every plane (and tile); not for dask
         arrays, whose result is lazy.
+    preserve_dtype : bool, optional
+        Return the result in the input's dtype and intensity units (for
+        integer images: rounded to the nearest integer and clipped to the
+        type's range, whatever ``preserve_range`` says). A 12-bit camera
+        image in uint16 comes back as uint16 on the same 0..4095 scale.
 
     Returns
     -------
     denoised : ndarray
         Same shape as ``image``; float32 for float16/float32 input, float64
-        otherwise (same array module as the input).
+        otherwise (same array module as the input); the input's dtype with
+        ``preserve_dtype=True``.
 
     Raises
     ------
@@ -188,6 +196,12 @@ def denoise_trd(
     """
     kind = array_module(image)
     image = check_image(image)
+    if preserve_dtype:
+        out = denoise_trd(image, sigma, model=model, channel_axis=channel_axis,
+                          preserve_range=preserve_range, backend=backend, num_threads=num_threads,
+                          tile_shape=tile_shape, n_stages=n_stages, data_range=data_range, exact=exact,
+                          color_transform=color_transform, progress=progress)
+        return to_input_dtype(out, image.dtype, preserve_range)
     channel_axis = normalize_channel_axis(image, channel_axis)
     check_spatial(image, channel_axis)
     n_channels = 1 if channel_axis is None else image.shape[channel_axis]

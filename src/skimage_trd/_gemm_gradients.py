@@ -220,6 +220,62 @@ class _Stage:
         self.lam = 0.0 if deblock else math.exp(params.log_lambda)
 
 
+class BatchProjection:
+    """The projection of Eq. 9 for a training batch, and its adjoint.
+
+    ``u = clip(idct(box(dct(v - 128))) + 128, 0, 255)`` block by block, with per-image
+    coefficient bounds ``lower``, ``upper`` of shape (B, H/8, W/8, 8, 8). It is piecewise
+    linear: its derivative passes the coefficients strictly inside their box and the pixels
+    strictly inside [0, 255].
+
+    Parameters
+    ----------
+    lower, upper : ndarray, shape (B, H/8, W/8, 8, 8)
+    shape : (B, H, W)
+        Batch shape (whole 8x8 blocks).
+    xp : module
+        ``numpy`` or ``cupy``.
+    dtype : float32 or float64
+    """
+
+    def __init__(self, lower, upper, shape, xp=np, dtype=np.float32):
+        B, H, W = shape
+        if H % 8 or W % 8 or np.shape(lower) != (B, H // 8, W // 8, 8, 8) or \
+                np.shape(upper) != np.shape(lower):
+            raise ValueError("deblocking needs images of whole 8x8 blocks and per-image "
+                             "coefficient bounds of shape (B, H/8, W/8, 8, 8)")
+        self.xp, self.dtype = xp, np.dtype(dtype)
+        self.lower = xp.asarray(lower, dtype=self.dtype)
+        self.upper = xp.asarray(upper, dtype=self.dtype)
+
+    @staticmethod
+    def _bdct(x, inverse=False):
+        from ._jpeg import dct_blocks
+
+        if inverse:
+            B, nh, nw = x.shape[:3]
+            y = dct_blocks(x, inverse=True)
+            return y.transpose(0, 1, 3, 2, 4).reshape(B, nh * 8, nw * 8)
+        B, H, W = x.shape
+        blocks = x.reshape(B, H // 8, 8, W // 8, 8).transpose(0, 1, 3, 2, 4)
+        return dct_blocks(blocks)
+
+    def project(self, v, sl=slice(None)):
+        """The projection of stage outputs ``v`` (images ``sl`` of the batch) and the masks
+        (coefficients inside their box, pixels inside [0, 255]) its adjoint needs."""
+        xp = self.xp
+        y = self._bdct(v - self.dtype.type(128))
+        inside = (y > self.lower[sl]) & (y < self.upper[sl])
+        w = self._bdct(xp.clip(y, self.lower[sl], self.upper[sl]), inverse=True) + self.dtype.type(128)
+        unclipped = (w > 0) & (w < 255)
+        return xp.clip(w, 0, 255).astype(self.dtype, copy=False), inside, unclipped
+
+    def adjoint(self, g, inside, unclipped):
+        """``dL/dv`` from ``g = dL/du`` (the projection's Jacobian is symmetric)."""
+        gy = self._bdct(g * unclipped) * inside
+        return self._bdct(gy, inverse=True).astype(self.dtype, copy=False)
+
+
 class GemmTrainer:
     """Loss and gradient of a TRD model on a fixed batch kept on the device.
 
@@ -252,37 +308,13 @@ class GemmTrainer:
         # constraint set, u_t = clip(idct(box(dct(v - 128))) + 128, 0, 255), v = u - diffusion.
         self.deblock = constraint is not None
         if self.deblock:
-            lower, upper = constraint
-            if H % 8 or W % 8 or lower.shape != (B, H // 8, W // 8, 8, 8):
-                raise ValueError("deblocking needs images of whole 8x8 blocks and per-image "
-                                 "coefficient bounds of shape (B, H/8, W/8, 8, 8)")
-            self.lower = xp.asarray(lower, dtype=self.dtype)
-            self.upper = xp.asarray(upper, dtype=self.dtype)
-
-    # ------------------------------------------------------------------- the projection
-    def _bdct(self, x, inverse=False):
-        from ._jpeg import dct_blocks
-
-        if inverse:
-            B, nh, nw = x.shape[:3]
-            y = dct_blocks(x, inverse=True)
-            return y.transpose(0, 1, 3, 2, 4).reshape(B, nh * 8, nw * 8)
-        B, H, W = x.shape
-        blocks = x.reshape(B, H // 8, 8, W // 8, 8).transpose(0, 1, 3, 2, 4)
-        return dct_blocks(blocks)
+            self.projection = BatchProjection(*constraint, self.f.shape, xp, self.dtype)
 
     def _project(self, v, sl):
-        """The projection of a stage output ``v`` and the masks its adjoint needs."""
-        xp = self.xp
-        y = self._bdct(v - self.dtype.type(128))
-        inside = (y > self.lower[sl]) & (y < self.upper[sl])
-        w = self._bdct(xp.clip(y, self.lower[sl], self.upper[sl]), inverse=True) + self.dtype.type(128)
-        unclipped = (w > 0) & (w < 255)
-        return xp.clip(w, 0, 255).astype(self.dtype, copy=False), inside, unclipped
+        return self.projection.project(v, sl)
 
     def _project_adjoint(self, g, inside, unclipped):
-        gy = self._bdct(g * unclipped) * inside
-        return self._bdct(gy, inverse=True).astype(self.dtype, copy=False)
+        return self.projection.adjoint(g, inside, unclipped)
 
     # -------------------------------------------------------------------------- one stage
     def _pad(self, u, mode):

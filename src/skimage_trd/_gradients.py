@@ -285,7 +285,7 @@ def params_to_model(params, spec: TrainingSpec, *, sigma, name="unnamed", metada
 
 
 def model_to_params(model: TRDModel, *, atol=1e-8):
-    """Parameters of a denoising model: the inverse of :func:`params_to_model`.
+    """Parameters of a model: the inverse of :func:`params_to_model`.
 
     The coefficients are the projections of the (unit-norm) filters onto the DCT
     basis, so ``params_to_model(model_to_params(model))`` reproduces ``model``
@@ -294,7 +294,8 @@ def model_to_params(model: TRDModel, *, atol=1e-8):
     Parameters
     ----------
     model : TRDModel
-        A denoising model with positive ``lambdas``.
+        A denoising model with positive ``lambdas``, or a deblocking model
+        (no reaction term: its unused ``log_lambda`` parameters are 0).
     atol : float, optional
         Largest allowed residual of a filter outside the span of the basis
         (relative to the filter's norm).
@@ -308,12 +309,13 @@ def model_to_params(model: TRDModel, *, atol=1e-8):
     Raises
     ------
     ValueError
-        If the model is not a denoising model, a lambda is not positive, or a
+        If a denoising model's lambda is not positive, or a
         filter has a nonzero mean (it cannot be expressed in the zero-mean basis).
     """
-    if model.task != "denoise" or model.lambdas is None:
-        raise ValueError(f"only denoising models have training parameters, got {model.task!r}")
-    if np.any(model.lambdas <= 0):
+    if model.task not in ("denoise", "deblock"):
+        raise ValueError(f"unknown model task {model.task!r}")
+    lambdas = np.ones(model.n_stages) if model.task == "deblock" else model.lambdas
+    if model.task == "denoise" and (lambdas is None or np.any(lambdas <= 0)):
         raise ValueError(f"lambdas must be positive to take their log, got {model.lambdas}")
     spec = TrainingSpec.from_model(model)
     basis = dct_filter_basis(spec.kernel_size)
@@ -329,7 +331,7 @@ def model_to_params(model: TRDModel, *, atol=1e-8):
                 f"stage {t}: filters {np.flatnonzero(bad).tolist()} are not zero-mean, so they "
                 "cannot be written in the zero-mean DCT basis"
             )
-        stages.append(StageParams(a, model.weights[t].copy(), float(np.log(model.lambdas[t]))))
+        stages.append(StageParams(a, model.weights[t].copy(), float(np.log(lambdas[t]))))
     return pack_params(stages), spec
 
 

@@ -55,8 +55,11 @@ from ._gradients import (
     loss_and_grad,
     pack_params,
     params_to_model,
+    stage_forward,
+    stage_gradient,
     unpack_params,
 )
+from ._engine import model_fingerprint
 from ._model import TRDModel, atomic_write_bytes
 
 __all__ = [
@@ -349,23 +352,73 @@ class _KernelBatch:
                              backend=self.backend, u_start=u_start)
 
 
+class _KernelDeblockBatch:
+    """Deblocking (Eq. 9) with the Numba stage kernels: every stage is the diffusion step
+    (no reaction term: lambda = 0) followed by the projection onto the constraint set,
+    whose adjoint is applied between the kernels' backward passes."""
+
+    def __init__(self, start, clean, spec, constraint):
+        from ._gemm_gradients import BatchProjection
+
+        self.f, self.x, self.spec = start, clean, spec
+        self.projection = BatchProjection(*constraint, start.shape, np, start.dtype)
+
+    @staticmethod
+    def _no_reaction(p):
+        return StageParams(p.coefficients, p.weights, -math.inf)  # exp(-inf) = lambda = 0
+
+    def _stage(self, p, u):
+        v = stage_forward(u, self.f, self._no_reaction(p), self.spec)
+        return self.projection.project(v)
+
+    def forward(self, stages, u=None):
+        u = self.f if u is None else u
+        for p in stages:
+            u = self._stage(p, u)[0]
+        return u
+
+    def loss_and_grad(self, params, *, stages, u_start=None):
+        trained = unpack_params(params, self.spec)
+        if stages == "last":
+            us = [self.f if u_start is None else u_start]
+        elif stages == "all":
+            us = [self.f]
+        else:
+            raise ValueError(f"stages must be 'all' or 'last', got {stages!r}")
+        masks = []
+        for p in trained:
+            u, *mask = self._stage(p, us[-1])
+            us.append(u)
+            masks.append(mask)
+        residual = us[-1] - self.x
+        loss = 0.5 * float(np.sum(residual.astype(np.float64) ** 2))
+        g = residual
+        grads = [None] * len(trained)
+        for t in range(len(trained) - 1, -1, -1):
+            g = self.projection.adjoint(g, *masks[t])  # dL/du_t -> dL/dv_t
+            gr = stage_gradient(us[t], self.f, g, self._no_reaction(trained[t]), self.spec,
+                                input_grad=stages == "all" and t > 0)
+            grads[t] = StageParams(gr.coefficients, gr.weights, 0.0)  # lambda is not used
+            g = gr.u
+        return loss, pack_params(grads)
+
+
 def _batch(noisy, clean, spec, backend, constraint=None):
+    if backend not in ("numba", "numpy", "cupy"):
+        raise ValueError(f"unknown training backend {backend!r}; choose 'numba', 'cupy' or 'numpy'")
+    if constraint is not None and backend == "numba":
+        return _KernelDeblockBatch(noisy, clean, spec, constraint)
     if backend == "cupy" or constraint is not None:
-        # the deblocking projection is in the matrix-form trainer only (GPU, or NumPy: slow)
+        # matrix-form trainer: the GPU, or the NumPy reference of the deblocking gradient
         from ._gemm_gradients import GemmTrainer
 
         if backend == "cupy":
             from ._cupy_kernels import cupy_module
 
             xp = cupy_module()
-        elif backend == "numpy":
-            xp = np
         else:
-            raise ValueError("deblocking models train with backend='cupy' (GPU) or 'numpy' "
-                             "(slow reference); the Numba kernels have no projection yet")
+            xp = np
         return GemmTrainer(noisy, clean, spec, xp=xp, dtype=noisy.dtype, constraint=constraint)
-    if backend not in ("numba", "numpy"):
-        raise ValueError(f"unknown training backend {backend!r}; choose 'numba', 'cupy' or 'numpy'")
     return _KernelBatch(noisy, clean, spec, backend)
 
 
@@ -427,7 +480,8 @@ def train_model(
     init_model : TRDModel, optional
         Fine-tuning: start the joint phase from this denoising model (its
         kernel size, stages and RBF grid must be those of ``config``; see
-        :meth:`TrainingConfig.for_model`) and skip the greedy phase.
+        :meth:`TrainingConfig.for_model`) and skip the greedy phase. Deblocking
+        runs fine-tune deblocking models.
 
     Returns
     -------
@@ -459,8 +513,6 @@ def train_model(
     f = f.astype(dtype)
     data_digest = hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:16]
     if init_model is not None:  # a fine-tuning checkpoint belongs to its starting model
-        from ._engine import model_fingerprint
-
         data_digest += "-from-" + model_fingerprint(init_model)[:12]
     batch = _batch(f, x, spec, backend, constraint)
     ckpt = Checkpoint(checkpoint_dir, config, data_digest) if checkpoint_dir else None
@@ -578,6 +630,9 @@ def train_model(
                                                     "phi(z) = 2z/(1+z^2))"),
         "git_commit": _git_commit(),
         "sessions": state["sessions"],
+        **({} if init_model is None else {"initial_model": {
+            "name": init_model.name, "sha1_of_parameters": model_fingerprint(init_model),
+            "provenance": init_model.metadata.get("provenance")}}),
         "command": command,
         "machine": f"{platform.machine()} {platform.platform()}",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -591,8 +646,9 @@ def _initial_stages(model, spec, config):
     """The parameters of ``model`` for fine-tuning, after checking it fits ``config``."""
     from ._gradients import model_to_params
 
-    if model.task != config.task or config.task != "denoise":
-        raise ValueError("fine-tuning starts from a denoising model for a denoising run")
+    if model.task != config.task:
+        raise ValueError(f"fine-tuning a {config.task} run starts from a {config.task} model, "
+                         f"got a {model.task} model ({model.name!r})")
     params, mspec = model_to_params(model)
     same_grid = (mspec.centers.shape == spec.centers.shape
                  and np.allclose(mspec.centers, spec.centers) and mspec.precision == spec.precision)
@@ -649,6 +705,9 @@ def _parser():
                     help="gradient kernels: Numba (CPU) or CuPy (GPU)")
     ap.add_argument("--validation", help="folder of clean images scored after every chunk")
     ap.add_argument("--export", help="write the trained model here (.npz)")
+    ap.add_argument("--init", metavar="MODEL",
+                    help="fine-tune this model (a registered name or a .npz file): its filter "
+                         "size, stages and RBF grid are kept, the greedy phase is skipped")
     return ap
 
 
@@ -659,13 +718,23 @@ def main(argv=None):
         from ._numba_kernels import set_threads
 
         set_threads(args.threads)
+    init_model = None
     try:
-        config = TrainingConfig(sigma=args.sigma, kernel_size=args.kernel_size,
-                                n_stages=args.stages, greedy_iterations=args.greedy_iterations,
-                                joint_iterations=args.joint_iterations, seed=args.seed,
-                                crop=args.crop or None, dtype=args.dtype, chunk=args.chunk,
-                                task=args.task, quality=args.quality)
-    except ValueError as exc:
+        common = dict(joint_iterations=args.joint_iterations, seed=args.seed, crop=args.crop or None,
+                      dtype=args.dtype, chunk=args.chunk, task=args.task, quality=args.quality)
+        if args.init:
+            from ._registry import load_model
+
+            init_model = load_model(args.init)
+            sigma = args.sigma if args.task == "denoise" else None
+            if args.task == "deblock" and args.quality is None:
+                common["quality"] = init_model.quality
+            config = TrainingConfig.for_model(init_model, sigma=sigma, greedy_iterations=0, **common)
+        else:
+            config = TrainingConfig(sigma=args.sigma, kernel_size=args.kernel_size,
+                                    n_stages=args.stages, greedy_iterations=args.greedy_iterations,
+                                    **common)
+    except (ValueError, OSError) as exc:
         raise SystemExit(f"error: {exc}") from None
     clean, names = load_image_folder(args.data, min_size=args.crop or None)
     noisy = None
@@ -693,7 +762,7 @@ def main(argv=None):
 
     log(f"training {config} on {len(clean)} images from {args.data}")
     model = train_model(clean, config, noisy=noisy, checkpoint_dir=out, validation=validation,
-                           backend=args.backend,
+                           backend=args.backend, init_model=init_model,
                            log=log, names=names, data_source=str(args.data),
                            command=shlex.join(["python", "-m", "skimage_trd.train", *argv]))
     target = Path(args.export) if args.export else out / f"{model.name}.npz"
