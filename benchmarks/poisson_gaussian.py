@@ -35,7 +35,6 @@ from skimage_trd import (  # noqa: E402
 )
 from skimage_trd._numba_kernels import set_threads  # noqa: E402
 
-
 IMAGES = ("camera", "cell", "coins", "moon")  # skimage.data, central 256x256 crops
 
 

@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._engine import model_fingerprint
 from ._gradients import (
     StageParams,
     TrainingSpec,
@@ -59,7 +60,6 @@ from ._gradients import (
     stage_gradient,
     unpack_params,
 )
-from ._engine import model_fingerprint
 from ._model import TRDModel, atomic_write_bytes
 
 __all__ = [
