@@ -28,8 +28,8 @@ def make_demo(folder, shape=(32, 4096, 4096), chunks=(1, 1024, 1024), sigma=0.1)
     from skimage import data
 
     reps = (-(-shape[1] // 512), -(-shape[2] // 512))
-    tile = np.tile(data.camera() / 255.0, reps)[: shape[1], : shape[2]].astype(np.float32)
-    clean = da.from_array(tile, chunks=chunks[1:])
+    camera = da.from_array((data.camera() / 255.0).astype(np.float32), chunks=512)
+    clean = da.tile(camera, reps)[: shape[1], : shape[2]].rechunk(chunks[1:])  # lazy: any size
     planes = [clean + sigma * da.random.default_rng(i).standard_normal(shape[1:], chunks=chunks[1:],
                                                                         dtype=np.float32)
               for i in range(shape[0])]

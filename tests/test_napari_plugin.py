@@ -46,6 +46,18 @@ def test_denoise_job_progress_and_cancel():
         _jobs.denoise(noisy[:64, :64], sigma=0.1, cancel=cancel)
 
 
+def test_denoise_job_keeps_uint16_on_request():
+    from skimage import data
+
+    rng = np.random.default_rng(0)
+    img = np.clip(data.camera()[:64, :64] * 16.0 + 200 * rng.standard_normal((64, 64)), 0, 4095)
+    img = img.astype(np.uint16)  # a 12-bit camera
+    out = _jobs.denoise(img, sigma=200, keep_dtype=True)
+    assert out.dtype == np.uint16 and out.max() <= 4095 + 600
+    ref = _jobs.denoise(img, sigma=200)
+    assert ref.dtype == np.float64 and np.abs(out - ref).max() <= 0.5 + 1e-3
+
+
 def test_deblock_job_keeps_uint8():
     (dec, _, _), = jpeg_camera()
     out = _jobs.deblock(dec[:64, :64], quality=10)

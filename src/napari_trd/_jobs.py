@@ -76,14 +76,16 @@ def estimate_noise(data, channel_axis=None) -> float:
 
 
 def denoise(data, *, sigma=None, model=AUTO, backend="auto", channel_axis=None, progress=None,
-            cancel=None):
-    """Denoise layer data (NumPy or dask; nD as 2-D planes). ``sigma`` None or 0: estimated."""
+            cancel=None, keep_dtype=False):
+    """Denoise layer data (NumPy or dask; nD as 2-D planes). ``sigma`` None or 0: estimated.
+    ``keep_dtype``: the result in the layer's dtype (integers rounded and clipped)."""
     if sigma is not None and sigma <= 0:
         sigma = None
     return skimage_trd.denoise_trd(
         data, sigma, model=_model_arg(model), channel_axis=channel_axis,
         backend={"CPU": "numba", "GPU": "cupy"}.get(backend, "auto"), preserve_range=True,
         progress=None if type(data).__module__.startswith("dask") else _ticker(progress, cancel),
+        preserve_dtype=keep_dtype,
     )
 
 

@@ -186,9 +186,13 @@ class DenoiseWidget(_JobWidget):
         self.model = ComboBox(label="model", choices=self._model_names)
         backends = ["auto", "CPU"] + (["GPU"] if _gpu_available() else [])
         self.backend = ComboBox(label="backend", choices=backends, value="auto")
+        self.keep_dtype = CheckBox(label="keep data type", value=True,
+                                   tooltip="result in the layer's data type (e.g. uint16 stays "
+                                           "uint16, rounded); off: floating point")
         self.preview_button = PushButton(text="Preview visible region")
         super().__init__(napari_viewer, [self.image, self.sigma, self.estimate, self.model,
-                                         self.backend, self.preview_button], "Denoise")
+                                         self.backend, self.keep_dtype, self.preview_button],
+                         "Denoise")
         self.image.changed.connect(self._update_estimate)
         self.preview_button.changed.connect(self.preview)
         self._refresh_layers()
@@ -225,10 +229,12 @@ class DenoiseWidget(_JobWidget):
             return None
         data, sigma, model = layer.data, self._sigma(), self.model.value
         backend, channel_axis = self.backend.value, self._channel_axis(layer)
+        keep = self.keep_dtype.value
 
         def job(progress, cancel):
             return _jobs.denoise(data, sigma=sigma, model=model, backend=backend,
-                                 channel_axis=channel_axis, progress=progress, cancel=cancel)
+                                 channel_axis=channel_axis, progress=progress, cancel=cancel,
+                                 keep_dtype=keep)
 
         return self.start(job, lambda out: self.add_result(out, layer), total=1,
                           desc=f"TRD denoising {layer.name}")
@@ -258,14 +264,15 @@ class DenoiseWidget(_JobWidget):
         lead, (rows, cols) = self.visible_region(layer)
         data = np.asarray(layer.data[lead + (rows, cols)])
         sigma, model, backend = self._sigma(), self.model.value, self.backend.value
-        channel_axis = self._channel_axis(layer)
+        channel_axis, keep = self._channel_axis(layer), self.keep_dtype.value
         # the preview is the displayed plane's visible part, placed where it is shown
         scale = np.asarray(layer.scale, dtype=float)[-2:]
         translate = np.asarray(layer.translate, dtype=float)[-2:] + scale * [rows.start, cols.start]
 
         def job(progress, cancel):
             return _jobs.denoise(data, sigma=sigma, model=model, backend=backend,
-                                 channel_axis=channel_axis, progress=progress, cancel=cancel)
+                                 channel_axis=channel_axis, progress=progress, cancel=cancel,
+                                 keep_dtype=keep)
 
         def done(out):
             self.add_result(out, layer, name_suffix="_trd_preview", translate=translate,
