@@ -4,9 +4,10 @@
 
 Protocol (PROTOCOLS.md, Gaussian denoising): for each sigma a fresh ``default_rng(0)``, images in
 sorted name order, ``noisy = clean + sigma * N(0, 1)`` (not clipped), PSNR of the output clipped to
-[0, 255], mean over the 68 images. TRD: ``denoise_trd(noisy, sigma)`` with the shipped bank (7x7
-sigma 15/25/50 and 5x5 sigma 25): the model nearest to sigma, the image rescaled so that its noise
-matches the model's (no model is trained at 5, 10, 20, 30, 35, 40, 45 or 55..75). BM3D:
+[0, 255], mean over the 68 images. TRD: ``denoise_trd(noisy, sigma)`` with its defaults and the
+shipped bank (7x7 sigma 15/25/50 and 5x5 sigma 25): per image, the model nearest (in ratio) to
+``255 * sigma / r``, r the image's robust intensity range, with the image rescaled so that its
+noise matches the model's (no model is trained at 5, 10, 20, 30, 35, 40, 45 or 55..75). BM3D:
 ``bm3d.bm3d(noisy / 255, sigma_psd=sigma / 255)`` (package ``bm3d``, its default profile).
 
 BM3D takes about 5 s per image, so the sweep takes over an hour on one core. Per-image results
@@ -46,7 +47,7 @@ def load_results(path):
         for line in path.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
-                done[(r["sigma"], r["image"])] = r
+                done[r["sigma"], r["image"]] = r
     return done
 
 
@@ -80,13 +81,13 @@ def measure(sigmas, files, results_path, use_bm3d):
     return done
 
 
-def table(done, sigmas, n_images):
+def table(done, sigmas, names):
     lines = ["| sigma | noisy | TRD (shipped bank) | BM3D | TRD - BM3D | authors' model at this sigma |",
              "|---|---|---|---|---|---|"]
     for sigma in sigmas:
-        rows = [r for (s, _), r in done.items() if s == sigma]
-        if len(rows) < n_images:
-            lines.append(f"| {sigma:g} | ({len(rows)}/{n_images} images measured) | | | | |")
+        rows = [done[sigma, name] for name in names if (sigma, name) in done]
+        if len(rows) < len(names):
+            lines.append(f"| {sigma:g} | ({len(rows)}/{len(names)} images measured) | | | | |")
             continue
         trd = np.mean([r["trd"] for r in rows])
         noisy = np.mean([r["noisy"] for r in rows])
@@ -123,7 +124,7 @@ def main(argv=None):
         done = measure(sigmas, files, args.results, not args.no_bm3d)
     print(f"\n# BSD68 ({len(files)} images), PSNR dB; {platform.platform()}; "
           f"{datetime.date.today()}; python {' '.join(sys.argv)}")
-    print(table(done, sigmas, len(files)))
+    print(table(done, sigmas, [f.name for f in files]))
 
 
 if __name__ == "__main__":

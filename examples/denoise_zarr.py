@@ -40,19 +40,33 @@ def make_demo(folder, shape=(32, 4096, 4096), chunks=(1, 1024, 1024), sigma=0.1)
     return path
 
 
-def open_lazy(path):
-    """A lazy dask array over a zarr array or a (OME-)TIFF file's first series."""
-    path = Path(path)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-        import zarr
+def open_lazy(path, chunk=1024):
+    """(lazy dask array, channel axis, closer) for a zarr array or a (OME-)TIFF's first series.
 
-        store = tifffile.imread(str(path), aszarr=True)  # tiles/strips become zarr chunks
-        z = zarr.open(store, mode="r")
-        if not hasattr(z, "shape"):  # a pyramid (multiscale group): take full resolution
-            z = z["0"]
-        return da.from_zarr(z)
-    return da.from_zarr(str(path))
+    TIFF strips are often a few rows high and contiguous files are one chunk per plane, so
+    the TIFF view is rechunked to tiles of at most ``chunk`` (one plane deep): memory stays
+    bounded and the halo is small against the tile. RGB(A) TIFFs (axes ending in 'S') are
+    denoised as colour images.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return da.from_zarr(str(path)), None, lambda: None
+    import tifffile
+    import zarr
+
+    with tifffile.TiffFile(str(path)) as tif:
+        axes = tif.series[0].axes
+    store = tifffile.imread(str(path), aszarr=True)  # tiles/strips become zarr chunks
+    z = zarr.open(store, mode="r")
+    if not hasattr(z, "shape"):  # a pyramid (multiscale group): take full resolution
+        z = z["0"]
+    image = da.from_zarr(z)
+    colour = axes.endswith("S")
+    spatial = image.ndim - 2 - colour
+    chunks = {ax: 1 for ax in range(spatial)}
+    chunks.update({spatial: min(chunk, image.shape[spatial]),
+                   spatial + 1: min(chunk, image.shape[spatial + 1])})
+    return image.rechunk(chunks), (-1 if colour else None), store.close
 
 
 def main(argv=None):
@@ -64,7 +78,8 @@ def main(argv=None):
                     help="integer input: sigma in its units, result in its dtype")
     ap.add_argument("--demo", metavar="FOLDER", help="make a noisy demo stack in FOLDER and use it")
     ap.add_argument("--shape", default="32,4096,4096", help="demo stack shape")
-    ap.add_argument("--chunk", type=int, default=1024, help="demo chunk edge (rows, columns)")
+    ap.add_argument("--chunk", type=int, default=1024,
+                    help="chunk edge (rows, columns) of the demo stack and of TIFF input")
     args = ap.parse_args(argv)
     if args.demo:
         shape = tuple(int(n) for n in args.shape.split(","))
@@ -72,14 +87,17 @@ def main(argv=None):
         args.output = Path(args.demo) / "denoised.zarr"
     if not args.input or not args.output:
         ap.error("give INPUT.zarr and OUTPUT.zarr, or --demo FOLDER")
-    noisy = open_lazy(args.input)
+    noisy, channel_axis, close = open_lazy(args.input, args.chunk)
     print(f"input {args.input}: shape {noisy.shape}, chunks {noisy.chunksize}, "
           f"{noisy.nbytes / 2**30:.2f} GiB of {noisy.dtype}")
-    lazy = denoise_trd(noisy, args.sigma, preserve_range=args.keep_dtype,
+    lazy = denoise_trd(noisy, args.sigma, channel_axis=channel_axis, preserve_range=args.keep_dtype,
                        preserve_dtype=args.keep_dtype)
     t0 = time.perf_counter()
-    with ProgressBar():
-        lazy.to_zarr(str(args.output), overwrite=True)
+    try:
+        with ProgressBar():
+            lazy.to_zarr(str(args.output), overwrite=True)
+    finally:
+        close()
     print(f"wrote {args.output} in {time.perf_counter() - t0:.1f} s")
 
 

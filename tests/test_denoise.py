@@ -112,6 +112,21 @@ def test_preserve_dtype(model, noisy, dtype, preserve_range):
     assert out.max() <= top + 3 * sigma and abs(out.astype(float).mean() - img.mean()) < 0.01 * top
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.uint32, np.int64, np.uint64])
+def test_preserve_dtype_wide_integers(model, dtype):
+    info = np.iinfo(dtype)
+    img = np.full((40, 50), info.max, dtype)  # saturated: must not wrap around
+    img[:, :25] = max(info.min, -(2**40))
+    img[0, 0] = 100000001  # above 2**24: float32 would not hold it
+    out = denoise_trd(img, 1e-30, model=model, preserve_range=True, preserve_dtype=True)
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(out[:, 30:], info.max if info.max < 2**53 else out[:, 30:])
+    assert out[0, 0] == 100000001 and out[5, 40] >= info.max // 2
+    noisy = (np.random.default_rng(0).standard_normal((40, 50)) * 1e6 + 2e9).astype(dtype)
+    out = denoise_trd(noisy, 1e6, model=model, preserve_range=True, preserve_dtype=True)
+    assert out.dtype == dtype and abs(float(out.mean()) - 2e9) < 1e6
+
+
 def test_preserve_dtype_clips_and_passes_a_clean_image_through(model):
     img = np.full((40, 50), 65535, np.uint16)
     img[:, :25] = 0

@@ -124,6 +124,17 @@ def test_command_line_fine_tunes_a_deblocking_model(tmp_path):
     assert "--init" in tuned.metadata["provenance"]["command"]
     with pytest.raises(SystemExit, match="unknown|not"):
         main([*common, "--out", str(tmp_path / "c"), "--init", "no-such-model"])
+    # the task comes from the model; a contradicting --task is refused before any work
+    with pytest.raises(SystemExit, match="is a deblock model"):
+        main(["--data", str(folder), "--task", "denoise", "--sigma", "20", "--out",
+              str(tmp_path / "d"), "--init", str(tmp_path / "a.npz")])
+    # denoising fine-tuning with validation and sigma taken from the model
+    main(["--data", str(folder), "--sigma", "20", "--out", str(tmp_path / "e"), "--kernel-size", "3",
+          "--stages", "1", "--greedy-iterations", "1", "--joint-iterations", "0", "--crop", "32",
+          "--export", str(tmp_path / "e.npz")])
+    tuned = main(["--data", str(folder), "--validation", str(folder), "--out", str(tmp_path / "f"),
+                  "--init", str(tmp_path / "e.npz"), "--joint-iterations", "1", "--crop", "32"])
+    assert tuned.sigma == 20 and tuned.task == "denoise"
 
 
 def test_deblocking_training_on_numpy_backend(tmp_path):

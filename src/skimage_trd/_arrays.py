@@ -122,14 +122,17 @@ def to_input_dtype(result, in_dtype, preserve_range):
         return result.astype(in_dtype, copy=False)
     _, scale = float_dtype(in_dtype, preserve_range)
     info = np.iinfo(in_dtype)
+    # the largest floats that convert without overflow (2**63 - 1 rounds up to 2**63)
+    lo = float(info.min)
+    hi = float(info.max) if float(info.max) < 2.0**53 else np.nextafter(float(info.max), 0.0)
     if isinstance(result, np.ndarray):
         if scale != 1.0:
             result /= scale
         np.rint(result, out=result)
-        np.clip(result, info.min, info.max, out=result)
+        np.clip(result, lo, hi, out=result)
         return result.astype(in_dtype)
     scaled = result / scale if scale != 1.0 else result
-    return scaled.round().clip(info.min, info.max).astype(in_dtype)
+    return scaled.round().clip(lo, hi).astype(in_dtype)
 
 
 def iter_planes(shape, channel_axis):

@@ -169,7 +169,8 @@ def denoise_trd(
     up to float rounding. Integer input converted by ``img_as_float`` is
     clipped to the converted range ([0, 1] or [-1, 1]); with
     ``preserve_range=True`` to the integer type's range. Float input is not
-    clipped. Integer images are computed in float32 and returned as float64.
+    clipped. 8- and 16-bit integer images are computed in float32, 32- and
+    64-bit ones in float64; all are returned as float64.
     A plane whose noise is below 1e-7 of its spread is returned unchanged;
     one whose noise exceeds its spread ten million times becomes its mean.
 
@@ -310,9 +311,10 @@ class _PlaneSetting:
 
 
 def _compute_dtype(in_dtype):
-    """float32 for integer and float16/32 images, float64 for float64 ones."""
+    """float32 for 8/16-bit integer and float16/32 images; float64 for float64 ones and for
+    32/64-bit integers (whose values float32 cannot hold exactly)."""
     in_dtype = np.dtype(in_dtype)
-    if in_dtype.kind == "f" and in_dtype.itemsize >= 8:
+    if in_dtype.itemsize >= 8 or (in_dtype.kind in "ui" and in_dtype.itemsize >= 4):
         return np.dtype(np.float64)
     return np.dtype(np.float32)
 

@@ -223,7 +223,12 @@ class TrainingConfig:
 
     @classmethod
     def for_model(cls, model, *, sigma=None, **kw):
-        """A configuration that fine-tunes ``model`` (same filters, stages and RBF grid)."""
+        """A configuration that fine-tunes ``model`` (same filters, stages and RBF grid; for a
+        deblocking model also its task, quality and constraint scale unless given)."""
+        if model.task == "deblock":
+            kw.setdefault("task", "deblock")
+            kw.setdefault("quality", model.quality)
+            kw.setdefault("constraint_scale", model.constraint_scale)
         return cls(sigma=model.sigma if sigma is None else sigma, kernel_size=model.kernel_size,
                    n_stages=model.n_stages, n_filters=model.n_filters,
                    centers=[float(c) for c in model.centers], precision=model.precision, **kw)
@@ -688,7 +693,8 @@ def _parser():
     ap = argparse.ArgumentParser(prog="python -m skimage_trd.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="folder of clean training images")
     ap.add_argument("--noisy", help="folder of noisy images matching --data by file name")
-    ap.add_argument("--task", default="denoise", choices=["denoise", "deblock"])
+    ap.add_argument("--task", choices=["denoise", "deblock"],
+                    help="default: that of --init, else denoise")
     ap.add_argument("--sigma", type=float, help="denoising: noise level on the [0, 255] scale")
     ap.add_argument("--quality", type=int, help="deblocking: JPEG quality (1..100)")
     ap.add_argument("--out", required=True, help="run folder (checkpoints; rerun to resume)")
@@ -721,16 +727,23 @@ def main(argv=None):
     init_model = None
     try:
         common = dict(joint_iterations=args.joint_iterations, seed=args.seed, crop=args.crop or None,
-                      dtype=args.dtype, chunk=args.chunk, task=args.task, quality=args.quality)
+                      dtype=args.dtype, chunk=args.chunk)
+        if args.quality is not None:
+            common["quality"] = args.quality
         if args.init:
             from ._registry import load_model
 
             init_model = load_model(args.init)
+            args.task = args.task or init_model.task
+            if init_model.task != args.task:
+                raise ValueError(f"--init {args.init} is a {init_model.task} model; a --task "
+                                 f"{args.task} run fine-tunes a {args.task} model")
             sigma = args.sigma if args.task == "denoise" else None
-            if args.task == "deblock" and args.quality is None:
-                common["quality"] = init_model.quality
-            config = TrainingConfig.for_model(init_model, sigma=sigma, greedy_iterations=0, **common)
+            config = TrainingConfig.for_model(init_model, sigma=sigma, greedy_iterations=0,
+                                              task=args.task, **common)
         else:
+            args.task = args.task or "denoise"
+            common.update(task=args.task, quality=args.quality)
             config = TrainingConfig(sigma=args.sigma, kernel_size=args.kernel_size,
                                     n_stages=args.stages, greedy_iterations=args.greedy_iterations,
                                     **common)
@@ -751,7 +764,7 @@ def main(argv=None):
         if config.task == "deblock":
             validation = (vc, [_jpeg_decoded(c, config.quality) for c in vc])
         else:
-            validation = (vc, add_noise(vc, args.sigma, args.seed + 1))
+            validation = (vc, add_noise(vc, config.sigma, args.seed + 1))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     def log(line):
