@@ -8,8 +8,8 @@ The input is opened lazily with dask (one task per chunk; a TIFF through tifffil
 its tiles or strips, nothing is read up front); `denoise_trd` returns a lazy dask array whose
 chunks overlap by the model's halo, so the result equals whole-image denoising; `to_zarr`
 computes and writes it chunk by chunk with a progress bar. Memory stays at a few chunks per
-worker. `--keep-dtype` keeps integer data in its own units and type (a 12-bit camera's uint16
-stays uint16, sigma in camera units).
+worker (for untiled, contiguous TIFFs: a few planes). `--keep-dtype` keeps integer data in its
+own units and type (a 12-bit camera's uint16 stays uint16, sigma in camera units).
 """
 
 import argparse
@@ -43,10 +43,10 @@ def make_demo(folder, shape=(32, 4096, 4096), chunks=(1, 1024, 1024), sigma=0.1)
 def open_lazy(path, chunk=1024):
     """(lazy dask array, channel axis, closer) for a zarr array or a (OME-)TIFF's first series.
 
-    TIFF strips are often a few rows high and contiguous files are one chunk per plane, so
-    the TIFF view is rechunked to tiles of at most ``chunk`` (one plane deep): memory stays
-    bounded and the halo is small against the tile. RGB(A) TIFFs (axes ending in 'S') are
-    denoised as colour images.
+    TIFF strips are often a few rows high, so the TIFF view is rechunked to tiles of at most
+    ``chunk`` (one plane deep): the halo stays small against the tile. (A contiguous, untiled
+    TIFF is one chunk per plane: each task then reads its whole plane, so memory is bounded by
+    a plane rather than a tile.) Samples ('S' in the TIFF's axes, e.g. RGB) are the channel axis.
     """
     path = Path(path)
     if path.suffix.lower() not in (".tif", ".tiff"):
@@ -61,12 +61,13 @@ def open_lazy(path, chunk=1024):
     if not hasattr(z, "shape"):  # a pyramid (multiscale group): take full resolution
         z = z["0"]
     image = da.from_zarr(z)
-    colour = axes.endswith("S")
-    spatial = image.ndim - 2 - colour
-    chunks = {ax: 1 for ax in range(spatial)}
-    chunks.update({spatial: min(chunk, image.shape[spatial]),
-                   spatial + 1: min(chunk, image.shape[spatial + 1])})
-    return image.rechunk(chunks), (-1 if colour else None), store.close
+    channel_axis = axes.index("S") if "S" in axes else None
+    spatial = [ax for ax in range(image.ndim) if ax != channel_axis][-2:]
+    chunks = {ax: 1 for ax in range(image.ndim)}
+    chunks.update({ax: min(chunk, image.shape[ax]) for ax in spatial})
+    if channel_axis is not None:
+        chunks[channel_axis] = image.shape[channel_axis]
+    return image.rechunk(chunks), channel_axis, store.close
 
 
 def main(argv=None):
@@ -88,12 +89,12 @@ def main(argv=None):
     if not args.input or not args.output:
         ap.error("give INPUT.zarr and OUTPUT.zarr, or --demo FOLDER")
     noisy, channel_axis, close = open_lazy(args.input, args.chunk)
-    print(f"input {args.input}: shape {noisy.shape}, chunks {noisy.chunksize}, "
-          f"{noisy.nbytes / 2**30:.2f} GiB of {noisy.dtype}")
-    lazy = denoise_trd(noisy, args.sigma, channel_axis=channel_axis, preserve_range=args.keep_dtype,
-                       preserve_dtype=args.keep_dtype)
-    t0 = time.perf_counter()
     try:
+        print(f"input {args.input}: shape {noisy.shape}, chunks {noisy.chunksize}, "
+              f"{noisy.nbytes / 2**30:.2f} GiB of {noisy.dtype}")
+        lazy = denoise_trd(noisy, args.sigma, channel_axis=channel_axis,
+                           preserve_range=args.keep_dtype, preserve_dtype=args.keep_dtype)
+        t0 = time.perf_counter()
         with ProgressBar():
             lazy.to_zarr(str(args.output), overwrite=True)
     finally:

@@ -137,6 +137,20 @@ def test_command_line_fine_tunes_a_deblocking_model(tmp_path):
     assert tuned.sigma == 20 and tuned.task == "denoise"
 
 
+def test_command_line_deblocking_default_crop(tmp_path):
+    """Without --crop a deblocking run uses 176 (whole 8x8 blocks), not the denoising 180."""
+    from skimage.transform import resize
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for i, img in enumerate(_clean(2)):
+        imsave(folder / f"c{i}.png", np.clip(resize(img, (180, 180)), 0, 255).astype(np.uint8))
+    model = main(["--data", str(folder), "--task", "deblock", "--quality", "20", "--out",
+                  str(tmp_path / "run"), "--kernel-size", "3", "--stages", "1",
+                  "--greedy-iterations", "1", "--joint-iterations", "0"])
+    assert model.metadata["provenance"]["config"]["crop"] == 176
+
+
 def test_deblocking_training_on_numpy_backend(tmp_path):
     from skimage_trd import deblock_trd
 

@@ -703,7 +703,9 @@ def _parser():
     ap.add_argument("--greedy-iterations", type=int, default=200)
     ap.add_argument("--joint-iterations", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--crop", type=int, default=180, help="centre crop size (0: no crop)")
+    ap.add_argument("--crop", type=int, default=None,
+                    help="centre crop size (0: no crop; default 180 for denoising, 176 = 22 "
+                         "JPEG blocks for deblocking)")
     ap.add_argument("--chunk", type=int, default=20, help="L-BFGS iterations per checkpoint")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--threads", type=int, default=None)
@@ -726,7 +728,7 @@ def main(argv=None):
         set_threads(args.threads)
     init_model = None
     try:
-        common = dict(joint_iterations=args.joint_iterations, seed=args.seed, crop=args.crop or None,
+        common = dict(joint_iterations=args.joint_iterations, seed=args.seed,
                       dtype=args.dtype, chunk=args.chunk)
         if args.quality is not None:
             common["quality"] = args.quality
@@ -735,6 +737,11 @@ def main(argv=None):
 
             init_model = load_model(args.init)
             args.task = args.task or init_model.task
+        args.task = args.task or "denoise"
+        if args.crop is None:
+            args.crop = 176 if args.task == "deblock" else 180
+        common["crop"] = args.crop or None
+        if init_model is not None:
             if init_model.task != args.task:
                 raise ValueError(f"--init {args.init} is a {init_model.task} model; a --task "
                                  f"{args.task} run fine-tunes a {args.task} model")
@@ -742,7 +749,6 @@ def main(argv=None):
             config = TrainingConfig.for_model(init_model, sigma=sigma, greedy_iterations=0,
                                               task=args.task, **common)
         else:
-            args.task = args.task or "denoise"
             common.update(task=args.task, quality=args.quality)
             config = TrainingConfig(sigma=args.sigma, kernel_size=args.kernel_size,
                                     n_stages=args.stages, greedy_iterations=args.greedy_iterations,
