@@ -863,8 +863,24 @@ def stage_forward(u, f, params, spec, *, backend="numba", rbf_reach=None, _strip
     return out
 
 
+def _projected(params, projection):
+    """Deblocking (Eq. 9) stages have no reaction term: lambda = exp(-inf) = 0."""
+    if projection is None:
+        return params
+    return [StageParams(p.coefficients, p.weights, -math.inf) for p in params]
+
+
+def _step(u, f, params, spec, projection, **kw):
+    """One stage, then the projection if any: (u_t, masks its adjoint needs or None)."""
+    v = stage_forward(u, f, params, spec, **kw)
+    if projection is None:
+        return v, None
+    u_t, *masks = projection.project(v)
+    return u_t, masks
+
+
 def forward_batch(noisy, params, spec, *, backend="numba", rbf_reach=None,
-                  return_all=False):
+                  return_all=False, projection=None):
     """Run the stages of ``params`` on a batch of noisy images (``u_0 = f``).
 
     Parameters
@@ -877,6 +893,9 @@ def forward_batch(noisy, params, spec, *, backend="numba", rbf_reach=None,
         See :func:`stage_forward`.
     return_all : bool, optional
         Return the list ``[u_0, u_1, ..., u_T]`` instead of ``u_T``.
+    projection : BatchProjection, optional
+        Deblocking (Eq. 9): no reaction term, every stage ends in this
+        projection (:class:`skimage_trd._gemm_gradients.BatchProjection`).
 
     Returns
     -------
@@ -884,8 +903,8 @@ def forward_batch(noisy, params, spec, *, backend="numba", rbf_reach=None,
     """
     f = _as_batch(noisy, "noisy")
     us = [f]
-    for st in _stage_list(params, spec):
-        us.append(stage_forward(us[-1], f, st, spec, backend=backend, rbf_reach=rbf_reach))
+    for st in _projected(_stage_list(params, spec), projection):
+        us.append(_step(us[-1], f, st, spec, projection, backend=backend, rbf_reach=rbf_reach)[0])
     return us if return_all else us[-1]
 
 
@@ -993,7 +1012,7 @@ def stage_gradient(u, f, grad_out, params, spec, *, backend="numba", input_grad=
 
 
 def loss_and_grad(params, noisy, clean, spec, *, stages="all", backend="numba", fixed=None,
-                  u_start=None, rbf_reach=None):
+                  u_start=None, rbf_reach=None, projection=None):
     """Training loss ``1/2 sum_b ||u_T - u_gt||**2`` and its gradient, for scipy's L-BFGS.
 
     Parameters
@@ -1019,6 +1038,10 @@ def loss_and_grad(params, noisy, clean, spec, *, stages="all", backend="numba", 
         overrides ``fixed``.
     rbf_reach : float, optional
         See :func:`stage_gradient`.
+    projection : BatchProjection, optional
+        Deblocking: see :func:`forward_batch`; its adjoint is applied before
+        each stage's backward pass, and the unused ``log_lambda`` gets a zero
+        gradient.
 
     Returns
     -------
@@ -1043,7 +1066,7 @@ def loss_and_grad(params, noisy, clean, spec, *, stages="all", backend="numba", 
     x = _as_batch(clean, "clean", f.dtype)
     if x.shape != f.shape:
         raise ValueError(f"noisy and clean must have the same shape, got {f.shape} and {x.shape}")
-    trained = unpack_params(params, spec)
+    trained = _projected(unpack_params(params, spec), projection)
     kw = dict(backend=backend, rbf_reach=rbf_reach)
     if stages == "last":
         if len(trained) != 1:
@@ -1055,19 +1078,27 @@ def loss_and_grad(params, noisy, clean, spec, *, stages="all", backend="numba", 
                 raise ValueError(f"u_start must have the shape of noisy {f.shape}, "
                                  f"got {u_prev.shape}")
         elif fixed is not None and len(_stage_list(fixed, spec)):
-            u_prev = forward_batch(f, fixed, spec, **kw)
+            u_prev = forward_batch(f, fixed, spec, projection=projection, **kw)
         else:
             u_prev = f
-        us = [u_prev, stage_forward(u_prev, f, trained[0], spec, **kw)]
+        us = [u_prev]
     else:
-        us = forward_batch(f, trained, spec, return_all=True, **kw)
+        us = [f]
+    masks = []
+    for st in trained:
+        u_t, mask = _step(us[-1], f, st, spec, projection, **kw)
+        us.append(u_t)
+        masks.append(mask)
     residual = us[-1] - x
     loss = 0.5 * float(np.sum(residual.astype(np.float64) ** 2))
     g = residual
     grads = [None] * len(trained)
     for t in range(len(trained) - 1, -1, -1):
+        if projection is not None:
+            g = projection.adjoint(g, *masks[t])  # dL/du_t -> dL/dv_t
         need_u = stages == "all" and t > 0
         gr = stage_gradient(us[t], f, g, trained[t], spec, input_grad=need_u, **kw)
-        grads[t] = StageParams(gr.coefficients, gr.weights, gr.log_lambda)
+        d_log_lambda = 0.0 if projection is not None else gr.log_lambda  # deblocking: unused
+        grads[t] = StageParams(gr.coefficients, gr.weights, d_log_lambda)
         g = gr.u
     return loss, pack_params(grads)

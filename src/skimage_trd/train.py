@@ -56,8 +56,6 @@ from ._gradients import (
     loss_and_grad,
     pack_params,
     params_to_model,
-    stage_forward,
-    stage_gradient,
     unpack_params,
 )
 from ._model import TRDModel, atomic_write_bytes
@@ -342,70 +340,33 @@ def _lbfgs_chunks(fun, x, done, total, chunk, on_chunk, reporter, label):
 
 
 class _KernelBatch:
-    """The training batch with the Numba (or NumPy reference) gradient kernels."""
+    """The training batch with the Numba (or NumPy reference) gradient kernels; with a
+    ``projection``, deblocking (Eq. 9)."""
 
-    def __init__(self, noisy, clean, spec, backend):
+    def __init__(self, noisy, clean, spec, backend, projection=None):
         self.f, self.x, self.spec, self.backend = noisy, clean, spec, backend
+        self.projection = projection
 
     def forward(self, stages, u=None):
         if not stages:
             return self.f if u is None else u
-        return forward_batch(self.f, stages, self.spec, backend=self.backend)
+        return forward_batch(self.f, stages, self.spec, backend=self.backend,
+                             projection=self.projection)
 
     def loss_and_grad(self, params, *, stages, u_start=None):
         return loss_and_grad(params, self.f, self.x, self.spec, stages=stages,
-                             backend=self.backend, u_start=u_start)
+                             backend=self.backend, u_start=u_start, projection=self.projection)
 
 
-class _KernelDeblockBatch:
-    """Deblocking (Eq. 9) with the Numba stage kernels: every stage is the diffusion step
-    (no reaction term: lambda = 0) followed by the projection onto the constraint set,
-    whose adjoint is applied between the kernels' backward passes."""
+class _KernelDeblockBatch(_KernelBatch):
+    """Deblocking with the Numba stage kernels: the projection's adjoint is applied between
+    the kernels' backward passes (:func:`skimage_trd._gradients.loss_and_grad`)."""
 
     def __init__(self, start, clean, spec, constraint):
         from ._gemm_gradients import BatchProjection
 
-        self.f, self.x, self.spec = start, clean, spec
-        self.projection = BatchProjection(*constraint, start.shape, np, start.dtype)
-
-    @staticmethod
-    def _no_reaction(p):
-        return StageParams(p.coefficients, p.weights, -math.inf)  # exp(-inf) = lambda = 0
-
-    def _stage(self, p, u):
-        v = stage_forward(u, self.f, self._no_reaction(p), self.spec)
-        return self.projection.project(v)
-
-    def forward(self, stages, u=None):
-        u = self.f if u is None else u
-        for p in stages:
-            u = self._stage(p, u)[0]
-        return u
-
-    def loss_and_grad(self, params, *, stages, u_start=None):
-        trained = unpack_params(params, self.spec)
-        if stages == "last":
-            us = [self.f if u_start is None else u_start]
-        elif stages == "all":
-            us = [self.f]
-        else:
-            raise ValueError(f"stages must be 'all' or 'last', got {stages!r}")
-        masks = []
-        for p in trained:
-            u, *mask = self._stage(p, us[-1])
-            us.append(u)
-            masks.append(mask)
-        residual = us[-1] - self.x
-        loss = 0.5 * float(np.sum(residual.astype(np.float64) ** 2))
-        g = residual
-        grads = [None] * len(trained)
-        for t in range(len(trained) - 1, -1, -1):
-            g = self.projection.adjoint(g, *masks[t])  # dL/du_t -> dL/dv_t
-            gr = stage_gradient(us[t], self.f, g, self._no_reaction(trained[t]), self.spec,
-                                input_grad=stages == "all" and t > 0)
-            grads[t] = StageParams(gr.coefficients, gr.weights, 0.0)  # lambda is not used
-            g = gr.u
-        return loss, pack_params(grads)
+        super().__init__(start, clean, spec, "numba",
+                         BatchProjection(*constraint, start.shape, np, start.dtype))
 
 
 def _batch(noisy, clean, spec, backend, constraint=None):
