@@ -71,6 +71,17 @@ def test_numba_equals_reference_float32(shape):
     np.testing.assert_allclose(out_t, ref, rtol=0, atol=2e-3)
 
 
+@pytest.mark.parametrize("kernel_size", [3, 9, 11])  # 3, 9: other unrolled sizes; 11: generic loop
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numba_equals_reference_other_filter_sizes(kernel_size, dtype):
+    m = random_model(2, kernel_size, seed=kernel_size)
+    f = np.random.default_rng(kernel_size).uniform(0, 255, (41, 37))
+    ref = trd_reference(f, m)
+    out = run_model(f.astype(dtype), m, backend="numba", exact=False)
+    assert out.dtype == dtype
+    np.testing.assert_allclose(out, ref, rtol=0, atol=2e-3)
+
+
 def test_reference_backend_matches_reference():
     m = random_model(2, 5, seed=4)
     f = np.random.default_rng(0).uniform(0, 255, (21, 18))

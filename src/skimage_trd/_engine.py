@@ -50,6 +50,13 @@ class PreparedStage:
     inv_h: float
     lam: float
 
+    @property
+    def grid(self) -> np.ndarray:
+        """(x0, 1/h, top) of the table in its dtype, for the Numba kernel: t = (z - x0) / h is
+        clamped into [0, top], top just below the number of intervals (beyond the grid, phi is
+        flat at ~0)."""
+        return np.array([self.x0, self.inv_h, self.coef.shape[1] - 1e-3], dtype=self.coef.dtype)
+
 
 @dataclass(frozen=True)
 class Prepared:
@@ -148,7 +155,7 @@ def _run_numba(f, model, n_stages, exact, post_stage, progress):
         out = buffers[t % 2]
         _launch(
             nk.trd_stage,
-            padded, f, st.lam, st.filters, st.flipped, st.coef, st.x0, st.inv_h, st.weights,
+            padded, f, st.lam, st.filters, st.flipped, st.coef, st.grid, st.weights,
             prep.mu0, prep.delta, prep.beta, prep.reach, exact, strip, out,
         )
         if post_stage is not None:

@@ -49,43 +49,51 @@ def pad_symmetric(u, p, out):
 
 
 @njit(cache=True, inline="always")
-def _phi_table_row(row, c, x0, inv_h, n_int, idx):
-    """row[x] = phi(row[x]) from one filter's cubic table ``c`` (n_int, 4), in two passes: the
-    interval index and offset (a loop LLVM vectorises; t is clamped into [0, n_int), beyond the
-    grid phi is flat at ~0), then the table reads and the cubic. ~40 % faster than one pass."""
-    top = n_int - 1e-3
+def _phi_table_lookup(row, c, idx):
+    """row[x] = phi(z) from one filter's cubic table ``c`` (n_int, 4, C-contiguous), given the
+    interval index ``idx[x]`` and offset ``row[x]`` of z (the correlation computes those, a
+    vectorised loop). The table reads are scalar: LLVM does not vectorise them, and AVX-512 gathers
+    measured no faster on this machine's CPU. Unsigned indices skip the negative-index check."""
+    cf = c.reshape(-1)
     for x in range(row.shape[0]):
-        t = min(max((row[x] - x0) * inv_h, 0.0), top)
-        n = np.int32(t)
-        idx[x] = n
-        row[x] = t - n
-    for x in range(row.shape[0]):
-        cc = c[idx[x]]
+        n = np.uint32(idx[x]) * np.uint32(4)
         t = row[x]
-        row[x] = ((cc[3] * t + cc[2]) * t + cc[1]) * t + cc[0]
+        row[x] = ((cf[n + 3] * t + cf[n + 2]) * t + cf[n + 1]) * t + cf[n]
 
 
 @njit(cache=True, inline="always")
-def _correlate_row(src, y, k, out, n, accumulate):
-    """out[x] (+)= sum_ab k[a, b] src[y + a, x + b] for x < n (unrolled for the usual sizes)."""
+def _correlate_row(src, y, k, out, n, mode, cb, x0, inv_h, top, idx):
+    """Row ``y`` of the correlation of ``src`` with ``k``, stored, added or turned into table
+    coordinates by ``mode`` as in ``_unrolled.py`` (unrolled for the usual sizes; ``cb`` is
+    their scratch, shape (F, >= n + F - 1))."""
     F = k.shape[0]
     if F == 7:
-        corr7(src, y, k, out, n, accumulate)
+        corr7(src, y, k, out, n, mode, cb, x0, inv_h, top, idx)
     elif F == 5:
-        corr5(src, y, k, out, n, accumulate)
+        corr5(src, y, k, out, n, mode, cb, x0, inv_h, top, idx)
     elif F == 3:
-        corr3(src, y, k, out, n, accumulate)
+        corr3(src, y, k, out, n, mode, cb, x0, inv_h, top, idx)
     elif F == 9:
-        corr9(src, y, k, out, n, accumulate)
+        corr9(src, y, k, out, n, mode, cb, x0, inv_h, top, idx)
     else:
-        if not accumulate:
-            out[:n] = 0.0
+        v = cb[0, :n]
+        v[:] = 0.0
         for a in range(F):
             row = src[y + a]
             for b in range(F):
                 kab = k[a, b]
                 for x in range(n):
-                    out[x] += kab * row[x + b]
+                    v[x] += kab * row[x + b]
+        for x in range(n):
+            if mode == 0:
+                out[x] = v[x]
+            elif mode == 1:
+                out[x] += v[x]
+            else:
+                t = min(max((v[x] - x0) * inv_h, top - top), top)
+                m = np.int32(t)
+                idx[x] = m
+                out[x] = t - m
 
 
 @njit(cache=True, inline="always")
@@ -121,13 +129,14 @@ def _phi_exact(z, w, mu0, delta, beta, J, K):
 
 @njit(cache=True, parallel=True, fastmath=True)
 def trd_stage(
-    padded, f, lam, filters, flipped, coef, x0, inv_h, weights, mu0, delta, beta, K, exact, strip,
-    out,
+    padded, f, lam, filters, flipped, coef, grid, weights, mu0, delta, beta, K, exact, strip, out,
 ):
     """One stage: ``out = u - (sum_i rot180(k_i) * phi_i(k_i * u) + lam (u - f))``.
 
     ``padded`` is ``u`` padded symmetrically by ``2 r``. ``exact`` selects the
-    RBF sum for ``phi`` instead of the table ``coef``. ``flipped`` holds the
+    RBF sum for ``phi`` instead of the table ``coef``, whose intervals start at ``grid[0]``,
+    ``grid[1]`` per unit, and span [0, ``grid[2]``] (values in the compute dtype, so that the
+    table coordinates are computed in it). ``flipped`` holds the
     filters rotated by 180 degrees. Deblocking passes ``lam = 0`` (its
     projection runs afterwards).
     """
@@ -137,7 +146,6 @@ def trd_stage(
     W = padded.shape[1] - 4 * r
     Wz = W + 2 * r
     J = weights.shape[1]
-    n_int = coef.shape[1]
     n_strips = (H + strip - 1) // strip
     for s in prange(n_strips):
         y0 = s * strip
@@ -146,22 +154,25 @@ def trd_stage(
         z = np.empty((hz, Wz), dtype=padded.dtype)
         acc = np.zeros((h, W), dtype=padded.dtype)
         idx = np.empty(Wz, dtype=np.int32)
+        cb = np.empty((F, Wz + F - 1), dtype=padded.dtype)
+        x0, inv_h, top = grid[0], grid[1], grid[2]
         for i in range(N):
             k = filters[i]
             # responses v = phi_i(k_i * u) on rows y0 .. y0 + h + 2r of the 'valid' grid
             for yy in range(hz):
                 row = z[yy]
-                _correlate_row(padded, y0 + yy, k, row, Wz, False)
                 if exact:
+                    _correlate_row(padded, y0 + yy, k, row, Wz, 0, cb, x0, inv_h, top, idx)
                     w = weights[i]
                     for x in range(Wz):
                         row[x] = _phi_exact(row[x], w, mu0, delta, beta, J, K)
                 else:
-                    _phi_table_row(row, coef[i], x0, inv_h, n_int, idx)
+                    _correlate_row(padded, y0 + yy, k, row, Wz, 2, cb, x0, inv_h, top, idx)
+                    _phi_table_lookup(row, coef[i], idx)
             # acc += rot180(k_i) * v  ('valid')
             kf = flipped[i]
             for yy in range(h):
-                _correlate_row(z, yy, kf, acc[yy], W, True)
+                _correlate_row(z, yy, kf, acc[yy], W, 1, cb, x0, inv_h, top, idx)
         for yy in range(h):
             urow = padded[y0 + yy + 2 * r]
             frow = f[y0 + yy]
