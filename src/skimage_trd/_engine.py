@@ -153,11 +153,12 @@ def _run_numba(f, model, n_stages, exact, post_stage, progress):
         st = prep.stages[t]
         nk.pad_symmetric(u, 2 * r, padded)
         out = buffers[t % 2]
-        _launch(
-            nk.trd_stage,
-            padded, f, st.lam, st.filters, st.flipped, st.coef, st.grid, st.weights,
-            prep.mu0, prep.delta, prep.beta, prep.reach, exact, strip, out,
-        )
+        if exact:
+            _launch(nk.trd_stage_exact, padded, f, st.lam, st.filters, st.flipped, st.weights,
+                    prep.mu0, prep.delta, prep.beta, prep.reach, strip, out)
+        else:
+            _launch(nk.trd_stage, padded, f, st.lam, st.filters, st.flipped, st.coef, st.grid,
+                    strip, out)
         if post_stage is not None:
             out = post_stage(out, t)
         u = out

@@ -1,0 +1,130 @@
+"""Where the time of the CPU stage kernel goes: the stage with parts removed, one thread.
+
+    python benchmarks/kernel_parts.py [--size 512] [--repeat 7]
+
+Runs copies of ``_numba_kernels.trd_stage`` (table path) on camera + noise (sigma 25) with the
+shipped sigma-25 7x7 model's first stage, five times (a five-stage model's worth), and prints the
+median time of: the shipped kernel and a copy of it (the whole stage); without the table reads (``_phi_table_lookup``); the first
+correlation only; and one tap-by-tap row correlation (one shifted load per multiply-add, the
+kernel's earlier form) against the two-loop form of ``_unrolled.py``, 48 filters x 10 rows
+passes of the image. A tool for kernel work: the variants compute wrong images on purpose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import time
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from skimage_trd import _numba_kernels as nk
+from skimage_trd._engine import prepare
+from skimage_trd._registry import load_model
+from skimage_trd._unrolled import corr7
+
+
+def make_stage(lookup=True, second=True):
+    @njit(parallel=True, fastmath=True)
+    def stage(padded, f, lam, filters, flipped, coef, grid, strip, out):
+        N, F, _ = filters.shape
+        r = F // 2
+        H = padded.shape[0] - 4 * r
+        W = padded.shape[1] - 4 * r
+        Wz = W + 2 * r
+        for s in prange((H + strip - 1) // strip):
+            y0 = s * strip
+            h = min(strip, H - y0)
+            z = np.empty((h + 2 * r, Wz), dtype=padded.dtype)
+            acc = np.zeros((h, W), dtype=padded.dtype)
+            idx = np.empty(Wz, dtype=np.int32)
+            cb = np.empty((F, Wz + F - 1), dtype=padded.dtype)
+            x0, inv_h, top = grid[0], grid[1], grid[2]
+            for i in range(N):
+                for yy in range(h + 2 * r):
+                    corr7(padded, y0 + yy, filters[i], z[yy], Wz, 2, cb, x0, inv_h, top, idx)
+                    if lookup:
+                        nk._phi_table_lookup(z[yy], coef[i], idx)
+                if second:
+                    for yy in range(h):
+                        corr7(z, yy, flipped[i], acc[yy], W, 1, cb, x0, inv_h, top, idx)
+            for yy in range(h):
+                for x in range(W):
+                    uv = padded[y0 + yy + 2 * r, x + 2 * r]
+                    out[y0 + yy, x] = uv - (acc[yy, x] + lam * (uv - f[y0 + yy, x]))
+    return stage
+
+
+@njit(fastmath=True)
+def tap_by_tap(src, k, out):
+    # out[y, x] += sum_ab k[a, b] src[y + a, x + b], one shifted load per multiply-add
+    for y in range(out.shape[0]):
+        o = out[y]
+        for x in range(o.shape[0]):
+            s = o[x]
+            for a in range(7):
+                row = src[y + a]
+                for b in range(7):
+                    s += k[a, b] * row[x + b]
+            o[x] = s
+
+
+@njit(fastmath=True)
+def two_loops(src, k, out, cb, idx):
+    for y in range(out.shape[0]):
+        corr7(src, y, k, out[y], out.shape[1], 1, cb, src[0, 0], src[0, 0], src[0, 0], idx)
+
+
+def median_time(fn, repeat):
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def main(argv=None):
+    from skimage import data
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--repeat", type=int, default=7)
+    args = ap.parse_args(argv)
+    numba.set_num_threads(1)
+    n = args.size
+    st = prepare(load_model("trd-gauss-s25-7x7-5st"), np.float32).stages[0]
+    cam = np.tile(data.camera().astype(np.float32), (n // 512 + 1, n // 512 + 1))[:n, :n]
+    f = (cam + 25 * np.random.default_rng(0).standard_normal((n, n))).astype(np.float32)
+    padded = np.empty((n + 12, n + 12), np.float32)
+    nk.pad_symmetric(f, 6, padded)
+    out = np.empty_like(f)
+    strip = nk.strip_height(n, 1)
+    a = (padded, f, st.lam, st.filters, st.flipped, st.coef, st.grid, strip, out)
+    print(f"# {platform.platform()}, one thread; {datetime.date.today()}; "
+          f"python benchmarks/kernel_parts.py --size {n} --repeat {args.repeat}")
+    print(f"# seconds per {n}^2 image, 5 stages of 48 7x7 filters (median of {args.repeat})")
+    print("| variant | seconds |\n|---|---|")
+    shipped = (padded, f, st.lam, st.filters, st.flipped, st.coef, st.grid, strip, out)
+    print(f"| `trd_stage` as shipped | {5 * median_time(lambda: nk.trd_stage(*shipped), args.repeat):.3f} |")
+    for name, kw in (("whole stage", {}), ("without the table reads", {"lookup": False}),
+                     ("first correlation only", {"lookup": False, "second": False})):
+        fn = make_stage(**kw)
+        print(f"| {name} | {5 * median_time(lambda: fn(*a), args.repeat):.3f} |", flush=True)
+    src = np.ascontiguousarray(padded[: n + 6, : n + 6])
+    acc = np.zeros((n, n), np.float32)
+    cb = np.empty((7, n + 6), np.float32)
+    idx = np.empty(n + 6, np.int32)
+    ks = st.filters
+    for name, fn in (("correlations, tap by tap", lambda: [tap_by_tap(src, k, acc) for k in ks]),
+                     ("correlations, two loops", lambda: [two_loops(src, k, acc, cb, idx)
+                                                          for k in ks])):
+        print(f"| {name} (48 filters x 10) | {10 * median_time(fn, args.repeat):.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
