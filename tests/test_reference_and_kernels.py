@@ -72,14 +72,40 @@ def test_numba_equals_reference_float32(shape):
 
 
 @pytest.mark.parametrize("kernel_size", [3, 9, 11])  # 3, 9: other unrolled sizes; 11: generic loop
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_numba_equals_reference_other_filter_sizes(kernel_size, dtype):
+@pytest.mark.parametrize("dtype, exact", [(np.float32, False), (np.float64, False),
+                                          (np.float64, True)])
+def test_numba_equals_reference_other_filter_sizes(kernel_size, dtype, exact):
     m = random_model(2, kernel_size, seed=kernel_size)
-    f = np.random.default_rng(kernel_size).uniform(0, 255, (41, 37))
+    # values up to 10x the usual range: responses beyond both ends of the table's grid
+    f = np.random.default_rng(kernel_size).uniform(-1000, 2550, (41, 37))
     ref = trd_reference(f, m)
-    out = run_model(f.astype(dtype), m, backend="numba", exact=False)
+    out = run_model(f.astype(dtype), m, backend="numba", exact=exact)
     assert out.dtype == dtype
-    np.testing.assert_allclose(out, ref, rtol=0, atol=2e-3)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-8 if exact else 5e-3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_intervals", [300, 32768, 32769, 40000, 65536])
+def test_table_clamp_stays_inside_the_table(dtype, n_intervals):
+    # int(t) must index the table for any t <= top in the compute dtype (in float32,
+    # n - 1e-3 rounds to n from 32769 intervals on)
+    from skimage_trd._engine import PreparedStage
+
+    st = PreparedStage(filters=None, flipped=None, weights=None,
+                       coef=np.zeros((1, n_intervals, 4), dtype), x0=-10.0, inv_h=1.0, lam=0.0)
+    top = st.grid[2]
+    assert st.grid.dtype == dtype and top < n_intervals and int(top) == n_intervals - 1
+
+
+def test_unrolled_module_is_what_its_generator_writes():
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("gen_unrolled", root / "tools" / "gen_unrolled.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    assert (root / "src" / "skimage_trd" / "_unrolled.py").read_text() == gen.source()
 
 
 def test_reference_backend_matches_reference():

@@ -51,25 +51,32 @@ def function(F):
         terms = [f"k{a}{b} * v{a}" for a in range(F)]
         body = (" + ".join(terms[i : i + 5]) for i in range(0, len(terms), 5))
         lines.append(f"        c{b}[x] = (" + "\n                 + ".join(body) + ")")
-    total = " + ".join(f"c{b}[x + {b}]" for b in range(F))
+    sums = [f"c{b}[x + {b}]" for b in range(F)]
+    total = "\n                 + ".join(" + ".join(sums[i : i + 5]) for i in range(0, F, 5))
     lines.append("    if mode == 0:")
     lines.append("        for x in range(n):")
-    lines.append(f"            out[x] = {total}")
+    lines.append(f"            out[x] = ({total})")
     lines.append("    elif mode == 1:")
     lines.append("        for x in range(n):")
-    lines.append(f"            out[x] += {total}")
+    lines.append(f"            out[x] += ({total})")
     lines.append("    else:")
-    lines.append("        zero = top - top  # 0 in the dtype of top (a float literal would be float64)")
+    lines.append("        zero = top - top  # 0 in the dtype of top (a float literal is float64)")
     lines.append("        for x in range(n):")
-    lines.append(f"            t = min(max(({total} - x0) * inv_h, zero), top)")
+    lines.append(f"            v = ({total})")
+    lines.append("            t = min(max((v - x0) * inv_h, zero), top)")
     lines.append("            m = np.int32(t)")
     lines.append("            idx[x] = m")
     lines.append("            out[x] = t - m")
     return "\n".join(lines) + "\n"
 
 
+def source():
+    """The text of ``_unrolled.py``."""
+    return HEADER + "\n\n\n".join(function(F) for F in SIZES)
+
+
 def main():
-    text = HEADER + "\n\n\n".join(function(F) for F in SIZES)
+    text = source()
     target = Path(__file__).resolve().parents[1] / "src" / "skimage_trd" / "_unrolled.py"
     target.write_text(text)
     print(f"wrote {target}")

@@ -53,9 +53,11 @@ class PreparedStage:
     @property
     def grid(self) -> np.ndarray:
         """(x0, 1/h, top) of the table in its dtype, for the Numba kernel: t = (z - x0) / h is
-        clamped into [0, top], top just below the number of intervals (beyond the grid, phi is
-        flat at ~0)."""
-        return np.array([self.x0, self.inv_h, self.coef.shape[1] - 1e-3], dtype=self.coef.dtype)
+        clamped into [0, top], top just below the number of intervals in that dtype (beyond the
+        grid, phi is flat at ~0), so that int(t) always indexes the table."""
+        n, dt = self.coef.shape[1], self.coef.dtype.type
+        top = min(dt(n - 1e-3), np.nextafter(dt(n), dt(0)))
+        return np.array([self.x0, self.inv_h, top], dtype=self.coef.dtype)
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,10 @@
 """Numba CPU kernels of the TRD stage map (fast versions of ``_reference.py``).
 
-One stage is fused: the padded input, the output and one row strip of
-filter responses per thread are the only buffers. Rows are processed in
-strips (up to ``MAX_STRIP`` output rows) in parallel; for each filter the strip's
-responses ``phi(k * u)`` are computed into a small buffer that stays in
-cache and immediately correlated with ``rot180(k)`` into the strip's
-accumulator.
+One stage is fused: besides the padded input and the output, each row strip
+(up to ``MAX_STRIP`` output rows; strips run in parallel) has a buffer of
+filter responses, an accumulator and a few rows of scratch, all of which stay
+in cache. For each filter the strip's responses ``phi(k * u)`` are computed
+and immediately correlated with ``rot180(k)`` into the accumulator.
 
 Compiled functions are cached on disk (``cache=True``), so a new process
 does not recompile.
@@ -55,17 +54,19 @@ def _phi_table_lookup(row, c, idx):
     vectorised loop). The table reads are scalar: LLVM does not vectorise them, and AVX-512 gathers
     measured no faster on this machine's CPU. Unsigned indices skip the negative-index check."""
     cf = c.reshape(-1)
+    one, two, three = np.uint64(1), np.uint64(2), np.uint64(3)
     for x in range(row.shape[0]):
-        n = np.uint32(idx[x]) * np.uint32(4)
+        n = np.uint64(idx[x]) * np.uint64(4)
         t = row[x]
-        row[x] = ((cf[n + 3] * t + cf[n + 2]) * t + cf[n + 1]) * t + cf[n]
+        row[x] = ((cf[n + three] * t + cf[n + two]) * t + cf[n + one]) * t + cf[n]
 
 
 @njit(cache=True, inline="always")
 def _correlate_row(src, y, k, out, n, mode, cb, x0, inv_h, top, idx):
     """Row ``y`` of the correlation of ``src`` with ``k``, stored, added or turned into table
-    coordinates by ``mode`` as in ``_unrolled.py`` (unrolled for the usual sizes; ``cb`` is
-    their scratch, shape (F, >= n + F - 1))."""
+    coordinates by ``mode`` as in ``_unrolled.py`` (unrolled for the usual sizes, a plain loop
+    for others; ``cb`` is scratch of shape (F, >= n + F - 1) for both). ``x0``, ``inv_h``,
+    ``top`` and ``idx`` are used by mode 2 only."""
     F = k.shape[0]
     if F == 7:
         corr7(src, y, k, out, n, mode, cb, x0, inv_h, top, idx)
@@ -145,11 +146,12 @@ def trd_stage(padded, f, lam, filters, flipped, coef, grid, strip, out):
     """One stage: ``out = u - (sum_i rot180(k_i) * phi_i(k_i * u) + lam (u - f))``.
 
     ``padded`` is ``u`` padded symmetrically by ``2 r``; ``flipped`` holds the filters rotated by
-    180 degrees. ``phi_i`` comes from the cubic table ``coef[i]``, whose intervals start at
-    ``grid[0]``, ``grid[1]`` per unit, and span [0, ``grid[2]``] (values in the compute dtype, so
-    that the table coordinates are computed in it). Deblocking passes ``lam = 0`` (its projection
-    runs afterwards). :func:`trd_stage_exact` is the same loop with the exact RBF sum (a separate
-    kernel: with both in one, this one ran ~13 % slower).
+    180 degrees. ``phi_i(z)`` comes from the cubic table ``coef[i]`` at
+    ``t = clip((z - grid[0]) * grid[1], 0, grid[2])`` (interval ``int(t)``, offset
+    ``t - int(t)``); ``grid`` is in the compute dtype and ``grid[2] < n_intervals`` in it.
+    Deblocking passes ``lam = 0`` (its projection runs afterwards). :func:`trd_stage_exact` is the
+    same loop with the exact RBF sum (a separate kernel: with both in one, this one ran ~13 %
+    slower).
     """
     N, F, _ = filters.shape
     r = F // 2
@@ -196,6 +198,7 @@ def trd_stage_exact(padded, f, lam, filters, flipped, weights, mu0, delta, beta,
             w = weights[i]
             for yy in range(h + 2 * r):
                 row = z[yy]
+                # mode 0 stores the responses; the table arguments (mu0 here) are unused
                 _correlate_row(padded, y0 + yy, filters[i], row, Wz, 0, cb, mu0, mu0, mu0, idx)
                 for x in range(Wz):
                     row[x] = _phi_exact(row[x], w, mu0, delta, beta, J, K)

@@ -42,13 +42,15 @@ def corr3(src, y, k, out, n, mode, cb, x0, inv_h, top, idx):
         c2[x] = (k02 * v0 + k12 * v1 + k22 * v2)
     if mode == 0:
         for x in range(n):
-            out[x] = c0[x + 0] + c1[x + 1] + c2[x + 2]
+            out[x] = (c0[x + 0] + c1[x + 1] + c2[x + 2])
     elif mode == 1:
         for x in range(n):
-            out[x] += c0[x + 0] + c1[x + 1] + c2[x + 2]
+            out[x] += (c0[x + 0] + c1[x + 1] + c2[x + 2])
     else:
+        zero = top - top  # 0 in the dtype of top (a float literal is float64)
         for x in range(n):
-            t = min(max((c0[x + 0] + c1[x + 1] + c2[x + 2] - x0) * inv_h, 0.0), top)
+            v = (c0[x + 0] + c1[x + 1] + c2[x + 2])
+            t = min(max((v - x0) * inv_h, zero), top)
             m = np.int32(t)
             idx[x] = m
             out[x] = t - m
@@ -105,13 +107,15 @@ def corr5(src, y, k, out, n, mode, cb, x0, inv_h, top, idx):
         c4[x] = (k04 * v0 + k14 * v1 + k24 * v2 + k34 * v3 + k44 * v4)
     if mode == 0:
         for x in range(n):
-            out[x] = c0[x + 0] + c1[x + 1] + c2[x + 2] + c3[x + 3] + c4[x + 4]
+            out[x] = (c0[x + 0] + c1[x + 1] + c2[x + 2] + c3[x + 3] + c4[x + 4])
     elif mode == 1:
         for x in range(n):
-            out[x] += c0[x + 0] + c1[x + 1] + c2[x + 2] + c3[x + 3] + c4[x + 4]
+            out[x] += (c0[x + 0] + c1[x + 1] + c2[x + 2] + c3[x + 3] + c4[x + 4])
     else:
+        zero = top - top  # 0 in the dtype of top (a float literal is float64)
         for x in range(n):
-            t = min(max((c0[x + 0] + c1[x + 1] + c2[x + 2] + c3[x + 3] + c4[x + 4] - x0) * inv_h, 0.0), top)
+            v = (c0[x + 0] + c1[x + 1] + c2[x + 2] + c3[x + 3] + c4[x + 4])
+            t = min(max((v - x0) * inv_h, zero), top)
             m = np.int32(t)
             idx[x] = m
             out[x] = t - m
@@ -207,13 +211,18 @@ def corr7(src, y, k, out, n, mode, cb, x0, inv_h, top, idx):
                  + k56 * v5 + k66 * v6)
     if mode == 0:
         for x in range(n):
-            out[x] = c0[x + 0] + c1[x + 1] + c2[x + 2] + c3[x + 3] + c4[x + 4] + c5[x + 5] + c6[x + 6]
+            out[x] = (c0[x + 0] + c1[x + 1] + c2[x + 2] + c3[x + 3] + c4[x + 4]
+                 + c5[x + 5] + c6[x + 6])
     elif mode == 1:
         for x in range(n):
-            out[x] += c0[x + 0] + c1[x + 1] + c2[x + 2] + c3[x + 3] + c4[x + 4] + c5[x + 5] + c6[x + 6]
+            out[x] += (c0[x + 0] + c1[x + 1] + c2[x + 2] + c3[x + 3] + c4[x + 4]
+                 + c5[x + 5] + c6[x + 6])
     else:
+        zero = top - top  # 0 in the dtype of top (a float literal is float64)
         for x in range(n):
-            t = min(max((c0[x + 0] + c1[x + 1] + c2[x + 2] + c3[x + 3] + c4[x + 4] + c5[x + 5] + c6[x + 6] - x0) * inv_h, 0.0), top)
+            v = (c0[x + 0] + c1[x + 1] + c2[x + 2] + c3[x + 3] + c4[x + 4]
+                 + c5[x + 5] + c6[x + 6])
+            t = min(max((v - x0) * inv_h, zero), top)
             m = np.int32(t)
             idx[x] = m
             out[x] = t - m
@@ -351,13 +360,18 @@ def corr9(src, y, k, out, n, mode, cb, x0, inv_h, top, idx):
                  + k58 * v5 + k68 * v6 + k78 * v7 + k88 * v8)
     if mode == 0:
         for x in range(n):
-            out[x] = c0[x + 0] + c1[x + 1] + c2[x + 2] + c3[x + 3] + c4[x + 4] + c5[x + 5] + c6[x + 6] + c7[x + 7] + c8[x + 8]
+            out[x] = (c0[x + 0] + c1[x + 1] + c2[x + 2] + c3[x + 3] + c4[x + 4]
+                 + c5[x + 5] + c6[x + 6] + c7[x + 7] + c8[x + 8])
     elif mode == 1:
         for x in range(n):
-            out[x] += c0[x + 0] + c1[x + 1] + c2[x + 2] + c3[x + 3] + c4[x + 4] + c5[x + 5] + c6[x + 6] + c7[x + 7] + c8[x + 8]
+            out[x] += (c0[x + 0] + c1[x + 1] + c2[x + 2] + c3[x + 3] + c4[x + 4]
+                 + c5[x + 5] + c6[x + 6] + c7[x + 7] + c8[x + 8])
     else:
+        zero = top - top  # 0 in the dtype of top (a float literal is float64)
         for x in range(n):
-            t = min(max((c0[x + 0] + c1[x + 1] + c2[x + 2] + c3[x + 3] + c4[x + 4] + c5[x + 5] + c6[x + 6] + c7[x + 7] + c8[x + 8] - x0) * inv_h, 0.0), top)
+            v = (c0[x + 0] + c1[x + 1] + c2[x + 2] + c3[x + 3] + c4[x + 4]
+                 + c5[x + 5] + c6[x + 6] + c7[x + 7] + c8[x + 8])
+            t = min(max((v - x0) * inv_h, zero), top)
             m = np.int32(t)
             idx[x] = m
             out[x] = t - m
