@@ -2,12 +2,14 @@
 
     python benchmarks/kernel_parts.py [--size 512] [--repeat 7]
 
-Runs ``_numba_kernels.trd_stage`` and copies of it (7x7 only) on camera + noise (sigma 25) with
-the shipped sigma-25 7x7 model's first stage, five times (a five-stage model's worth), and prints
-the median time of: the shipped kernel; a copy compiled here; the copy without the table reads
-(``_phi_table_lookup``); the first correlation only; and 10 passes of 48 7x7 correlations over
-the image, tap by tap (one shifted load per multiply-add) and in the two loops of
-``_unrolled.py``. A tool for kernel work: the variants compute wrong images on purpose.
+Runs the 7x7 stage kernel ``_numba_kernels.table_kernel(7)`` and copies of it on camera + noise
+(sigma 25) with the shipped sigma-25 7x7 model's first stage, five times (a five-stage model's
+worth), and prints the median time of: the shipped kernel; a copy compiled here; the copy with
+the filter size chosen inside the loop (as ``_correlate_row`` does); the copy reading the cubic
+table (four reads per evaluation instead of one); the copy without the table reads; the first
+correlation only; and 10 passes of 48 7x7 correlations over the image, tap by tap (one shifted
+load per multiply-add) and in the two loops of ``_unrolled.py``. A tool for kernel work: the
+variants compute wrong images on purpose.
 """
 
 from __future__ import annotations
@@ -27,7 +29,21 @@ from skimage_trd._registry import load_model
 from skimage_trd._unrolled import corr7
 
 
-def make_stage(lookup=True, second=True):
+@njit(inline="always")
+def cubic_lookup(row, c, idx):
+    # the cubic table's evaluation: four scalar reads
+    cf = c.reshape(-1)
+    for x in range(row.shape[0]):
+        n = np.uint64(idx[x]) * np.uint64(4)
+        t = row[x]
+        row[x] = ((cf[n + np.uint64(3)] * t + cf[n + np.uint64(2)]) * t
+                  + cf[n + np.uint64(1)]) * t + cf[n]
+
+
+def make_stage(lookup=True, second=True, dispatch=False, cubic=False):
+    corr = nk._correlate_row if dispatch else corr7
+    phi = cubic_lookup if cubic else nk._phi_table_lookup
+
     @njit(parallel=True, fastmath=True)
     def stage(padded, f, lam, filters, flipped, coef, grid, strip, out):
         N, F, _ = filters.shape
@@ -45,12 +61,12 @@ def make_stage(lookup=True, second=True):
             x0, inv_h, top = grid[0], grid[1], grid[2]
             for i in range(N):
                 for yy in range(h + 2 * r):
-                    corr7(padded, y0 + yy, filters[i], z[yy], Wz, 2, cb, x0, inv_h, top, idx)
+                    corr(padded, y0 + yy, filters[i], z[yy], Wz, 2, cb, x0, inv_h, top, idx)
                     if lookup:
-                        nk._phi_table_lookup(z[yy], coef[i], idx)
+                        phi(z[yy], coef[i], idx)
                 if second:
                     for yy in range(h):
-                        corr7(z, yy, flipped[i], acc[yy], W, 1, cb, x0, inv_h, top, idx)
+                        corr(z, yy, flipped[i], acc[yy], W, 1, cb, x0, inv_h, top, idx)
             for yy in range(h):
                 for x in range(W):
                     uv = padded[y0 + yy + 2 * r, x + 2 * r]
@@ -104,18 +120,26 @@ def main(argv=None):
     nk.pad_symmetric(f, 6, padded)
     out = np.empty_like(f)
     strip = nk.strip_height(n, 1)
-    a = (padded, f, st.lam, st.filters, st.flipped, st.coef, st.grid, strip, out)
+    a = (padded, f, st.lam, st.filters, st.flipped, st.linear.pairs, st.grid, strip, out)
+    # the cubic table's grid, for the variant that reads it
+    n_c = st.coef.shape[1]
+    cubic_grid = np.array([st.x0, st.inv_h, np.nextafter(np.float32(n_c), np.float32(0))], np.float32)
+    a_cubic = a[:5] + (st.coef, cubic_grid) + a[7:]
     print(f"# {platform.platform()}, one thread; {datetime.date.today()}; "
           f"python benchmarks/kernel_parts.py --size {n} --repeat {args.repeat}")
     print(f"# seconds per {n}^2 image, 5 stages of 48 7x7 filters (median of {args.repeat})")
     print("| variant | seconds |\n|---|---|")
-    t = median_time(lambda: nk.trd_stage(*a), args.repeat)
+    shipped = nk.table_kernel(7)
+    t = median_time(lambda: shipped(*a), args.repeat)
     print(f"| `trd_stage` as shipped | {5 * t:.3f} |")
-    for name, kw in (("a copy compiled here", {}), ("the copy without the table reads",
-                                                     {"lookup": False}),
+    for name, kw in (("a copy compiled here", {}),
+                     ("the copy, filter size chosen in the loop", {"dispatch": True}),
+                     ("the copy with the cubic table", {"cubic": True}),
+                     ("the copy without the table reads", {"lookup": False}),
                      ("the first correlation only", {"lookup": False, "second": False})):
         fn = make_stage(**kw)
-        print(f"| {name} | {5 * median_time(lambda: fn(*a), args.repeat):.3f} |", flush=True)
+        args_ = a_cubic if kw.get("cubic") else a
+        print(f"| {name} | {5 * median_time(lambda: fn(*args_), args.repeat):.3f} |", flush=True)
     src = np.ascontiguousarray(padded[: n + 6, : n + 6])
     acc = np.zeros((n, n), np.float32)
     cb = np.empty((7, n + 6), np.float32)

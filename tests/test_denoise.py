@@ -180,9 +180,10 @@ def test_numpy_backend_and_threads_agree(model, noisy):
     c = denoise_trd(noisy, 0.1, model=model, tile_shape=(20, 20), exact=True)
     np.testing.assert_allclose(a, b, atol=1e-10)
     np.testing.assert_allclose(c, b, atol=1e-10)
-    # the default (tables) is within the table accuracy, 1e-5 on the model's [0, 255] scale
+    # the default (linear tables, within 2e-4 of phi) moves the result by less than 0.01 on the
+    # model's [0, 255] scale (measured 0.002 here)
     d = denoise_trd(noisy, 0.1, model=model, num_threads=2)
-    np.testing.assert_allclose(d, b, atol=1e-4 * 0.1 / model.sigma)
+    np.testing.assert_allclose(d, b, atol=0.01 * 0.1 / model.sigma)
 
 
 def test_progress(model, noisy):

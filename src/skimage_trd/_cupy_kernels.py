@@ -4,8 +4,9 @@ One fused kernel per stage. A thread block owns a ``TILE x TILE`` square of
 output pixels: it loads the padded input it needs into shared memory, then for
 every filter computes ``v = phi_i(k_i * u)`` on the tile grown by ``r`` into
 shared memory and adds ``rot180(k_i) * v`` to each thread's accumulator. No
-image-sized intermediate is written. Influence functions come from the same
-cubic tables as on the CPU (float32) or from the exact RBF sum (float64).
+image-sized intermediate is written. Influence functions come from cubic tables
+(float32; the CPU kernels read linear tables sampled from the same cubic ones) or
+from the exact RBF sum (float64).
 
 CuPy is imported lazily; without it (or without a usable GPU) the functions
 raise ImportError / RuntimeError naming the ``gpu`` extra.

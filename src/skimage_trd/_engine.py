@@ -30,14 +30,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._influence import build_table, rbf_reach_terms
+from ._influence import LinearTable, build_table, linear_from_cubic, rbf_reach_terms
 
 __all__ = ["run_model", "BACKENDS", "iter_tiles"]
 
 BACKENDS = ("numpy", "numba", "cupy")
 
-# Influence-function table accuracy (absolute, on the [0, 255] scale).
-TABLE_TOLERANCE = 1e-5
+# Influence-function table accuracy (absolute, on the [0, 255] scale): the cubic tables of the GPU
+# kernels, and the linear tables of the CPU kernels (sampled from the cubic ones; coarser, as the
+# CPU kernel is faster with one table read per evaluation than with the cubic's four; the
+# difference this makes to a restored image is measured in docs/performance.md).
+TABLE_TOLERANCE = 1e-6
+LINEAR_TABLE_TOLERANCE = 2e-4
 
 
 @dataclass(frozen=True)
@@ -45,19 +49,21 @@ class PreparedStage:
     filters: np.ndarray  # (N, F, F), compute dtype
     flipped: np.ndarray  # filters rotated by 180 degrees
     weights: np.ndarray  # (N, J), compute dtype
-    coef: np.ndarray  # (N, n_intervals, 4), compute dtype
+    coef: np.ndarray  # (N, n_intervals, 4) cubic table (GPU kernels), compute dtype
     x0: float
     inv_h: float
     lam: float
+    linear: LinearTable  # pairs (N, n_intervals) in the complex compute dtype (CPU kernels)
 
     @property
     def grid(self) -> np.ndarray:
-        """(x0, 1/h, top) of the table in its dtype, for the Numba kernel: t = (z - x0) / h is
-        clamped into [0, top], top just below the number of intervals in that dtype (beyond the
-        grid, phi is flat at ~0), so that int(t) always indexes the table."""
-        n, dt = self.coef.shape[1], self.coef.dtype.type
+        """(x0, 1/h, top) of the linear table in the compute dtype, for the Numba kernel:
+        t = (z - x0) / h is clamped into [0, top], top just below the number of intervals in
+        that dtype (beyond the grid, phi is flat at ~0), so that int(t) always indexes the
+        table."""
+        n, dt = self.linear.n_intervals, self.linear.pairs.real.dtype.type
         top = min(dt(n - 1e-3), np.nextafter(dt(n), dt(0)))
-        return np.array([self.x0, self.inv_h, top], dtype=self.coef.dtype)
+        return np.array([self.linear.x0, self.linear.inv_h, top], dtype=dt)
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,6 @@ _prepared_lock = threading.Lock()
 # afterwards only under 'workqueue'.
 _launch_lock = threading.Lock()
 _serialise_launches = None
-
 
 def _launch(kernel, *args):
     global _serialise_launches
@@ -112,19 +117,18 @@ def prepare(model, dtype) -> Prepared:
         return hit
     stages = []
     for t in range(model.n_stages):
-        table = build_table(
-            model.weights[t], model.centers, model.precision, TABLE_TOLERANCE, dtype=dtype
-        )
+        table = build_table(model.weights[t], model.centers, model.precision, TABLE_TOLERANCE)
         lam = 0.0 if model.lambdas is None else float(model.lambdas[t])
         stages.append(
             PreparedStage(
                 filters=np.ascontiguousarray(model.filters[t], dtype=dtype),
                 flipped=np.ascontiguousarray(model.filters[t, :, ::-1, ::-1], dtype=dtype),
                 weights=np.ascontiguousarray(model.weights[t], dtype=dtype),
-                coef=table.coef,
+                coef=table.coef.astype(dtype),
                 x0=table.x0,
                 inv_h=table.inv_h,
                 lam=lam,
+                linear=linear_from_cubic(table, LINEAR_TABLE_TOLERANCE, dtype),
             )
         )
     prepared = Prepared(
@@ -159,8 +163,8 @@ def _run_numba(f, model, n_stages, exact, post_stage, progress):
             _launch(nk.trd_stage_exact, padded, f, st.lam, st.filters, st.flipped, st.weights,
                     prep.mu0, prep.delta, prep.beta, prep.reach, strip, out)
         else:
-            _launch(nk.trd_stage, padded, f, st.lam, st.filters, st.flipped, st.coef, st.grid,
-                    strip, out)
+            _launch(nk.table_kernel(st.filters.shape[1]), padded, f, st.lam, st.filters, st.flipped,
+                    st.linear.pairs, st.grid, strip, out)
         if post_stage is not None:
             out = post_stage(out, t)
         u = out

@@ -17,7 +17,9 @@ import math
 
 import numba
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from ._unrolled import corr3, corr5, corr7, corr9
 
@@ -48,17 +50,40 @@ def pad_symmetric(u, p, out):
 
 
 @njit(cache=True, inline="always")
-def _phi_table_lookup(row, c, idx):
-    """row[x] = phi(z) from one filter's cubic table ``c`` (n_int, 4, C-contiguous), given the
-    interval index ``idx[x]`` and offset ``row[x]`` of z (the correlation computes those, a
-    vectorised loop). The table reads are scalar: LLVM does not vectorise them, and AVX-512 gathers
-    measured no faster on this machine's CPU. Unsigned indices skip the negative-index check."""
-    cf = c.reshape(-1)
-    one, two, three = np.uint64(1), np.uint64(2), np.uint64(3)
+def _phi_table_lookup(row, pairs, idx):
+    """row[x] = phi(z) from one filter's linear table ``pairs`` (value + 1j * step to the next
+    node, see ``_influence.LinearTable``), given the interval index ``idx[x]`` and offset
+    ``row[x]`` of z (the correlation computes those, a vectorised loop). One complex read
+    fetches both numbers. The reads are scalar: LLVM does not vectorise them, and AVX-512
+    gathers measured no faster on this machine's CPU. Unsigned indices skip the negative-index
+    check."""
     for x in range(row.shape[0]):
-        n = np.uint64(idx[x]) * np.uint64(4)
-        t = row[x]
-        row[x] = ((cf[n + three] * t + cf[n + two]) * t + cf[n + one]) * t + cf[n]
+        p = pairs[np.uint64(idx[x])]
+        row[x] = p.real + row[x] * p.imag
+
+
+@njit(cache=True, inline="always")
+def _correlate_any(src, y, k, out, n, mode, cb, x0, inv_h, top, idx):
+    """:func:`_correlate_row` for any filter size: a plain loop over the taps."""
+    F = k.shape[0]
+    v = cb[0, :n]
+    v[:] = 0.0
+    for a in range(F):
+        row = src[y + a]
+        for b in range(F):
+            kab = k[a, b]
+            for x in range(n):
+                v[x] += kab * row[x + b]
+    for x in range(n):
+        if mode == 0:
+            out[x] = v[x]
+        elif mode == 1:
+            out[x] += v[x]
+        else:
+            t = min(max((v[x] - x0) * inv_h, top - top), top)
+            m = np.int32(t)
+            idx[x] = m
+            out[x] = t - m
 
 
 @njit(cache=True, inline="always")
@@ -66,7 +91,8 @@ def _correlate_row(src, y, k, out, n, mode, cb, x0, inv_h, top, idx):
     """Row ``y`` of the correlation of ``src`` with ``k``, stored, added or turned into table
     coordinates by ``mode`` as in ``_unrolled.py`` (unrolled for the usual sizes, a plain loop
     for others; ``cb`` is scratch of shape (F, >= n + F - 1) for both). ``x0``, ``inv_h``,
-    ``top`` and ``idx`` are used by mode 2 only."""
+    ``top`` and ``idx`` are used by mode 2 only. The table kernels call the size's function
+    directly (choosing here, inside the loop, cost ~15 %)."""
     F = k.shape[0]
     if F == 7:
         corr7(src, y, k, out, n, mode, cb, x0, inv_h, top, idx)
@@ -77,24 +103,7 @@ def _correlate_row(src, y, k, out, n, mode, cb, x0, inv_h, top, idx):
     elif F == 9:
         corr9(src, y, k, out, n, mode, cb, x0, inv_h, top, idx)
     else:
-        v = cb[0, :n]
-        v[:] = 0.0
-        for a in range(F):
-            row = src[y + a]
-            for b in range(F):
-                kab = k[a, b]
-                for x in range(n):
-                    v[x] += kab * row[x + b]
-        for x in range(n):
-            if mode == 0:
-                out[x] = v[x]
-            elif mode == 1:
-                out[x] += v[x]
-            else:
-                t = min(max((v[x] - x0) * inv_h, top - top), top)
-                m = np.int32(t)
-                idx[x] = m
-                out[x] = t - m
+        _correlate_any(src, y, k, out, n, mode, cb, x0, inv_h, top, idx)
 
 
 @njit(cache=True, inline="always")
@@ -141,18 +150,33 @@ def _finish_strip(padded, f, lam, acc, y0, r, out):
             orow[x] = uv - (arow[x] + lam * (uv - frow[x]))
 
 
-@njit(cache=True, parallel=True, fastmath=True)
-def trd_stage(padded, f, lam, filters, flipped, coef, grid, strip, out):
-    """One stage: ``out = u - (sum_i rot180(k_i) * phi_i(k_i * u) + lam (u - f))``.
+@intrinsic
+def _frame_address(typingctx):
+    """The calling function's frame address (LLVM's ``llvm.frameaddress``), as an integer.
 
-    ``padded`` is ``u`` padded symmetrically by ``2 r``; ``flipped`` holds the filters rotated by
-    180 degrees. ``phi_i(z)`` comes from the cubic table ``coef[i]`` at
-    ``t = clip((z - grid[0]) * grid[1], 0, grid[2])`` (interval ``int(t)``, offset
-    ``t - int(t)``); ``grid`` is in the compute dtype and ``grid[2] < n_intervals`` in it.
-    Deblocking passes ``lam = 0`` (its projection runs afterwards). :func:`trd_stage_exact` is the
-    same loop with the exact RBF sum (a separate kernel: with both in one, this one ran ~13 %
-    slower).
+    Taking it also makes LLVM keep a frame pointer in that function; see :func:`_table_stage`.
     """
+
+    def codegen(context, builder, signature, args):
+        i8p = ir.IntType(8).as_pointer()
+        fn = builder.module.declare_intrinsic("llvm.frameaddress", [i8p],
+                                              ir.FunctionType(i8p, [ir.IntType(32)]))
+        address = builder.call(fn, [ir.Constant(ir.IntType(32), 0)])
+        return builder.ptrtoint(address, context.get_value_type(types.uintp))
+
+    return types.uintp(), codegen
+
+
+@njit(cache=True, inline="always")
+def _table_stage(corr, padded, f, lam, filters, flipped, pairs, grid, strip, out):
+    # The loop of trd_stage, inlined into one kernel per filter size with that size's
+    # correlation ``corr``. A strip's buffers (responses z, accumulator, column sums) are one
+    # block that starts at the address of the strip's stack frame modulo 4096. With buffers
+    # allocated apart, the kernel's speed depended on where the thread's stack lay (loads stall
+    # behind stores whose addresses share the low 12 bits, "4K aliasing"): 0.134 to 0.171 s for a
+    # 512^2 image from one process to the next and with the depth of the caller's stack; with
+    # the frame pointer that taking the frame address keeps, and the block placed against it,
+    # 0.119 to 0.121 s at every depth tried (dev VM, 7x7, one thread; docs/performance.md).
     N, F, _ = filters.shape
     r = F // 2
     H = padded.shape[0] - 4 * r
@@ -162,19 +186,70 @@ def trd_stage(padded, f, lam, filters, flipped, coef, grid, strip, out):
     for s in prange((H + strip - 1) // strip):
         y0 = s * strip
         h = min(strip, H - y0)
-        z = np.empty((h + 2 * r, Wz), dtype=padded.dtype)
-        acc = np.zeros((h, W), dtype=padded.dtype)
+        nz, na, nc = (h + 2 * r) * Wz, h * W, F * (Wz + F - 1)
+        block = np.empty(nz + na + nc + 4096 // padded.itemsize, dtype=padded.dtype)
+        o = ((_frame_address() - block.ctypes.data) % 4096) // padded.itemsize
+        z = block[o:o + nz].reshape((h + 2 * r, Wz))
+        acc = block[o + nz:o + nz + na].reshape((h, W))
+        acc[:] = 0.0
+        cb = block[o + nz + na:o + nz + na + nc].reshape((F, Wz + F - 1))
         idx = np.empty(Wz, dtype=np.int32)
-        cb = np.empty((F, Wz + F - 1), dtype=padded.dtype)
         for i in range(N):
             # responses v = phi_i(k_i * u) on rows y0 .. y0 + h + 2r of the 'valid' grid
             for yy in range(h + 2 * r):
-                _correlate_row(padded, y0 + yy, filters[i], z[yy], Wz, 2, cb, x0, inv_h, top, idx)
-                _phi_table_lookup(z[yy], coef[i], idx)
+                corr(padded, y0 + yy, filters[i], z[yy], Wz, 2, cb, x0, inv_h, top, idx)
+                _phi_table_lookup(z[yy], pairs[i], idx)
             # acc += rot180(k_i) * v  ('valid')
             for yy in range(h):
-                _correlate_row(z, yy, flipped[i], acc[yy], W, 1, cb, x0, inv_h, top, idx)
+                corr(z, yy, flipped[i], acc[yy], W, 1, cb, x0, inv_h, top, idx)
         _finish_strip(padded, f, lam, acc, y0, r, out)
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _trd_stage3(padded, f, lam, filters, flipped, pairs, grid, strip, out):
+    _table_stage(corr3, padded, f, lam, filters, flipped, pairs, grid, strip, out)
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _trd_stage5(padded, f, lam, filters, flipped, pairs, grid, strip, out):
+    _table_stage(corr5, padded, f, lam, filters, flipped, pairs, grid, strip, out)
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _trd_stage7(padded, f, lam, filters, flipped, pairs, grid, strip, out):
+    _table_stage(corr7, padded, f, lam, filters, flipped, pairs, grid, strip, out)
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _trd_stage9(padded, f, lam, filters, flipped, pairs, grid, strip, out):
+    _table_stage(corr9, padded, f, lam, filters, flipped, pairs, grid, strip, out)
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _trd_stage_any(padded, f, lam, filters, flipped, pairs, grid, strip, out):
+    _table_stage(_correlate_any, padded, f, lam, filters, flipped, pairs, grid, strip, out)
+
+
+_TABLE_KERNELS = {3: _trd_stage3, 5: _trd_stage5, 7: _trd_stage7, 9: _trd_stage9}
+
+
+def table_kernel(kernel_size):
+    """The compiled :func:`trd_stage` for one filter size."""
+    return _TABLE_KERNELS.get(kernel_size, _trd_stage_any)
+
+
+def trd_stage(padded, f, lam, filters, flipped, pairs, grid, strip, out):
+    """One stage: ``out = u - (sum_i rot180(k_i) * phi_i(k_i * u) + lam (u - f))``.
+
+    ``padded`` is ``u`` padded symmetrically by ``2 r``; ``flipped`` holds the filters rotated by
+    180 degrees. ``phi_i(z)`` comes from the linear table ``pairs[i]`` at
+    ``t = clip((z - grid[0]) * grid[1], 0, grid[2])`` (interval ``int(t)``, offset
+    ``t - int(t)``); ``grid`` is in the compute dtype and ``grid[2] < n_intervals`` in it.
+    Deblocking passes ``lam = 0`` (its projection runs afterwards). Runs the kernel compiled for
+    the filter size (:func:`table_kernel`). :func:`trd_stage_exact` is the same loop with the
+    exact RBF sum (a separate kernel: with both in one, this one ran ~13 % slower).
+    """
+    table_kernel(filters.shape[1])(padded, f, lam, filters, flipped, pairs, grid, strip, out)
 
 
 @njit(cache=True, parallel=True, fastmath=True)

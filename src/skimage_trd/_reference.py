@@ -56,30 +56,37 @@ def correlate_valid(image, kernel):
     return out
 
 
-def diffusion_reference(u, filters, weights, centers, precision):
-    """The diffusion term ``sum_i kbar_i * phi_i(k_i * u)`` with the symmetric boundary."""
+def diffusion_reference(u, filters, weights, centers, precision, phi=None):
+    """The diffusion term ``sum_i kbar_i * phi_i(k_i * u)`` with the symmetric boundary.
+
+    ``phi(i, z)``, if given, evaluates ``phi_i`` instead of the RBF sum (the kernels' tables,
+    in tests)."""
     r = filters.shape[-1] // 2
     padded = np.pad(u, 2 * r, mode="symmetric")
     out = np.zeros_like(u)
-    for k, w in zip(filters, weights, strict=False):
+    for i, (k, w) in enumerate(zip(filters, weights, strict=False)):
         z = correlate_valid(padded, k.astype(u.dtype))
-        v = influence_reference(z, w, centers, precision)
+        v = influence_reference(z, w, centers, precision) if phi is None else phi(i, z)
         out += correlate_valid(v, k[::-1, ::-1].astype(u.dtype))
     return out
 
 
-def stage_reference(u, f, model, t):
-    """One denoising stage ``t`` (0-based) of ``model`` applied to ``u`` given the input ``f``."""
-    d = diffusion_reference(u, model.filters[t], model.weights[t], model.centers, model.precision)
+def stage_reference(u, f, model, t, phi=None):
+    """One denoising stage ``t`` (0-based) of ``model`` applied to ``u`` given the input ``f``;
+    ``phi(t, i, z)`` as in :func:`diffusion_reference`."""
+    stage_phi = None if phi is None else (lambda i, z: phi(t, i, z))
+    d = diffusion_reference(u, model.filters[t], model.weights[t], model.centers, model.precision,
+                            stage_phi)
     return u - (d + float(model.lambdas[t]) * (u - f))
 
 
-def trd_reference(f, model, n_stages=None):
-    """Run the first ``n_stages`` (default all) denoising stages on ``f`` (2-D, [0, 255] scale)."""
+def trd_reference(f, model, n_stages=None, phi=None):
+    """Run the first ``n_stages`` (default all) denoising stages on ``f`` (2-D, [0, 255] scale);
+    ``phi(t, i, z)`` as in :func:`diffusion_reference`."""
     f = np.asarray(f)
     u = f
     for t in range(model.n_stages if n_stages is None else n_stages):
-        u = stage_reference(u, f, model, t)
+        u = stage_reference(u, f, model, t, phi)
     return u
 
 
