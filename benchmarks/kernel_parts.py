@@ -5,7 +5,8 @@
 Runs the 7x7 stage kernel ``_numba_kernels.table_kernel(7)`` and copies of it on camera + noise
 (sigma 25) with the shipped sigma-25 7x7 model's first stage, five times (a five-stage model's
 worth), and prints the median time of: the shipped kernel; a copy compiled here; the copy with
-the filter size chosen inside the loop (as ``_correlate_row`` does); the copy reading the cubic
+the filter size chosen inside the loop (as ``_correlate_row`` does); the copy with its buffers
+allocated apart (no frame pointer, see ``_numba_kernels._table_stage``); the copy reading the cubic
 table (four reads per evaluation instead of one); the copy without the table reads; the first
 correlation only; and 10 passes of 48 7x7 correlations over the image, tap by tap (one shifted
 load per multiply-add) and in the two loops of ``_unrolled.py``. A tool for kernel work: the
@@ -40,7 +41,7 @@ def cubic_lookup(row, c, idx):
                   + cf[n + np.uint64(1)]) * t + cf[n]
 
 
-def make_stage(lookup=True, second=True, dispatch=False, cubic=False):
+def make_stage(lookup=True, second=True, dispatch=False, cubic=False, block=True):
     corr = nk._correlate_row if dispatch else corr7
     phi = cubic_lookup if cubic else nk._phi_table_lookup
 
@@ -54,10 +55,19 @@ def make_stage(lookup=True, second=True, dispatch=False, cubic=False):
         for s in prange((H + strip - 1) // strip):
             y0 = s * strip
             h = min(strip, H - y0)
-            z = np.empty((h + 2 * r, Wz), dtype=padded.dtype)
-            acc = np.zeros((h, W), dtype=padded.dtype)
+            if block:  # the shipped kernel's buffer block, placed against the frame address
+                nz, na, nc = (h + 2 * r) * Wz, h * W, F * (Wz + F - 1)
+                buf = np.empty(nz + na + nc + 4096 // padded.itemsize, dtype=padded.dtype)
+                o = ((nk._frame_address() - buf.ctypes.data) % 4096) // padded.itemsize
+                z = buf[o:o + nz].reshape((h + 2 * r, Wz))
+                acc = buf[o + nz:o + nz + na].reshape((h, W))
+                acc[:] = 0.0
+                cb = buf[o + nz + na:o + nz + na + nc].reshape((F, Wz + F - 1))
+            else:  # buffers allocated apart, no frame pointer
+                z = np.empty((h + 2 * r, Wz), dtype=padded.dtype)
+                acc = np.zeros((h, W), dtype=padded.dtype)
+                cb = np.empty((F, Wz + F - 1), dtype=padded.dtype)
             idx = np.empty(Wz, dtype=np.int32)
-            cb = np.empty((F, Wz + F - 1), dtype=padded.dtype)
             x0, inv_h, top = grid[0], grid[1], grid[2]
             for i in range(N):
                 for yy in range(h + 2 * r):
@@ -134,6 +144,7 @@ def main(argv=None):
     print(f"| `trd_stage` as shipped | {5 * t:.3f} |")
     for name, kw in (("a copy compiled here", {}),
                      ("the copy, filter size chosen in the loop", {"dispatch": True}),
+                     ("the copy, buffers allocated apart", {"block": False}),
                      ("the copy with the cubic table", {"cubic": True}),
                      ("the copy without the table reads", {"lookup": False}),
                      ("the first correlation only", {"lookup": False, "second": False})):
