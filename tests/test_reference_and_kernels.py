@@ -67,11 +67,22 @@ def test_linear_table_accuracy(tolerance):
                               np.float32).pairs.dtype == np.complex64
 
 
-def test_linear_table_needs_an_accurate_cubic():
+def test_linear_table_needs_an_accurate_cubic_and_a_reachable_tolerance():
     m = random_model(1, 5, seed=3)
     cubic = build_table(m.weights[0], m.centers, m.precision, 1e-3)
     with pytest.raises(ValueError, match="exceeds"):
         linear_from_cubic(cubic, cubic.max_error / 2)
+    with pytest.raises(ValueError, match="parts per cubic interval"):
+        linear_from_cubic(cubic, cubic.max_error * 1.000001)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_engine_rejects_non_finite_images(bad):
+    m = random_model(1, 5, seed=3)
+    f = np.zeros((9, 9), np.float32)
+    f[4, 4] = bad
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        run_model(f, m)
 
 
 def tabled_reference(f, m, dtype, n_stages=None):

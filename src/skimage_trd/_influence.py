@@ -1,4 +1,4 @@
-"""Influence functions phi as fast piecewise-cubic tables, and the exact RBF sum.
+"""Influence functions phi as fast tables (cubic and linear), and the exact RBF sum.
 
 Kernels evaluate ``phi`` in one of three ways:
 
@@ -71,6 +71,11 @@ class InfluenceTable:
     @property
     def n_intervals(self) -> int:
         return self.coef.shape[1]
+
+
+# Linear tables split a cubic interval into at most 2**MAX_SUBDIVISION parts (the shipped models
+# need 2**2 to 2**4 of the 1e-5 cubic tables' intervals at the default tolerance).
+MAX_SUBDIVISION = 6
 
 
 def _hermite(y, dy, h):
@@ -157,9 +162,14 @@ class LinearTable:
 
 def linear_from_cubic(cubic: InfluenceTable, tolerance=2e-4, dtype=np.float64) -> LinearTable:
     """A linear table sampled from a cubic one: each cubic interval split into 2**k equal
-    parts, k the smallest for which the linear interpolant is within ``tolerance`` of the cubic
-    at the middle of every part (where the error of linear interpolation peaks), plus the
-    cubic's own error (at most 2**10 parts). ``dtype`` is the compute dtype."""
+    parts, with k from an estimate of the linear interpolant's error (which falls about 4x per
+    halving) raised until the interpolant is within ``tolerance`` of the cubic at the middle
+    of every part (where the error of linear interpolation of a smooth function peaks; an
+    estimate, not a bound), plus the cubic's own error. ``dtype`` is the compute dtype.
+
+    Raises ValueError if the cubic table is not accurate enough, or if more than
+    ``2**MAX_SUBDIVISION`` parts per cubic interval would be needed (a table too large to be
+    fast)."""
     coef = np.asarray(cubic.coef, dtype=np.float64)
     budget = tolerance - cubic.max_error
     if budget <= 0:
@@ -172,11 +182,13 @@ def linear_from_cubic(cubic: InfluenceTable, tolerance=2e-4, dtype=np.float64) -
         return ends, float(np.max(np.abs(0.5 * (ends[..., :-1] + ends[..., 1:]) - middles)))
 
     y, err = sample(0)
-    # the error of linear interpolation falls ~4x per halving: start near the right k
-    k = 0 if err <= budget else min(10, math.ceil(math.log(err / budget, 4)))
+    k = 0 if err <= budget else math.ceil(math.log(err / budget, 4))
     while k:
+        if k > MAX_SUBDIVISION:
+            raise ValueError(f"a linear table within {tolerance:.2g} would need more than "
+                             f"{2**MAX_SUBDIVISION} parts per cubic interval")
         y, err = sample(k)
-        if err <= budget or k == 10:
+        if err <= budget:
             break
         k += 1
     nodes = np.concatenate([y[:, :, :-1].reshape(len(y), -1), y[:, -1:, -1]], axis=1)
@@ -189,6 +201,7 @@ def linear_from_cubic(cubic: InfluenceTable, tolerance=2e-4, dtype=np.float64) -
 def build_linear_table(weights, centers, precision, tolerance=2e-4,
                        dtype=np.float64) -> LinearTable:
     """Tabulate ``phi_i`` for linear interpolation to within ``tolerance`` (absolute), sampled
-    from a cubic table accurate to a tenth of it (:func:`linear_from_cubic`)."""
+    (:func:`linear_from_cubic`) from a cubic table accurate to a tenth of it or 1e-6,
+    whichever is smaller."""
     cubic = build_table(weights, centers, precision, min(1e-6, tolerance / 10))
     return linear_from_cubic(cubic, tolerance, dtype)

@@ -176,7 +176,7 @@ def _table_stage(corr, padded, f, lam, filters, flipped, pairs, grid, strip, out
     # behind stores whose addresses share the low 12 bits, "4K aliasing"): 0.134 to 0.171 s for a
     # 512^2 image from one process to the next and with the depth of the caller's stack; with
     # the frame pointer that taking the frame address keeps, and the block placed against it,
-    # 0.119 to 0.121 s at every depth tried (dev VM, 7x7, one thread; docs/performance.md).
+    # 0.124 to 0.129 s at each of 24 depths (dev VM, 7x7, one thread; docs/performance.md).
     N, F, _ = filters.shape
     r = F // 2
     H = padded.shape[0] - 4 * r
