@@ -205,6 +205,8 @@ def _table_stage(corr, padded, f, lam, filters, flipped, pairs, grid, strip, out
         _finish_strip(padded, f, lam, acc, y0, r, out)
 
 
+# One short kernel per filter size, written out: kernels made by a factory (closures) are never
+# found in Numba's on-disk cache, so every new process would recompile them.
 @njit(cache=True, parallel=True, fastmath=True)
 def _trd_stage3(padded, f, lam, filters, flipped, pairs, grid, strip, out):
     _table_stage(corr3, padded, f, lam, filters, flipped, pairs, grid, strip, out)
