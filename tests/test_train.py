@@ -72,6 +72,27 @@ def test_checkpoint_of_other_config_is_refused(tmp_path):
         train_model(_clean(), _config(sigma=15), checkpoint_dir=tmp_path, log=lambda s: None)
 
 
+def test_more_joint_iterations_continue_a_finished_run(tmp_path):
+    # 4 then 6 joint iterations (chunks of 2) end where 6 from the start end
+    full = train_model(_clean(), _config(joint_iterations=6), log=lambda s: None)
+    train_model(_clean(), _config(), checkpoint_dir=tmp_path, log=lambda s: None)
+    lines = []
+    longer = train_model(_clean(), _config(joint_iterations=6), checkpoint_dir=tmp_path,
+                         log=lines.append)
+    assert lines[0].startswith("resuming") and "4 iterations done" in lines[0]
+    np.testing.assert_array_equal(longer.filters, full.filters)
+    np.testing.assert_array_equal(longer.weights, full.weights)
+    prov = longer.metadata["provenance"]
+    assert prov["iterations"]["joint"] == 6 and len(prov["sessions"]) == 2
+    # but not fewer than are done, nor another change
+    with pytest.raises(ValueError, match="more than the 2 asked for"):
+        train_model(_clean(), _config(joint_iterations=2), checkpoint_dir=tmp_path,
+                    log=lambda s: None)
+    with pytest.raises(ValueError, match="different configuration"):
+        train_model(_clean(), _config(joint_iterations=8, chunk=4), checkpoint_dir=tmp_path,
+                    log=lambda s: None)
+
+
 def test_bad_training_data_is_named(tmp_path):
     good = tmp_path / "good"
     good.mkdir()

@@ -27,7 +27,10 @@ Command line::
         [--stages 5] [--greedy-iterations 200] [--joint-iterations 200] [--seed 0]
         [--validation DIR] [--dtype float32] [--threads N] [--export model.npz]
 
-Rerunning the same command resumes from ``--out``.
+Rerunning the same command resumes from ``--out``; rerunning it with a larger
+``--joint-iterations`` continues the joint phase of a run, finished or not (as each chunk restarts
+L-BFGS, the longer run takes the same path as if it had been asked for from the start, provided
+the earlier number was a multiple of ``--chunk``). The model's provenance lists every session.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -260,10 +263,21 @@ class Checkpoint:
             state = json.loads(str(z["state"]))
             params = z["params"].copy()
         if state.get("config_digest") != self.config.digest():
-            raise ValueError(
-                f"checkpoint {self.path} belongs to a different configuration "
-                f"({state.get('config')}); use another --out or delete it"
-            )
+            # the same run with another number of joint iterations: continue it (or refuse to
+            # cut it shorter than it already is)
+            earlier = (state.get("config") or {}).get("joint_iterations")
+            same_run = (isinstance(earlier, int) and state.get("config_digest")
+                        == replace(self.config, joint_iterations=earlier).digest())
+            if not same_run:
+                raise ValueError(
+                    f"checkpoint {self.path} belongs to a different configuration "
+                    f"({state.get('config')}); use another --out or delete it"
+                )
+            if state["phase"] == "joint" and state["done"] > self.config.joint_iterations:
+                raise ValueError(
+                    f"checkpoint {self.path} has done {state['done']} joint iterations, more than "
+                    f"the {self.config.joint_iterations} asked for"
+                )
         if state.get("data_digest") != self.data_digest:
             raise ValueError(f"checkpoint {self.path} was made with different training data")
         return state, params
