@@ -56,13 +56,7 @@ def make_stage(lookup=True, second=True, dispatch=False, cubic=False, block=True
             y0 = s * strip
             h = min(strip, H - y0)
             if block:  # the shipped kernel's buffer block, placed against the frame address
-                nz, na, nc = (h + 2 * r) * Wz, h * W, F * (Wz + F - 1)
-                buf = np.empty(nz + na + nc + 4096 // padded.itemsize, dtype=padded.dtype)
-                o = ((nk._frame_address() - buf.ctypes.data) % 4096) // padded.itemsize
-                z = buf[o:o + nz].reshape((h + 2 * r, Wz))
-                acc = buf[o + nz:o + nz + na].reshape((h, W))
-                acc[:] = 0.0
-                cb = buf[o + nz + na:o + nz + na + nc].reshape((F, Wz + F - 1))
+                z, acc, cb = nk._strip_buffers(padded, h, r, W, F)
             else:  # buffers allocated apart, no frame pointer
                 z = np.empty((h + 2 * r, Wz), dtype=padded.dtype)
                 acc = np.zeros((h, W), dtype=padded.dtype)

@@ -27,8 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["InfluenceTable", "LinearTable", "build_table", "build_linear_table", "linear_from_cubic",
-           "rbf_reach_terms",
-           "influence_and_derivative"]
+           "rbf_reach_terms", "influence_and_derivative"]
 
 # Centres further than RBF_REACH widths (1/sqrt(precision)) from z are ignored:
 # their terms are below exp(-RBF_REACH**2 / 2) ~ 1.9e-22 of their weight.

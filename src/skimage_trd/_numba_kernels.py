@@ -168,6 +168,22 @@ def _frame_address(typingctx):
 
 
 @njit(cache=True, inline="always")
+def _strip_buffers(like, h, r, W, F):
+    """A strip's responses z (h + 2r, W + 2r), zeroed accumulator (h, W) and column sums
+    (F, W + 2r + F - 1), in the dtype of ``like``, carved from one block that starts at the
+    caller's stack-frame address modulo 4096 (inlined, so the caller takes the frame address and
+    keeps a frame pointer; see :func:`_table_stage`)."""
+    Wz = W + 2 * r
+    nz, na, nc = (h + 2 * r) * Wz, h * W, F * (Wz + F - 1)
+    block = np.empty(nz + na + nc + 4096 // like.itemsize, dtype=like.dtype)
+    o = ((_frame_address() - block.ctypes.data) % 4096) // like.itemsize
+    z = block[o:o + nz].reshape((h + 2 * r, Wz))
+    acc = block[o + nz:o + nz + na].reshape((h, W))
+    acc[:] = 0.0
+    return z, acc, block[o + nz + na:o + nz + na + nc].reshape((F, Wz + F - 1))
+
+
+@njit(cache=True, inline="always")
 def _table_stage(corr, padded, f, lam, filters, flipped, pairs, grid, strip, out):
     # The loop of trd_stage, inlined into one kernel per filter size with that size's
     # correlation ``corr``. A strip's buffers (responses z, accumulator, column sums) are one
@@ -186,13 +202,7 @@ def _table_stage(corr, padded, f, lam, filters, flipped, pairs, grid, strip, out
     for s in prange((H + strip - 1) // strip):
         y0 = s * strip
         h = min(strip, H - y0)
-        nz, na, nc = (h + 2 * r) * Wz, h * W, F * (Wz + F - 1)
-        block = np.empty(nz + na + nc + 4096 // padded.itemsize, dtype=padded.dtype)
-        o = ((_frame_address() - block.ctypes.data) % 4096) // padded.itemsize
-        z = block[o:o + nz].reshape((h + 2 * r, Wz))
-        acc = block[o + nz:o + nz + na].reshape((h, W))
-        acc[:] = 0.0
-        cb = block[o + nz + na:o + nz + na + nc].reshape((F, Wz + F - 1))
+        z, acc, cb = _strip_buffers(padded, h, r, W, F)
         idx = np.empty(Wz, dtype=np.int32)
         for i in range(N):
             # responses v = phi_i(k_i * u) on rows y0 .. y0 + h + 2r of the 'valid' grid
