@@ -32,6 +32,21 @@ def test_cupy_equals_reference(shape, kernel_size):
     np.testing.assert_allclose(out32.get(), ref, rtol=0, atol=2e-3)
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("kernel_size", [5, 7])
+@pytest.mark.parametrize("config", [(8, 8), (4, 16), (8, 16), (16, 4)])
+def test_cupy_strips_kernel_equals_reference(monkeypatch, shape, kernel_size, config):
+    from skimage_trd import _cupy_kernels
+
+    monkeypatch.setattr(_cupy_kernels, "FLOAT32_KERNEL", "strips")
+    monkeypatch.setattr(_cupy_kernels, "STRIP_CONFIG", dict(zip(("rows", "per_thread"), config)))
+    m = random_model(3, kernel_size, seed=kernel_size, wide_grid=kernel_size == 7)
+    f = np.random.default_rng(sum(shape)).uniform(0, 255, shape)
+    out32 = run_model(cp.asarray(f, dtype=np.float32), m, backend="cupy")
+    assert out32.dtype == np.float32
+    np.testing.assert_allclose(out32.get(), trd_reference(f, m), rtol=0, atol=2e-3)
+
+
 def test_cupy_tiled_equals_whole():
     m = random_model(3, 5, seed=5)
     f = cp.asarray(np.random.default_rng(1).uniform(0, 255, (57, 45)))

@@ -8,6 +8,14 @@ image-sized intermediate is written. Influence functions come from cubic tables
 (float32; the CPU kernels read linear tables sampled from the same cubic ones) or
 from the exact RBF sum (float64).
 
+A second float32 kernel, ``strips``, keeps partial sums in registers: each
+thread computes a vertical strip of pixels, so one shared-memory read feeds up
+to a strip's length of multiply-adds instead of one (the ``tiles`` kernel is
+bound by shared-memory and filter reads). It is selected with
+``FLOAT32_KERNEL = "strips"``; its source is also compiled as C++ by
+``tests/test_cuda_source.py`` (threads emulated on the CPU) so that its index
+arithmetic is tested without a GPU.
+
 CuPy is imported lazily; without it (or without a usable GPU) the functions
 raise ImportError / RuntimeError naming the ``gpu`` extra.
 """
@@ -23,7 +31,15 @@ from ._engine import model_fingerprint, prepare
 # Output tile edge per thread block: float64 needs more registers per thread.
 TILES = {"float32": 32, "float64": 16}
 
-_SOURCE = r"""
+# Shared-memory declarations as macros, so that the C++ emulation in the tests
+# (tests/cuda_emulation.py) can supply its own.
+_PRELUDE = r"""
+#ifndef SHARED_ARRAY
+#define SHARED_ARRAY(type, name) extern __shared__ type name[]
+#endif
+"""
+
+_SOURCE = _PRELUDE + r"""
 extern "C" __device__ __forceinline__ T phi_table(T z, const T* coef, int i, int n_int, T x0, T inv_h) {
     T t = (z - x0) * inv_h;
     if (t < (T)0) t = (T)0;
@@ -60,7 +76,7 @@ extern "C" __global__ void __launch_bounds__(TILE * TILE) trd_stage(
     const T* __restrict__ weights, int J, T mu0, T delta, T beta, int K,
     int exact, T lam)
 {
-    extern __shared__ unsigned char smem_raw[];
+    SHARED_ARRAY(unsigned char, smem_raw);
     T* su = reinterpret_cast<T*>(smem_raw);
     const int r = F / 2;
     const int TU = TILE + 4 * r;
@@ -104,6 +120,159 @@ extern "C" __global__ void __launch_bounds__(TILE * TILE) trd_stage(
 }
 """
 
+# float32 kernel of run_cupy: "tiles" (one pixel per thread, measured) or "strips".
+FLOAT32_KERNEL = "tiles"
+
+# The strips kernel: a block is STRIP_THREADS_X = 32 threads wide (one output
+# column each) and ``rows`` threads high; each thread accumulates ``per_thread``
+# output pixels down its column, so a block covers 32 x (rows * per_thread)
+# pixels. The forward responses on the tile grown by r are computed in strips
+# of ``forward`` pixels, work items spread over all threads.
+STRIP_THREADS_X = 32
+STRIP_CONFIG = {"rows": 8, "per_thread": 8}
+
+_STRIPS_SOURCE = _PRELUDE + r"""
+__device__ __forceinline__ float phi_cubic(float z, const float4* __restrict__ c, int n_int,
+                                           float x0, float inv_h) {
+    float t = (z - x0) * inv_h;
+    if (t < 0.f) t = 0.f;
+    int n = (int)t;
+    if (n >= n_int) { n = n_int - 1; t = 1.f; } else { t = t - (float)n; }
+    const float4 q = __ldg(c + n);
+    return ((q.w * t + q.z) * t + q.y) * t + q.x;
+}
+
+extern "C" __global__ void __launch_bounds__(TXB * TYB) trd_stage_strips(
+    const float* __restrict__ padded, const float* __restrict__ f, float* __restrict__ out,
+    int H, int W, const float* __restrict__ filters, int N,
+    const float4* __restrict__ coef, int n_int, float x0, float inv_h, float lam)
+{
+    constexpr int R = F / 2;
+    constexpr int BX = TXB, BY = TYB * PB;     // output tile
+    constexpr int VW = BX + 2 * R, VH = BY + 2 * R;  // responses: tile grown by R
+    constexpr int UW = BX + 4 * R;             // input: tile grown by 2R
+    constexpr int NS = (VH + PF - 1) / PF;     // forward strips per column
+    constexpr int UH = (BY + 4 * R > NS * PF + 2 * R) ? BY + 4 * R : NS * PF + 2 * R;
+    constexpr int NT = TXB * TYB;
+    constexpr int ITEMS = VW * NS;
+    SHARED_ARRAY(float, smem);
+    float* su = smem;                // UH x UW
+    float* sv = su + UH * UW;        // VH x VW
+    float* sk = sv + VH * VW;        // N x F x F
+    const int tid = threadIdx.y * TXB + threadIdx.x;
+    const int by = blockIdx.y * BY, bx = blockIdx.x * BX;
+    const int Wp = W + 4 * R, Hp = H + 4 * R;
+    for (int idx = tid; idx < UH * UW; idx += NT) {
+        const int yy = idx / UW, xx = idx - yy * UW;
+        const int gy = by + yy, gx = bx + xx;
+        su[idx] = (gy < Hp && gx < Wp) ? padded[(size_t)gy * Wp + gx] : 0.f;
+    }
+    for (int idx = tid; idx < N * F * F; idx += NT) sk[idx] = filters[idx];
+    __syncthreads();
+    float acc[PB];
+#pragma unroll
+    for (int p = 0; p < PB; ++p) acc[p] = 0.f;
+    for (int i = 0; i < N; ++i) {
+        const float* k = sk + i * F * F;
+        const float4* ci = coef + (size_t)i * n_int;
+        // v = phi_i(k_i * u) on the grown tile, strips of PF pixels down a column
+        for (int item = tid; item < ITEMS; item += NT) {
+            const int s = item / VW, c = item - s * VW;
+            const int y0 = s * PF;
+            float z[PF];
+#pragma unroll
+            for (int p = 0; p < PF; ++p) z[p] = 0.f;
+#pragma unroll
+            for (int b = 0; b < F; ++b) {
+                float col[PF + 2 * R];
+#pragma unroll
+                for (int j = 0; j < PF + 2 * R; ++j) col[j] = su[(y0 + j) * UW + c + b];
+#pragma unroll
+                for (int a = 0; a < F; ++a) {
+                    const float w = k[a * F + b];
+#pragma unroll
+                    for (int p = 0; p < PF; ++p) z[p] = fmaf(w, col[p + a], z[p]);
+                }
+            }
+#pragma unroll
+            for (int p = 0; p < PF; ++p)
+                if (y0 + p < VH) sv[(y0 + p) * VW + c] = phi_cubic(z[p], ci, n_int, x0, inv_h);
+        }
+        __syncthreads();
+        // acc += rot180(k_i) * v on the thread's PB pixels
+        const int y0 = threadIdx.y * PB;
+#pragma unroll
+        for (int b = 0; b < F; ++b) {
+            float col[PB + 2 * R];
+#pragma unroll
+            for (int j = 0; j < PB + 2 * R; ++j) col[j] = sv[(y0 + j) * VW + threadIdx.x + b];
+#pragma unroll
+            for (int a = 0; a < F; ++a) {
+                const float w = k[(F - 1 - a) * F + (F - 1 - b)];
+#pragma unroll
+                for (int p = 0; p < PB; ++p) acc[p] = fmaf(w, col[p + a], acc[p]);
+            }
+        }
+        __syncthreads();
+    }
+    const int x = bx + threadIdx.x;
+    if (x < W) {
+#pragma unroll
+        for (int p = 0; p < PB; ++p) {
+            const int ty = threadIdx.y * PB + p, y = by + ty;
+            if (y < H) {
+                const float u = su[(ty + 2 * R) * UW + threadIdx.x + 2 * R];
+                out[(size_t)y * W + x] = u - (acc[p] + lam * (u - f[(size_t)y * W + x]));
+            }
+        }
+    }
+}
+"""
+
+
+def strip_geometry(kernel_size, n_filters, rows=None, per_thread=None, forward=None):
+    """Block shape, compile-time constants and shared-memory bytes of the strips kernel.
+
+    ``forward`` (pixels per forward work item) defaults to the length from 4
+    to 16 that needs the fewest pipe cycles: rounds of work items over the
+    block's threads, each costing the larger of its multiply-adds (4 per
+    thread per clock) and its shared-memory reads (1 per thread per clock).
+    """
+    rows = STRIP_CONFIG["rows"] if rows is None else rows
+    per_thread = STRIP_CONFIG["per_thread"] if per_thread is None else per_thread
+    F, r = kernel_size, kernel_size // 2
+    bx, by = STRIP_THREADS_X, rows * per_thread
+    vw, vh, uw = bx + 2 * r, by + 2 * r, bx + 4 * r
+    nt = STRIP_THREADS_X * rows
+
+    def layout(pf):
+        ns = -(-vh // pf)
+        rounds = -(-(vw * ns) // nt)
+        cost = rounds * max(pf * F * F / 4, (pf + 2 * r) * F + F * F)
+        return cost, ns
+
+    if forward is None:
+        forward = min(range(4, 17), key=lambda pf: (layout(pf)[0], -pf))
+    ns = layout(forward)[1]
+    uh = max(by + 4 * r, ns * forward + 2 * r)
+    floats = uh * uw + vh * vw + n_filters * F * F
+    defines = {"F": F, "TXB": STRIP_THREADS_X, "TYB": rows, "PB": per_thread, "PF": forward}
+    return {"block": (STRIP_THREADS_X, rows), "tile": (by, bx), "defines": defines,
+            "shared_bytes": 4 * floats}
+
+
+def tiles_source(dtype_name):
+    """The tiles kernel's CUDA source for 'float32' or 'float64'."""
+    ctype = {"float32": "float", "float64": "double"}[dtype_name]
+    return f"#define T {ctype}\n#define TILE {TILES[dtype_name]}\n" + _SOURCE
+
+
+def strips_source(defines):
+    """The strips kernel's CUDA source with its compile-time constants."""
+    head = "".join(f"#define {k} {v}\n" for k, v in defines.items())
+    return head + _STRIPS_SOURCE
+
+
 _kernels: dict = {}
 _device_cache: dict = {}
 _lock = threading.Lock()
@@ -132,11 +301,26 @@ def _kernel(dtype):
     with _lock:
         k = _kernels.get(name)
         if k is None:
-            ctype = {"float32": "float", "float64": "double"}[name]
-            src = f"#define T {ctype}\n#define TILE {TILES[name]}\n" + _SOURCE
+            src = tiles_source(name)
             k = cupy.RawModule(code=src, options=("--use_fast_math",) if name == "float32" else ())
             k = k.get_function("trd_stage")
             _kernels[name] = k
+    return k
+
+
+def _strips_kernel(geometry):
+    import cupy
+
+    key = ("strips",) + tuple(sorted(geometry["defines"].items()))
+    with _lock:
+        k = _kernels.get(key)
+        if k is None:
+            k = cupy.RawKernel(strips_source(geometry["defines"]), "trd_stage_strips",
+                               options=("--use_fast_math",))
+            _kernels[key] = k
+    if geometry["shared_bytes"] > 48 * 1024 and k.max_dynamic_shared_size_bytes < geometry[
+            "shared_bytes"]:
+        k.max_dynamic_shared_size_bytes = geometry["shared_bytes"]
     return k
 
 
@@ -169,32 +353,38 @@ def run_cupy(f, model, n_stages, exact, post_stage, progress):
     if dtype not in (np.float32, np.float64):
         f = f.astype(np.float64)
         dtype = np.dtype(np.float64)
-    kernel = _kernel(dtype)
     prep, stages = _device_prepared(model, dtype)
     r = model.radius
     H, W = f.shape
-    tile = TILES[dtype.name]
-    tu, tz = tile + 4 * r, tile + 2 * r
-    shared = (tu * tu + tz * tz) * dtype.itemsize
-    grid = ((W + tile - 1) // tile, (H + tile - 1) // tile)
-    scalar = dtype.type
+    if FLOAT32_KERNEL == "strips" and dtype == np.float32 and not exact:
+        geometry = strip_geometry(model.kernel_size, stages[0][0].shape[0])
+        kernel, block, shared = _strips_kernel(geometry), geometry["block"], geometry[
+            "shared_bytes"]
+        by, bx = geometry["tile"]
+
+        def arguments(padded, out, filt, coef, weights, st):
+            return (padded, f, out, np.int32(H), np.int32(W), filt, np.int32(filt.shape[0]),
+                    coef, np.int32(coef.shape[1]), np.float32(st.x0), np.float32(st.inv_h),
+                    np.float32(st.lam))
+    else:
+        kernel = _kernel(dtype)
+        by = bx = TILES[dtype.name]
+        block = (bx, by)
+        shared = ((bx + 4 * r) ** 2 + (bx + 2 * r) ** 2) * dtype.itemsize
+        scalar = dtype.type
+
+        def arguments(padded, out, filt, coef, weights, st):
+            return (padded, f, out, np.int32(H), np.int32(W), filt, np.int32(filt.shape[0]),
+                    np.int32(filt.shape[1]), coef, np.int32(coef.shape[1]), scalar(st.x0),
+                    scalar(st.inv_h), weights, np.int32(weights.shape[1]), scalar(prep.mu0),
+                    scalar(prep.delta), scalar(prep.beta), np.int32(prep.reach),
+                    np.int32(bool(exact)), scalar(st.lam))
+    grid = ((W + bx - 1) // bx, (H + by - 1) // by)
     u = f
     for t in range(n_stages):
-        filt, coef, weights, st = stages[t]
         padded = cupy.pad(u, 2 * r, mode="symmetric")
         out = cupy.empty_like(f)
-        kernel(
-            grid,
-            (tile, tile),
-            (
-                padded, f, out, np.int32(H), np.int32(W), filt, np.int32(filt.shape[0]),
-                np.int32(filt.shape[1]), coef, np.int32(coef.shape[1]), scalar(st.x0),
-                scalar(st.inv_h), weights, np.int32(weights.shape[1]), scalar(prep.mu0),
-                scalar(prep.delta), scalar(prep.beta), np.int32(prep.reach), np.int32(bool(exact)),
-                scalar(st.lam),
-            ),
-            shared_mem=shared,
-        )
+        kernel(grid, block, arguments(padded, out, *stages[t]), shared_mem=shared)
         if post_stage is not None:
             out = post_stage(out, t)
         u = out

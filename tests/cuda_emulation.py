@@ -1,0 +1,155 @@
+"""Run the CUDA kernels' sources on the CPU: compiled as C++, threads emulated.
+
+The GPU kernels in ``skimage_trd._cupy_kernels`` are plain CUDA C. Here the same source text is
+compiled with the system's C++ compiler after a prelude that supplies CUDA's names: a thread of a
+block is a ``std::thread`` with its own ``threadIdx``, ``__syncthreads()`` is a barrier shared
+by the block's threads, and dynamic shared memory is one buffer per block. Blocks run one
+after the other. That tests the kernels' index arithmetic, halos, shared-memory layout and
+synchronisation without a GPU (not their speed, nor NVRTC's dialect).
+
+``fake_cupy()`` returns a stand-in for the ``cupy`` module (NumPy arrays, these emulated
+kernels) so that ``run_model(..., backend="cupy")`` runs end to end on the CPU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import re
+import shutil
+import subprocess
+import tempfile
+import types
+from pathlib import Path
+
+import numpy as np
+
+CXX = shutil.which("g++") or shutil.which("c++")
+
+_PRELUDE = r"""
+#include <cmath>
+#include <condition_variable>
+#include <cstddef>
+#include <math.h>
+#include <mutex>
+#include <thread>
+#include <vector>
+struct dim3_emu { int x, y, z; };
+static thread_local dim3_emu threadIdx;
+static dim3_emu blockIdx;
+struct emu_barrier_t {  // a reusable barrier for the threads of one block
+    std::mutex m; std::condition_variable cv; int n, count = 0, generation = 0;
+    explicit emu_barrier_t(int n_) : n(n_) {}
+    void wait() {
+        std::unique_lock<std::mutex> lock(m);
+        const int g = generation;
+        if (++count == n) { count = 0; ++generation; cv.notify_all(); }
+        else cv.wait(lock, [&] { return g != generation; });
+    }
+};
+static emu_barrier_t* emu_barrier;
+static unsigned char* emu_shared;
+struct float4 { float x, y, z, w; };
+template <class P> static inline P __ldg(const P* p) { return *p; }
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __restrict__ __restrict
+#define __launch_bounds__(n)
+#define __syncthreads() emu_barrier->wait()
+#define SHARED_ARRAY(type, name) type* name = reinterpret_cast<type*>(emu_shared)
+"""
+
+_LAUNCHER = r"""
+extern "C" void emu_launch(int gx, int gy, int tx, int ty, long shared_bytes, {params}) {{
+    std::vector<double> shared((shared_bytes + 7) / 8 + 1);
+    emu_shared = reinterpret_cast<unsigned char*>(shared.data());
+    for (int by = 0; by < gy; ++by)
+        for (int bx = 0; bx < gx; ++bx) {{
+            blockIdx = dim3_emu{{bx, by, 0}};
+            emu_barrier_t bar(tx * ty);
+            emu_barrier = &bar;
+            std::vector<std::thread> threads;
+            for (int y = 0; y < ty; ++y)
+                for (int x = 0; x < tx; ++x)
+                    threads.emplace_back([=] {{
+                        threadIdx = dim3_emu{{x, y, 0}};
+                        {name}({args});
+                    }});
+            for (auto& t : threads) t.join();
+        }}
+}}
+"""
+
+
+def _ctype(value):
+    if isinstance(value, np.ndarray):
+        return ctypes.c_void_p
+    return {np.dtype(np.int32): ctypes.c_int, np.dtype(np.float32): ctypes.c_float,
+            np.dtype(np.float64): ctypes.c_double}[np.asarray(value).dtype]
+
+
+class EmulatedKernel:
+    """Callable like ``cupy.RawKernel``: ``kernel(grid, block, args, shared_mem=...)``."""
+
+    def __init__(self, code, name, options=()):
+        match = re.search(r'extern "C" __global__ void(?: __launch_bounds__\([^)]*\))?\s+'
+                          + re.escape(name) + r"\(([^)]*)\)", code)
+        if match is None:
+            raise ValueError(f"kernel {name} not found in the source")
+        params = " ".join(match.group(1).split())
+        names = [p.split()[-1].lstrip("*") for p in params.split(",")]
+        source = _PRELUDE + code + _LAUNCHER.format(params=params, name=name,
+                                                    args=", ".join(names))
+        digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+        lib = Path(tempfile.gettempdir()) / f"skimage-trd-cuda-emulation-{digest}.so"
+        if not lib.exists():
+            with tempfile.TemporaryDirectory() as work:
+                src, tmp = Path(work) / "kernel.cpp", Path(work) / "kernel.so"
+                src.write_text(source)
+                subprocess.run([CXX, "-std=c++17", "-O1", "-shared", "-fPIC", "-pthread",
+                                "-Wno-unknown-pragmas", "-o", str(tmp), str(src)], check=True,
+                               capture_output=True, text=True)
+                shutil.move(tmp, lib)
+        self._launch = ctypes.CDLL(str(lib)).emu_launch
+        self.max_dynamic_shared_size_bytes = 48 * 1024
+        self.launches = []
+
+    def __call__(self, grid, block, args, shared_mem=0):
+        self.launches.append((tuple(grid), tuple(block), shared_mem))
+        block = tuple(block) + (1,) * (3 - len(block))
+        grid = tuple(grid) + (1,) * (3 - len(grid))
+        assert block[2] == 1 and grid[2] == 1
+        self._launch.argtypes = [ctypes.c_int] * 4 + [ctypes.c_long] + [_ctype(a) for a in args]
+        converted = [a.ctypes.data if isinstance(a, np.ndarray) else a.item() for a in args]
+        for a in args:
+            if isinstance(a, np.ndarray):
+                assert a.flags.c_contiguous
+        self._launch(grid[0], grid[1], block[0], block[1], shared_mem, *converted)
+
+
+class _RawModule:
+    def __init__(self, code, options=()):
+        self.code, self.options = code, options
+
+    def get_function(self, name):
+        return EmulatedKernel(self.code, name, self.options)
+
+
+def fake_cupy():
+    """A stand-in for the ``cupy`` module: NumPy arrays, kernels emulated on the CPU."""
+    cp = types.ModuleType("cupy")
+    cp.ndarray = np.ndarray
+    cp.asarray = np.asarray
+    cp.ascontiguousarray = np.ascontiguousarray
+    cp.empty_like = np.empty_like
+    cp.pad = np.pad
+    cp.isfinite = np.isfinite
+    cp.RawKernel = EmulatedKernel
+    cp.RawModule = _RawModule
+    device = types.SimpleNamespace(id=0)
+    cp.cuda = types.SimpleNamespace(
+        Device=lambda *a: device,
+        runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
+    )
+    return cp

@@ -1,0 +1,82 @@
+"""The CUDA kernels' sources, compiled as C++ and run with emulated threads (no GPU needed).
+
+``run_model(..., backend="cupy")`` runs end to end with ``tests/cuda_emulation.fake_cupy`` in
+place of CuPy, so the GPU path's Python glue (geometry, launch arguments, stage loop) is tested
+together with the kernels' index arithmetic. tests/test_cupy.py checks the real thing on a GPU.
+"""
+
+import numpy as np
+import pytest
+from conftest import random_model
+from cuda_emulation import CXX, fake_cupy
+
+from skimage_trd import _cupy_kernels
+from skimage_trd._engine import run_model
+from skimage_trd._reference import trd_reference
+
+pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++) for the emulation")
+
+# one block, several blocks across and down, partial blocks, images smaller than the halo
+SHAPES = [(1, 1), (5, 4), (33, 65), (70, 31), (131, 40)]
+
+
+@pytest.fixture
+def emulated(monkeypatch):
+    cp = fake_cupy()
+    monkeypatch.setitem(__import__("sys").modules, "cupy", cp)
+    monkeypatch.setattr(_cupy_kernels, "cupy_module", lambda: cp)
+    monkeypatch.setattr(_cupy_kernels, "_kernels", {})
+    monkeypatch.setattr(_cupy_kernels, "_device_cache", {})
+    return cp
+
+
+def _check(f, m, atol, **kw):
+    out = run_model(f, m, backend="cupy", **kw)
+    assert out.dtype == f.dtype and out.shape == f.shape
+    np.testing.assert_allclose(out, trd_reference(f.astype(np.float64), m), rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("kernel_size", [3, 5, 7])
+def test_strips_kernel_equals_reference(emulated, monkeypatch, shape, kernel_size):
+    monkeypatch.setattr(_cupy_kernels, "FLOAT32_KERNEL", "strips")
+    m = random_model(2, kernel_size, seed=kernel_size, wide_grid=kernel_size == 7)
+    f = np.random.default_rng(sum(shape)).uniform(0, 255, shape).astype(np.float32)
+    _check(f, m, 2e-3)
+    (kernel,) = _cupy_kernels._kernels.values()
+    assert kernel.launches and all(len(launch[1]) == 2 for launch in kernel.launches)
+
+
+@pytest.mark.parametrize("rows, per_thread", [(4, 16), (16, 4), (2, 5)])
+def test_strips_kernel_other_block_shapes(emulated, monkeypatch, rows, per_thread):
+    monkeypatch.setattr(_cupy_kernels, "FLOAT32_KERNEL", "strips")
+    monkeypatch.setattr(_cupy_kernels, "STRIP_CONFIG", {"rows": rows, "per_thread": per_thread})
+    m = random_model(2, 7, seed=1)
+    f = np.random.default_rng(2).uniform(0, 255, (75, 70)).astype(np.float32)
+    _check(f, m, 2e-3)
+
+
+def test_strips_geometry_forward_lengths():
+    g = _cupy_kernels.strip_geometry(7, 48, rows=8, per_thread=8)
+    assert g["block"] == (32, 8) and g["tile"] == (64, 32)
+    assert 4 <= g["defines"]["PF"] <= 16
+    # an explicit forward length is honoured, and shared memory grows with the filters
+    assert _cupy_kernels.strip_geometry(7, 48, 8, 8, forward=5)["defines"]["PF"] == 5
+    assert (_cupy_kernels.strip_geometry(7, 80, 8, 8)["shared_bytes"]
+            - g["shared_bytes"] == 4 * 32 * 49)
+
+
+@pytest.mark.parametrize("shape", [(5, 4), (70, 31)])
+@pytest.mark.parametrize("exact", [False, True])
+def test_tiles_kernel_float64_equals_reference(emulated, shape, exact):
+    m = random_model(2, 5, seed=2)
+    f = np.random.default_rng(3).uniform(0, 255, shape)
+    _check(f, m, 1e-8 if exact else 1e-4, exact=exact)  # tables: 1e-5 of phi
+
+
+def test_tiles_kernel_float32_equals_reference(emulated):
+    m = random_model(2, 7, seed=4, wide_grid=True)
+    f = np.random.default_rng(4).uniform(0, 255, (40, 35)).astype(np.float32)
+    _check(f, m, 2e-3)
+    (kernel,) = _cupy_kernels._kernels.values()
+    assert kernel.launches[0][1] == (32, 32)
