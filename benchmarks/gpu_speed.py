@@ -28,9 +28,8 @@ def _select(kernel):
     if name not in ("tiles", "strips"):
         raise SystemExit(f"unknown kernel {kernel!r}")
     _cupy_kernels.FLOAT32_KERNEL = name
-    if shape:
-        rows, per_thread = (int(v) for v in shape.split("x"))
-        _cupy_kernels.STRIP_CONFIG = {"rows": rows, "per_thread": per_thread}
+    rows, per_thread = (int(v) for v in (shape or "8x8").split("x"))
+    _cupy_kernels.STRIP_CONFIG = {"rows": rows, "per_thread": per_thread}
 
 
 def main(argv=None):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -61,11 +62,16 @@ template <class P> static inline P __ldg(const P* p) { return *p; }
 """
 
 _LAUNCHER = r"""
-extern "C" void emu_launch(int gx, int gy, int tx, int ty, long shared_bytes, {params}) {{
-    std::vector<double> shared((shared_bytes + 7) / 8 + 1);
+// Returns 0, or 1 when a block wrote past its dynamic shared memory (a guard region after it).
+extern "C" int emu_launch(int gx, int gy, int tx, int ty, long shared_bytes, {params}) {{
+    const long guard = 256;
+    std::vector<double> shared((shared_bytes + guard + 7) / 8);
     emu_shared = reinterpret_cast<unsigned char*>(shared.data());
     for (int by = 0; by < gy; ++by)
         for (int bx = 0; bx < gx; ++bx) {{
+            // NaN everywhere: a read of shared memory that no thread wrote poisons the result
+            for (long b = 0; b < shared_bytes; ++b) emu_shared[b] = 0xFF;
+            for (long b = 0; b < guard; ++b) emu_shared[shared_bytes + b] = 0xA5;
             blockIdx = dim3_emu{{bx, by, 0}};
             emu_barrier_t bar(tx * ty);
             emu_barrier = &bar;
@@ -77,16 +83,24 @@ extern "C" void emu_launch(int gx, int gy, int tx, int ty, long shared_bytes, {p
                         {name}({args});
                     }});
             for (auto& t : threads) t.join();
+            for (long b = 0; b < guard; ++b)
+                if (emu_shared[shared_bytes + b] != 0xA5) return 1;
         }}
+    return 0;
 }}
 """
 
 
-def _ctype(value):
-    if isinstance(value, np.ndarray):
-        return ctypes.c_void_p
-    return {np.dtype(np.int32): ctypes.c_int, np.dtype(np.float32): ctypes.c_float,
-            np.dtype(np.float64): ctypes.c_double}[np.asarray(value).dtype]
+_SCALARS = {"int": np.dtype(np.int32), "float": np.dtype(np.float32),
+            "double": np.dtype(np.float64)}
+_CTYPES = {np.dtype(np.int32): ctypes.c_int, np.dtype(np.float32): ctypes.c_float,
+           np.dtype(np.float64): ctypes.c_double}
+
+
+def _cache_dir():
+    path = Path(tempfile.gettempdir()) / f"skimage-trd-cuda-emulation-{os.getuid()}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
 
 
 class EmulatedKernel:
@@ -99,10 +113,14 @@ class EmulatedKernel:
             raise ValueError(f"kernel {name} not found in the source")
         params = " ".join(match.group(1).split())
         names = [p.split()[-1].lstrip("*") for p in params.split(",")]
+        # the C type of each parameter: a pointer, or a scalar (T as #defined in the source)
+        defines = dict(re.findall(r"#define (\w+) (\w+)", code))
+        self._params = [None if "*" in p else _SCALARS[defines.get(p.split()[-2], p.split()[-2])]
+                        for p in params.split(",")]
         source = _PRELUDE + code + _LAUNCHER.format(params=params, name=name,
                                                     args=", ".join(names))
         digest = hashlib.sha256(source.encode()).hexdigest()[:16]
-        lib = Path(tempfile.gettempdir()) / f"skimage-trd-cuda-emulation-{digest}.so"
+        lib = _cache_dir() / f"{digest}.so"
         if not lib.exists():
             with tempfile.TemporaryDirectory() as work:
                 src, tmp = Path(work) / "kernel.cpp", Path(work) / "kernel.so"
@@ -116,16 +134,31 @@ class EmulatedKernel:
         self.launches = []
 
     def __call__(self, grid, block, args, shared_mem=0):
+        """Launch like CUDA would, or raise where CUDA would fail."""
         self.launches.append((tuple(grid), tuple(block), shared_mem))
         block = tuple(block) + (1,) * (3 - len(block))
         grid = tuple(grid) + (1,) * (3 - len(grid))
-        assert block[2] == 1 and grid[2] == 1
-        self._launch.argtypes = [ctypes.c_int] * 4 + [ctypes.c_long] + [_ctype(a) for a in args]
-        converted = [a.ctypes.data if isinstance(a, np.ndarray) else a.item() for a in args]
-        for a in args:
-            if isinstance(a, np.ndarray):
-                assert a.flags.c_contiguous
-        self._launch(grid[0], grid[1], block[0], block[1], shared_mem, *converted)
+        assert block[2] == 1 and grid[2] == 1 and block[0] * block[1] <= 1024
+        if shared_mem > self.max_dynamic_shared_size_bytes:
+            raise RuntimeError(f"{shared_mem} bytes of dynamic shared memory requested, "
+                               f"{self.max_dynamic_shared_size_bytes} allowed (CUDA would fail)")
+        if len(args) != len(self._params):
+            raise TypeError(f"{len(args)} arguments for {len(self._params)} parameters")
+        argtypes, converted = [], []
+        for a, dtype in zip(args, self._params):
+            if dtype is None:
+                assert isinstance(a, np.ndarray) and a.flags.c_contiguous, "pointer parameter"
+                argtypes.append(ctypes.c_void_p)
+                converted.append(a.ctypes.data)
+            else:
+                assert not isinstance(a, np.ndarray) and np.asarray(a).dtype == dtype, (
+                    f"scalar parameter of type {dtype} given {a!r}")
+                argtypes.append(_CTYPES[dtype])
+                converted.append(a.item())
+        self._launch.argtypes = [ctypes.c_int] * 4 + [ctypes.c_long] + argtypes
+        self._launch.restype = ctypes.c_int
+        if self._launch(grid[0], grid[1], block[0], block[1], shared_mem, *converted):
+            raise RuntimeError("a block wrote past its dynamic shared memory")
 
 
 class _RawModule:

@@ -43,17 +43,53 @@ def test_strips_kernel_equals_reference(emulated, monkeypatch, shape, kernel_siz
     m = random_model(2, kernel_size, seed=kernel_size, wide_grid=kernel_size == 7)
     f = np.random.default_rng(sum(shape)).uniform(0, 255, shape).astype(np.float32)
     _check(f, m, 2e-3)
-    (kernel,) = _cupy_kernels._kernels.values()
-    assert kernel.launches and all(len(launch[1]) == 2 for launch in kernel.launches)
+    _assert_strips_ran(rows=8, stages=2)
 
 
-@pytest.mark.parametrize("rows, per_thread", [(4, 16), (16, 4), (2, 5)])
+def _assert_strips_ran(rows, stages):
+    ((key, kernel),) = _cupy_kernels._kernels.items()
+    assert key[0] == "strips"
+    assert len(kernel.launches) == stages
+    assert all(launch[1] == (32, rows) for launch in kernel.launches)
+
+
+# (8, 16) with 7x7 filters needs 56 KB of shared memory: the launch must ask for more than 48 KB
+@pytest.mark.parametrize("rows, per_thread", [(4, 16), (16, 4), (2, 5), (8, 16)])
 def test_strips_kernel_other_block_shapes(emulated, monkeypatch, rows, per_thread):
     monkeypatch.setattr(_cupy_kernels, "FLOAT32_KERNEL", "strips")
     monkeypatch.setattr(_cupy_kernels, "STRIP_CONFIG", {"rows": rows, "per_thread": per_thread})
     m = random_model(2, 7, seed=1)
     f = np.random.default_rng(2).uniform(0, 255, (75, 70)).astype(np.float32)
     _check(f, m, 2e-3)
+    _assert_strips_ran(rows, stages=2)
+
+
+@pytest.mark.parametrize("bug", [
+    ("if (y0 + p < VH) sv", "if (y0 + p < VH - 1) sv"),  # last response row never written
+    ("k[(F - 1 - a) * F + (F - 1 - b)]", "k[a * F + b]"),  # backward filter not rotated
+    ("        __syncthreads();\n        // acc", "        // acc"),  # a barrier missing
+])
+def test_emulation_catches_planted_bugs(emulated, monkeypatch, bug):
+    """The emulated tests can fail: a planted error in the strips kernel is caught."""
+    assert bug[0] in _cupy_kernels._STRIPS_SOURCE
+    monkeypatch.setattr(_cupy_kernels, "_STRIPS_SOURCE", _cupy_kernels._STRIPS_SOURCE.replace(*bug))
+    monkeypatch.setattr(_cupy_kernels, "FLOAT32_KERNEL", "strips")
+    m = random_model(2, 7, seed=1)
+    f = np.random.default_rng(2).uniform(0, 255, (75, 70)).astype(np.float32)
+    with pytest.raises(AssertionError):
+        _check(f, m, 2e-3)
+
+
+def test_emulation_refuses_what_cuda_refuses(emulated):
+    from cuda_emulation import EmulatedKernel
+
+    g = _cupy_kernels.strip_geometry(7, 48, rows=8, per_thread=16)
+    kernel = EmulatedKernel(_cupy_kernels.strips_source(g["defines"]), "trd_stage_strips")
+    with pytest.raises(RuntimeError, match="dynamic shared memory"):
+        kernel((1, 1), g["block"], (), shared_mem=g["shared_bytes"])
+    kernel.max_dynamic_shared_size_bytes = g["shared_bytes"]
+    with pytest.raises(TypeError, match="arguments"):
+        kernel((1, 1), g["block"], (), shared_mem=g["shared_bytes"])
 
 
 def test_strips_geometry_forward_lengths():
@@ -78,5 +114,5 @@ def test_tiles_kernel_float32_equals_reference(emulated):
     m = random_model(2, 7, seed=4, wide_grid=True)
     f = np.random.default_rng(4).uniform(0, 255, (40, 35)).astype(np.float32)
     _check(f, m, 2e-3)
-    (kernel,) = _cupy_kernels._kernels.values()
-    assert kernel.launches[0][1] == (32, 32)
+    ((key, kernel),) = _cupy_kernels._kernels.items()
+    assert key == "float32" and kernel.launches[0][1] == (32, 32)

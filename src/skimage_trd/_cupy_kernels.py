@@ -135,9 +135,10 @@ _STRIPS_SOURCE = _PRELUDE + r"""
 __device__ __forceinline__ float phi_cubic(float z, const float4* __restrict__ c, int n_int,
                                            float x0, float inv_h) {
     float t = (z - x0) * inv_h;
-    if (t < 0.f) t = 0.f;
-    int n = (int)t;
-    if (n >= n_int) { n = n_int - 1; t = 1.f; } else { t = t - (float)n; }
+    int n;
+    if (!(t > 0.f)) { n = 0; t = 0.f; }  // (a NaN too: no out-of-table read)
+    else if (t >= (float)n_int) { n = n_int - 1; t = 1.f; }
+    else { n = (int)t; t = t - (float)n; }
     const float4 q = __ldg(c + n);
     return ((q.w * t + q.z) * t + q.y) * t + q.x;
 }
