@@ -94,7 +94,7 @@ def main(argv=None):
         regs, spill = ptxas_report(ptxas, ptx, args.arch)
         c = ptx_counts(ptx)
         t = K.TILES[name]
-        shared = ((t + 12) ** 2 + (t + 6) ** 2) * (4 if name == "float32" else 8)
+        shared = K.tiles_shared_bytes(name, 3)
         print(f"| tiles {name} | any (shared memory for 7x7) | {t}x{t} | 1 | {shared / 1e3:.1f} "
               f"| {regs} | {spill} | {c['fma']} | {c['ld.shared']} | {c['ld.global']} |")
     for size, n_filters in ((5, 24), (7, 48)):

@@ -72,5 +72,6 @@ def main(argv=None):
         print(f"| {n}^2 | " + " | ".join(f"{t:.4f}" for t in row)
               + f" | {paper if paper else '-'} | {ratio} |")
 
+
 if __name__ == "__main__":
     main()

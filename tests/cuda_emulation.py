@@ -130,6 +130,9 @@ class EmulatedKernel:
                                capture_output=True, text=True)
                 shutil.move(tmp, lib)
         self._launch = ctypes.CDLL(str(lib)).emu_launch
+        self._launch.argtypes = [ctypes.c_int] * 4 + [ctypes.c_long] + [
+            ctypes.c_void_p if dtype is None else _CTYPES[dtype] for dtype in self._params]
+        self._launch.restype = ctypes.c_int
         self.max_dynamic_shared_size_bytes = 48 * 1024
         self.launches = []
 
@@ -144,19 +147,15 @@ class EmulatedKernel:
                                f"{self.max_dynamic_shared_size_bytes} allowed (CUDA would fail)")
         if len(args) != len(self._params):
             raise TypeError(f"{len(args)} arguments for {len(self._params)} parameters")
-        argtypes, converted = [], []
+        converted = []
         for a, dtype in zip(args, self._params):
             if dtype is None:
                 assert isinstance(a, np.ndarray) and a.flags.c_contiguous, "pointer parameter"
-                argtypes.append(ctypes.c_void_p)
                 converted.append(a.ctypes.data)
             else:
                 assert not isinstance(a, np.ndarray) and np.asarray(a).dtype == dtype, (
                     f"scalar parameter of type {dtype} given {a!r}")
-                argtypes.append(_CTYPES[dtype])
                 converted.append(a.item())
-        self._launch.argtypes = [ctypes.c_int] * 4 + [ctypes.c_long] + argtypes
-        self._launch.restype = ctypes.c_int
         if self._launch(grid[0], grid[1], block[0], block[1], shared_mem, *converted):
             raise RuntimeError("a block wrote past its dynamic shared memory")
 

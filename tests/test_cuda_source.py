@@ -5,6 +5,8 @@ place of CuPy, so the GPU path's Python glue (geometry, launch arguments, stage 
 together with the kernels' index arithmetic. tests/test_cupy.py checks the real thing on a GPU.
 """
 
+import sys
+
 import numpy as np
 import pytest
 from conftest import random_model
@@ -23,7 +25,7 @@ SHAPES = [(1, 1), (5, 4), (33, 65), (70, 31), (131, 40)]
 @pytest.fixture
 def emulated(monkeypatch):
     cp = fake_cupy()
-    monkeypatch.setitem(__import__("sys").modules, "cupy", cp)
+    monkeypatch.setitem(sys.modules, "cupy", cp)
     monkeypatch.setattr(_cupy_kernels, "cupy_module", lambda: cp)
     monkeypatch.setattr(_cupy_kernels, "_kernels", {})
     monkeypatch.setattr(_cupy_kernels, "_device_cache", {})

@@ -45,8 +45,8 @@ def test_cupy_strips_kernel_equals_reference(monkeypatch, shape, kernel_size, co
     out32 = run_model(cp.asarray(f, dtype=np.float32), m, backend="cupy")
     assert out32.dtype == np.float32
     np.testing.assert_allclose(out32.get(), trd_reference(f, m), rtol=0, atol=2e-3)
-    key = ("strips",) + tuple(sorted(_cupy_kernels.strip_geometry(
-        kernel_size, m.filters.shape[1], *config)["defines"].items()))
+    key = _cupy_kernels.strips_kernel_key(_cupy_kernels.strip_geometry(
+        kernel_size, m.filters.shape[1], *config)["defines"])
     assert key in _cupy_kernels._kernels  # the strips kernel ran, in this shape
 
 

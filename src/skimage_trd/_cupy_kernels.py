@@ -262,6 +262,13 @@ def strip_geometry(kernel_size, n_filters, rows=None, per_thread=None, forward=N
             "shared_bytes": 4 * floats}
 
 
+def tiles_shared_bytes(dtype_name, radius):
+    """Dynamic shared memory of the tiles kernel: the input tile grown by 2r and the
+    responses grown by r."""
+    t = TILES[dtype_name]
+    return ((t + 4 * radius) ** 2 + (t + 2 * radius) ** 2) * np.dtype(dtype_name).itemsize
+
+
 def tiles_source(dtype_name):
     """The tiles kernel's CUDA source for 'float32' or 'float64'."""
     ctype = {"float32": "float", "float64": "double"}[dtype_name]
@@ -309,10 +316,15 @@ def _kernel(dtype):
     return k
 
 
+def strips_kernel_key(defines):
+    """The key of a compiled strips kernel in ``_kernels``."""
+    return ("strips",) + tuple(sorted(defines.items()))
+
+
 def _strips_kernel(geometry):
     import cupy
 
-    key = ("strips",) + tuple(sorted(geometry["defines"].items()))
+    key = strips_kernel_key(geometry["defines"])
     with _lock:
         k = _kernels.get(key)
         if k is None:
@@ -371,7 +383,7 @@ def run_cupy(f, model, n_stages, exact, post_stage, progress):
         kernel = _kernel(dtype)
         by = bx = TILES[dtype.name]
         block = (bx, by)
-        shared = ((bx + 4 * r) ** 2 + (bx + 2 * r) ** 2) * dtype.itemsize
+        shared = tiles_shared_bytes(dtype.name, r)
         scalar = dtype.type
 
         def arguments(padded, out, filt, coef, weights, st):
