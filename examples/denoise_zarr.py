@@ -8,8 +8,9 @@ The input is opened lazily with dask (one task per chunk; a TIFF through tifffil
 its tiles or strips, nothing is read up front); `denoise_trd` returns a lazy dask array whose
 chunks overlap by the model's halo, so the result equals whole-image denoising; `to_zarr`
 computes and writes it chunk by chunk with a progress bar. Memory stays at a few chunks per
-worker (for untiled, contiguous TIFFs: a few planes). `--keep-dtype` keeps integer data in its
-own units and type (a 12-bit camera's uint16 stays uint16, sigma in camera units).
+worker (for untiled, contiguous TIFFs: a few planes). `--sigma` is in the data's own units (a
+12-bit camera's uint16: camera units). `--keep-dtype` keeps the result in the input's units and
+type (uint16 stays uint16); without it, integer input gives floats on img_as_float's scale.
 """
 
 import argparse
@@ -74,9 +75,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("input", nargs="?", help="zarr array or (OME-)TIFF file")
     ap.add_argument("output", nargs="?")
-    ap.add_argument("--sigma", type=float, default=None, help="noise level (default: estimated)")
+    ap.add_argument("--sigma", type=float, default=None,
+                    help="noise level in the data's own units (default: estimated per plane)")
     ap.add_argument("--keep-dtype", action="store_true",
-                    help="integer input: sigma in its units, result in its dtype")
+                    help="the result in the input's dtype and units (integers rounded)")
     ap.add_argument("--demo", metavar="FOLDER", help="make a noisy demo stack in FOLDER and use it")
     ap.add_argument("--shape", default="32,4096,4096", help="demo stack shape")
     ap.add_argument("--chunk", type=int, default=1024,

@@ -84,3 +84,15 @@ def test_dask_backends():
         denoise_trd(da.from_array(img), 0.08, model=MODEL, backend="cupy")
     with pytest.raises(ValueError, match="backend"):
         denoise_trd(da.from_array(img), 0.08, model=MODEL, backend="tpu")
+
+
+@pytest.mark.parametrize("sigma", [0.1, None])
+def test_dask_refuses_nan_and_inf(sigma):
+    x = _image((2, 40, 40))
+    x[1, 5, 5] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or infinite.*plane \(1,\)"):
+        denoise_trd(da.from_array(x, chunks=(1, 20, 20)), sigma, model=MODEL)
+    y = x[0].copy()
+    y[7, 7] = -np.inf
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        denoise_trd(da.from_array(y, chunks=20), sigma, model=MODEL)

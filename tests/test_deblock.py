@@ -109,6 +109,17 @@ def test_deblock_trd_api():
     calls = []
     deblock_trd(dec, 10, model=m, progress=lambda d, t: calls.append((d, t)))
     assert calls[-1] == (2, 2)
+    # float32 in, float32 out (as denoise_trd and skimage.restoration)
+    assert deblock_trd((dec / 255.0).astype(np.float32), 10, model=m).dtype == np.float32
+    # values no JPEG decoder gives are refused, naming the fix
+    with pytest.raises(ValueError, match="pass preserve_range=True"):
+        deblock_trd(dec.astype(float), 10, model=m)
+    with pytest.raises(ValueError, match=r"this uint16 image holds"):
+        deblock_trd(dec.astype(np.uint16) * 16, 10, model=m)
+    with pytest.raises(ValueError, match="0..255"):
+        deblock_trd(dec * 2.0, 10, model=m, preserve_range=True)
+    with pytest.warns(UserWarning, match="looks like the 0..1 scale"):
+        deblock_trd(dec / 255.0, 10, model=m, preserve_range=True)
     with pytest.raises(ValueError, match="quality"):
         deblock_trd(dec, model=m)
     with pytest.raises(ValueError, match="qtable"):

@@ -1,5 +1,7 @@
 """The public denoise_trd: dtype rules, shapes, channels, equivariance, errors, the oracle."""
 
+import warnings
+
 import numpy as np
 import pytest
 from conftest import AUTHORS, SHARED, random_model, require_shared
@@ -118,7 +120,8 @@ def test_preserve_dtype_wide_integers(model, dtype):
     img = np.full((40, 50), info.max, dtype)  # saturated: must not wrap around
     img[:, :25] = max(info.min, -(2**40))
     img[0, 0] = 100000001  # above 2**24: float32 would not hold it
-    out = denoise_trd(img, 1e-30, model=model, preserve_range=True, preserve_dtype=True)
+    with pytest.warns(UserWarning, match="half an integer step"):  # a deliberate copy
+        out = denoise_trd(img, 1e-30, model=model, preserve_range=True, preserve_dtype=True)
     assert out.dtype == dtype
     np.testing.assert_array_equal(out[:, 30:], info.max if info.max < 2**53 else out[:, 30:])
     assert out[0, 0] == 100000001 and out[5, 40] >= info.max // 2
@@ -130,7 +133,8 @@ def test_preserve_dtype_wide_integers(model, dtype):
 def test_preserve_dtype_clips_and_passes_a_clean_image_through(model):
     img = np.full((40, 50), 65535, np.uint16)
     img[:, :25] = 0
-    out = denoise_trd(img, 1e-12, model=model, preserve_dtype=True)  # noise negligible: a copy
+    with pytest.warns(UserWarning, match="half an integer step"):  # noise negligible: a copy
+        out = denoise_trd(img, 1e-12, model=model, preserve_dtype=True)
     np.testing.assert_array_equal(out, img)
     out = denoise_trd(img, 3000.0, model=model, preserve_dtype=True)
     assert out.dtype == np.uint16 and out.min() >= 0  # clipped, no wrap-around
@@ -289,6 +293,49 @@ def test_colour_integer_input_and_data_range(bank):
     rgb = (data.astronaut()[:48, :48]).astype(np.uint8)
     out = denoise_trd(rgb, 25, model=bank, channel_axis=-1)
     assert out.dtype == np.float64 and 0 <= out.min() and out.max() <= 1
+    # preserve_range changes the units of the result, not the model chosen
+    kept = denoise_trd(rgb, 25, model=bank, channel_axis=-1, preserve_range=True)
+    np.testing.assert_allclose(kept / 255, out, atol=1e-5)
     # data_range is in the image's units, also through the colour transform
     a = denoise_trd(rgb, 25, model=bank, channel_axis=-1, data_range=255)
-    np.testing.assert_allclose(a, out, atol=1e-12)
+    b = denoise_trd(rgb / 255, 25 / 255, model=bank, channel_axis=-1, data_range=1.0)
+    np.testing.assert_allclose(a, b, atol=1e-3)  # uint8 is computed in float32, b in float64
+    wide = denoise_trd(rgb, 25, model=bank, channel_axis=-1, data_range=2550)
+    assert np.abs(wide - a).max() > 1e-3  # the range reaches the choice of model
+
+
+def test_integer_model_choice_does_not_depend_on_preserve_range(bank):
+    # a 12-bit camera in uint16: judged by its own contrast, with or without preserve_range
+    rng = np.random.default_rng(0)
+    clean = data.camera()[:96, :96].astype(float) * 3000 / 255 + 100
+    u16 = np.clip(clean + 50 * rng.standard_normal(clean.shape), 0, 65535).astype(np.uint16)
+    scaled = denoise_trd(u16, 50, model=bank) * 65535
+    kept = denoise_trd(u16, 50, model=bank, preserve_range=True)
+    np.testing.assert_allclose(scaled, kept, atol=0.01)
+    as_float = denoise_trd(u16.astype(np.float64), 50, model=bank)
+    np.testing.assert_allclose(kept, as_float, atol=0.01)
+
+
+def test_warnings_for_likely_mistakes(model):
+    img = (data.camera()[:48, :48]).astype(np.uint8)
+    with pytest.warns(UserWarning, match=r"sigma=0.0784.*pass sigma=20, not 20/255") as rec:
+        out = denoise_trd(img, 20 / 255, model=model)
+    assert rec[0].filename == __file__  # points at the caller
+    np.testing.assert_allclose(out, img / 255, atol=1e-3)  # nearly the input, as it says
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        denoise_trd(img, 0.5, model=model)  # half a grey level: plausible, no warning
+        denoise_trd(img / 255, 20 / 255, model=model)  # floats: any sigma
+        denoise_trd(np.zeros((8, 8, 3)), 0.1, model=model, channel_axis=-1)
+    with pytest.warns(UserWarning, match=r"64 channels of 3x64 planes.*channel_axis=0\."):
+        denoise_trd(np.zeros((3, 64, 64)), 0.1, model=model, channel_axis=-1)
+
+
+def test_tile_shape_forms(model, noisy):
+    whole = denoise_trd(noisy, 0.1, model=model)
+    np.testing.assert_allclose(denoise_trd(noisy, 0.1, model=model, tile_shape=24), whole,
+                               atol=1e-6)
+    for bad, err in [("ab", TypeError), ((0, 8), ValueError), ((8, 8, 8), ValueError),
+                     (3.5, TypeError)]:
+        with pytest.raises(err, match="tile_shape"):
+            denoise_trd(noisy, 0.1, model=model, tile_shape=bad)

@@ -62,6 +62,14 @@ def test_deblock_job_keeps_uint8():
     (dec, _, _), = jpeg_camera()
     out = _jobs.deblock(dec[:64, :64], quality=10)
     assert out.dtype == np.uint8 and out.shape == (64, 64)
+    # float layers on either scale come back on their own scale; other values are refused
+    on255 = _jobs.deblock(dec[:64, :64].astype(np.float64), quality=10)
+    unit = _jobs.deblock(dec[:64, :64] / 255.0, quality=10)
+    assert on255.max() > 2 and unit.max() <= 1
+    np.testing.assert_allclose(unit * 255, on255, atol=1e-6)
+    np.testing.assert_array_equal(out, np.rint(on255).astype(np.uint8))
+    with pytest.raises(ValueError, match="8-bit JPEG values"):
+        _jobs.deblock(dec[:64, :64].astype(np.uint16) * 16, quality=10)
 
 
 def test_train_job_saves_a_selectable_model(user_models):
@@ -80,6 +88,16 @@ def test_train_job_saves_a_selectable_model(user_models):
     with pytest.raises(_jobs.Cancelled):
         _jobs.train(clean, sigma=0.1, kernel_size=3, n_stages=1, greedy_iterations=3,
                     joint_iterations=0, patch=32, cancel=cancel)
+    # the same name again: saved beside the first, which is kept
+    again = _jobs.train(clean, sigma=0.1, kernel_size=3, n_stages=1, greedy_iterations=1,
+                        joint_iterations=0, patch=32, name="tiny")
+    assert again.name == "tiny-2.npz" and path.exists()
+    assert __import__("skimage_trd").load_model(again).name == "tiny-2"
+    # names that are not plain file names are refused before any training
+    for bad in ("../escaped", "a/b", "", ".hidden", "x" * 101):
+        with pytest.raises(ValueError, match="model name"):
+            _jobs.train(clean, sigma=0.1, name=bad, cancel=cancel)
+    assert sorted(p.name for p in user_models.iterdir()) == ["tiny-2.npz", "tiny.npz"]
 
 
 # ------------------------------------------------------------------------- real viewer
@@ -97,7 +115,9 @@ def test_denoise_widget_in_viewer(make_napari_viewer, qtbot):
     widget = DenoiseWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Denoise (TRD)")
     assert widget.image.value == "noisy"
-    assert 0.05 < float(widget.estimate.value) < 0.15  # the estimate is shown (true 0.098)
+    # the estimate is computed in a thread and then shown (true 0.098)
+    qtbot.waitUntil(lambda: widget.estimate.value not in ("-", widget.ESTIMATING), timeout=30_000)
+    assert 0.05 < float(widget.estimate.value) < 0.15
     widget.run()
     _wait(qtbot, widget)
     assert widget.last_error is None
@@ -125,10 +145,17 @@ def test_denoise_widget_in_viewer(make_napari_viewer, qtbot):
         from skimage.io import imsave
 
         imsave(target, full)
-    # preview of the visible region, then an error turned into a notification
-    widget.preview()
+    # a second run keeps the first result (napari numbers the new name); a new preview
+    # replaces the old one
+    widget.run()
     _wait(qtbot, widget)
-    assert "noisy_trd_preview" in viewer.layers
+    assert "noisy_trd" in viewer.layers and "noisy_trd [1]" in viewer.layers
+    for _ in range(2):
+        widget.preview()
+        _wait(qtbot, widget)
+    assert [ly.name for ly in viewer.layers].count("noisy_trd_preview") == 1
+    assert not any(ly.name.startswith("noisy_trd_preview [") for ly in viewer.layers)
+    # an error turned into a notification
     widget.model.choices = [*widget.model.choices, "no-such-model"]
     widget.model.value = "no-such-model"
     widget.run()
@@ -226,6 +253,8 @@ def test_train_widget_makes_model_selectable(make_napari_viewer, qtbot):
     _wait(qtbot, train)
     assert train.last_error is None
     assert any(c.endswith("widget-model.npz") for c in denoise.model.choices)
+    train.model_name.value = "../escaped"
+    assert train.run() is None and "model name" in train.status.value  # refused at once
 
 
 def test_fine_tune_job(user_models):
@@ -260,3 +289,47 @@ def test_preview_of_a_plane_in_a_scaled_stack(make_napari_viewer, qtbot):
     widget.preview()
     _wait(qtbot, widget)
     assert abs(float(viewer.layers["stack_trd_preview"].data.mean()) - 0.8) < 0.02
+
+
+@pytest.mark.napari
+def test_sigma_boxes_resolve_small_noise_levels(make_napari_viewer, qtbot):
+    from napari_trd import DenoiseWidget, TrainWidget
+
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    clean = __import__("skimage").data.camera()[:128, :128] / 255.0 * 0.02  # dim, in [0, 1]
+    viewer.add_image(clean + 4e-4 * rng.standard_normal(clean.shape), name="dim")
+    widget = DenoiseWidget(viewer)
+    qtbot.waitUntil(lambda: widget.estimate.value not in ("-", widget.ESTIMATING), timeout=30_000)
+    widget.sigma.value = 0.000412
+    assert widget.sigma.value == pytest.approx(0.000412, rel=1e-3)  # not rounded to 0 (auto)
+    train = TrainWidget(viewer)
+    train.sigma.value = 0.0004
+    assert train.sigma.value == pytest.approx(0.0004, rel=1e-3)
+
+
+@pytest.mark.napari
+def test_noise_estimate_reads_the_layer_off_the_gui_thread(make_napari_viewer, qtbot,
+                                                          monkeypatch):
+    import threading
+
+    from napari_trd import DenoiseWidget
+
+    calls = []
+    real = _jobs.estimate_noise
+
+    def recording(data, channel_axis=None):
+        calls.append(threading.current_thread() is threading.main_thread())
+        return real(data, channel_axis)
+
+    monkeypatch.setattr(_jobs, "estimate_noise", recording)
+    viewer = make_napari_viewer()
+    (noisy, _, _), = noisy_camera()
+    viewer.add_image(noisy[:64, :64], name="a")
+    widget = DenoiseWidget(viewer)
+    viewer.add_image(noisy[:64, :64] * 2, name="b")
+    widget.image.value = "b"  # a new estimate; the first one's result, if late, is dropped
+    qtbot.waitUntil(lambda: widget.estimate.value not in ("-", widget.ESTIMATING), timeout=30_000)
+    qtbot.wait(200)
+    assert calls and not any(calls)
+    assert 0.15 < float(widget.estimate.value) < 0.25  # b's noise (2 x 0.098), not a's

@@ -63,3 +63,33 @@ def test_denoising_low_counts_beats_gaussian_only():
     assert err(estimated) < 1.2 * err(known)
     stack = denoise_trd_poisson(np.stack([z, z]), GAIN, READ, offset=OFFSET)
     np.testing.assert_allclose(stack[1], known, atol=1e-9)
+
+
+def test_channels_dtype_and_bad_input():
+    rng = np.random.default_rng(5)
+    y = data.camera()[:64, :64] / 255.0 * 20 + 0.5
+    z = _observe(y, rng)
+    planes = np.stack([z, _observe(2 * y, rng), _observe(y[::-1], rng)])
+    rgb = np.moveaxis(planes, 0, -1)
+    out = denoise_trd_poisson(rgb, GAIN, READ, offset=OFFSET, channel_axis=-1)
+    assert out.shape == rgb.shape
+    np.testing.assert_allclose(np.moveaxis(out, -1, 0),
+                               denoise_trd_poisson(planes, GAIN, READ, offset=OFFSET), atol=1e-9)
+    with pytest.warns(UserWarning, match="channel_axis=-1"):  # (M, N, 3) without channel_axis
+        denoise_trd_poisson(rgb, GAIN, READ, offset=OFFSET)
+    counts = np.clip(np.rint(z), 0, None).astype(np.uint16)
+    kept = denoise_trd_poisson(counts, GAIN, READ, offset=OFFSET, preserve_dtype=True)
+    assert kept.dtype == np.uint16
+    np.testing.assert_array_equal(
+        kept, np.rint(denoise_trd_poisson(counts, GAIN, READ, offset=OFFSET)).astype(np.uint16))
+    for kwargs, match in [(dict(gain=GAIN, read_noise=-1.0), "read_noise"),
+                          (dict(gain=0.0, read_noise=READ), "gain"),
+                          (dict(offset=1e4), "offset=10000 is above 99 %")]:
+        with pytest.raises(ValueError, match=match):
+            denoise_trd_poisson(z, **{"offset": OFFSET, **kwargs})
+    bad = z.copy()
+    bad[3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        denoise_trd_poisson(bad, offset=OFFSET)
+    with pytest.raises(TypeError, match="bool"):
+        denoise_trd_poisson(z > OFFSET)

@@ -8,6 +8,7 @@ behind.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -106,11 +107,14 @@ def jpeg_tables(path):
 
 def deblock(data, *, quality=None, qtable=None, model=AUTO, rgb=False, progress=None,
             cancel=None):
-    """Deblock decoded JPEG layer data (0..255 values; RGB in the last axis if ``rgb``)."""
+    """Deblock decoded JPEG layer data (RGB in the last axis if ``rgb``), in the layer's units:
+    integers holding 0..255, or floats on the 0..255 or the 0..1 scale (told apart by the
+    maximum). Other values are refused by :func:`skimage_trd.deblock_trd`."""
     data = np.asarray(data)
-    values = data.astype(np.float64)
-    out = skimage_trd.deblock_trd(values, quality, qtable=qtable, model=_model_arg(model),
-                                  channel_axis=-1 if rgb else None, preserve_range=True,
+    unit_scale = data.dtype.kind == "f" and float(data.max()) <= 1.0
+    out = skimage_trd.deblock_trd(data, quality, qtable=qtable, model=_model_arg(model),
+                                  channel_axis=-1 if rgb else None,
+                                  preserve_range=not unit_scale,
                                   progress=_ticker(progress, cancel))
     return np.rint(out).astype(np.uint8) if data.dtype == np.uint8 else out
 
@@ -133,10 +137,12 @@ def train(clean, *, noisy=None, sigma, kernel_size=5, n_stages=3, greedy_iterati
     is in the layer's units. Planes are cut into ``patch`` x ``patch`` tiles. With
     ``start_from`` (a model name or file) the model is fine-tuned: joint training from it for
     ``joint_iterations``, its filter size and stages kept. The model is saved into
-    :func:`user_models_dir` and its path returned.
+    :func:`user_models_dir` as ``<name>.npz`` (``<name>-2.npz``, ... if taken; nothing is
+    overwritten) and its path returned.
     """
     from skimage_trd.train import TrainingConfig, add_noise, train_model
 
+    check_model_name(name)
     clean = np.asarray(clean, dtype=np.float64)
     if clean.ndim < 2:
         raise ValueError(f"the clean layer must be an image, got shape {clean.shape}")
@@ -180,10 +186,29 @@ def train(clean, *, noisy=None, sigma, kernel_size=5, n_stages=3, greedy_iterati
     model = train_model(tiles, config, noisy=noisy_tiles, log=on_log, backend=backend,
                         data_source="napari layer", command="napari widget 'Train TRD'",
                         init_model=init)
-    model.name = name
     folder = user_models_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    return model.save(folder / f"{name}.npz")
+    path = free_model_path(folder, name)
+    model.name = path.stem
+    return model.save(path)
+
+
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_model_name(name):
+    """Refuse model names that are not plain file names (they become ``<name>.npz``)."""
+    if not _MODEL_NAME.fullmatch(name or ""):
+        raise ValueError(f"model name {name!r}: use letters, digits, '.', '_' and '-' (up to "
+                         "100, starting with a letter or digit); it becomes the file name")
+
+
+def free_model_path(folder, name):
+    """``folder/name.npz``, or ``name-2.npz``, ``name-3.npz``, ... when taken: never overwrite."""
+    path, k = Path(folder) / f"{name}.npz", 2
+    while path.exists():
+        path, k = Path(folder) / f"{name}-{k}.npz", k + 1
+    return path
 
 
 def new_event():

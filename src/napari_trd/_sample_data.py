@@ -16,10 +16,11 @@ def noisy_camera():
 
 
 def noisy_cells():
-    """Fluorescence microscopy (skimage.data.cell) with Gaussian noise of 15 grey levels."""
+    """A cell in saline, a quantitative phase image from digital holographic microscopy
+    (skimage.data.cell), with Gaussian noise of 15 grey levels."""
     from skimage import data
 
-    return _noisy(data.cell(), 15, "cells (noisy, sigma 15)")
+    return _noisy(data.cell(), 15, "cell, phase image (noisy, sigma 15)")
 
 
 def jpeg_camera():

@@ -35,6 +35,13 @@ def _gpu_available():
         return False
 
 
+def _refine_step(spinbox, magnitude, digits):
+    """Make a float box's step (and so its decimals) fine enough for values of this magnitude
+    (``digits`` decimal places below its leading digit); never coarser than it was."""
+    if magnitude > 0 and np.isfinite(magnitude):
+        spinbox.step = min(spinbox.step, 10.0 ** (np.floor(np.log10(magnitude)) - digits))
+
+
 class _JobWidget(Container):
     """Layer menus, a run button, a cancel button, and the worker plumbing."""
 
@@ -146,7 +153,11 @@ class _JobWidget(Container):
         self.status.value = message[:120]
         (show_error if error else show_info)(message)
 
-    def add_result(self, data, source, name_suffix=None, translate=None, scale=None):
+    def add_result(self, data, source, name_suffix=None, translate=None, scale=None,
+                   replace=False):
+        """A new layer beside ``source`` (its scale, translate and look). Only ``replace``
+        (previews) removes an earlier layer of the same name; results of runs are kept, and
+        napari numbers their names."""
         kwargs = dict(
             name=f"{source.name}{name_suffix or self.suffix}",
             scale=source.scale if scale is None else scale,
@@ -155,7 +166,7 @@ class _JobWidget(Container):
             contrast_limits=source.contrast_limits,
             colormap=source.colormap.name,
         )
-        if kwargs["name"] in self.viewer.layers:  # a new preview replaces the old one
+        if replace and kwargs["name"] in self.viewer.layers:
             self.viewer.layers.remove(kwargs["name"])
         return self.viewer.add_image(data, **kwargs)
 
@@ -204,21 +215,42 @@ class DenoiseWidget(_JobWidget):
     def _channel_axis(self, layer):
         return -1 if layer.rgb else None
 
+    ESTIMATING = "estimating..."
+
     def _update_estimate(self, *_):
+        """Show the noise estimate of the layer's central 512 x 512 window (of its middle
+        plane), computed in a thread: reading a lazy layer can take a while."""
+        from napari.qt.threading import create_worker
+
+        self._estimate_id = getattr(self, "_estimate_id", 0) + 1
+        ticket = self._estimate_id
         layer = self.layer(self.image)
         if layer is None or getattr(layer, "multiscale", False):
             self.estimate.value = "-"
             return
-        data = layer.data
+        data, channel_axis = layer.data, self._channel_axis(layer)
         crop = tuple(n // 2 for n in data.shape[: data.ndim - 2 - layer.rgb])  # middle plane
         h, w = data.shape[-2 - layer.rgb: data.ndim - layer.rgb]
         y0, x0 = max(0, h // 2 - 256), max(0, w // 2 - 256)
         window = crop + (slice(y0, y0 + 512), slice(x0, x0 + 512))
-        try:
-            s = _jobs.estimate_noise(np.asarray(data[window]), self._channel_axis(layer))
-            self.estimate.value = f"{s:.4g}"
-        except Exception as exc:  # a display helper: never break the widget
-            self.estimate.value = f"({type(exc).__name__})"
+        self.estimate.value = self.ESTIMATING
+
+        def shown(text, sigma=None):
+            if ticket != self._estimate_id:  # another layer was chosen meanwhile
+                return
+            try:
+                self.estimate.value = text
+                if sigma:  # let the sigma box resolve three digits of the estimate
+                    _refine_step(self.sigma, sigma, 2)
+            except RuntimeError:  # the widget was closed meanwhile (its Qt object deleted)
+                pass
+
+        worker = create_worker(
+            lambda: _jobs.estimate_noise(np.asarray(data[window]), channel_axis),
+            _ignore_errors=True)  # a display helper: never break the widget
+        worker.returned.connect(lambda s: shown(f"{s:.4g}", s))
+        worker.errored.connect(lambda exc: shown(f"({type(exc).__name__})"))
+        worker.start()
 
     def _sigma(self):
         return self.sigma.value if self.sigma.value > 0 else None
@@ -262,7 +294,7 @@ class DenoiseWidget(_JobWidget):
         if not self._guard(layer):
             return None
         lead, (rows, cols) = self.visible_region(layer)
-        data = np.asarray(layer.data[lead + (rows, cols)])
+        data = layer.data[lead + (rows, cols)]  # read in the job (lazy layers: off the GUI)
         sigma, model, backend = self._sigma(), self.model.value, self.backend.value
         channel_axis, keep = self._channel_axis(layer), self.keep_dtype.value
         # the preview is the displayed plane's visible part, placed where it is shown
@@ -270,13 +302,13 @@ class DenoiseWidget(_JobWidget):
         translate = np.asarray(layer.translate, dtype=float)[-2:] + scale * [rows.start, cols.start]
 
         def job(progress, cancel):
-            return _jobs.denoise(data, sigma=sigma, model=model, backend=backend,
+            return _jobs.denoise(np.asarray(data), sigma=sigma, model=model, backend=backend,
                                  channel_axis=channel_axis, progress=progress, cancel=cancel,
                                  keep_dtype=keep)
 
         def done(out):
             self.add_result(out, layer, name_suffix="_trd_preview", translate=translate,
-                            scale=scale)
+                            scale=scale, replace=True)
 
         return self.start(job, done, total=1, desc="TRD preview")
 
@@ -349,7 +381,17 @@ class TrainWidget(_JobWidget):
         super().__init__(napari_viewer, [self.clean, self.noisy, self.add_noise, self.sigma,
                                          self.kernel_size, self.n_stages, self.greedy,
                                          self.joint, self.start_from, self.model_name], "Train")
+        self.clean.changed.connect(self._fit_sigma_box)
         self._refresh_layers()
+        self._fit_sigma_box()
+
+    def _fit_sigma_box(self, *_):
+        """Noise levels down to 1e-4 of the clean layer's contrast range can be set (data in
+        [0, 1]: four decimals); the range is the layer's, no data is read."""
+        layer = self.layer(self.clean)
+        if layer is not None:
+            lo, hi = layer.contrast_limits
+            _refine_step(self.sigma, float(hi) - float(lo), 4)
 
     def _layer_combos(self):
         return [self.clean, self.noisy]
@@ -375,15 +417,22 @@ class TrainWidget(_JobWidget):
         if not self.add_noise.value and noisy is None:
             self._notify("choose a noisy layer, or tick 'add noise instead'", error=True)
             return None
-        kw = dict(noisy=None if noisy is None else np.asarray(noisy.data), sigma=self.sigma.value,
+        kw = dict(sigma=self.sigma.value,
                   kernel_size=int(self.kernel_size.value), n_stages=self.n_stages.value,
                   greedy_iterations=self.greedy.value, joint_iterations=self.joint.value,
                   name=self.model_name.value.strip() or "my-trd-model",
                   start_from=None if self.start_from.value == self.PLAIN else self.start_from.value)
-        data = np.asarray(clean.data)
+        try:
+            _jobs.check_model_name(kw["name"])
+        except ValueError as exc:
+            self._notify(str(exc), error=True)
+            return None
+        clean_data, noisy_data = clean.data, None if noisy is None else noisy.data
 
-        def job(progress, cancel):
-            return _jobs.train(data, progress=progress, cancel=cancel, **kw)
+        def job(progress, cancel):  # the layers are read here, off the GUI thread
+            noisy_array = None if noisy_data is None else np.asarray(noisy_data)
+            return _jobs.train(np.asarray(clean_data), noisy=noisy_array, progress=progress,
+                               cancel=cancel, **kw)
 
         def done(path):
             for widget in list(_LIVE):

@@ -12,7 +12,8 @@ import warnings
 
 import numpy as np
 
-__all__ = ["array_module", "check_image", "normalize_channel_axis", "iter_planes"]
+__all__ = ["array_module", "check_image", "normalize_channel_axis", "normalize_tile_shape",
+           "iter_planes"]
 
 
 def array_module(image):
@@ -96,6 +97,21 @@ def check_spatial(image, channel_axis, *, what="denoise_trd"):
             UserWarning,
             stacklevel=3,
         )
+
+
+def normalize_tile_shape(tile_shape):
+    """``tile_shape`` as a pair of positive ints (an int means square tiles), or None."""
+    if tile_shape is None:
+        return None
+    if isinstance(tile_shape, (int, np.integer)) and not isinstance(tile_shape, bool):
+        tile_shape = (tile_shape, tile_shape)
+    try:
+        pair = tuple(int(s) for s in tile_shape)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"tile_shape must be an int or a pair of ints, got {tile_shape!r}") from exc
+    if len(pair) != 2 or min(pair) < 1:
+        raise ValueError(f"tile_shape must be two positive ints, got {tile_shape!r}")
+    return pair
 
 
 def float_dtype(dtype, preserve_range):

@@ -8,11 +8,11 @@ result to float rounding, for any chunking.
 
 What is decided per plane (the noise level when not given, the model of the
 bank, the intensity centre) is computed up front: the centre as the plane's
-mean (one pass over the input), the noise estimate and the choice of model
-from a central crop of at most ``SAMPLE`` x ``SAMPLE`` pixels. The result
-therefore equals the in-memory one exactly when planes are no larger than the
-crop, or when ``sigma`` is given and the bank has one model; otherwise only
-those estimates may differ. The denoising itself stays lazy.
+mean (one pass over the input, which also finds NaN and infinite values), the
+noise estimate and the choice of model from a central crop of at most
+``SAMPLE`` x ``SAMPLE`` pixels. The result therefore equals the in-memory one
+exactly when planes are no larger than the crop, or when ``sigma`` is given and
+the bank has one model; otherwise only those estimates may differ. The denoising itself stays lazy.
 """
 
 from __future__ import annotations
@@ -59,6 +59,13 @@ def denoise_trd_dask(image, sigma=None, *, model=None, channel_axis=None, preser
                                  image.astype(np.float64).mean(axis=tuple(spatial)))
     sample = np.asarray(sample)
     means = np.asarray(means)
+    if not np.all(np.isfinite(means)):  # the means read every value: NaN and inf show there
+        where = ""
+        if lead:
+            bad = tuple(int(i) for i in np.argwhere(~np.isfinite(means))[0])
+            where = f" (the first in plane {bad} of the axes {tuple(lead)})"
+        raise ValueError(f"image contains NaN or infinite values{where}; replace them first "
+                         "(for example with dask.array.nan_to_num).")
 
     # per-plane settings, decided as denoise_trd does, on the sample
     lead_shape = tuple(image.shape[ax] for ax in lead)
@@ -70,8 +77,8 @@ def denoise_trd_dask(image, sigma=None, *, model=None, channel_axis=None, preser
         plane = sample[tuple(sel)]
         channel = idx[lead.index(channel_axis)] if channel_axis is not None else None
         s = sigmas[channel or 0]
-        settings[idx] = _plane_settings(plane, s, scale, bank, data_range, image.dtype,
-                                        preserve_range, centre=float(means[idx]) * scale)
+        settings[idx] = _plane_settings(plane, s, scale, bank, data_range,
+                                        centre=float(means[idx]) * scale)
 
     halo = max(m.halo for m in bank)
     depth = {ax: 0 for ax in range(image.ndim)}

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._arrays import array_module, check_image, check_spatial, iter_planes, normalize_channel_axis
+from ._arrays import (
+    array_module,
+    check_image,
+    check_spatial,
+    float_dtype,
+    iter_planes,
+    normalize_channel_axis,
+)
 from ._engine import BACKENDS, run_model
 from ._jpeg import QuantisationConstraint, estimate_quality, quality_tables, quantised_coefficients
 from ._numba_kernels import numba_threads
@@ -53,6 +60,37 @@ def _deblock_plane(y, table, model, backend, constraint_scale, n_stages, progres
     H, W = y.shape
     out = out[:H, :W]
     return out.get() if hasattr(out, "get") else out
+
+
+# decoded JPEG values lie in 0..255 (decoders clip); allow half a grey level of rounding
+_SLACK = 0.5
+
+
+def _to_255(host, preserve_range):
+    """The decoded image on JPEG's 0..255 scale (float64), refusing values no decoder gives."""
+    lo, hi = float(host.min()), float(host.max())
+    if host.dtype.kind in "ui":
+        if lo < 0 or hi > 255:
+            raise ValueError(f"integer images must hold 8-bit JPEG values (0..255); this "
+                             f"{host.dtype} image holds {lo:g}..{hi:g}")
+        return host.astype(np.float64)
+    if preserve_range:
+        if lo < -_SLACK or hi > 255 + _SLACK:
+            raise ValueError(f"with preserve_range=True the image must hold decoded JPEG values "
+                             f"in 0..255; it holds {lo:g}..{hi:g}")
+        if hi <= 1.0 and hi > lo:
+            import warnings
+
+            warnings.warn(f"the image holds {lo:g}..{hi:g}, which looks like the 0..1 scale; "
+                          "with preserve_range=True it is read as 0..255 (nearly black). Leave "
+                          "preserve_range False for images in [0, 1].", UserWarning, stacklevel=3)
+        return host.astype(np.float64)
+    if lo < -_SLACK / 255 or hi > 1 + _SLACK / 255:
+        hint = (" For values on the 0..255 scale pass preserve_range=True."
+                if lo >= -_SLACK and hi <= 255 + _SLACK else "")
+        raise ValueError(f"float images must hold the decoded JPEG in [0, 1] (as from "
+                         f"img_as_float); this one holds {lo:g}..{hi:g}.{hint}")
+    return host.astype(np.float64) * 255.0
 
 
 def deblock_trd(
@@ -110,8 +148,15 @@ def deblock_trd(
     Returns
     -------
     ndarray
-        float64, same shape as ``image``; in [0, 1], or in [0, 255] with
-        ``preserve_range=True``.
+        Same shape as ``image``; in [0, 1], or in [0, 255] with
+        ``preserve_range=True``; float32 for float16/float32 input, float64
+        otherwise (as ``denoise_trd`` and ``skimage.restoration``).
+
+    Raises
+    ------
+    ValueError
+        Values no JPEG decoder gives: integers outside 0..255, floats
+        outside [0, 1] (or 0..255 with ``preserve_range=True``), NaN.
 
     Notes
     -----
@@ -148,14 +193,7 @@ def deblock_trd(
     if constraint_scale is not None and not (0 < float(constraint_scale) <= 2):
         raise ValueError(f"constraint_scale must be in (0, 2], got {constraint_scale}")
     host = image.get() if kind == "cupy" else image
-    if host.dtype.kind in "ui":
-        if host.min() < 0 or host.max() > 255:
-            raise ValueError("integer images must hold 8-bit JPEG values (0..255)")
-        x255 = host.astype(np.float64)
-    elif preserve_range:
-        x255 = host.astype(np.float64)
-    else:
-        x255 = host.astype(np.float64) * 255.0
+    x255 = _to_255(host, preserve_range)
 
     if channel_axis is not None:
         rgb = np.moveaxis(x255, channel_axis, -1)
@@ -178,6 +216,7 @@ def deblock_trd(
     out = np.clip(out255, 0, 255)
     if not preserve_range:
         out = out / 255.0
+    out = out.astype(float_dtype(host.dtype, True)[0], copy=False)
     if kind == "cupy":
         import cupy
 

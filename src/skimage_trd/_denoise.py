@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,7 @@ from ._arrays import (
     float_dtype,
     iter_planes,
     normalize_channel_axis,
+    normalize_tile_shape,
     to_input_dtype,
 )
 from ._engine import BACKENDS, run_model
@@ -46,8 +48,6 @@ def _robust_range(plane):
 
 def _estimate_sigma(plane):
     """Noise estimate of one 2-D plane; 0 where the plane is too small to tell."""
-    import warnings
-
     from skimage.restoration import estimate_sigma
 
     with warnings.catch_warnings():
@@ -105,8 +105,8 @@ def denoise_trd(
         array moves the work to the GPU and the result back.
     num_threads : int, optional
         Threads for the Numba kernels (default: Numba's setting).
-    tile_shape : (int, int), optional
-        Process every plane in tiles of this size plus a halo of
+    tile_shape : (int, int) or int, optional
+        Process every plane in tiles of this size (an int: square tiles) plus a halo of
         ``n_stages * (kernel_size - 1)`` pixels; the result equals
         whole-image processing and memory is bounded by the tile size.
         Chosen automatically (2048 x 2048) when a plane's working buffers
@@ -117,9 +117,10 @@ def denoise_trd(
         Intensity range of the clean image, in the units of ``image``, used
         with ``sigma`` to choose a model from the bank (the model trained for
         the noise level nearest to ``255 * sigma / data_range``). Default:
-        the range of integer images converted by ``img_as_float``, else the
-        range between the 0.5 and 99.5 percentiles of the lightly smoothed
-        plane, which keeps the result equivariant (see Notes).
+        the range between the 0.5 and 99.5 percentiles of the lightly
+        smoothed plane, which keeps the result equivariant (see Notes) and
+        the same with and without ``preserve_range`` (a 12-bit image in
+        uint16 is judged by its own contrast, not by the type's range).
     exact : bool, optional
         Evaluate the influence functions as exact sums of Gaussians instead of
         from tables accurate to 2e-4 on the [0, 255] scale (linear on the
@@ -199,12 +200,6 @@ def denoise_trd(
     """
     kind = array_module(image)
     image = check_image(image)
-    if preserve_dtype:
-        out = denoise_trd(image, sigma, model=model, channel_axis=channel_axis,
-                          preserve_range=preserve_range, backend=backend, num_threads=num_threads,
-                          tile_shape=tile_shape, n_stages=n_stages, data_range=data_range, exact=exact,
-                          color_transform=color_transform, progress=progress)
-        return to_input_dtype(out, image.dtype, preserve_range)
     channel_axis = normalize_channel_axis(image, channel_axis)
     check_spatial(image, channel_axis)
     n_channels = 1 if channel_axis is None else image.shape[channel_axis]
@@ -213,11 +208,33 @@ def denoise_trd(
         raise ValueError(f"color_transform must be 'opponent' or 'none', got {color_transform!r}")
     if backend != "auto" and backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose 'auto' or one of {BACKENDS}")
+    _warn_sigma_units(sigmas, image.dtype)
+    _warn_channel_axis(image.shape, channel_axis)
     bank = resolve_models(model, "denoise")
+    if n_stages is not None:
+        n_stages = int(n_stages)
+        shortest = min(m.n_stages for m in bank)
+        if not 1 <= n_stages <= shortest:
+            raise ValueError(f"n_stages must be in 1..{shortest}, got {n_stages}")
+    tile_shape = normalize_tile_shape(tile_shape)
+    if data_range is not None and not (np.isfinite(data_range) and data_range > 0):
+        raise ValueError(f"data_range must be a positive number, got {data_range!r}")
     options = dict(model=bank, backend=backend, num_threads=num_threads, tile_shape=tile_shape,
                    n_stages=n_stages, data_range=data_range, exact=exact)
     if color_transform == "opponent" and n_channels == 3 and len(set(sigmas)) == 1:
-        return _denoise_opponent(image, sigmas[0], channel_axis, preserve_range, progress, options)
+        out = _denoise_opponent(image, sigmas[0], channel_axis, preserve_range, progress, options)
+    else:
+        out = _denoise_checked(image, kind, sigma, sigmas, channel_axis, preserve_range, progress,
+                               options)
+    return to_input_dtype(out, image.dtype, preserve_range) if preserve_dtype else out
+
+
+def _denoise_checked(image, kind, sigma, sigmas, channel_axis, preserve_range, progress,
+                     options):
+    """``denoise_trd`` after its checks: plane by plane (dask: lazily, chunk by chunk)."""
+    bank, backend, num_threads = options["model"], options["backend"], options["num_threads"]
+    tile_shape, n_stages, exact = options["tile_shape"], options["n_stages"], options["exact"]
+    data_range = options["data_range"]
     if kind == "dask":
         from ._dask import denoise_trd_dask
 
@@ -225,19 +242,8 @@ def denoise_trd(
                                 preserve_range=preserve_range, **options)
     if backend == "auto":
         backend = "cupy" if kind == "cupy" else "numba"
-    if n_stages is not None:
-        n_stages = int(n_stages)
-        shortest = min(m.n_stages for m in bank)
-        if not 1 <= n_stages <= shortest:
-            raise ValueError(f"n_stages must be in 1..{shortest}, got {n_stages}")
-    if tile_shape is not None:
-        tile_shape = tuple(int(s) for s in tile_shape)
-        if len(tile_shape) != 2 or min(tile_shape) < 1:
-            raise ValueError(f"tile_shape must be two positive ints, got {tile_shape}")
 
     out_dtype, scale = float_dtype(image.dtype, preserve_range)
-    if data_range is not None and not (np.isfinite(data_range) and data_range > 0):
-        raise ValueError(f"data_range must be a positive number, got {data_range!r}")
 
     if backend == "cupy":
         from ._cupy_kernels import cupy_module
@@ -257,8 +263,7 @@ def denoise_trd(
     with numba_threads(num_threads if backend == "numba" else None):
         for p_index, (index, channel) in enumerate(planes):
             plane = src[index]
-            setting = _plane_settings(plane, sigmas[channel or 0], scale, bank, data_range,
-                                      image.dtype, preserve_range)
+            setting = _plane_settings(plane, sigmas[channel or 0], scale, bank, data_range)
             cb = None
             if progress is not None:
                 def cb(done, total, p=p_index):
@@ -292,8 +297,6 @@ def _denoise_opponent(image, sigma, channel_axis, preserve_range, progress, kw):
     kw = dict(kw)
     if kw.get("data_range") is not None:
         kw["data_range"] = kw["data_range"] * scale  # the user's units -> the working units
-    elif np.dtype(image.dtype).kind in "ui" and not preserve_range:
-        kw["data_range"] = 1.0  # as for gray integer images: their full range after conversion
     out = denoise_trd(y, s, channel_axis=-1, color_transform="none", preserve_range=True,
                       progress=progress, **kw) @ m
     clip = _clip_limits(image.dtype, preserve_range)
@@ -331,7 +334,7 @@ def _clip_limits(in_dtype, preserve_range):
     return (-1.0 if in_dtype.kind == "i" else 0.0), 1.0
 
 
-def _plane_settings(plane, sigma, scale, bank, data_range, in_dtype, preserve_range, centre=None):
+def _plane_settings(plane, sigma, scale, bank, data_range, centre=None):
     """Decide for one plane (as stored; working units are ``plane * scale``) how it is denoised.
 
     ``sigma`` is in the image's own units (None: estimated here); ``centre``
@@ -354,8 +357,6 @@ def _plane_settings(plane, sigma, scale, bank, data_range, in_dtype, preserve_ra
     else:
         if data_range is not None:
             r = data_range * scale
-        elif np.dtype(in_dtype).kind in "ui" and not preserve_range:
-            r = 1.0
         else:
             r = _robust_range(host.astype(np.float64) * scale)
         m = select_model(bank, 255.0 * s / r if r > 0 else np.inf)
@@ -426,6 +427,38 @@ def _memory_plan(shape, out_dtype, plane_shape, compute_dtype):
     if _PLANE_BUFFERS * plane_bytes > 0.5 * (available - out_bytes):
         return (AUTO_TILE, AUTO_TILE)  # identical result, memory bounded by the tile
     return None
+
+
+def _warn_sigma_units(sigmas, dtype):
+    """Warn when sigma is below half an integer step: most likely given in the wrong units."""
+    dtype = np.dtype(dtype)
+    small = [s for s in sigmas if s is not None and 0 < s < 0.5]
+    if dtype.kind in "ui" and small:
+        warnings.warn(
+            f"sigma={small[0]:g} is below half an integer step of this {dtype} image, so the "
+            f"result is nearly the input. sigma is in the image's own units as given "
+            f"({np.iinfo(dtype).min}..{np.iinfo(dtype).max} for {dtype}), whatever "
+            "preserve_range says: for 20 grey levels of a uint8 image pass sigma=20, not 20/255.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _warn_channel_axis(shape, channel_axis):
+    """Warn when the channel axis looks spatial and a spatial axis looks like channels."""
+    if channel_axis is None:
+        return
+    axes = [ax for ax in range(len(shape)) if ax != channel_axis][-2:]
+    likely = min(axes, key=lambda ax: shape[ax])
+    if shape[channel_axis] > 4 and shape[likely] <= 4:
+        warnings.warn(
+            f"channel_axis={channel_axis} of an image of shape {shape} gives "
+            f"{shape[channel_axis]} channels of {shape[axes[0]]}x{shape[axes[1]]} planes; if "
+            f"the channels are on axis {likely} (length {shape[likely]}), pass "
+            f"channel_axis={likely}.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _check_sigma(sigma, n_channels):

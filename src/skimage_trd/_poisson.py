@@ -109,38 +109,74 @@ def estimate_poisson_gaussian(image, *, offset=0.0, n_bins=16):
     return gain, math.sqrt(max(c + gain * offset, 0.0))
 
 
-def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, **kwargs):
+def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channel_axis=None,
+                        preserve_dtype=False, **kwargs):
     """Denoise Poisson-Gaussian data (photon counts plus read noise) with the Gaussian models.
 
     Parameters
     ----------
-    image : ndarray (2-D, or a stack of 2-D planes)
-        Raw observations in camera units (for example ADU), as float or integers.
+    image : ndarray (M, N[, ...][, C])
+        Raw observations in camera units (for example ADU), as float or integers: a 2-D
+        image, a stack of 2-D planes, or channels on ``channel_axis``.
     gain : float, optional
-        Camera units per photon. Estimated with :func:`estimate_poisson_gaussian` (per plane)
-        when ``None``, together with ``read_noise``.
+        Camera units per photon. Estimated with :func:`estimate_poisson_gaussian` (per plane
+        and channel) when ``None``, together with ``read_noise``.
     read_noise : float, optional
         Standard deviation of the Gaussian part, camera units.
     offset : float, optional
         Camera units of zero photons (dark level).
+    channel_axis : int or None, optional
+        Axis of the channels; each channel's planes are denoised on their own (with their
+        own estimates of gain and read noise when those are not given).
+    preserve_dtype : bool, optional
+        Return the result in the input's dtype (integers rounded and clipped), still in
+        camera units.
     **kwargs
-        Passed to :func:`skimage_trd.denoise_trd` (``model``, ``backend``, ...).
+        Passed to :func:`skimage_trd.denoise_trd` (``model``, ``backend``, ``num_threads``,
+        ``tile_shape``, ...).
 
     Returns
     -------
-    ndarray of float64
-        Estimate of the noise-free expected signal, in camera units, same shape as ``image``.
+    ndarray
+        Estimate of the noise-free expected signal, in camera units, same shape as
+        ``image``; float64, or the input's dtype with ``preserve_dtype=True``. A NumPy array
+        (CuPy and dask input is brought to the host).
 
     Notes
     -----
     The generalised Anscombe transform stabilises the variance to 1, the Gaussian model
     denoises with ``sigma = 1``, and the exact unbiased inverse maps the result back.
     """
+    from ._arrays import (
+        array_module,
+        check_image,
+        check_spatial,
+        normalize_channel_axis,
+        to_input_dtype,
+    )
     from ._denoise import denoise_trd
 
-    x = np.asarray(image, dtype=np.float64)
-    if x.ndim < 2:
-        raise ValueError(f"need at least a 2-D image, got shape {x.shape}")
+    if array_module(image) == "cupy":
+        image = image.get()
+    image = check_image(np.asarray(image))  # bool, complex, NaN and inf refused
+    channel_axis = normalize_channel_axis(image, channel_axis)
+    check_spatial(image, channel_axis, what="denoise_trd_poisson")
+    if gain is not None and not (np.isfinite(gain) and gain > 0):
+        raise ValueError(f"gain must be a positive number (camera units per photon), got {gain!r}")
+    if read_noise is not None and not (np.isfinite(read_noise) and read_noise >= 0):
+        raise ValueError(f"read_noise must be a non-negative number (camera units), got "
+                         f"{read_noise!r}")
+    if not np.isfinite(offset):
+        raise ValueError(f"offset must be a finite number (camera units), got {offset!r}")
+    x = image.astype(np.float64)
+    if np.percentile(x.reshape(-1)[:: max(1, x.size // 1_000_000)], 99) < offset:
+        raise ValueError(
+            f"offset={offset:g} is above 99 % of the data (which lies in "
+            f"{x.min():g}..{x.max():g}): it should be the camera's dark level, the value of no "
+            "light, at or below the darkest pixels' mean"
+        )
+    if channel_axis is not None:
+        x = np.moveaxis(x, channel_axis, 0)
     planes = x.reshape(-1, *x.shape[-2:])
     out = np.empty_like(planes)
     for i, plane in enumerate(planes):
@@ -152,4 +188,7 @@ def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, **kwar
         t = generalized_anscombe(plane, g, r, offset)
         d = denoise_trd(t, 1.0, preserve_range=True, **kwargs)
         out[i] = inverse_generalized_anscombe(d, g, r, offset)
-    return out.reshape(x.shape)
+    out = out.reshape(x.shape)
+    if channel_axis is not None:
+        out = np.moveaxis(out, 0, channel_axis)
+    return to_input_dtype(out, image.dtype, True) if preserve_dtype else out

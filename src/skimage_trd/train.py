@@ -484,6 +484,11 @@ def train_model(
         x = _crop_batch(clean, names, config.crop)
         f = _crop_batch(noisy, names, config.crop)
     else:
+        shapes = sorted({np.shape(c) for c in clean})
+        if len(shapes) > 1:
+            raise ValueError(f"without cropping (crop=None, --crop 0) the training images must "
+                             f"be of one size; got {len(shapes)} sizes ({shapes[0]}, "
+                             f"{shapes[1]}, ...): set a crop size (the paper's 180)")
         x, f = np.stack(clean), np.stack(noisy)
     constraint = None
     if deblock:
@@ -730,7 +735,16 @@ def main(argv=None):
                                     **common)
     except (ValueError, OSError) as exc:
         raise SystemExit(f"error: {exc}") from None
-    clean, names = load_image_folder(args.data, min_size=args.crop or None)
+    try:
+        clean, names = load_image_folder(args.data, min_size=args.crop or None)
+    except ValueError as exc:
+        hint = ""
+        if args.crop and "smaller than" in str(exc):
+            hint = (f" (training uses {args.crop}x{args.crop} centre crops: pass a smaller "
+                    "--crop, or --crop 0 for whole images, all of one size)")
+        raise SystemExit(f"error: {exc}{hint}") from None
+    except OSError as exc:
+        raise SystemExit(f"error: {exc}") from None
     noisy = None
     if args.noisy:
         noisy_imgs, noisy_names = load_image_folder(args.noisy)
