@@ -1,5 +1,6 @@
 """The documented examples run (small sizes)."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,3 +55,20 @@ def test_ome_tiff_example_uint16(tmp_path, layout):
     assert np.abs(denoised.astype(int) - expected).max() <= 1
     noisy_err = np.abs(stack[0].astype(float) - clean).mean()
     assert np.abs(denoised[0].astype(float) - clean).mean() < 0.5 * noisy_err
+
+
+@pytest.mark.parametrize("extra", [[], ["--jpeg", "10", "--crop", "40,170,100,120", "--zoom", "2"]])
+def test_demo_writes_its_picture(tmp_path, capsys, extra):
+    from PIL import Image
+
+    from skimage_trd.demo import main
+
+    out = tmp_path / "demo.png"
+    main([*extra, "--out", str(out)])
+    line = capsys.readouterr().out
+    before, after = (float(v) for v in re.findall(r"([\d.]+) dB", line))
+    assert after > before + 0.5  # restored, by the shipped models
+    width, height = Image.open(out).size
+    assert (width, height) == ((3 * 240 + 16, 200 + 28) if extra else (3 * 512 + 16, 512 + 28))
+    with pytest.raises(SystemExit, match="--crop"):
+        main([*extra, "--crop", "1,2,3", "--out", str(out)])
