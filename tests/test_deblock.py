@@ -1,6 +1,7 @@
 """JPEG deblocking: block DCT, tables, coefficient recovery, the projection, deblock_trd."""
 
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -120,6 +121,12 @@ def test_deblock_trd_api():
         deblock_trd(dec * 2.0, 10, model=m, preserve_range=True)
     with pytest.warns(UserWarning, match="looks like the 0..1 scale"):
         deblock_trd(dec / 255.0, 10, model=m, preserve_range=True)
+    overshoot = dec / 255.0
+    overshoot[0, 0] = 1.01  # not a decoder's value, and not the 0..255 scale either
+    with pytest.raises(ValueError, match="clip the image to"):
+        deblock_trd(overshoot, 10, model=m)
+    overshoot[0, 0] = 1.001  # within half a grey level: accepted
+    np.testing.assert_allclose(deblock_trd(overshoot, 10, model=m), out, atol=0.02)
     with pytest.raises(ValueError, match="quality"):
         deblock_trd(dec, model=m)
     with pytest.raises(ValueError, match="qtable"):
@@ -144,6 +151,11 @@ def test_deblock_colour_and_file(tmp_path):
     gray = tmp_path / "g.jpg"
     Image.fromarray(rgb[..., 0]).save(gray, "JPEG", quality=20)
     assert deblock_jpeg(gray, model=m).shape == rgb.shape[:2]
+    dark = tmp_path / "dark.jpg"  # a nearly black file: its 0..1 values are grey levels
+    Image.fromarray((rgb[..., 0] > 128).astype(np.uint8)).save(dark, "JPEG", quality=90)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert deblock_jpeg(dark, model=m).max() <= 2 / 255
     (tmp_path / "x.png").write_bytes(b"")
     Image.fromarray(rgb).save(tmp_path / "x.png")
     with pytest.raises(ValueError, match="not a JPEG"):

@@ -327,6 +327,7 @@ def test_warnings_for_likely_mistakes(model):
         denoise_trd(img, 0.5, model=model)  # half a grey level: plausible, no warning
         denoise_trd(img / 255, 20 / 255, model=model)  # floats: any sigma
         denoise_trd(np.zeros((8, 8, 3)), 0.1, model=model, channel_axis=-1)
+        denoise_trd(np.zeros((1, 64, 8)), 0.1, model=model, channel_axis=-1)  # 1-row planes
     with pytest.warns(UserWarning, match=r"64 channels of 3x64 planes.*channel_axis=0\."):
         denoise_trd(np.zeros((3, 64, 64)), 0.1, model=model, channel_axis=-1)
 
@@ -335,7 +336,7 @@ def test_tile_shape_forms(model, noisy):
     whole = denoise_trd(noisy, 0.1, model=model)
     np.testing.assert_allclose(denoise_trd(noisy, 0.1, model=model, tile_shape=24), whole,
                                atol=1e-6)
-    for bad, err in [("ab", TypeError), ((0, 8), ValueError), ((8, 8, 8), ValueError),
-                     (3.5, TypeError)]:
+    for bad, err in [("ab", TypeError), ("24", TypeError), ((0, 8), ValueError),
+                     ((8, 8, 8), ValueError), ((24.5, 24), ValueError), (3.5, TypeError)]:
         with pytest.raises(err, match="tile_shape"):
             denoise_trd(noisy, 0.1, model=model, tile_shape=bad)

@@ -315,11 +315,13 @@ def test_noise_estimate_reads_the_layer_off_the_gui_thread(make_napari_viewer, q
 
     from napari_trd import DenoiseWidget
 
-    calls = []
+    calls, release = [], threading.Event()
     real = _jobs.estimate_noise
 
     def recording(data, channel_axis=None):
         calls.append(threading.current_thread() is threading.main_thread())
+        if data.max() < 5:  # layer a's estimate: held back until b's is shown
+            release.wait(timeout=20)
         return real(data, channel_axis)
 
     monkeypatch.setattr(_jobs, "estimate_noise", recording)
@@ -327,9 +329,14 @@ def test_noise_estimate_reads_the_layer_off_the_gui_thread(make_napari_viewer, q
     (noisy, _, _), = noisy_camera()
     viewer.add_image(noisy[:64, :64], name="a")
     widget = DenoiseWidget(viewer)
-    viewer.add_image(noisy[:64, :64] * 2, name="b")
-    widget.image.value = "b"  # a new estimate; the first one's result, if late, is dropped
+    qtbot.waitUntil(lambda: len(calls) == 1, timeout=10_000)  # a's estimate is running
+    viewer.add_image(noisy[:64, :64] * 2 + 10, name="b")
+    widget.image.value = "b"  # a new estimate; a's result, when it comes, is out of date
     qtbot.waitUntil(lambda: widget.estimate.value not in ("-", widget.ESTIMATING), timeout=30_000)
-    qtbot.wait(200)
-    assert calls and not any(calls)
-    assert 0.15 < float(widget.estimate.value) < 0.25  # b's noise (2 x 0.098), not a's
+    shown_b = widget.estimate.value
+    release.set()
+    qtbot.waitUntil(lambda: not widget._estimating(), timeout=30_000)
+    qtbot.wait(100)
+    assert len(calls) == 2 and not any(calls)
+    assert widget.estimate.value == shown_b  # a's late result was dropped
+    assert 0.15 < float(shown_b) < 0.25  # b's noise (2 x 0.098), not a's

@@ -304,3 +304,21 @@ def test_fine_tuning_starts_from_a_model_and_improves_it():
             < before.metadata["provenance"]["final_loss_per_pixel"])
     with pytest.raises(ValueError, match="does not fit"):
         train_model(other, _config(kernel_size=5), init_model=base, log=lambda s: None)
+
+
+def test_command_line_data_errors_are_one_line(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for i, img in enumerate(_clean(2, size=60)):
+        imsave(folder / f"c{i}.png", np.clip(img[: 40 + i, :48], 0, 255).astype(np.uint8))
+    common = ["--data", str(folder), "--sigma", "20", "--out", str(tmp_path / "r"),
+              "--greedy-iterations", "1", "--joint-iterations", "0", "--stages", "1"]
+    with pytest.raises(SystemExit, match=r"smaller than 180 .*pass a smaller --crop"):
+        main(common)
+    with pytest.raises(SystemExit, match=r"of one size.*--crop N, N at most 40"):
+        main([*common, "--crop", "0"])
+    with pytest.raises(SystemExit, match="does not exist"):
+        main([*common, "--crop", "32", "--validation", str(tmp_path / "missing")])
+    with pytest.raises(SystemExit, match="does not exist"):
+        main([*common, "--crop", "32", "--noisy", str(tmp_path / "missing")])
+    assert not (tmp_path / "r").exists()  # refused before any work

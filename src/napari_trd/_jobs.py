@@ -110,8 +110,10 @@ def deblock(data, *, quality=None, qtable=None, model=AUTO, rgb=False, progress=
     """Deblock decoded JPEG layer data (RGB in the last axis if ``rgb``), in the layer's units:
     integers holding 0..255, or floats on the 0..255 or the 0..1 scale (told apart by the
     maximum). Other values are refused by :func:`skimage_trd.deblock_trd`."""
+    from skimage_trd._deblock import UNIT_SCALE_MAX
+
     data = np.asarray(data)
-    unit_scale = data.dtype.kind == "f" and float(data.max()) <= 1.0
+    unit_scale = data.dtype.kind == "f" and float(data.max()) <= UNIT_SCALE_MAX
     out = skimage_trd.deblock_trd(data, quality, qtable=qtable, model=_model_arg(model),
                                   channel_axis=-1 if rgb else None,
                                   preserve_range=not unit_scale,

@@ -222,6 +222,7 @@ class DenoiseWidget(_JobWidget):
         plane), computed in a thread: reading a lazy layer can take a while."""
         from napari.qt.threading import create_worker
 
+        self._estimates = getattr(self, "_estimates", set())
         self._estimate_id = getattr(self, "_estimate_id", 0) + 1
         ticket = self._estimate_id
         layer = self.layer(self.image)
@@ -245,12 +246,21 @@ class DenoiseWidget(_JobWidget):
             except RuntimeError:  # the widget was closed meanwhile (its Qt object deleted)
                 pass
 
-        worker = create_worker(
-            lambda: _jobs.estimate_noise(np.asarray(data[window]), channel_axis),
-            _ignore_errors=True)  # a display helper: never break the widget
-        worker.returned.connect(lambda s: shown(f"{s:.4g}", s))
+        def estimate():
+            if ticket != self._estimate_id:  # out of date before it started: read nothing
+                return None
+            return _jobs.estimate_noise(np.asarray(data[window]), channel_axis)
+
+        worker = create_worker(estimate, _ignore_errors=True)  # a display helper: never raises
+        worker.returned.connect(lambda s: s is not None and shown(f"{s:.4g}", s))
         worker.errored.connect(lambda exc: shown(f"({type(exc).__name__})"))
+        self._estimates.add(worker)
+        worker.finished.connect(lambda: self._estimates.discard(worker))
         worker.start()
+
+    def _estimating(self):
+        """Whether a noise estimate is still running (or queued)."""
+        return bool(self._estimates)
 
     def _sigma(self):
         return self.sigma.value if self.sigma.value > 0 else None

@@ -106,10 +106,13 @@ def normalize_tile_shape(tile_shape):
     if isinstance(tile_shape, (int, np.integer)) and not isinstance(tile_shape, bool):
         tile_shape = (tile_shape, tile_shape)
     try:
+        if isinstance(tile_shape, str):
+            raise TypeError
         pair = tuple(int(s) for s in tile_shape)
+        exact = all(p == s for p, s in zip(pair, tile_shape))
     except (TypeError, ValueError) as exc:
         raise TypeError(f"tile_shape must be an int or a pair of ints, got {tile_shape!r}") from exc
-    if len(pair) != 2 or min(pair) < 1:
+    if len(pair) != 2 or min(pair) < 1 or not exact:
         raise ValueError(f"tile_shape must be two positive ints, got {tile_shape!r}")
     return pair
 

@@ -8,7 +8,7 @@ result to float rounding, for any chunking.
 
 What is decided per plane (the noise level when not given, the model of the
 bank, the intensity centre) is computed up front: the centre as the plane's
-mean (one pass over the input, which also finds NaN and infinite values), the
+mean (one pass over the input, which also looks for NaN and infinite values), the
 noise estimate and the choice of model from a central crop of at most
 ``SAMPLE`` x ``SAMPLE`` pixels. The result therefore equals the in-memory one
 exactly when planes are no larger than the crop, or when ``sigma`` is given and
@@ -55,17 +55,15 @@ def denoise_trd_dask(image, sigma=None, *, model=None, channel_axis=None, preser
     crop = [slice(None)] * image.ndim
     crop[spatial[0]] = slice(y0, y0 + SAMPLE)
     crop[spatial[1]] = slice(x0, x0 + SAMPLE)
-    sample, means = dask.compute(image[tuple(crop)],
-                                 image.astype(np.float64).mean(axis=tuple(spatial)))
+    finite = da.isfinite(image).all() if image.dtype.kind == "f" else True
+    sample, means, finite = dask.compute(image[tuple(crop)],
+                                         image.astype(np.float64).mean(axis=tuple(spatial)),
+                                         finite)  # one pass over the input for both
+    if not finite:
+        raise ValueError("image contains NaN or infinite values; replace them first "
+                         "(for example with dask.array.nan_to_num).")
     sample = np.asarray(sample)
     means = np.asarray(means)
-    if not np.all(np.isfinite(means)):  # the means read every value: NaN and inf show there
-        where = ""
-        if lead:
-            bad = tuple(int(i) for i in np.argwhere(~np.isfinite(means))[0])
-            where = f" (the first in plane {bad} of the axes {tuple(lead)})"
-        raise ValueError(f"image contains NaN or infinite values{where}; replace them first "
-                         "(for example with dask.array.nan_to_num).")
 
     # per-plane settings, decided as denoise_trd does, on the sample
     lead_shape = tuple(image.shape[ax] for ax in lead)

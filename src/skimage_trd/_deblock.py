@@ -64,6 +64,7 @@ def _deblock_plane(y, table, model, backend, constraint_scale, n_stages, progres
 
 # decoded JPEG values lie in 0..255 (decoders clip); allow half a grey level of rounding
 _SLACK = 0.5
+UNIT_SCALE_MAX = 1 + _SLACK / 255  # the largest value of an image on the [0, 1] scale
 
 
 def _to_255(host, preserve_range):
@@ -78,16 +79,22 @@ def _to_255(host, preserve_range):
         if lo < -_SLACK or hi > 255 + _SLACK:
             raise ValueError(f"with preserve_range=True the image must hold decoded JPEG values "
                              f"in 0..255; it holds {lo:g}..{hi:g}")
-        if hi <= 1.0 and hi > lo:
+        if lo < hi <= UNIT_SCALE_MAX and not np.array_equal(host, np.round(host)):
             import warnings
 
+            # a decoder's 0..255 values are integers; fractions below 1 are the 0..1 scale
             warnings.warn(f"the image holds {lo:g}..{hi:g}, which looks like the 0..1 scale; "
                           "with preserve_range=True it is read as 0..255 (nearly black). Leave "
                           "preserve_range False for images in [0, 1].", UserWarning, stacklevel=3)
         return host.astype(np.float64)
-    if lo < -_SLACK / 255 or hi > 1 + _SLACK / 255:
-        hint = (" For values on the 0..255 scale pass preserve_range=True."
-                if lo >= -_SLACK and hi <= 255 + _SLACK else "")
+    if lo < -_SLACK / 255 or hi > UNIT_SCALE_MAX:
+        if lo >= -_SLACK and 2 < hi <= 255 + _SLACK:
+            hint = " For values on the 0..255 scale pass preserve_range=True."
+        elif hi <= 2:
+            hint = (" Values outside [0, 1] do not come from a JPEG decoder (resampled or "
+                    "filtered?): clip the image to [0, 1] first.")
+        else:
+            hint = ""
         raise ValueError(f"float images must hold the decoded JPEG in [0, 1] (as from "
                          f"img_as_float); this one holds {lo:g}..{hi:g}.{hint}")
     return host.astype(np.float64) * 255.0
@@ -262,7 +269,9 @@ def deblock_jpeg(path, *, model=None, backend="auto", num_threads=None, constrai
 
     planes, tables, mode = read_jpeg(path)
     # the file's own Y plane (no colour round trip) and its table
-    y = deblock_trd(planes[0], qtable=tables[0], model=model, preserve_range=True,
+    # the decoder's values are integers in 0..255: as uint8, whatever their brightness
+    y = deblock_trd(planes[0].astype(np.uint8), qtable=tables[0], model=model,
+                    preserve_range=True,
                     backend=backend, num_threads=num_threads, constraint_scale=constraint_scale,
                     progress=progress)
     if mode == "L":

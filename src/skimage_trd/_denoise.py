@@ -450,7 +450,7 @@ def _warn_channel_axis(shape, channel_axis):
         return
     axes = [ax for ax in range(len(shape)) if ax != channel_axis][-2:]
     likely = min(axes, key=lambda ax: shape[ax])
-    if shape[channel_axis] > 4 and shape[likely] <= 4:
+    if shape[channel_axis] > 4 and 1 < shape[likely] <= 4:
         warnings.warn(
             f"channel_axis={channel_axis} of an image of shape {shape} gives "
             f"{shape[channel_axis]} channels of {shape[axes[0]]}x{shape[axes[1]]} planes; if "

@@ -115,6 +115,16 @@ def load_image_folder(folder, *, min_size=None) -> tuple[list[np.ndarray], list[
     return images, [p.name for p in files]
 
 
+def _check_one_size(images):
+    """Without cropping, training stacks the images: they must be of one size."""
+    shapes = sorted({np.shape(c) for c in images})
+    if len(shapes) > 1:
+        side = min(min(s) for s in shapes)
+        raise ValueError(f"without cropping (crop=None, --crop 0) the training images must be of "
+                         f"one size; got {len(shapes)} sizes ({shapes[0]}, {shapes[1]}, ...): "
+                         f"crop them to one size (--crop N, N at most {side} here)")
+
+
 def add_noise(clean, sigma, seed):
     """``clean + sigma * N(0, 1)`` with ``numpy.random.default_rng(seed)``, image by image."""
     rng = np.random.default_rng(seed)
@@ -484,11 +494,7 @@ def train_model(
         x = _crop_batch(clean, names, config.crop)
         f = _crop_batch(noisy, names, config.crop)
     else:
-        shapes = sorted({np.shape(c) for c in clean})
-        if len(shapes) > 1:
-            raise ValueError(f"without cropping (crop=None, --crop 0) the training images must "
-                             f"be of one size; got {len(shapes)} sizes ({shapes[0]}, "
-                             f"{shapes[1]}, ...): set a crop size (the paper's 180)")
+        _check_one_size(clean)
         x, f = np.stack(clean), np.stack(noisy)
     constraint = None
     if deblock:
@@ -737,25 +743,25 @@ def main(argv=None):
         raise SystemExit(f"error: {exc}") from None
     try:
         clean, names = load_image_folder(args.data, min_size=args.crop or None)
-    except ValueError as exc:
+        if not args.crop:
+            _check_one_size(clean)
+        noisy = None
+        if args.noisy:
+            noisy_imgs, noisy_names = load_image_folder(args.noisy)
+            lookup = dict(zip(noisy_names, noisy_imgs))
+            missing = [n for n in names if n not in lookup]
+            if missing:
+                raise ValueError(f"no noisy image for {', '.join(missing[:5])} in {args.noisy}")
+            noisy = [lookup[n] for n in names]
+        vc = load_image_folder(args.validation)[0] if args.validation else None
+    except (ValueError, OSError) as exc:
         hint = ""
         if args.crop and "smaller than" in str(exc):
             hint = (f" (training uses {args.crop}x{args.crop} centre crops: pass a smaller "
                     "--crop, or --crop 0 for whole images, all of one size)")
         raise SystemExit(f"error: {exc}{hint}") from None
-    except OSError as exc:
-        raise SystemExit(f"error: {exc}") from None
-    noisy = None
-    if args.noisy:
-        noisy_imgs, noisy_names = load_image_folder(args.noisy)
-        lookup = dict(zip(noisy_names, noisy_imgs))
-        missing = [n for n in names if n not in lookup]
-        if missing:
-            raise SystemExit(f"no noisy image for {', '.join(missing[:5])} in {args.noisy}")
-        noisy = [lookup[n] for n in names]
     validation = None
     if args.validation:
-        vc, _ = load_image_folder(args.validation)
         if config.task == "deblock":
             validation = (vc, [_jpeg_decoded(c, config.quality) for c in vc])
         else:
