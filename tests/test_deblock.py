@@ -186,3 +186,23 @@ def test_authors_q10_model_on_live1_half():
         scores.append(10 * np.log10(255**2 / np.mean((out - x) ** 2)))
     # coefficients recovered from the decoded images cost up to 0.02 dB (PROTOCOLS.md)
     assert abs(np.mean(scores) - 27.85) < 0.03
+
+
+def test_deblock_dask_equals_numpy():
+    da = pytest.importorskip("dask.array")
+    m = random_model(2, 5, seed=6, task="deblock")
+    frames = np.stack([np.asarray(Image.open(_jpeg(data.camera()[i:i + 40, 50:106], 20)))
+                       for i in (0, 100, 200)])
+    lazy = deblock_trd(da.from_array(frames, chunks=(2, 16, 24)), 20, model=m)
+    assert isinstance(lazy, da.Array) and lazy.dtype == np.float64
+    np.testing.assert_allclose(lazy.compute(), deblock_trd(frames, 20, model=m), atol=1e-12)
+    rgb = np.stack([frames[0], frames[1], frames[2]], axis=0)  # channels first
+    lazy = deblock_trd(da.from_array(rgb, chunks=(1, 20, 20)), 20, model=m, channel_axis=0)
+    np.testing.assert_allclose(lazy.compute(), deblock_trd(rgb, 20, model=m, channel_axis=0),
+                               atol=1e-12)
+    with pytest.raises(ValueError, match="quality"):  # parameters are checked at once
+        deblock_trd(da.from_array(frames), model=m)
+    bad = da.from_array(frames.astype(np.float64), chunks=(1, 40, 56))  # 0..255 floats
+    lazy = deblock_trd(bad, 20, model=m)  # values are checked as chunks are computed
+    with pytest.raises(ValueError, match="preserve_range=True"):
+        lazy.compute()

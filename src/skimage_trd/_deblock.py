@@ -122,9 +122,12 @@ def deblock_trd(
 
     Parameters
     ----------
-    image : ndarray (M, N[, ...][, C])
+    image : ndarray (M, N[, ...][, C]), cupy.ndarray or dask array
         The decoded JPEG image: uint8, or floats in [0, 1] (as from
         ``img_as_float``), or floats in [0, 255] with ``preserve_range=True``.
+        Leading axes are a stack of planes. A dask array gives a lazy dask
+        array, computed chunk by chunk with whole planes in each chunk (the
+        plane axes are rechunked to their full size).
         Gray planes are restored with the luma table; an RGB image
         (``channel_axis`` given, 3 channels) is converted to JPEG's YCbCr,
         its luma restored and its chroma passed through unchanged.
@@ -151,6 +154,7 @@ def deblock_trd(
     n_stages : int, optional
         Run only the first stages.
     progress : callable(done, total), optional
+        Called after every stage of every plane; not for dask arrays.
 
     Returns
     -------
@@ -179,9 +183,6 @@ def deblock_trd(
            diffusion processes for effective image restoration", CVPR 2015.
     """
     kind = array_module(image)
-    if kind == "dask":
-        raise TypeError("deblock_trd does not take dask arrays yet; call it per chunk of whole "
-                        "8x8 blocks, or compute() the array first")
     image = check_image(image)
     channel_axis = normalize_channel_axis(image, channel_axis)
     check_spatial(image, channel_axis, what="deblock_trd")
@@ -199,6 +200,12 @@ def deblock_trd(
         raise ValueError(f"n_stages must be in 1..{m.n_stages}, got {n_stages}")
     if constraint_scale is not None and not (0 < float(constraint_scale) <= 2):
         raise ValueError(f"constraint_scale must be in (0, 2], got {constraint_scale}")
+    if kind == "dask":
+        if backend == "cupy":
+            raise ValueError("dask arrays run on the CPU backends ('numba', 'numpy')")
+        return _deblock_dask(image, channel_axis, dict(
+            quality=q, qtable=luma, model=m, preserve_range=preserve_range, backend=backend,
+            num_threads=num_threads, constraint_scale=constraint_scale, n_stages=n_stages))
     host = image.get() if kind == "cupy" else image
     x255 = _to_255(host, preserve_range)
 
@@ -229,6 +236,19 @@ def deblock_trd(
 
         return cupy.asarray(out)
     return out
+
+
+def _deblock_dask(image, channel_axis, options):
+    """Lazily, chunk by chunk: each chunk holds whole planes (and all three colour channels),
+    so the result equals the in-memory one. Values are checked as each chunk is computed."""
+    axes = [ax for ax in range(image.ndim) if ax != channel_axis][-2:]
+    if channel_axis is not None:
+        axes.append(channel_axis)
+    whole = image.rechunk({ax: -1 for ax in axes})
+    out_dtype = float_dtype(image.dtype, True)[0]
+    kw = dict(options, channel_axis=channel_axis)
+    return whole.map_blocks(lambda block: deblock_trd(block, **kw), dtype=out_dtype,
+                            meta=np.array((), dtype=out_dtype))
 
 
 # JPEG (JFIF) full-range BT.601 colour conversion, as libjpeg.
