@@ -57,7 +57,8 @@ def test_ome_tiff_example_uint16(tmp_path, layout):
     assert np.abs(denoised[0].astype(float) - clean).mean() < 0.5 * noisy_err
 
 
-@pytest.mark.parametrize("extra", [[], ["--jpeg", "10", "--crop", "40,170,100,120", "--zoom", "2"]])
+@pytest.mark.parametrize("extra", [[], ["--jpeg", "10", "--crop", "40,170,100,120", "--zoom", "2"],
+                                   ["--photons", "20", "--crop", "40,170,100,120", "--zoom", "2"]])
 def test_demo_writes_its_picture(tmp_path, capsys, extra):
     from PIL import Image
 

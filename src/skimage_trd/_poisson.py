@@ -103,7 +103,9 @@ def estimate_poisson_gaussian(image, *, offset=0.0, n_bins=16):
             mb.append(np.median(means[sel]))
             vb.append(np.median(var[sel]))
     if len(mb) < 2:
-        raise ValueError("the image has too little intensity variation to estimate a gain")
+        raise ValueError(f"the image has too little intensity variation ({means.size} blocks of "
+                         "8x8 pixels, too few distinct brightness levels) to estimate a gain; "
+                         "pass gain and read_noise (camera units) instead")
     gain, c = np.polyfit(mb, vb, 1)
     gain = max(float(gain), 1e-12)
     return gain, math.sqrt(max(c + gain * offset, 0.0))
