@@ -158,6 +158,15 @@ def denoise_trd(
         Empty or 1-D images, NaN or infinite values, a negative sigma, an
         unknown model or backend, a ``channel_axis`` out of range.
 
+    Warns
+    -----
+    UserWarning
+        Likely mistakes: a sigma below half an integer step of an integer
+        image (given in the wrong units, e.g. ``20/255`` for uint8); an
+        (M, N, 3) or (M, N, 4) image without ``channel_axis``; a
+        ``channel_axis`` that gives many channels of planes only a few
+        pixels high or wide.
+
     Notes
     -----
     *Intensity scale.* TRD models are trained on images in [0, 255] with a
