@@ -70,6 +70,11 @@ def test_deblock_job_keeps_uint8():
     np.testing.assert_array_equal(out, np.rint(on255).astype(np.uint8))
     with pytest.raises(ValueError, match="8-bit JPEG values"):
         _jobs.deblock(dec[:64, :64].astype(np.uint16) * 16, quality=10)
+    da = pytest.importorskip("dask.array")
+    lazy = _jobs.deblock(da.from_array(np.stack([dec[:64, :64]] * 2), chunks=(1, 32, 32)),
+                         quality=10)
+    assert isinstance(lazy, da.Array) and lazy.dtype == np.uint8
+    np.testing.assert_array_equal(lazy.compute()[1], out)
 
 
 def test_train_job_saves_a_selectable_model(user_models):

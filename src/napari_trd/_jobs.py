@@ -109,16 +109,20 @@ def deblock(data, *, quality=None, qtable=None, model=AUTO, rgb=False, progress=
             cancel=None):
     """Deblock decoded JPEG layer data (RGB in the last axis if ``rgb``), in the layer's units:
     integers holding 0..255, or floats on the 0..255 or the 0..1 scale (told apart by the
-    maximum). Other values are refused by :func:`skimage_trd.deblock_trd`."""
+    maximum). Other values are refused by :func:`skimage_trd.deblock_trd`. Dask data gives a
+    lazy result (as for denoising)."""
     from skimage_trd._deblock import UNIT_SCALE_MAX
 
-    data = np.asarray(data)
+    lazy = type(data).__module__.startswith("dask")
+    data = data if lazy else np.asarray(data)
     unit_scale = data.dtype.kind == "f" and float(data.max()) <= UNIT_SCALE_MAX
     out = skimage_trd.deblock_trd(data, quality, qtable=qtable, model=_model_arg(model),
                                   channel_axis=-1 if rgb else None,
                                   preserve_range=not unit_scale,
-                                  progress=_ticker(progress, cancel))
-    return np.rint(out).astype(np.uint8) if data.dtype == np.uint8 else out
+                                  progress=None if lazy else _ticker(progress, cancel))
+    if data.dtype == np.uint8:
+        return out.round().astype(np.uint8) if lazy else np.rint(out).astype(np.uint8)
+    return out
 
 
 def _tiles(planes, size):
