@@ -202,7 +202,17 @@ def test_deblock_dask_equals_numpy():
                                atol=1e-12)
     with pytest.raises(ValueError, match="quality"):  # parameters are checked at once
         deblock_trd(da.from_array(frames), model=m)
-    bad = da.from_array(frames.astype(np.float64), chunks=(1, 40, 56))  # 0..255 floats
-    lazy = deblock_trd(bad, 20, model=m)  # values are checked as chunks are computed
+    big = deblock_trd(da.zeros((5, 64, 48), np.uint8, chunks=(5, 16, 16)), 20, model=m)
+    assert big.chunksize == (1, 64, 48)  # memory bounded by a plane
+    # values are checked up front, in one pass
     with pytest.raises(ValueError, match="preserve_range=True"):
+        deblock_trd(da.from_array(frames.astype(np.float64), chunks=(1, 40, 56)), 20, model=m)
+    nan = frames / 255.0
+    nan[1, 3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        deblock_trd(da.from_array(nan, chunks=(1, 40, 56)), 20, model=m)
+    with pytest.warns(UserWarning, match="stack of 6 gray planes"):  # (M, N, 3): at the call
+        lazy = deblock_trd(da.from_array(np.zeros((6, 16, 3), np.uint8), chunks=2), 20, model=m)
+    with warnings.catch_warnings():  # and not again for every chunk
+        warnings.simplefilter("error")
         lazy.compute()

@@ -345,3 +345,18 @@ def test_noise_estimate_reads_the_layer_off_the_gui_thread(make_napari_viewer, q
     assert len(calls) == 2 and not any(calls)
     assert widget.estimate.value == shown_b  # a's late result was dropped
     assert 0.15 < float(shown_b) < 0.25  # b's noise (2 x 0.098), not a's
+
+
+@pytest.mark.napari
+def test_deblock_widget_reports_bad_lazy_data(make_napari_viewer, qtbot):
+    da = pytest.importorskip("dask.array")
+    from napari_trd import DeblockWidget
+
+    viewer = make_napari_viewer()
+    x = (np.arange(2 * 64 * 64).reshape(2, 64, 64) % 4096).astype(np.uint16)  # not 8-bit
+    viewer.add_image(da.from_array(x, chunks=(1, 64, 64)), name="lazy", contrast_limits=(0, 4095))
+    widget = DeblockWidget(viewer)
+    widget.run()
+    _wait(qtbot, widget)
+    assert isinstance(widget.last_error, ValueError) and "8-bit" in widget.status.value
+    assert [layer.name for layer in viewer.layers] == ["lazy"]

@@ -93,3 +93,14 @@ def test_channels_dtype_and_bad_input():
         denoise_trd_poisson(bad, offset=OFFSET)
     with pytest.raises(TypeError, match="bool"):
         denoise_trd_poisson(z > OFFSET)
+
+
+def test_estimator_refuses_what_it_cannot_fit():
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 200, 256)[None, :].repeat(256, axis=0)
+    darker_is_noisier = 100 + ramp + (12 - ramp / 20) * rng.standard_normal(ramp.shape)
+    with pytest.raises(ValueError, match="does not grow with brightness"):
+        estimate_poisson_gaussian(darker_is_noisier, offset=100)
+    flat = 100 + 3 * rng.standard_normal((64, 64))
+    with pytest.raises(ValueError, match="too small or too flat"):
+        estimate_poisson_gaussian(flat, offset=100)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ._arrays import (
@@ -126,8 +128,9 @@ def deblock_trd(
         The decoded JPEG image: uint8, or floats in [0, 1] (as from
         ``img_as_float``), or floats in [0, 255] with ``preserve_range=True``.
         Leading axes are a stack of planes. A dask array gives a lazy dask
-        array, computed chunk by chunk with whole planes in each chunk (the
-        plane axes are rechunked to their full size).
+        array, computed plane by plane (rechunked to one whole plane, with
+        its colour channels, per chunk); its values are checked up front in
+        one pass (minimum and maximum).
         Gray planes are restored with the luma table; an RGB image
         (``channel_axis`` given, 3 channels) is converted to JPEG's YCbCr,
         its luma restored and its chroma passed through unchanged.
@@ -200,15 +203,28 @@ def deblock_trd(
         raise ValueError(f"n_stages must be in 1..{m.n_stages}, got {n_stages}")
     if constraint_scale is not None and not (0 < float(constraint_scale) <= 2):
         raise ValueError(f"constraint_scale must be in (0, 2], got {constraint_scale}")
+    options = dict(luma=luma, model=m, preserve_range=preserve_range, backend=backend,
+                   num_threads=num_threads, constraint_scale=constraint_scale,
+                   n_stages=n_stages)
     if kind == "dask":
         if backend == "cupy":
             raise ValueError("dask arrays run on the CPU backends ('numba', 'numpy')")
-        return _deblock_dask(image, channel_axis, dict(
-            quality=q, qtable=luma, model=m, preserve_range=preserve_range, backend=backend,
-            num_threads=num_threads, constraint_scale=constraint_scale, n_stages=n_stages))
+        return _deblock_dask(image, channel_axis, options)
     host = image.get() if kind == "cupy" else image
-    x255 = _to_255(host, preserve_range)
+    out = _deblock_checked(host, channel_axis, progress=progress, **options)
+    if kind == "cupy":
+        import cupy
 
+        return cupy.asarray(out)
+    return out
+
+
+def _deblock_checked(host, channel_axis, *, luma, model, preserve_range, backend, num_threads,
+                     constraint_scale, n_stages, progress=None, values_checked=False):
+    """``deblock_trd`` on a NumPy array after its checks (``values_checked``: the range too)."""
+    x255 = (host.astype(np.float64) * (1.0 if preserve_range or host.dtype.kind in "ui"
+                                       else 255.0)
+            if values_checked else _to_255(host, preserve_range))
     if channel_axis is not None:
         rgb = np.moveaxis(x255, channel_axis, -1)
         ycc = _rgb_to_ycbcr(rgb)
@@ -221,8 +237,8 @@ def deblock_trd(
         for k, (index, _) in enumerate(planes):
             cb = None if progress is None else (
                 lambda d, t, k=k: progress(k * t + d, len(planes) * t))
-            restored[index + (0,)] = _deblock_plane(planes_of[index + (0,)], luma, m, backend,
-                                                    constraint_scale, n_stages, cb)
+            restored[index + (0,)] = _deblock_plane(planes_of[index + (0,)], luma, model,
+                                                    backend, constraint_scale, n_stages, cb)
     if channel_axis is not None:
         out255 = np.moveaxis(_ycbcr_to_rgb(restored), -1, channel_axis)
     else:
@@ -230,25 +246,28 @@ def deblock_trd(
     out = np.clip(out255, 0, 255)
     if not preserve_range:
         out = out / 255.0
-    out = out.astype(float_dtype(host.dtype, True)[0], copy=False)
-    if kind == "cupy":
-        import cupy
-
-        return cupy.asarray(out)
-    return out
+    return out.astype(float_dtype(host.dtype, True)[0], copy=False)
 
 
 def _deblock_dask(image, channel_axis, options):
-    """Lazily, chunk by chunk: each chunk holds whole planes (and all three colour channels),
-    so the result equals the in-memory one. Values are checked as each chunk is computed."""
+    """Lazily, chunk by chunk: one plane (with all three colour channels) per chunk, so that the
+    result equals the in-memory one and memory is bounded by a plane. The values are checked
+    up front, in one pass over the input (its minimum and maximum)."""
+    import dask
+
+    lo, hi = dask.compute(image.min(), image.max())
+    check_image(np.array([lo, hi], dtype=image.dtype))  # NaN, inf
+    _to_255(np.array([lo, hi], dtype=image.dtype), options["preserve_range"])
     axes = [ax for ax in range(image.ndim) if ax != channel_axis][-2:]
+    whole = {ax: -1 for ax in axes}
     if channel_axis is not None:
-        axes.append(channel_axis)
-    whole = image.rechunk({ax: -1 for ax in axes})
+        whole[channel_axis] = -1
+    chunks = {ax: whole.get(ax, 1) for ax in range(image.ndim)}
     out_dtype = float_dtype(image.dtype, True)[0]
-    kw = dict(options, channel_axis=channel_axis)
-    return whole.map_blocks(lambda block: deblock_trd(block, **kw), dtype=out_dtype,
-                            meta=np.array((), dtype=out_dtype))
+    return image.rechunk(chunks).map_blocks(
+        functools.partial(_deblock_checked, channel_axis=channel_axis, values_checked=True,
+                          **options),
+        dtype=out_dtype, meta=np.array((), dtype=out_dtype), token="deblock_trd")
 
 
 # JPEG (JFIF) full-range BT.601 colour conversion, as libjpeg.

@@ -84,6 +84,13 @@ def estimate_poisson_gaussian(image, *, offset=0.0, n_bins=16):
     wavelet detail, robust to edges) are binned by mean; a straight line
     ``var = gain * mean + c`` is fitted to the bins' medians, and
     ``read_noise = sqrt(max(c + gain * offset, 0))``.
+
+    Meant for low light: image texture inside the blocks counts as noise, which matters once
+    the photon noise is small against it. On 256x256 crops of ``skimage.data`` images (camera,
+    cell, coins, moon; gain 2, read noise 3) the gain came out 0.3 to 1.5 times the truth at 5
+    to 20 photons for white, up to 2.2 times at 100, 5 times at 1000 and 33 times at 10000.
+    For bright images pass the camera's gain and read noise, or use :func:`denoise_trd` (the
+    noise is then nearly Gaussian).
     """
     x = np.asarray(image, dtype=np.float64)
     if x.ndim != 2 or min(x.shape) < 32:
@@ -103,12 +110,15 @@ def estimate_poisson_gaussian(image, *, offset=0.0, n_bins=16):
             mb.append(np.median(means[sel]))
             vb.append(np.median(var[sel]))
     if len(mb) < 2:
-        raise ValueError(f"the image has too little intensity variation ({means.size} blocks of "
-                         "8x8 pixels, too few distinct brightness levels) to estimate a gain; "
-                         "pass gain and read_noise (camera units) instead")
+        raise ValueError(f"cannot estimate a gain: fewer than two of {n_bins} brightness bins "
+                         f"hold 8 of the image's {means.size} blocks of 8x8 pixels (image too "
+                         "small or too flat); pass gain and read_noise (camera units) instead")
     gain, c = np.polyfit(mb, vb, 1)
-    gain = max(float(gain), 1e-12)
-    return gain, math.sqrt(max(c + gain * offset, 0.0))
+    if not gain > 0:
+        raise ValueError("cannot estimate a gain: the noise does not grow with brightness (a flat "
+                         "image, or not photon-counting data); pass gain and read_noise (camera "
+                         "units) instead, or use denoise_trd for Gaussian noise")
+    return float(gain), math.sqrt(max(c + gain * offset, 0.0))
 
 
 def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channel_axis=None,
