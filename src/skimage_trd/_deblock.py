@@ -222,9 +222,12 @@ def deblock_trd(
 def _deblock_checked(host, channel_axis, *, luma, model, preserve_range, backend, num_threads,
                      constraint_scale, n_stages, progress=None, values_checked=False):
     """``deblock_trd`` on a NumPy array after its checks (``values_checked``: the range too)."""
-    x255 = (host.astype(np.float64) * (1.0 if preserve_range or host.dtype.kind in "ui"
-                                       else 255.0)
-            if values_checked else _to_255(host, preserve_range))
+    if values_checked:  # as _to_255, without looking at the values again
+        x255 = host.astype(np.float64)
+        if host.dtype.kind == "f" and not preserve_range:
+            x255 *= 255.0
+    else:
+        x255 = _to_255(host, preserve_range)
     if channel_axis is not None:
         rgb = np.moveaxis(x255, channel_axis, -1)
         ycc = _rgb_to_ycbcr(rgb)
