@@ -120,9 +120,7 @@ def deblock(data, *, quality=None, qtable=None, model=AUTO, rgb=False, progress=
                                   channel_axis=-1 if rgb else None,
                                   preserve_range=not unit_scale,
                                   progress=None if lazy else _ticker(progress, cancel))
-    if data.dtype == np.uint8:
-        return out.round().astype(np.uint8) if lazy else np.rint(out).astype(np.uint8)
-    return out
+    return np.rint(out).astype(np.uint8) if data.dtype == np.uint8 else out  # dask: lazily
 
 
 def _tiles(planes, size):

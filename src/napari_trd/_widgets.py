@@ -190,6 +190,8 @@ class DenoiseWidget(_JobWidget):
 
     def __init__(self, napari_viewer):
         self.viewer = napari_viewer  # the menus below read the viewer's layers
+        self._estimates = set()  # noise-estimate workers running or queued
+        self._estimate_id = 0  # the latest estimate's ticket; older results are dropped
         self.image = ComboBox(label="image", choices=self._layer_names)
         self.sigma = FloatSpinBox(label="noise sigma (0: auto)", value=0.0, min=0.0, max=1e9,
                                   step=0.001)
@@ -222,8 +224,7 @@ class DenoiseWidget(_JobWidget):
         plane), computed in a thread: reading a lazy layer can take a while."""
         from napari.qt.threading import create_worker
 
-        self._estimates = getattr(self, "_estimates", set())
-        self._estimate_id = getattr(self, "_estimate_id", 0) + 1
+        self._estimate_id += 1
         ticket = self._estimate_id
         layer = self.layer(self.image)
         if layer is None or getattr(layer, "multiscale", False):

@@ -69,27 +69,25 @@ _SLACK = 0.5
 UNIT_SCALE_MAX = 1 + _SLACK / 255  # the largest value of an image on the [0, 1] scale
 
 
-def _to_255(host, preserve_range):
-    """The decoded image on JPEG's 0..255 scale (float64), refusing values no decoder gives."""
-    lo, hi = float(host.min()), float(host.max())
-    if host.dtype.kind in "ui":
+def _check_values(values, preserve_range):
+    """Refuse values no JPEG decoder gives (``values``: the image, or its minimum and maximum)."""
+    lo, hi = float(values.min()), float(values.max())
+    if values.dtype.kind in "ui":
         if lo < 0 or hi > 255:
             raise ValueError(f"integer images must hold 8-bit JPEG values (0..255); this "
-                             f"{host.dtype} image holds {lo:g}..{hi:g}")
-        return host.astype(np.float64)
-    if preserve_range:
+                             f"{values.dtype} image holds {lo:g}..{hi:g}")
+    elif preserve_range:
         if lo < -_SLACK or hi > 255 + _SLACK:
             raise ValueError(f"with preserve_range=True the image must hold decoded JPEG values "
                              f"in 0..255; it holds {lo:g}..{hi:g}")
-        if lo < hi <= UNIT_SCALE_MAX and not np.array_equal(host, np.round(host)):
+        if lo < hi <= UNIT_SCALE_MAX and not np.array_equal(values, np.round(values)):
             import warnings
 
             # a decoder's 0..255 values are integers; fractions below 1 are the 0..1 scale
             warnings.warn(f"the image holds {lo:g}..{hi:g}, which looks like the 0..1 scale; "
                           "with preserve_range=True it is read as 0..255 (nearly black). Leave "
                           "preserve_range False for images in [0, 1].", UserWarning, stacklevel=3)
-        return host.astype(np.float64)
-    if lo < -_SLACK / 255 or hi > UNIT_SCALE_MAX:
+    elif lo < -_SLACK / 255 or hi > UNIT_SCALE_MAX:
         if lo >= -_SLACK and 2 < hi <= 255 + _SLACK:
             hint = " For values on the 0..255 scale pass preserve_range=True."
         elif hi <= 2:
@@ -99,7 +97,14 @@ def _to_255(host, preserve_range):
             hint = ""
         raise ValueError(f"float images must hold the decoded JPEG in [0, 1] (as from "
                          f"img_as_float); this one holds {lo:g}..{hi:g}.{hint}")
-    return host.astype(np.float64) * 255.0
+
+
+def _to_255(host, preserve_range):
+    """The decoded image on JPEG's 0..255 scale (float64; its values checked before)."""
+    x255 = host.astype(np.float64)
+    if host.dtype.kind == "f" and not preserve_range:
+        x255 *= 255.0
+    return x255
 
 
 def deblock_trd(
@@ -209,8 +214,14 @@ def deblock_trd(
     if kind == "dask":
         if backend == "cupy":
             raise ValueError("dask arrays run on the CPU backends ('numba', 'numpy')")
+        import dask
+
+        # one pass over the input: NaN, inf and the range, before anything lazy is built
+        values = check_image(np.array(dask.compute(image.min(), image.max()), image.dtype))
+        _check_values(values, preserve_range)
         return _deblock_dask(image, channel_axis, options)
     host = image.get() if kind == "cupy" else image
+    _check_values(host, preserve_range)
     out = _deblock_checked(host, channel_axis, progress=progress, **options)
     if kind == "cupy":
         import cupy
@@ -220,14 +231,9 @@ def deblock_trd(
 
 
 def _deblock_checked(host, channel_axis, *, luma, model, preserve_range, backend, num_threads,
-                     constraint_scale, n_stages, progress=None, values_checked=False):
-    """``deblock_trd`` on a NumPy array after its checks (``values_checked``: the range too)."""
-    if values_checked:  # as _to_255, without looking at the values again
-        x255 = host.astype(np.float64)
-        if host.dtype.kind == "f" and not preserve_range:
-            x255 *= 255.0
-    else:
-        x255 = _to_255(host, preserve_range)
+                     constraint_scale, n_stages, progress=None):
+    """``deblock_trd`` on a NumPy array after its checks (of the parameters and the values)."""
+    x255 = _to_255(host, preserve_range)
     if channel_axis is not None:
         rgb = np.moveaxis(x255, channel_axis, -1)
         ycc = _rgb_to_ycbcr(rgb)
@@ -254,13 +260,7 @@ def _deblock_checked(host, channel_axis, *, luma, model, preserve_range, backend
 
 def _deblock_dask(image, channel_axis, options):
     """Lazily, chunk by chunk: one plane (with all three colour channels) per chunk, so that the
-    result equals the in-memory one and memory is bounded by a plane. The values are checked
-    up front, in one pass over the input (its minimum and maximum)."""
-    import dask
-
-    lo, hi = dask.compute(image.min(), image.max())
-    check_image(np.array([lo, hi], dtype=image.dtype))  # NaN, inf
-    _to_255(np.array([lo, hi], dtype=image.dtype), options["preserve_range"])
+    result equals the in-memory one and memory is bounded by a plane."""
     axes = [ax for ax in range(image.ndim) if ax != channel_axis][-2:]
     whole = {ax: -1 for ax in axes}
     if channel_axis is not None:
@@ -268,8 +268,7 @@ def _deblock_dask(image, channel_axis, options):
     chunks = {ax: whole.get(ax, 1) for ax in range(image.ndim)}
     out_dtype = float_dtype(image.dtype, True)[0]
     return image.rechunk(chunks).map_blocks(
-        functools.partial(_deblock_checked, channel_axis=channel_axis, values_checked=True,
-                          **options),
+        functools.partial(_deblock_checked, channel_axis=channel_axis, **options),
         dtype=out_dtype, meta=np.array((), dtype=out_dtype), token="deblock_trd")
 
 

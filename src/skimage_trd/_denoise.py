@@ -234,21 +234,22 @@ def denoise_trd(
         out = _denoise_opponent(image, sigmas[0], channel_axis, preserve_range, progress, options)
     else:
         out = _denoise_checked(image, kind, sigma, sigmas, channel_axis, preserve_range, progress,
-                               options)
+                               **options)
     return to_input_dtype(out, image.dtype, preserve_range) if preserve_dtype else out
 
 
-def _denoise_checked(image, kind, sigma, sigmas, channel_axis, preserve_range, progress,
-                     options):
-    """``denoise_trd`` after its checks: plane by plane (dask: lazily, chunk by chunk)."""
-    bank, backend, num_threads = options["model"], options["backend"], options["num_threads"]
-    tile_shape, n_stages, exact = options["tile_shape"], options["n_stages"], options["exact"]
-    data_range = options["data_range"]
+def _denoise_checked(image, kind, sigma, sigmas, channel_axis, preserve_range, progress, *,
+                     model, backend, num_threads, tile_shape, n_stages, data_range, exact):
+    """``denoise_trd`` after its checks (``model``: the bank): plane by plane (dask: lazily,
+    chunk by chunk)."""
+    bank = model
     if kind == "dask":
         from ._dask import denoise_trd_dask
 
         return denoise_trd_dask(image, sigma, channel_axis=channel_axis,
-                                preserve_range=preserve_range, **options)
+                                preserve_range=preserve_range, model=bank, backend=backend,
+                                num_threads=num_threads, tile_shape=tile_shape,
+                                n_stages=n_stages, data_range=data_range, exact=exact)
     if backend == "auto":
         backend = "cupy" if kind == "cupy" else "numba"
 

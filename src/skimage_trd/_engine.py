@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._arrays import normalize_tile_shape
 from ._influence import LinearTable, build_table, linear_from_cubic, rbf_reach_terms
 
 __all__ = ["run_model", "BACKENDS", "iter_tiles"]
@@ -256,14 +257,13 @@ def run_model(
     if exact is None:
         exact = f.dtype == np.float64
     runner = _RUNNERS[backend]
+    tile_shape = normalize_tile_shape(tile_shape)
     if tile_shape is None or (tile_shape[0] >= f.shape[0] and tile_shape[1] >= f.shape[1]):
         cb = None if progress is None else (lambda done: progress(done, n_stages))
         return runner(f, model, n_stages, exact, post_stage, cb)
     if post_stage is not None:
         raise ValueError("tiling is not available with a per-stage projection")
-    th, tw = (int(s) for s in tile_shape)
-    if th < 1 or tw < 1:
-        raise ValueError(f"tile_shape must be positive, got {tile_shape}")
+    th, tw = tile_shape
     halo = n_stages * 2 * model.radius
     n_tiles = math.ceil(f.shape[0] / th) * math.ceil(f.shape[1] / tw)
     total = n_tiles * n_stages
