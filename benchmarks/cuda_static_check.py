@@ -98,12 +98,14 @@ def main(argv=None):
         print(f"| tiles {name} | any (shared memory for 7x7) | {t}x{t} | 1 | {shared / 1e3:.1f} "
               f"| {regs} | {spill} | {c['fma']} | {c['ld.shared']} | {c['ld.global']} |")
     for size, n_filters in ((5, 24), (7, 48)):
-        for rows, per_thread in ((8, 8), (4, 16), (8, 16), (16, 4)):
-            g = K.strip_geometry(size, n_filters, rows, per_thread)
+        for rows, per_thread, taps in ((8, 8, 0), (4, 16, 0), (8, 16, 0), (16, 4, 0), (8, 8, 1),
+                                       (4, 16, 1), (8, 16, 1), (4, 8, 1)):
+            g = K.strip_geometry(size, n_filters, rows, per_thread, taps_in_registers=bool(taps))
             ptx = compile_ptx(nvrtc, K.strips_source(g["defines"]), args.arch, True)
             regs, spill = ptxas_report(ptxas, ptx, args.arch)
             c = ptx_counts(ptx)
-            print(f"| strips float32 | {size}x{size}, {n_filters} filters | 32x{rows} "
+            print(f"| strips float32{' taps in registers' if taps else ''} "
+                  f"| {size}x{size}, {n_filters} filters | 32x{rows} "
                   f"| {per_thread} (forward {g['defines']['PF']}) "
                   f"| {g['shared_bytes'] / 1e3:.1f} | {regs} | {spill} | {c['fma']} "
                   f"| {c['ld.shared']} | {c['ld.global']} |")

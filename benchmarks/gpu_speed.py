@@ -1,11 +1,13 @@
 """GPU (CuPy) speed of the 5-stage TRD stage map, float32, against the paper's Table 2 (GPU row).
 
-    python benchmarks/gpu_speed.py [--repeat 5] [--kernels tiles,strips:8x8,strips:4x16]
+    python benchmarks/gpu_speed.py [--repeat 5] [--kernels default,tiles,strips:4x16]
 
 Prints the device, date and command, then the median of --repeat runs per size
 (kernel time only: the image is on the GPU, as in the paper's GTX 780 Ti column).
-``--kernels`` compares float32 kernels of ``_cupy_kernels`` in the same run: ``tiles``, or
-``strips:ROWSxPER_THREAD`` (threads down a block x pixels per thread); with more than one,
+``--kernels`` compares float32 kernels of ``_cupy_kernels`` in the same run: ``default`` (as
+shipped: ``FLOAT32_KERNEL`` and ``STRIP_CONFIG``), ``tiles``, or
+``strips:ROWSxPER_THREAD`` (threads down a block x pixels per thread), with ``:r`` appended for
+the filter taps held in registers; with more than one,
 the table has a 7x7 column per kernel and the 5x5 column of the first.
 """
 
@@ -21,15 +23,29 @@ from cpu_speed import synthetic_model  # the same random models as the CPU bench
 PAPER_GPU = {256: 0.01, 512: 0.032, 1024: 0.116, 2048: 0.40, 3072: 0.87}
 
 
+def _shipped():
+    from skimage_trd import _cupy_kernels
+
+    return _cupy_kernels.FLOAT32_KERNEL, dict(_cupy_kernels.STRIP_CONFIG)
+
+
+SHIPPED = _shipped()
+
+
 def _select(kernel):
     from skimage_trd import _cupy_kernels
 
-    name, _, shape = kernel.partition(":")
-    if name not in ("tiles", "strips"):
+    if kernel == "default":  # as shipped
+        _cupy_kernels.FLOAT32_KERNEL, _cupy_kernels.STRIP_CONFIG = SHIPPED
+        return
+    name, _, rest = kernel.partition(":")
+    shape, _, flags = rest.partition(":")
+    if name not in ("tiles", "strips") or flags not in ("", "r"):
         raise SystemExit(f"unknown kernel {kernel!r}")
     _cupy_kernels.FLOAT32_KERNEL = name
     rows, per_thread = (int(v) for v in (shape or "8x8").split("x"))
-    _cupy_kernels.STRIP_CONFIG = {"rows": rows, "per_thread": per_thread}
+    _cupy_kernels.STRIP_CONFIG = {"rows": rows, "per_thread": per_thread,
+                                  "taps_in_registers": flags == "r"}
 
 
 def main(argv=None):
@@ -40,7 +56,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--sizes", default="256,512,1024,2048,3072")
-    ap.add_argument("--kernels", default="tiles")
+    ap.add_argument("--kernels", default="default,tiles")
     args = ap.parse_args(argv)
     kernels = args.kernels.split(",")
     props = cp.cuda.runtime.getDeviceProperties(0)

@@ -180,8 +180,17 @@ def fake_cupy():
     cp.RawKernel = EmulatedKernel
     cp.RawModule = _RawModule
     device = types.SimpleNamespace(id=0)
+    # an H100's opt-in shared memory per block; a test may set cp.max_shared_bytes lower
+    cp.max_shared_bytes = 227 * 1024
+    attribute = 97  # cudaDevAttrMaxSharedMemoryPerBlockOptin
+
+    def get_attribute(attr, dev):
+        assert attr == attribute and dev == device.id
+        return cp.max_shared_bytes
+
     cp.cuda = types.SimpleNamespace(
         Device=lambda *a: device,
-        runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
+        runtime=types.SimpleNamespace(getDeviceCount=lambda: 1, deviceGetAttribute=get_attribute,
+                                      cudaDevAttrMaxSharedMemoryPerBlockOptin=attribute),
     )
     return cp

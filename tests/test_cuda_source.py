@@ -29,6 +29,7 @@ def emulated(monkeypatch):
     monkeypatch.setattr(_cupy_kernels, "cupy_module", lambda: cp)
     monkeypatch.setattr(_cupy_kernels, "_kernels", {})
     monkeypatch.setattr(_cupy_kernels, "_device_cache", {})
+    monkeypatch.setattr(_cupy_kernels, "_max_shared", {})
     return cp
 
 
@@ -56,10 +57,14 @@ def _assert_strips_ran(rows, stages):
 
 
 # (8, 16) with 7x7 filters needs 56 KB of shared memory: the launch must ask for more than 48 KB
-@pytest.mark.parametrize("rows, per_thread", [(4, 16), (16, 4), (2, 5), (8, 16)])
-def test_strips_kernel_other_block_shapes(emulated, monkeypatch, rows, per_thread):
+# taps: the filter taps held in registers (read once per filter) instead of read where used
+@pytest.mark.parametrize("rows, per_thread, taps", [(4, 16, False), (16, 4, False),
+                                                    (2, 5, False), (8, 16, False), (8, 8, True),
+                                                    (4, 8, True), (2, 5, True)])
+def test_strips_kernel_other_block_shapes(emulated, monkeypatch, rows, per_thread, taps):
     monkeypatch.setattr(_cupy_kernels, "FLOAT32_KERNEL", "strips")
-    monkeypatch.setattr(_cupy_kernels, "STRIP_CONFIG", {"rows": rows, "per_thread": per_thread})
+    monkeypatch.setattr(_cupy_kernels, "STRIP_CONFIG",
+                        {"rows": rows, "per_thread": per_thread, "taps_in_registers": taps})
     m = random_model(2, 7, seed=1)
     f = np.random.default_rng(2).uniform(0, 255, (75, 70)).astype(np.float32)
     _check(f, m, 2e-3)
@@ -68,7 +73,8 @@ def test_strips_kernel_other_block_shapes(emulated, monkeypatch, rows, per_threa
 
 @pytest.mark.parametrize("bug", [
     ("if (y0 + p < VH) sv", "if (y0 + p < VH - 1) sv"),  # last response row never written
-    ("k[(F - 1 - a) * F + (F - 1 - b)]", "k[a * F + b]"),  # backward filter not rotated
+    ("TAP((F - 1 - a) * F + (F - 1 - b))", "TAP(a * F + b)"),  # backward filter not rotated
+    ("kr[j] = k[j]", "kr[j] = k[j ^ 1]"),  # taps in registers read out of order
     ("        __syncthreads();\n        // acc", "        // acc"),  # a barrier missing
 ])
 def test_emulation_catches_planted_bugs(emulated, monkeypatch, bug):
@@ -76,6 +82,8 @@ def test_emulation_catches_planted_bugs(emulated, monkeypatch, bug):
     assert bug[0] in _cupy_kernels._STRIPS_SOURCE
     monkeypatch.setattr(_cupy_kernels, "_STRIPS_SOURCE", _cupy_kernels._STRIPS_SOURCE.replace(*bug))
     monkeypatch.setattr(_cupy_kernels, "FLOAT32_KERNEL", "strips")
+    monkeypatch.setattr(_cupy_kernels, "STRIP_CONFIG",
+                        {"rows": 8, "per_thread": 8, "taps_in_registers": "kr[j]" in bug[0]})
     m = random_model(2, 7, seed=1)
     f = np.random.default_rng(2).uniform(0, 255, (75, 70)).astype(np.float32)
     with pytest.raises(AssertionError):
@@ -112,9 +120,27 @@ def test_tiles_kernel_float64_equals_reference(emulated, shape, exact):
     _check(f, m, 1e-8 if exact else 1e-4, exact=exact)  # tables: 1e-5 of phi
 
 
-def test_tiles_kernel_float32_equals_reference(emulated):
+def test_tiles_kernel_float32_equals_reference(emulated, monkeypatch):
+    monkeypatch.setattr(_cupy_kernels, "FLOAT32_KERNEL", "tiles")
     m = random_model(2, 7, seed=4, wide_grid=True)
     f = np.random.default_rng(4).uniform(0, 255, (40, 35)).astype(np.float32)
     _check(f, m, 2e-3)
     ((key, kernel),) = _cupy_kernels._kernels.items()
     assert key == "float32" and kernel.launches[0][1] == (32, 32)
+
+
+def test_strips_falls_back_to_tiles_without_the_shared_memory(emulated):
+    """The default float32 kernel is strips; a block that needs more shared memory than the
+    GPU gives (9x9, 80 filters: 53 KB; 48 KB before Volta) runs the tiles kernel instead."""
+    f = np.random.default_rng(5).uniform(0, 255, (40, 37)).astype(np.float32)
+    m = random_model(1, 9, seed=6)
+    assert _cupy_kernels.FLOAT32_KERNEL == "strips"
+    assert _cupy_kernels.strip_geometry(9, m.filters.shape[1])["shared_bytes"] > 48 * 1024
+    emulated.max_shared_bytes = 48 * 1024
+    _check(f, m, 2e-3)
+    assert list(_cupy_kernels._kernels) == ["float32"]
+    _cupy_kernels._kernels.clear()
+    _cupy_kernels._max_shared.clear()
+    emulated.max_shared_bytes = 227 * 1024
+    _check(f, m, 2e-3)
+    assert [key[0] for key in _cupy_kernels._kernels] == ["strips"]

@@ -1,5 +1,7 @@
 """CuPy GPU kernels against the NumPy reference (skipped without CuPy and a GPU)."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 from conftest import random_model
@@ -20,7 +22,11 @@ SHAPES = [(1, 1), (2, 3), (5, 4), (13, 9), (33, 65), (70, 31), (100, 129)]
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("kernel_size", [5, 7])
-def test_cupy_equals_reference(shape, kernel_size):
+@pytest.mark.parametrize("float32_kernel", ["tiles", "strips"])
+def test_cupy_equals_reference(monkeypatch, shape, kernel_size, float32_kernel):
+    from skimage_trd import _cupy_kernels
+
+    monkeypatch.setattr(_cupy_kernels, "FLOAT32_KERNEL", float32_kernel)
     m = random_model(3, kernel_size, seed=kernel_size, wide_grid=kernel_size == 7)
     f = np.random.default_rng(sum(shape)).uniform(0, 255, shape)
     ref = trd_reference(f, m)
@@ -34,19 +40,21 @@ def test_cupy_equals_reference(shape, kernel_size):
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("kernel_size", [5, 7])
-@pytest.mark.parametrize("config", [(8, 8), (4, 16), (8, 16), (16, 4)])
+@pytest.mark.parametrize("config", [(8, 8, False), (4, 16, False), (8, 16, False),
+                                    (16, 4, False), (8, 8, True), (4, 8, True), (8, 16, True)])
 def test_cupy_strips_kernel_equals_reference(monkeypatch, shape, kernel_size, config):
     from skimage_trd import _cupy_kernels
 
     monkeypatch.setattr(_cupy_kernels, "FLOAT32_KERNEL", "strips")
-    monkeypatch.setattr(_cupy_kernels, "STRIP_CONFIG", dict(zip(("rows", "per_thread"), config)))
+    monkeypatch.setattr(_cupy_kernels, "STRIP_CONFIG",
+                        dict(zip(("rows", "per_thread", "taps_in_registers"), config)))
     m = random_model(3, kernel_size, seed=kernel_size, wide_grid=kernel_size == 7)
     f = np.random.default_rng(sum(shape)).uniform(0, 255, shape)
     out32 = run_model(cp.asarray(f, dtype=np.float32), m, backend="cupy")
     assert out32.dtype == np.float32
     np.testing.assert_allclose(out32.get(), trd_reference(f, m), rtol=0, atol=2e-3)
     key = _cupy_kernels.strips_kernel_key(_cupy_kernels.strip_geometry(
-        kernel_size, m.filters.shape[1], *config)["defines"])
+        kernel_size, m.filters.shape[1], *config[:2], taps_in_registers=config[2])["defines"])
     assert key in _cupy_kernels._kernels  # the strips kernel ran, in this shape
 
 
@@ -62,12 +70,18 @@ def test_denoise_trd_cupy_in_cupy_out():
     m = random_model(2, 7, seed=3)
     rng = np.random.default_rng(0)
     img = rng.uniform(0, 1, (3, 40, 50))
-    out_np = denoise_trd(img, 0.1, model=m)
-    out_cp = denoise_trd(cp.asarray(img), 0.1, model=m)
+    # exact influence functions: the same sums on both
+    out_np = denoise_trd(img, 0.1, model=m, exact=True)
+    out_cp = denoise_trd(cp.asarray(img), 0.1, model=m, exact=True)
     assert isinstance(out_cp, cp.ndarray) and out_cp.shape == img.shape
     np.testing.assert_allclose(out_cp.get(), out_np, atol=1e-8)
+    # by table (the default): the GPU's cubic tables and the CPU's linear ones, each
+    # within a hundredth of a grey level of exact (docs/performance.md)
+    out_t = denoise_trd(cp.asarray(img), 0.1, model=m)
+    np.testing.assert_allclose(out_t.get(), out_np, atol=0.01 / 255)
+    np.testing.assert_allclose(denoise_trd(img, 0.1, model=m), out_np, atol=0.01 / 255)
     # NumPy in, GPU backend: NumPy out
-    out_g = denoise_trd(img, 0.1, model=m, backend="cupy")
+    out_g = denoise_trd(img, 0.1, model=m, backend="cupy", exact=True)
     assert isinstance(out_g, np.ndarray)
     np.testing.assert_allclose(out_g, out_np, atol=1e-8)
     # CuPy in, CPU backend: CuPy out
@@ -131,3 +145,36 @@ def test_deblock_trd_on_gpu_equals_cpu():
     cpu = deblock_trd(img, 20, model=m)
     gpu = deblock_trd(img, 20, model=m, backend="cupy")
     np.testing.assert_allclose(gpu, cpu, atol=1e-5)
+
+
+HAVE_PYWT = importlib.util.find_spec("pywt") is not None  # for the noise estimate
+
+
+def test_plane_settings_on_the_gpu_equal_the_cpu():
+    """A CuPy plane's statistics (mean, extremes, the robust range that picks the model of
+    the bank) are computed on its GPU and agree with the NumPy ones."""
+    from skimage import data
+
+    from skimage_trd._denoise import _plane_settings, _robust_range
+    from skimage_trd._registry import resolve_models
+
+    bank = resolve_models(None, "denoise")
+    assert len(bank) > 1
+    rng = np.random.default_rng(3)
+    for plane in (data.camera(), data.coins().astype(np.float32) / 255,
+                  rng.normal(1000, 40, (300, 200))):
+        g = cp.asarray(plane)
+        assert _robust_range(g.astype(cp.float64)) == pytest.approx(
+            _robust_range(plane.astype(np.float64)), rel=1e-9)
+        scale = 1.0 if plane.dtype.kind == "f" else 1 / 255
+        for sigma in ((None,) * HAVE_PYWT + (0.02 / scale, 0.1 / scale)):
+            cpu = _plane_settings(plane, sigma, scale, bank, None)
+            gpu = _plane_settings(g, sigma, scale, bank, None)
+            assert gpu.action == cpu.action and gpu.model is cpu.model
+            assert gpu.centre == pytest.approx(cpu.centre, rel=1e-9)
+            assert gpu.gain == pytest.approx(cpu.gain, rel=1e-9)
+    # end to end with the default bank: the same model, the same result (to the tables' 0.01)
+    img = data.camera().astype(np.float32) / 255 + rng.normal(0, 0.1, (512, 512)).astype(
+        np.float32)
+    np.testing.assert_allclose(denoise_trd(cp.asarray(img), 0.1).get(), denoise_trd(img, 0.1),
+                               atol=0.01 / 255)

@@ -1,19 +1,20 @@
 """CuPy (CUDA) kernels of the TRD stage map: CuPy arrays in, CuPy arrays out.
 
-One fused kernel per stage. A thread block owns a ``TILE x TILE`` square of
-output pixels: it loads the padded input it needs into shared memory, then for
-every filter computes ``v = phi_i(k_i * u)`` on the tile grown by ``r`` into
-shared memory and adds ``rot180(k_i) * v`` to each thread's accumulator. No
-image-sized intermediate is written. Influence functions come from cubic tables
-(float32; the CPU kernels read linear tables sampled from the same cubic ones) or
-from the exact RBF sum (float64).
+One fused kernel per stage; no image-sized intermediate is written. A thread
+block owns a tile of output pixels: it loads the padded input it needs into
+shared memory, then for every filter computes ``v = phi_i(k_i * u)`` on the tile
+grown by ``r`` into shared memory and adds ``rot180(k_i) * v`` to its
+accumulators. Influence functions come from cubic tables (float32; the CPU
+kernels read linear tables sampled from the same cubic ones) or from the exact
+RBF sum (float64).
 
-A second float32 kernel, ``strips``, keeps partial sums in registers: each
-thread computes a vertical strip of pixels, so one shared-memory read feeds up
-to a strip's length of multiply-adds instead of one (the ``tiles`` kernel is
-bound by shared-memory and filter reads). It is selected with
-``FLOAT32_KERNEL = "strips"``; its source is also compiled as C++ by
-``tests/test_cuda_source.py`` (threads emulated on the CPU) so that its index
+Two kernels: ``strips`` (float32 by table, the default) keeps a vertical strip
+of output pixels per thread in registers, so one shared-memory read feeds a
+strip's length of multiply-adds; ``tiles`` (one pixel per thread; float64, the
+exact RBF sum, and float32 where a GPU lacks the shared memory for a strips
+block) is bound by its shared-memory and filter reads, about 6x slower in
+float32 on an H100. Both sources are also compiled as C++ by
+``tests/test_cuda_source.py`` (threads emulated on the CPU) so that their index
 arithmetic is tested without a GPU.
 
 CuPy is imported lazily; without it (or without a usable GPU) the functions
@@ -120,16 +121,20 @@ extern "C" __global__ void __launch_bounds__(TILE * TILE) trd_stage(
 }
 """
 
-# float32 kernel of run_cupy: "tiles" (one pixel per thread, measured) or "strips".
-FLOAT32_KERNEL = "tiles"
+# float32 kernel of run_cupy: "strips" (a strip of pixels per thread; 6x faster than "tiles"
+# at 2048^2 on an H100, docs/performance.md) or "tiles" (one pixel per thread).
+FLOAT32_KERNEL = "strips"
 
 # The strips kernel: a block is STRIP_THREADS_X = 32 threads wide (one output
 # column each) and ``rows`` threads high; each thread accumulates ``per_thread``
 # output pixels down its column, so a block covers 32 x (rows * per_thread)
 # pixels. The forward responses on the tile grown by r are computed in strips
-# of ``forward`` pixels, work items spread over all threads.
+# of ``forward`` pixels, work items spread over all threads. With taps_in_registers
+# each thread reads a filter's taps once per filter instead of where each is used
+# (6 % faster at 2048^2 on an H100; 32x8 threads x 8 pixels was the fastest or level
+# with the fastest of the shapes timed from 256^2 to 3072^2, docs/performance.md).
 STRIP_THREADS_X = 32
-STRIP_CONFIG = {"rows": 8, "per_thread": 8}
+STRIP_CONFIG = {"rows": 8, "per_thread": 8, "taps_in_registers": True}
 
 _STRIPS_SOURCE = _PRELUDE + r"""
 __device__ __forceinline__ float phi_cubic(float z, const float4* __restrict__ c, int n_int,
@@ -176,6 +181,14 @@ extern "C" __global__ void __launch_bounds__(TXB * TYB) trd_stage_strips(
     for (int i = 0; i < N; ++i) {
         const float* k = sk + i * F * F;
         const float4* ci = coef + (size_t)i * n_int;
+#if WREG  // the filter's taps in registers: one shared-memory read each per filter
+        float kr[F * F];
+#pragma unroll
+        for (int j = 0; j < F * F; ++j) kr[j] = k[j];
+#define TAP(j) kr[j]
+#else     // each tap read from shared memory where it is used
+#define TAP(j) k[j]
+#endif
         // v = phi_i(k_i * u) on the grown tile, strips of PF pixels down a column
         for (int item = tid; item < ITEMS; item += NT) {
             const int s = item / VW, c = item - s * VW;
@@ -190,7 +203,7 @@ extern "C" __global__ void __launch_bounds__(TXB * TYB) trd_stage_strips(
                 for (int j = 0; j < PF + 2 * R; ++j) col[j] = su[(y0 + j) * UW + c + b];
 #pragma unroll
                 for (int a = 0; a < F; ++a) {
-                    const float w = k[a * F + b];
+                    const float w = TAP(a * F + b);
 #pragma unroll
                     for (int p = 0; p < PF; ++p) z[p] = fmaf(w, col[p + a], z[p]);
                 }
@@ -209,12 +222,13 @@ extern "C" __global__ void __launch_bounds__(TXB * TYB) trd_stage_strips(
             for (int j = 0; j < PB + 2 * R; ++j) col[j] = sv[(y0 + j) * VW + threadIdx.x + b];
 #pragma unroll
             for (int a = 0; a < F; ++a) {
-                const float w = k[(F - 1 - a) * F + (F - 1 - b)];
+                const float w = TAP((F - 1 - a) * F + (F - 1 - b));
 #pragma unroll
                 for (int p = 0; p < PB; ++p) acc[p] = fmaf(w, col[p + a], acc[p]);
             }
         }
         __syncthreads();
+#undef TAP
     }
     const int x = bx + threadIdx.x;
     if (x < W) {
@@ -231,7 +245,8 @@ extern "C" __global__ void __launch_bounds__(TXB * TYB) trd_stage_strips(
 """
 
 
-def strip_geometry(kernel_size, n_filters, rows=None, per_thread=None, forward=None):
+def strip_geometry(kernel_size, n_filters, rows=None, per_thread=None, forward=None,
+                   taps_in_registers=None):
     """Block shape, compile-time constants and shared-memory bytes of the strips kernel.
 
     ``forward`` (pixels per forward work item) defaults to the length from 4
@@ -241,6 +256,8 @@ def strip_geometry(kernel_size, n_filters, rows=None, per_thread=None, forward=N
     """
     rows = STRIP_CONFIG["rows"] if rows is None else rows
     per_thread = STRIP_CONFIG["per_thread"] if per_thread is None else per_thread
+    if taps_in_registers is None:
+        taps_in_registers = STRIP_CONFIG.get("taps_in_registers", False)
     F, r = kernel_size, kernel_size // 2
     bx, by = STRIP_THREADS_X, rows * per_thread
     vw, vh, uw = bx + 2 * r, by + 2 * r, bx + 4 * r
@@ -249,7 +266,8 @@ def strip_geometry(kernel_size, n_filters, rows=None, per_thread=None, forward=N
     def layout(pf):
         ns = -(-vh // pf)
         rounds = -(-(vw * ns) // nt)
-        cost = rounds * max(pf * F * F / 4, (pf + 2 * r) * F + F * F)
+        reads = (pf + 2 * r) * F + (0 if taps_in_registers else F * F)
+        cost = rounds * max(pf * F * F / 4, reads)
         return cost, ns
 
     if forward is None:
@@ -257,7 +275,8 @@ def strip_geometry(kernel_size, n_filters, rows=None, per_thread=None, forward=N
     ns = layout(forward)[1]
     uh = max(by + 4 * r, ns * forward + 2 * r)
     floats = uh * uw + vh * vw + n_filters * F * F
-    defines = {"F": F, "TXB": STRIP_THREADS_X, "TYB": rows, "PB": per_thread, "PF": forward}
+    defines = {"F": F, "TXB": STRIP_THREADS_X, "TYB": rows, "PB": per_thread, "PF": forward,
+               "WREG": int(bool(taps_in_registers))}
     return {"block": (STRIP_THREADS_X, rows), "tile": (by, bx), "defines": defines,
             "shared_bytes": 4 * floats}
 
@@ -283,6 +302,7 @@ def strips_source(defines):
 
 _kernels: dict = {}
 _device_cache: dict = {}
+_max_shared: dict = {}  # device id -> bytes
 _lock = threading.Lock()
 
 
@@ -337,6 +357,18 @@ def _strips_kernel(geometry):
     return k
 
 
+def _max_shared_bytes(cupy):
+    """Dynamic shared memory a block may have on the current GPU, opt-in included
+    (48 KB on GPUs before Volta, 227 KB on an H100)."""
+    rt = cupy.cuda.runtime
+    device = cupy.cuda.Device().id
+    with _lock:
+        if device not in _max_shared:
+            _max_shared[device] = rt.deviceGetAttribute(
+                rt.cudaDevAttrMaxSharedMemoryPerBlockOptin, device)
+        return _max_shared[device]
+
+
 def _device_prepared(model, dtype):
     import cupy
 
@@ -369,8 +401,12 @@ def run_cupy(f, model, n_stages, exact, post_stage, progress):
     prep, stages = _device_prepared(model, dtype)
     r = model.radius
     H, W = f.shape
+    geometry = None
     if FLOAT32_KERNEL == "strips" and dtype == np.float32 and not exact:
         geometry = strip_geometry(model.kernel_size, stages[0][0].shape[0])
+        if geometry["shared_bytes"] > _max_shared_bytes(cupy):
+            geometry = None  # a large model on a GPU with little shared memory: tiles
+    if geometry is not None:
         kernel, block, shared = _strips_kernel(geometry), geometry["block"], geometry[
             "shared_bytes"]
         by, bx = geometry["tile"]

@@ -38,11 +38,17 @@ def select_model(bank, sigma_255):
 
 
 def _robust_range(plane):
-    """Spread of intensities (0.5 to 99.5 percentile) of a plane smoothed against noise."""
-    from scipy.ndimage import gaussian_filter
+    """Spread of intensities (0.5 to 99.5 percentile) of a plane smoothed against noise
+    (a CuPy plane on its GPU)."""
+    if hasattr(plane, "get"):
+        import cupy as xp
+        from cupyx.scipy.ndimage import gaussian_filter
+    else:
+        xp = np
+        from scipy.ndimage import gaussian_filter
 
-    smooth = gaussian_filter(np.asarray(plane, dtype=np.float64), 1.5, mode="reflect")
-    lo, hi = np.percentile(smooth, [0.5, 99.5])
+    smooth = gaussian_filter(xp.asarray(plane, dtype=xp.float64), 1.5, mode="reflect")
+    lo, hi = xp.percentile(smooth, xp.asarray([0.5, 99.5])).tolist()
     return float(hi - lo)
 
 
@@ -349,12 +355,19 @@ def _plane_settings(plane, sigma, scale, bank, data_range, centre=None):
 
     ``sigma`` is in the image's own units (None: estimated here); ``centre``
     (working units) defaults to the plane's mean. Float64 copies of the plane are made only
-    to estimate sigma or the intensity range, when those are needed.
+    to estimate sigma or the intensity range, when those are needed; a CuPy plane's are made
+    on its GPU, except for the sigma estimate.
     """
-    host = plane.get() if hasattr(plane, "get") else np.asarray(plane)
-    s = _estimate_sigma(host.astype(np.float64) * scale) if sigma is None else sigma * scale
-    centre = float(host.mean(dtype=np.float64)) * scale if centre is None else float(centre)
-    spread = max(float(host.max()) * scale - centre, centre - float(host.min()) * scale)
+    # statistics where the plane is (a CuPy plane's on its GPU: only numbers come back)
+    xp = __import__("cupy") if hasattr(plane, "get") else np
+    plane = xp.asarray(plane)
+    if sigma is None:  # (scikit-image's estimator runs on the CPU)
+        host = plane.get() if xp is not np else plane
+        s = _estimate_sigma(host.astype(np.float64) * scale)
+    else:
+        s = sigma * scale
+    centre = float(plane.mean(dtype=xp.float64)) * scale if centre is None else float(centre)
+    spread = max(float(plane.max()) * scale - centre, centre - float(plane.min()) * scale)
     if s == 0 or spread == 0 or spread / s > _NEGLIGIBLE_NOISE:
         # no noise, a constant plane (which the stage map leaves as it is), or noise
         # too weak to matter (and to rescale onto the model's scale without overflow)
@@ -368,7 +381,7 @@ def _plane_settings(plane, sigma, scale, bank, data_range, centre=None):
         if data_range is not None:
             r = data_range * scale
         else:
-            r = _robust_range(host.astype(np.float64) * scale)
+            r = _robust_range(plane.astype(xp.float64) * scale)
         m = select_model(bank, 255.0 * s / r if r > 0 else np.inf)
     return _PlaneSetting("denoise", centre, m, m.sigma / s)
 
