@@ -97,9 +97,10 @@ def main(argv=None):
         shared = K.tiles_shared_bytes(name, 3)
         print(f"| tiles {name} | any (shared memory for 7x7) | {t}x{t} | 1 | {shared / 1e3:.1f} "
               f"| {regs} | {spill} | {c['fma']} | {c['ld.shared']} | {c['ld.global']} |")
-    for size, n_filters in ((5, 24), (7, 48)):
-        for rows, per_thread, taps in ((8, 8, 0), (4, 16, 0), (8, 16, 0), (16, 4, 0), (8, 8, 1),
-                                       (4, 16, 1), (8, 16, 1), (4, 8, 1)):
+    shapes = ((8, 8, 0), (4, 16, 0), (8, 16, 0), (16, 4, 0), (8, 8, 1), (4, 16, 1), (8, 16, 1),
+              (4, 8, 1))
+    for size, n_filters in ((5, 24), (7, 48), (9, 80)):
+        for rows, per_thread, taps in shapes if size < 9 else ((8, 8, 0), (8, 8, 1)):
             g = K.strip_geometry(size, n_filters, rows, per_thread, taps_in_registers=bool(taps))
             ptx = compile_ptx(nvrtc, K.strips_source(g["defines"]), args.arch, True)
             regs, spill = ptxas_report(ptxas, ptx, args.arch)

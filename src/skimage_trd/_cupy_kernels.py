@@ -131,8 +131,10 @@ FLOAT32_KERNEL = "strips"
 # pixels. The forward responses on the tile grown by r are computed in strips
 # of ``forward`` pixels, work items spread over all threads. With taps_in_registers
 # each thread reads a filter's taps once per filter instead of where each is used
-# (6 % faster at 2048^2 on an H100; 32x8 threads x 8 pixels was the fastest or level
-# with the fastest of the shapes timed from 256^2 to 3072^2, docs/performance.md).
+# (6 % faster at 2048^2 on an H100; up to 9x9 filters, which ptxas fits in 64 registers
+# without spills). 32x8 threads x 8 pixels: within 5 % of the fastest block shape timed
+# from 256^2 to 3072^2, and the fastest of those that need no opt-in shared memory above
+# 48 KB for 7x7 (docs/performance.md).
 STRIP_THREADS_X = 32
 STRIP_CONFIG = {"rows": 8, "per_thread": 8, "taps_in_registers": True}
 
@@ -257,7 +259,7 @@ def strip_geometry(kernel_size, n_filters, rows=None, per_thread=None, forward=N
     rows = STRIP_CONFIG["rows"] if rows is None else rows
     per_thread = STRIP_CONFIG["per_thread"] if per_thread is None else per_thread
     if taps_in_registers is None:
-        taps_in_registers = STRIP_CONFIG.get("taps_in_registers", False)
+        taps_in_registers = STRIP_CONFIG.get("taps_in_registers", False) and kernel_size <= 9
     F, r = kernel_size, kernel_size // 2
     bx, by = STRIP_THREADS_X, rows * per_thread
     vw, vh, uw = bx + 2 * r, by + 2 * r, bx + 4 * r

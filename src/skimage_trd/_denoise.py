@@ -381,7 +381,7 @@ def _plane_settings(plane, sigma, scale, bank, data_range, centre=None):
         if data_range is not None:
             r = data_range * scale
         else:
-            r = _robust_range(plane.astype(xp.float64) * scale)
+            r = _robust_range(plane) * scale  # (linear in the scale: no scaled copy)
         m = select_model(bank, 255.0 * s / r if r > 0 else np.inf)
     return _PlaneSetting("denoise", centre, m, m.sigma / s)
 
