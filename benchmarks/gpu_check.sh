@@ -4,11 +4,13 @@
 #
 #   benchmarks/gpu_check.sh "$OUT"
 #
-# 1. the GPU tests against the NumPy reference (both float32 kernels, four strip shapes);
+# 1. the GPU tests against the NumPy reference (both float32 kernels, seven strip shapes);
 # 2. the speed table with the float32 kernels side by side (docs/performance.md, GPU section);
-# 3. the shipped models on the GPU against the CPU (benchmarks/gpu_agreement.py);
+# 3. the shipped models on the GPU against the CPU (benchmarks/gpu_agreement.py), and
+#    denoise_trd as users call it (benchmarks/gpu_end_to_end.py);
 # 4. Nsight Compute's view of one stage of the strips kernel at 2048^2 (where ncu runs).
-# Needs CuPy, NumPy, SciPy, scikit-image, Numba, pooch and pytest on that machine.
+# Needs CuPy, NumPy, SciPy, scikit-image, Numba and pytest on that machine (PyWavelets too, or
+# the noise-estimate part of one test is left out).
 set -u -o pipefail
 status=0
 out=${1:-.}
@@ -23,6 +25,8 @@ python3 benchmarks/gpu_speed.py --repeat 5 \
     || status=1
 SKIMAGE_TRD_CACHE=$(mktemp -d) python3 benchmarks/gpu_agreement.py 2>&1 \
     | tee "$out/gpu_agreement.txt" || status=1
+SKIMAGE_TRD_CACHE=$(mktemp -d) python3 benchmarks/gpu_end_to_end.py 2>&1 \
+    | tee "$out/gpu_end_to_end.txt" || status=1
 for k in strips:8x8 strips:8x8:r; do
     timeout 150 ncu --clock-control none --kernel-name regex:trd_stage --launch-skip 5 \
         --launch-count 1 --section SpeedOfLight --section ComputeWorkloadAnalysis \
