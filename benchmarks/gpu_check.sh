@@ -8,7 +8,7 @@
 # 2. the speed table with the float32 kernels side by side (docs/performance.md, GPU section);
 # 3. the shipped models on the GPU against the CPU (benchmarks/gpu_agreement.py), and
 #    denoise_trd as users call it (benchmarks/gpu_end_to_end.py);
-# 4. Nsight Compute's view of one stage of the strips kernel at 2048^2 (where ncu runs).
+# 4. Nsight Compute's view of one stage of the default kernel and one other at 2048^2.
 # Needs CuPy, NumPy, SciPy, scikit-image, Numba and pytest on that machine (PyWavelets too, or
 # the noise-estimate part of one test is left out).
 set -u -o pipefail
@@ -20,14 +20,14 @@ nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv | tee "$ou
 python3 -m pytest -q -p no:cacheprovider tests/test_cupy.py tests/test_cuda_source.py 2>&1 \
     | tee "$out/gpu_tests.txt" || status=1
 python3 benchmarks/gpu_speed.py --repeat 5 \
-    --kernels strips:8x8,tiles,strips:8x16,strips:8x8:r,strips:4x8:r,strips:4x16:r,strips:8x16:r \
+    --kernels default,tiles,strips:8x8,strips:8x16,strips:4x8:r,strips:4x16:r,strips:8x16:r \
     2>&1 | tee "$out/gpu_speed.txt" \
     || status=1
 SKIMAGE_TRD_CACHE=$(mktemp -d) python3 benchmarks/gpu_agreement.py 2>&1 \
     | tee "$out/gpu_agreement.txt" || status=1
 SKIMAGE_TRD_CACHE=$(mktemp -d) python3 benchmarks/gpu_end_to_end.py 2>&1 \
     | tee "$out/gpu_end_to_end.txt" || status=1
-for k in strips:8x8 strips:8x8:r; do
+for k in default strips:8x8; do
     timeout 150 ncu --clock-control none --kernel-name regex:trd_stage --launch-skip 5 \
         --launch-count 1 --section SpeedOfLight --section ComputeWorkloadAnalysis \
         --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats \
