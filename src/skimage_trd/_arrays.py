@@ -59,6 +59,7 @@ def check_image(image, *, name="image", finite=True):
 
 
 def _xp(image):
+    """The array module of ``image``: ``cupy`` for CuPy arrays, else ``numpy``."""
     if array_module(image) == "cupy":
         import cupy
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._arrays import (
+    _xp,
     array_module,
     check_image,
     check_spatial,
@@ -40,12 +41,11 @@ def select_model(bank, sigma_255):
 def _robust_range(plane):
     """Spread of intensities (0.5 to 99.5 percentile) of a plane smoothed against noise
     (a CuPy plane on its GPU)."""
-    if hasattr(plane, "get"):
-        import cupy as xp
-        from cupyx.scipy.ndimage import gaussian_filter
-    else:
-        xp = np
+    xp = _xp(plane)
+    if xp is np:
         from scipy.ndimage import gaussian_filter
+    else:
+        from cupyx.scipy.ndimage import gaussian_filter
 
     smooth = gaussian_filter(xp.asarray(plane, dtype=xp.float64), 1.5, mode="reflect")
     lo, hi = xp.percentile(smooth, xp.asarray([0.5, 99.5])).tolist()
@@ -359,7 +359,7 @@ def _plane_settings(plane, sigma, scale, bank, data_range, centre=None):
     on its GPU, except for the sigma estimate.
     """
     # statistics where the plane is (a CuPy plane's on its GPU: only numbers come back)
-    xp = __import__("cupy") if hasattr(plane, "get") else np
+    xp = _xp(plane)
     plane = xp.asarray(plane)
     if sigma is None:  # (scikit-image's estimator runs on the CPU)
         host = plane.get() if xp is not np else plane

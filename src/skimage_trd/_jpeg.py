@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._arrays import _xp
+
 __all__ = [
     "IJG_LUMA",
     "IJG_CHROMA",
@@ -72,14 +74,6 @@ def estimate_quality(table):
     best = min(range(1, 101), key=lambda q: float(np.mean(np.abs(
         np.log(quality_tables(q)[0]) - np.log(table)))))
     return best
-
-
-def _xp(a):
-    if type(a).__module__.split(".")[0] == "cupy":
-        import cupy
-
-        return cupy
-    return np
 
 
 def _dct_matrix():
