@@ -1,7 +1,10 @@
 """LIVE1 colour denoising at sigma 25: TRD channel by channel, TRD in the opponent colour
 space (the default), and CBM3D, on the same noisy images.
 
-    python benchmarks/colour_live1.py [--threads 2] [--no-cbm3d]
+    python benchmarks/colour_live1.py [--threads 2] [--no-cbm3d] [--data FOLDER]
+
+LIVE1 is read from ../shared/data/live1 or --data (docs/protocols.md says where to get it);
+CBM3D needs the ``benchmarks`` extra (``pip install ".[benchmarks]"``) or ``--no-cbm3d``.
 
 Noise: default_rng(0), sigma 25 on the 0..255 scale, image after image in name order; PSNR over
 the three channels of the output clipped to [0, 255]; shipped models, default settings otherwise.
@@ -26,17 +29,19 @@ from skimage.io import imread  # noqa: E402
 from skimage_trd import denoise_trd  # noqa: E402
 from skimage_trd._numba_kernels import set_threads  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _data import DATA, require_images  # noqa: E402
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sigma", type=float, default=25.0)
-    ap.add_argument("--no-cbm3d", action="store_true")
+    ap.add_argument("--no-cbm3d", action="store_true", help="leave out CBM3D (package bm3d)")
+    ap.add_argument("--data", default=str(DATA / "live1"), help="the LIVE1 colour images (PNG)")
     args = ap.parse_args(argv)
+    files = require_images(args.data, "live1")
     set_threads(args.threads)
-    files = sorted((SHARED / "data" / "live1").glob("*.png"))
     rng = np.random.default_rng(0)
     methods = {
         "TRD, channel by channel": lambda n: denoise_trd(n, args.sigma, channel_axis=-1,
@@ -45,7 +50,10 @@ def main(argv=None):
                                                                       channel_axis=-1),
     }
     if not args.no_cbm3d:
-        import bm3d
+        try:
+            import bm3d
+        except ImportError:
+            sys.exit("CBM3D needs the package bm3d: pip install \".[benchmarks]\" (or pass --no-cbm3d)")
 
         methods["CBM3D (`bm3d.bm3d_rgb`)"] = lambda n: 255.0 * bm3d.bm3d_rgb(
             n / 255.0, sigma_psd=args.sigma / 255.0)

@@ -1,8 +1,12 @@
 """BSD68 PSNR for sigma = 5, 10, ..., 75: the shipped model bank against BM3D at every sigma.
 
     python benchmarks/sigma_sweep.py [--sigmas 5,10,...,75] [--results FILE] [--threads 2]
+        [--data FOLDER]
 
-Protocol (PROTOCOLS.md, Gaussian denoising): for each sigma a fresh ``default_rng(0)``, images in
+BSD68 is read from ../shared/data/bsd68 or --data (docs/protocols.md says where to get it);
+BM3D needs the ``benchmarks`` extra (``pip install ".[benchmarks]"``) or ``--no-bm3d``.
+
+Protocol (docs/protocols.md, Gaussian denoising): for each sigma a fresh ``default_rng(0)``, images in
 sorted name order, ``noisy = clean + sigma * N(0, 1)`` (not clipped), PSNR of the output clipped to
 [0, 255], mean over the 68 images. TRD: ``denoise_trd(noisy, sigma)`` with its defaults and the
 shipped bank (7x7 sigma 15/25/50 and 5x5 sigma 25): per image, the model nearest (in ratio) to
@@ -14,7 +18,7 @@ BM3D takes about 5 s per image, so the sweep takes over an hour on one core. Per
 are appended to ``--results`` (JSON lines) as they are measured and reused on a rerun, so the
 sweep can be interrupted, resumed, or split over processes by sigma. The table printed at the end
 holds the sigmas for which all 68 images are measured; the authors' dedicated models' figures
-(PROTOCOLS.md, where known) are printed beside for reference.
+(docs/protocols.md, where known) are printed beside for reference.
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-# Authors' 7x7 5-stage models, one per sigma, on this protocol (PROTOCOLS.md)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _data import DATA, require_images  # noqa: E402
+
+# Authors' 7x7 5-stage models, one per sigma, on this protocol (docs/protocols.md)
 AUTHORS = {5: 37.74, 10: 33.62, 15: 31.43, 25: 28.92, 35: 27.42, 50: 25.96, 75: 24.43}
 
 
@@ -57,7 +63,10 @@ def measure(sigmas, files, results_path, use_bm3d):
     from skimage_trd import denoise_trd
 
     if use_bm3d:
-        import bm3d
+        try:
+            import bm3d
+        except ImportError:
+            sys.exit("BM3D needs the package bm3d: pip install \".[benchmarks]\" (or pass --no-bm3d)")
     done = load_results(results_path)
     with results_path.open("a") as log:
         for sigma in sigmas:
@@ -110,14 +119,13 @@ def main(argv=None):
     ap.add_argument("--images", type=int, default=None, help="only the first N images")
     ap.add_argument("--no-bm3d", action="store_true")
     ap.add_argument("--table-only", action="store_true", help="print the table from --results")
+    ap.add_argument("--data", default=str(DATA / "bsd68"), help="the BSD68 images")
     args = ap.parse_args(argv)
     from skimage_trd._numba_kernels import set_threads
 
     set_threads(args.threads)
     sigmas = [float(s) for s in args.sigmas.split(",")]
-    files = sorted((SHARED / "data" / "bsd68").glob("*.png"))[: args.images]
-    if not files:
-        sys.exit(f"no BSD68 images under {SHARED / 'data' / 'bsd68'}")
+    files = require_images(args.data, "bsd68")[: args.images]
     if args.table_only:
         done = load_results(args.results)
     else:

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _data import DATA, require_images  # noqa: E402
 
 
 def psnr(out, clean):
@@ -38,11 +39,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=12)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--data", default=str(DATA / "bsd68"), help="the BSD68 images")
     args = ap.parse_args(argv)
     set_threads(args.threads)
-    files = sorted((SHARED / "data" / "bsd68").glob("*.png"))[: args.images]
-    if not files:
-        sys.exit(f"no BSD68 images under {SHARED / 'data' / 'bsd68'}")
+    files = require_images(args.data, "bsd68")[: args.images]
     print(f"# {platform.platform()}; {datetime.date.today()}; "
           f"command: python benchmarks/table_accuracy.py {' '.join(argv or sys.argv[1:])}")
     print(f"# linear tables within {LINEAR_TABLE_TOLERANCE:g} of phi (absolute, [0, 255] scale); "

@@ -21,13 +21,16 @@ import numpy as np
 from skimage_trd._gradients import TrainingSpec, pack_params
 from skimage_trd.train import _batch, add_noise, load_image_folder, plain_initial_stage
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _data import DATA, require_images  # noqa: E402
+
 PAPER = {5: 35.0, 7: 75.0, 9: 165.0}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=str(SHARED / "data" / "train400"))
+    ap.add_argument("--data", default=str(DATA / "train400"),
+                    help="the training images (train400)")
     ap.add_argument("--backend", default="numba", choices=["numba", "cupy"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3)
@@ -43,6 +46,7 @@ def main(argv=None):
         import cupy
 
         device = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    require_images(args.data, "train400")
     clean, _ = load_image_folder(args.data)
     clean = np.stack(clean[: args.images]).astype(np.float32)
     noisy = np.stack(add_noise(list(clean), 25.0, 0)).astype(np.float32)

@@ -2,10 +2,15 @@
 
 The GPU kernels in ``skimage_trd._cupy_kernels`` are plain CUDA C. Here the same source text is
 compiled with the system's C++ compiler after a prelude that supplies CUDA's names: a thread of a
-block is a ``std::thread`` with its own ``threadIdx``, ``__syncthreads()`` is a barrier shared
-by the block's threads, and dynamic shared memory is one buffer per block. Blocks run one
-after the other. That tests the kernels' index arithmetic, halos, shared-memory layout and
-synchronisation without a GPU (not their speed, nor NVRTC's dialect).
+block is a coroutine (``ucontext``) with its own stack and ``threadIdx``, ``__syncthreads()``
+suspends it until every thread of the block has arrived, and dynamic shared memory is one buffer
+per block. Blocks run one after the other. Between two barriers the threads run one after the
+other, in ascending order in one phase and descending in the next, so a missing barrier shows
+whichever thread would have to write first (a real GPU interleaves them any way it likes); a
+barrier that not all threads of the block reach is an error (on a GPU: a hang or worse). That
+tests the kernels' index arithmetic, halos, shared-memory layout and synchronisation without a
+GPU (not their speed, nor NVRTC's dialect). Coroutines instead of OS threads: a barrier of 1024
+threads costs microseconds, not a storm of wake-ups.
 
 ``fake_cupy()`` returns a stand-in for the ``cupy`` module (NumPy arrays, these emulated
 kernels) so that ``run_model(..., backend="cupy")`` runs end to end on the CPU.
@@ -28,27 +33,26 @@ import numpy as np
 CXX = shutil.which("g++") or shutil.which("c++")
 
 _PRELUDE = r"""
+#if defined(__APPLE__)
+#define _XOPEN_SOURCE 600
+#endif
 #include <cmath>
-#include <condition_variable>
 #include <cstddef>
+#include <functional>
 #include <math.h>
-#include <mutex>
-#include <thread>
+#include <memory>
+#include <ucontext.h>
 #include <vector>
 struct dim3_emu { int x, y, z; };
-static thread_local dim3_emu threadIdx;
+static dim3_emu threadIdx;  // set by the scheduler before it resumes a thread
 static dim3_emu blockIdx;
-struct emu_barrier_t {  // a reusable barrier for the threads of one block
-    std::mutex m; std::condition_variable cv; int n, count = 0, generation = 0;
-    explicit emu_barrier_t(int n_) : n(n_) {}
-    void wait() {
-        std::unique_lock<std::mutex> lock(m);
-        const int g = generation;
-        if (++count == n) { count = 0; ++generation; cv.notify_all(); }
-        else cv.wait(lock, [&] { return g != generation; });
-    }
-};
-static emu_barrier_t* emu_barrier;
+static ucontext_t emu_scheduler;  // the launcher's loop over a block's threads
+static ucontext_t* emu_threads;
+static int emu_current;
+static bool emu_returned;
+static inline void emu_syncthreads() {  // back to the scheduler until all threads are here
+    swapcontext(&emu_threads[emu_current], &emu_scheduler);
+}
 static unsigned char* emu_shared;
 struct float4 { float x, y, z, w; };
 template <class P> static inline P __ldg(const P* p) { return *p; }
@@ -57,32 +61,54 @@ template <class P> static inline P __ldg(const P* p) { return *p; }
 #define __forceinline__ inline
 #define __restrict__ __restrict
 #define __launch_bounds__(n)
-#define __syncthreads() emu_barrier->wait()
+#define __syncthreads() emu_syncthreads()
 #define SHARED_ARRAY(type, name) type* name = reinterpret_cast<type*>(emu_shared)
 """
 
 _LAUNCHER = r"""
-// Returns 0, or 1 when a block wrote past its dynamic shared memory (a guard region after it).
+static std::function<void()> emu_kernel;
+static void emu_thread_main() {{ emu_kernel(); emu_returned = true; }}
+
+// Returns 0; 1 when a block wrote past its dynamic shared memory (a guard region after it);
+// 2 when some threads of a block returned while others waited at a __syncthreads().
 extern "C" int emu_launch(int gx, int gy, int tx, int ty, long shared_bytes, {params}) {{
-    const long guard = 256;
+    const long guard = 256, stack_bytes = 128 * 1024;
+    const int n = tx * ty;
     std::vector<double> shared((shared_bytes + guard + 7) / 8);
     emu_shared = reinterpret_cast<unsigned char*>(shared.data());
+    std::unique_ptr<char[]> stacks(new char[n * stack_bytes]);
+    std::vector<ucontext_t> threads(n);
+    std::vector<char> done(n);
+    emu_threads = threads.data();
+    emu_kernel = [=] {{ {name}({args}); }};
     for (int by = 0; by < gy; ++by)
         for (int bx = 0; bx < gx; ++bx) {{
             // NaN everywhere: a read of shared memory that no thread wrote poisons the result
             for (long b = 0; b < shared_bytes; ++b) emu_shared[b] = 0xFF;
             for (long b = 0; b < guard; ++b) emu_shared[shared_bytes + b] = 0xA5;
             blockIdx = dim3_emu{{bx, by, 0}};
-            emu_barrier_t bar(tx * ty);
-            emu_barrier = &bar;
-            std::vector<std::thread> threads;
-            for (int y = 0; y < ty; ++y)
-                for (int x = 0; x < tx; ++x)
-                    threads.emplace_back([=] {{
-                        threadIdx = dim3_emu{{x, y, 0}};
-                        {name}({args});
-                    }});
-            for (auto& t : threads) t.join();
+            for (int i = 0; i < n; ++i) {{
+                getcontext(&threads[i]);
+                threads[i].uc_stack.ss_sp = stacks.get() + i * stack_bytes;
+                threads[i].uc_stack.ss_size = stack_bytes;
+                threads[i].uc_link = &emu_scheduler;
+                makecontext(&threads[i], emu_thread_main, 0);
+                done[i] = 0;
+            }}
+            for (int phase = 0;; ++phase) {{  // the code up to the next barrier, thread by thread
+                int returned = 0, waiting = 0;
+                for (int k = 0; k < n; ++k) {{
+                    const int i = phase % 2 ? n - 1 - k : k;
+                    if (done[i]) continue;
+                    emu_current = i;
+                    threadIdx = dim3_emu{{i % tx, i / tx, 0}};
+                    emu_returned = false;
+                    swapcontext(&emu_scheduler, &threads[i]);
+                    if (emu_returned) {{ done[i] = 1; ++returned; }} else ++waiting;
+                }}
+                if (waiting == 0) break;
+                if (returned) return 2;
+            }}
             for (long b = 0; b < guard; ++b)
                 if (emu_shared[shared_bytes + b] != 0xA5) return 1;
         }}
@@ -125,7 +151,7 @@ class EmulatedKernel:
             with tempfile.TemporaryDirectory() as work:
                 src, tmp = Path(work) / "kernel.cpp", Path(work) / "kernel.so"
                 src.write_text(source)
-                subprocess.run([CXX, "-std=c++17", "-O1", "-shared", "-fPIC", "-pthread",
+                subprocess.run([CXX, "-std=c++17", "-O1", "-shared", "-fPIC",
                                 "-Wno-unknown-pragmas", "-o", str(tmp), str(src)], check=True,
                                capture_output=True, text=True)
                 shutil.move(tmp, lib)
@@ -156,8 +182,12 @@ class EmulatedKernel:
                 assert not isinstance(a, np.ndarray) and np.asarray(a).dtype == dtype, (
                     f"scalar parameter of type {dtype} given {a!r}")
                 converted.append(a.item())
-        if self._launch(grid[0], grid[1], block[0], block[1], shared_mem, *converted):
+        status = self._launch(grid[0], grid[1], block[0], block[1], shared_mem, *converted)
+        if status == 1:
             raise RuntimeError("a block wrote past its dynamic shared memory")
+        if status == 2:
+            raise RuntimeError("some threads of a block returned while others waited at "
+                               "__syncthreads() (a GPU would hang or misbehave)")
 
 
 class _RawModule:

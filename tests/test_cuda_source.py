@@ -56,8 +56,11 @@ def _assert_strips_ran(rows, stages):
     assert all(launch[1] == (32, rows) for launch in kernel.launches)
 
 
+# the quick subset (-m "not slow") keeps the default block shape (above), the float64 kernel and
+# one planted bug; the full suite runs every block shape and bug
 # (8, 16) with 7x7 filters needs 56 KB of shared memory: the launch must ask for more than 48 KB
 # taps: the filter taps held in registers (read once per filter) instead of read where used
+@pytest.mark.slow
 @pytest.mark.parametrize("rows, per_thread, taps", [(4, 16, False), (16, 4, False),
                                                     (2, 5, False), (8, 16, False), (8, 8, True),
                                                     (4, 8, True), (2, 5, True)])
@@ -72,9 +75,12 @@ def test_strips_kernel_other_block_shapes(emulated, monkeypatch, rows, per_threa
 
 
 @pytest.mark.parametrize("bug", [
-    ("if (y0 + p < VH) sv", "if (y0 + p < VH - 1) sv"),  # last response row never written
-    ("TAP((F - 1 - a) * F + (F - 1 - b))", "TAP(a * F + b)"),  # backward filter not rotated
-    ("kr[j] = k[j]", "kr[j] = k[j ^ 1]"),  # taps in registers read out of order
+    pytest.param(("if (y0 + p < VH) sv", "if (y0 + p < VH - 1) sv"),  # last response row never written
+                 marks=pytest.mark.slow),
+    pytest.param(("TAP((F - 1 - a) * F + (F - 1 - b))", "TAP(a * F + b)"),  # backward filter not rotated
+                 marks=pytest.mark.slow),
+    pytest.param(("kr[j] = k[j]", "kr[j] = k[j ^ 1]"),  # taps in registers read out of order
+                 marks=pytest.mark.slow),
     ("        __syncthreads();\n        // acc", "        // acc"),  # a barrier missing
 ])
 def test_emulation_catches_planted_bugs(emulated, monkeypatch, bug):
@@ -120,6 +126,7 @@ def test_tiles_kernel_float64_equals_reference(emulated, shape, exact):
     _check(f, m, 1e-8 if exact else 1e-4, exact=exact)  # tables: 1e-5 of phi
 
 
+@pytest.mark.slow
 def test_tiles_kernel_float32_equals_reference(emulated, monkeypatch):
     monkeypatch.setattr(_cupy_kernels, "FLOAT32_KERNEL", "tiles")
     m = random_model(2, 7, seed=4, wide_grid=True)
@@ -129,6 +136,7 @@ def test_tiles_kernel_float32_equals_reference(emulated, monkeypatch):
     assert key == "float32" and kernel.launches[0][1] == (32, 32)
 
 
+@pytest.mark.slow
 def test_strips_falls_back_to_tiles_without_the_shared_memory(emulated):
     """The default float32 kernel is strips; a block that needs more shared memory than the
     GPU gives (9x9, 80 filters: 53 KB; 48 KB before Volta) runs the tiles kernel instead."""

@@ -172,7 +172,7 @@ def test_shipped_models_improve_jpeg():
 
 @pytest.mark.slow
 def test_authors_q10_model_on_live1_half():
-    """The authors' q=10 model through our projection: LIVE1-half 27.85 dB in PROTOCOLS.md."""
+    """The authors' q=10 model through our projection: LIVE1-half 27.85 dB in docs/protocols.md."""
     folder = require_shared(SHARED / "data" / "live1")
     m = import_matlab_model(AUTHORS / "jpeg_deblocking" / "JointTraining_7x7_400_176X176_stage=4.mat")
     scores = []
@@ -184,7 +184,7 @@ def test_authors_q10_model_on_live1_half():
             dec, table = np.asarray(j), j.quantization[0]
         out = deblock_trd(dec, qtable=table, model=m) * 255
         scores.append(10 * np.log10(255**2 / np.mean((out - x) ** 2)))
-    # coefficients recovered from the decoded images cost up to 0.02 dB (PROTOCOLS.md)
+    # coefficients recovered from the decoded images cost up to 0.02 dB (docs/protocols.md)
     assert abs(np.mean(scores) - 27.85) < 0.03
 
 

@@ -11,6 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # subprocesses
 def test_zarr_example_equals_in_memory(tmp_path):
     zarr = pytest.importorskip("zarr")
     pytest.importorskip("dask.array")
@@ -24,6 +25,7 @@ def test_zarr_example_equals_in_memory(tmp_path):
     np.testing.assert_allclose(denoised, denoise_trd(noisy), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["tiles", "compressed strips"])
 def test_ome_tiff_example_uint16(tmp_path, layout):
     """A 12-bit uint16 OME-TIFF stack, read lazily and rechunked, gives the in-memory result."""
@@ -57,19 +59,23 @@ def test_ome_tiff_example_uint16(tmp_path, layout):
     assert np.abs(denoised[0].astype(float) - clean).mean() < 0.5 * noisy_err
 
 
-@pytest.mark.parametrize("extra", [[], ["--jpeg", "10", "--crop", "40,170,100,120", "--zoom", "2"],
-                                   ["--photons", "20", "--crop", "40,170,100,120", "--zoom", "2"]])
-def test_demo_writes_its_picture(tmp_path, capsys, extra):
+@pytest.mark.parametrize("extra, name", [
+    (["--out", "pic.png"], "pic.png"),
+    (["--jpeg", "10", "--crop", "40,170,100,120", "--zoom", "2"], "trd_deblock.png"),
+    (["--photons", "20", "--crop", "40,170,100,120", "--zoom", "2"], "trd_photons.png")])
+def test_demo_writes_its_picture(tmp_path, monkeypatch, capsys, extra, name):
     from PIL import Image
 
     from skimage_trd.demo import main
 
-    out = tmp_path / "demo.png"
-    main([*extra, "--out", str(out)])
+    monkeypatch.chdir(tmp_path)  # each mode has its own default picture name
+    main(extra)
+    out = tmp_path / name
     line = capsys.readouterr().out
     before, after = (float(v) for v in re.findall(r"([\d.]+) dB", line))
     assert after > before + 0.5  # restored, by the shipped models
+    assert re.search(r"first call [\d.]+ s \(.*\), then [\d.]+ s; wrote " + name, line)
     width, height = Image.open(out).size
-    assert (width, height) == ((3 * 240 + 16, 200 + 28) if extra else (3 * 512 + 16, 512 + 28))
+    assert (width, height) == ((3 * 240 + 16, 200 + 28) if "--crop" in extra else (3 * 512 + 16, 512 + 28))
     with pytest.raises(SystemExit, match="--crop"):
         main([*extra, "--crop", "1,2,3", "--out", str(out)])

@@ -111,6 +111,7 @@ def _wait(qtbot, widget, timeout=120_000):
 
 
 @pytest.mark.napari
+@pytest.mark.slow
 def test_denoise_widget_in_viewer(make_napari_viewer, qtbot):
     from napari_trd import DenoiseWidget
 

@@ -21,6 +21,14 @@ def _config(**kw):
     return TrainingConfig(**base)
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The uninterrupted run of _config() that every interrupted one must reproduce. Training is
+    deterministic (test_deterministic_for_a_seed), so the tests below share one."""
+    return train_model(_clean(), _config(), checkpoint_dir=tmp_path_factory.mktemp("full"),
+                       log=lambda s: None)
+
+
 def test_training_improves_on_the_noisy_input(tmp_path):
     clean = _clean()
     lines = []
@@ -32,7 +40,7 @@ def test_training_improves_on_the_noisy_input(tmp_path):
     assert model.n_stages == 2 and model.kernel_size == 3 and model.sigma == 25
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("dtype", ["float64", pytest.param("float32", marks=pytest.mark.slow)])
 def test_deterministic_for_a_seed(dtype):
     a = train_model(_clean(), _config(dtype=dtype), log=lambda s: None)
     b = train_model(_clean(), _config(dtype=dtype), log=lambda s: None)
@@ -46,8 +54,8 @@ class _Stop(Exception):
 
 
 @pytest.mark.parametrize("stop_after", [3, 9, 14])
-def test_resume_reproduces_the_uninterrupted_run(tmp_path, stop_after):
-    full = train_model(_clean(), _config(), checkpoint_dir=tmp_path / "a", log=lambda s: None)
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, uninterrupted, stop_after):
+    full = uninterrupted
     seen = []
 
     def killer(line):
@@ -172,6 +180,7 @@ def test_command_line_deblocking_default_crop(tmp_path):
     assert model.metadata["provenance"]["config"]["crop"] == 176
 
 
+@pytest.mark.slow
 def test_deblocking_training_on_numpy_backend(tmp_path):
     from skimage_trd import deblock_trd
 
@@ -233,10 +242,10 @@ def test_config_validation():
 
 
 @pytest.mark.parametrize("crash_at", range(1, 9))  # a run writes 8 checkpoints
-def test_crash_while_writing_a_checkpoint(tmp_path, monkeypatch, crash_at):
+def test_crash_while_writing_a_checkpoint(tmp_path, monkeypatch, uninterrupted, crash_at):
     import skimage_trd.train as tr
 
-    full = train_model(_clean(), _config(), checkpoint_dir=tmp_path / "a", log=lambda s: None)
+    full = uninterrupted
     real_replace = tr.os.replace
     calls = {"n": 0}
 

@@ -8,7 +8,7 @@ the orthonormal 2-D DCT-II. A coefficient ``y`` is quantised to
 
 The projection of paper Eq. 9 puts every coefficient of ``u`` back into the
 box ``[(d - c/2) q, (d + c/2) q]`` (``c = 1`` in the paper; 0.8 in the
-authors' code, see PROTOCOLS.md). Every function takes NumPy or CuPy arrays.
+authors' code, see docs/protocols.md). Every function takes NumPy or CuPy arrays.
 """
 
 from __future__ import annotations

@@ -675,33 +675,54 @@ def _jpeg_decoded(img, quality):
 
 
 # ---------------------------------------------------------------------------------------- CLI
+class _HelpWithDefaults(argparse.HelpFormatter):
+    """Shows each option's default, unless it is None (its help then says what happens)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if not any(action.default is v for v in (None, False, argparse.SUPPRESS)) and "(default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def _parser():
-    ap = argparse.ArgumentParser(prog="python -m skimage_trd.train", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m skimage_trd.train", description=__doc__.split("\n\n")[0],
+                                 formatter_class=_HelpWithDefaults)
     ap.add_argument("--data", required=True, help="folder of clean training images")
-    ap.add_argument("--noisy", help="folder of noisy images matching --data by file name")
+    ap.add_argument("--noisy", help="folder of noisy images matching --data by file name "
+                                    "(default: Gaussian noise of --sigma added with --seed)")
     ap.add_argument("--task", choices=["denoise", "deblock"],
-                    help="default: that of --init, else denoise")
-    ap.add_argument("--sigma", type=float, help="denoising: noise level on the [0, 255] scale")
-    ap.add_argument("--quality", type=int, help="deblocking: JPEG quality (1..100)")
+                    help="what the model restores (default: the task of --init, else denoise)")
+    ap.add_argument("--sigma", type=float,
+                    help="denoising: noise level on the [0, 255] scale (default: that of --init)")
+    ap.add_argument("--quality", type=int,
+                    help="deblocking: JPEG quality (1..100) (default: that of --init)")
     ap.add_argument("--out", required=True, help="run folder (checkpoints; rerun to resume)")
-    ap.add_argument("--kernel-size", type=int, default=7)
-    ap.add_argument("--stages", type=int, default=5)
-    ap.add_argument("--greedy-iterations", type=int, default=200)
-    ap.add_argument("--joint-iterations", type=int, default=200)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--kernel-size", type=int, default=7,
+                    help="filter size (odd); ignored with --init")
+    ap.add_argument("--stages", type=int, default=5, help="number of stages; ignored with --init")
+    ap.add_argument("--greedy-iterations", type=int, default=200,
+                    help="L-BFGS iterations per stage in the greedy phase (skipped with --init)")
+    ap.add_argument("--joint-iterations", type=int, default=200,
+                    help="L-BFGS iterations of the joint phase (all stages together)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the added noise")
     ap.add_argument("--crop", type=int, default=None,
-                    help="centre crop size (0: no crop; default 180 for denoising, 176 = 22 "
+                    help="centre crop size, 0: no crop (default: 180 for denoising, 176 = 22 "
                          "JPEG blocks for deblocking)")
     ap.add_argument("--chunk", type=int, default=20, help="L-BFGS iterations per checkpoint")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                    help="precision of the training computations")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="Numba threads (default: Numba's, i.e. all cores or NUMBA_NUM_THREADS)")
     ap.add_argument("--backend", default="numba", choices=["numba", "cupy", "numpy"],
-                    help="gradient kernels: Numba (CPU) or CuPy (GPU)")
-    ap.add_argument("--validation", help="folder of clean images scored after every chunk")
-    ap.add_argument("--export", help="write the trained model here (.npz)")
+                    help="gradient kernels: Numba (CPU), CuPy (GPU) or NumPy (slow reference)")
+    ap.add_argument("--validation", help="folder of clean images scored after every chunk (default: none)")
+    ap.add_argument("--export",
+                    help="write the trained model here (.npz; default: only the run folder's files)")
     ap.add_argument("--init", metavar="MODEL",
                     help="fine-tune this model (a registered name or a .npz file): its filter "
-                         "size, stages and RBF grid are kept, the greedy phase is skipped")
+                         "size, stages and RBF grid are kept, the greedy phase is skipped (default: "
+                         "train from the paper's plain initialisation)")
     return ap
 
 

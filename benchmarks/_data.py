@@ -1,0 +1,46 @@
+"""Where the benchmarks find their data sets, and what they say when one is missing.
+
+The data sets are not in the repository: they live in ``../shared/data`` (a folder ``shared/``
+beside the clone) or wherever ``--data`` points. docs/protocols.md says what each one is and
+where to get it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+DATA = SHARED / "data"
+AUTHORS = SHARED / "reference-models" / "tnrd-authors"
+
+WHERE = {
+    "train400": "the 400 training crops of the TNRD/DnCNN papers (DnCNN repository, "
+                "github.com/cszn/DnCNN: TrainingCodes/DnCNN_TrainingCodes_v1.0/data/Train400)",
+    "bsd68": "the 68 BSD test images of the TNRD/DnCNN papers (github.com/cszn/DnCNN: testsets/BSD68)",
+    "set12": "the 12 classic gray test images of the DnCNN paper (Set12, with DnCNN's test sets)",
+    "live1": "the 29 LIVE1 colour images of the JPEG-deblocking benchmarks (e.g. "
+             "github.com/cszn/DnCNN: testsets/LIVE1), converted losslessly from BMP to PNG",
+    "classic5": "the 5 classic5 gray images of the JPEG-deblocking benchmarks",
+    "tnrd-authors": "the authors' released TNRD MATLAB models (their public TNRD-Codes package), "
+                    "folders denoising/ and jpeg_deblocking/",
+}
+
+
+def missing(what, folder, option="--data FOLDER"):
+    """Say what is missing and where to get it, then exit with status 2."""
+    how = f", or pass {option}" if option else ""
+    sys.stderr.write(
+        f"{Path(sys.argv[0]).name}: no {what} data in {folder}.\n"
+        f"  {what}: {WHERE.get(what, what)}.\n"
+        f"  Put it in {folder}{how} (see docs/protocols.md, 'Data').\n")
+    sys.exit(2)
+
+
+def require_images(folder, what, pattern="*.png", option="--data FOLDER"):
+    """The sorted image files of a data set, or a message and exit status 2 without them."""
+    folder = Path(folder)
+    files = sorted(folder.glob(pattern)) if folder.is_dir() else []
+    if not files:
+        missing(what, folder, option)
+    return files
