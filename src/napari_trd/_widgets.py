@@ -3,10 +3,17 @@
 Each widget runs its job in a napari thread worker; progress goes to napari's progress bar
 (with a cancel button), errors to napari's notifications, results to a new layer that keeps
 the input's scale, translate and name (plus a suffix).
+
+Workers never outlive Qt: closing a widget (or its viewer) cancels its jobs and drops its
+noise estimates, and at interpreter exit (and when the Qt application quits) every running
+job is cancelled and every worker awaited (up to ``SHUTDOWN_WAIT_MS``) before Qt tears down,
+so that no worker signals through a deleted Qt object (which aborts the process).
 """
 
 from __future__ import annotations
 
+import atexit
+import threading
 import weakref
 
 import numpy as np
@@ -24,6 +31,46 @@ from magicgui.widgets import (
 from . import _jobs
 
 _LIVE = weakref.WeakSet()  # widgets whose model menus follow newly trained models
+
+# How long interpreter exit waits for cancelled jobs and noise estimates to return. Jobs check
+# for cancellation between stages (a fraction of a second); only an unusually large plane's
+# single stage would take longer, and then the process may still abort at exit.
+SHUTDOWN_WAIT_MS = 30_000
+_shutdown_hooked = False
+
+
+def shutdown_workers(msecs=SHUTDOWN_WAIT_MS):
+    """Cancel every widget's jobs and wait up to ``msecs`` for all thread workers to return.
+
+    Run at interpreter exit and when the Qt application is about to quit; call it yourself
+    before tearing Qt down by other means. Returns whether all workers finished."""
+    for widget in list(_LIVE):
+        widget.stop_workers()
+    from napari.qt.threading import WorkerBase
+
+    try:
+        WorkerBase.await_workers(msecs)
+    except RuntimeError:  # still running after the wait: nothing more can be done safely
+        return False
+    return True
+
+
+def _hook_shutdown():
+    """Register :func:`shutdown_workers` once, at exit and on the application's aboutToQuit
+    (atexit handlers run last-registered first: before napari's and Qt's teardown)."""
+    global _shutdown_hooked
+    if _shutdown_hooked:
+        return
+    _shutdown_hooked = True
+    atexit.register(shutdown_workers)
+    try:
+        from qtpy.QtWidgets import QApplication
+
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(shutdown_workers)
+    except ImportError:  # pragma: no cover - napari always brings qtpy
+        pass
 
 
 def _gpu_available():
@@ -56,13 +103,23 @@ class _JobWidget(Container):
         super().__init__(widgets=[*widgets, self.run_button, self.cancel_button, self.status])
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
-        self._cancel = None
+        self._cancel = None  # the latest job's cancel event (the Cancel button's)
+        self._running = set()  # cancel events of all jobs still running
+        self._closed = threading.Event()  # set when the widget is closed: workers stand down
         self.worker = None
         self.last_error = None
         layers = napari_viewer.layers.events
         layers.inserted.connect(self._refresh_layers)
         layers.removed.connect(self._refresh_layers)
         _LIVE.add(self)
+        # (a plain function of the events, not of self's Qt objects, which are gone by then)
+        closed, running = self._closed, self._running
+        self.native.destroyed.connect(lambda *_: _stand_down(closed, running))
+        _hook_shutdown()
+
+    def stop_workers(self):
+        """Cancel the running job and drop pending noise estimates (the widget is closing)."""
+        _stand_down(self._closed, self._running)
 
     # ------------------------------------------------------------------ menus
     def _image_layers(self):
@@ -108,15 +165,20 @@ class _JobWidget(Container):
                 pbar.total = total_now
             pbar.update(done - pbar.n)
 
+        running = self._running
+
         def work():
             try:
                 return job(progress, cancel)
             except _jobs.Cancelled:
                 return _jobs.Cancelled
+            finally:
+                running.discard(cancel)
 
         # errors are ours to report (as napari notifications, below), not re-raised in Qt
         worker = create_worker(work, _ignore_errors=True)
         self._cancel = cancel
+        self._running.add(cancel)
         self.worker = worker
         self.last_error = None
 
@@ -179,6 +241,12 @@ class _JobWidget(Container):
                          error=True)
             return False
         return True
+
+
+def _stand_down(closed, running):
+    closed.set()
+    for cancel in list(running):
+        cancel.set()
 
 
 class DenoiseWidget(_JobWidget):
@@ -247,8 +315,10 @@ class DenoiseWidget(_JobWidget):
             except RuntimeError:  # the widget was closed meanwhile (its Qt object deleted)
                 pass
 
+        closed = self._closed
+
         def estimate():
-            if ticket != self._estimate_id:  # out of date before it started: read nothing
+            if ticket != self._estimate_id or closed.is_set():  # out of date: read nothing
                 return None
             return _jobs.estimate_noise(np.asarray(data[window]), channel_axis)
 
