@@ -1,6 +1,6 @@
 """Reproduce the paper's Table 1 (BSD68 denoising PSNR) with the authors' released models.
 
-Protocol: ../shared/PROTOCOLS.md, "Gaussian denoising". The authors' MATLAB files are read
+Protocol: docs/protocols.md, "Gaussian denoising". The authors' MATLAB files are read
 from ../shared/reference-models/tnrd-authors/ by our importer and run by our engine.
 
     python benchmarks/table1_authors_models.py [--threads N] [--backend numba] [--dtype float64]
@@ -21,10 +21,12 @@ from skimage_trd import import_matlab_model
 from skimage_trd._engine import run_model
 from skimage_trd._numba_kernels import set_threads
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-MODELS = SHARED / "reference-models" / "tnrd-authors" / "denoising"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _data import AUTHORS, SHARED, missing, require_images  # noqa: E402
 
-# (kernel, sigma) -> figure of PROTOCOLS.md (the authors' models under this protocol)
+MODELS = AUTHORS / "denoising"
+
+# (kernel, sigma) -> figure of docs/protocols.md (the authors' models under this protocol)
 EXPECTED = {
     ("7x7", 15): 31.43,
     ("7x7", 25): 28.92,
@@ -34,12 +36,10 @@ EXPECTED = {
 }
 
 
-def load_gray_set(folder):
+def load_gray_set(folder, what="bsd68"):
     from skimage.io import imread
 
-    files = sorted(Path(folder).glob("*.png"))
-    if not files:
-        raise SystemExit(f"no PNG images in {folder}")
+    files = require_images(folder, what)
     return [(p.name, imread(p).astype(np.float64)) for p in files]
 
 
@@ -63,18 +63,18 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--backend", default="numba")
     ap.add_argument("--dtype", default="float64", choices=["float32", "float64"])
-    ap.add_argument("--data", default=str(SHARED / "data" / "bsd68"))
+    ap.add_argument("--data", default=str(SHARED / "data" / "bsd68"), help="the BSD68 images")
     args = ap.parse_args(argv)
     set_threads(args.threads)
     if not MODELS.is_dir():
-        raise SystemExit(f"authors' models not found at {MODELS}")
+        missing("tnrd-authors", MODELS.parent, option=None)
     images = load_gray_set(args.data)
     print(f"# Table 1 with the authors' models: {len(images)} images from {args.data}")
     print(f"# machine: {platform.machine()} {platform.processor() or ''} ({platform.platform()}),"
           f" threads={args.threads}, backend={args.backend}, dtype={args.dtype}")
     print(f"# date: {datetime.date.today()}  command: python {' '.join(sys.argv)}")
     print()
-    print("| model | sigma | PSNR (ours) | PROTOCOLS.md | difference | seconds |")
+    print("| model | sigma | PSNR (ours) | docs/protocols.md | difference | seconds |")
     print("|---|---|---|---|---|---|")
     worst = 0.0
     for (kernel, sigma), expected in EXPECTED.items():

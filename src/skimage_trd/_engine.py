@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._arrays import normalize_tile_shape
-from ._influence import LinearTable, build_table, linear_from_cubic, rbf_reach_terms
+from ._influence import LinearTable, build_table, linear_from_cubic, lookup_tables, rbf_reach_terms
 
 __all__ = ["run_model", "BACKENDS", "iter_tiles"]
 
@@ -106,6 +106,8 @@ def model_fingerprint(model) -> str:
         if arr is not None:
             h.update(np.ascontiguousarray(arr).tobytes())
     h.update(repr(model.precision).encode())
+    if model.influence_lut is not None:
+        h.update(repr(model.influence_lut).encode())
     return h.hexdigest()
 
 
@@ -119,7 +121,12 @@ def prepare(model, dtype) -> Prepared:
         return hit
     stages = []
     for t in range(model.n_stages):
-        table = build_table(model.weights[t], model.centers, model.precision, TABLE_TOLERANCE)
+        if model.influence_lut is None:
+            table = build_table(model.weights[t], model.centers, model.precision, TABLE_TOLERANCE)
+            linear = linear_from_cubic(table, LINEAR_TABLE_TOLERANCE, dtype)
+        else:  # the authors' table defines phi: held exactly by both kinds of table
+            table, linear = lookup_tables(model.weights[t], model.centers, model.precision,
+                                          model.influence_lut, dtype)
         lam = 0.0 if model.lambdas is None else float(model.lambdas[t])
         stages.append(
             PreparedStage(
@@ -130,7 +137,7 @@ def prepare(model, dtype) -> Prepared:
                 x0=table.x0,
                 inv_h=table.inv_h,
                 lam=lam,
-                linear=linear_from_cubic(table, LINEAR_TABLE_TOLERANCE, dtype),
+                linear=linear,
             )
         )
     prepared = Prepared(
@@ -176,11 +183,13 @@ def _run_numba(f, model, n_stages, exact, post_stage, progress):
 
 
 def _run_numpy(f, model, n_stages, exact, post_stage, progress):
-    from ._reference import diffusion_reference
+    from ._reference import diffusion_reference, lookup_phi
 
+    phi = lookup_phi(model)
     u = f
     for t in range(n_stages):
-        d = diffusion_reference(u, model.filters[t], model.weights[t], model.centers, model.precision)
+        d = diffusion_reference(u, model.filters[t], model.weights[t], model.centers, model.precision,
+                                None if phi is None else (lambda i, z, t=t: phi(t, i, z)))
         lam = 0.0 if model.lambdas is None else float(model.lambdas[t])
         u = u - (d + lam * (u - f))
         if post_stage is not None:
@@ -238,7 +247,9 @@ def run_model(
         Run only the first stages.
     exact : bool, optional
         Evaluate influence functions exactly instead of by table. Defaults to
-        True in float64 and False in float32.
+        True in float64 and False in float32. Ignored for models whose
+        influence functions are a lookup table (``model.influence_lut``: the
+        authors' models), which every backend evaluates exactly as such.
     tile_shape : (int, int), optional
         Process in tiles of this size (plus the model's halo); the result is
         identical to whole-image processing.
@@ -256,6 +267,8 @@ def run_model(
     n_stages = model.n_stages if n_stages is None else int(n_stages)
     if exact is None:
         exact = f.dtype == np.float64
+    if model.influence_lut is not None:
+        exact = False  # the kernels' tables hold the model's own table exactly
     runner = _RUNNERS[backend]
     tile_shape = normalize_tile_shape(tile_shape)
     if tile_shape is None or (tile_shape[0] >= f.shape[0] and tile_shape[1] >= f.shape[1]):

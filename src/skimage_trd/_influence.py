@@ -14,6 +14,10 @@ Kernels evaluate ``phi`` in one of three ways:
   the CPU the reads are scalar, and one read instead of the cubic's four made
   the whole stage ~1.2x faster).
 
+Imported authors' models (``TRDModel.influence_lut``) define ``phi`` by their own
+lookup table instead (samples on a fixed grid, linear between them, constant beyond):
+:func:`lookup_tables` turns it into both kinds of table, which then hold it exactly.
+
 Grid spacings are refined until the table is within ``tolerance`` of the
 exact function; beyond the grid ``phi`` is 0 to within
 ``exp(-RBF_REACH**2 / 2)`` of the largest weight.
@@ -27,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["InfluenceTable", "LinearTable", "build_table", "build_linear_table", "linear_from_cubic",
-           "rbf_reach_terms", "influence_and_derivative"]
+           "rbf_reach_terms", "influence_and_derivative", "lookup_tables", "lut_nodes"]
 
 # Centres further than RBF_REACH widths (1/sqrt(precision)) from z are ignored:
 # their terms are below exp(-RBF_REACH**2 / 2) ~ 1.9e-22 of their weight.
@@ -204,3 +208,33 @@ def build_linear_table(weights, centers, precision, tolerance=2e-4,
     whichever is smaller."""
     cubic = build_table(weights, centers, precision, min(1e-6, tolerance / 10))
     return linear_from_cubic(cubic, tolerance, dtype)
+
+
+def lut_nodes(lut):
+    """The sample points ``x0 + k step`` (k = 0..n-1) of a lookup-table grid ``(x0, step, n)``."""
+    x0, step, n = lut
+    return x0 + step * np.arange(n, dtype=np.float64)
+
+
+def lookup_tables(weights, centers, precision, lut, dtype=np.float64):
+    """The authors' lookup table of every influence function of one stage as the kernels'
+    tables: ``phi_i`` sampled exactly on the grid ``lut = (x0, step, n)``, linear between the
+    samples and constant beyond the ends (their ``lut_eval``).
+
+    Returns ``(cubic, linear)``: an :class:`InfluenceTable` whose cubic pieces are these
+    straight lines (c2 = c3 = 0; for the GPU kernels) and a :class:`LinearTable` (for the CPU
+    kernels). Both end in one extra interval of slope 0, so that the kernels' clamping of
+    ``z`` into the table gives the last sample beyond the grid's upper end, and the first
+    below its lower end."""
+    x0, step, _ = lut
+    y, _ = influence_and_derivative(lut_nodes(lut), weights, centers, precision)
+    y = np.concatenate([y, y[:, -1:]], axis=1)  # the flat interval beyond the end
+    dy = np.diff(y, axis=1)
+    coef = np.zeros(dy.shape + (4,))
+    coef[..., 0], coef[..., 1] = y[:, :-1], dy
+    complex_dtype = np.result_type(np.dtype(dtype), np.complex64)
+    pairs = (y[:, :-1] + 1j * dy).astype(complex_dtype)
+    cubic = InfluenceTable(coef=np.ascontiguousarray(coef, dtype=dtype), x0=x0, inv_h=1.0 / step,
+                           max_error=0.0)
+    linear = LinearTable(pairs=np.ascontiguousarray(pairs), x0=x0, inv_h=1.0 / step, max_error=0.0)
+    return cubic, linear

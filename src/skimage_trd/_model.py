@@ -127,6 +127,19 @@ class TRDModel:
         return self.n_stages * 2 * self.radius
 
     @property
+    def influence_lut(self) -> tuple[float, float, int] | None:
+        """``(x0, step, n)`` when the influence functions are defined by a lookup table, as in
+        the authors' code: ``phi`` sampled exactly at ``x0 + k step`` (k = 0..n-1), linearly
+        interpolated between the samples and constant beyond the ends. ``None`` (this library's
+        own models): ``phi`` is the closed-form RBF sum. Imported authors' models carry the
+        table of their file (``metadata['influence_lut']``), so that they reproduce the
+        authors' outputs pixel by pixel."""
+        lut = self.metadata.get("influence_lut")
+        if lut is None:
+            return None
+        return float(lut["x0"]), float(lut["step"]), int(lut["n"])
+
+    @property
     def constraint_scale(self) -> float:
         """Deblocking: half-width of the quantisation box in units of q/2 (c of Eq. 9)."""
         return float(self.metadata.get("constraint_scale", 0.8))
@@ -186,6 +199,14 @@ class TRDModel:
             json.dumps(self.metadata)
         except TypeError as exc:
             fail(f"metadata must be JSON-serialisable ({exc})")
+        if self.metadata.get("influence_lut") is not None:
+            try:
+                x0, step, n = self.influence_lut
+            except (TypeError, KeyError, ValueError) as exc:
+                fail(f"metadata['influence_lut'] must hold x0, step and n ({exc!r})")
+            if not (np.isfinite(x0) and np.isfinite(step) and step > 0 and 2 <= n <= 10**6):
+                fail(f"influence_lut needs a finite x0, a positive step and 2..1e6 samples, "
+                     f"got x0={x0}, step={step}, n={n}")
 
     # -------------------------------------------------------------------- I/O
     def to_dict(self) -> dict:

@@ -11,7 +11,9 @@ authors' code::
   correlates 'valid' with ``k`` (giving an image ``2 r`` larger than ``u``
   on every side minus ``r``), applies ``phi`` and correlates 'valid' with
   ``kbar``: the result has the shape of ``u`` again.
-* ``phi_ti(z) = sum_j w_tij exp(-beta / 2 (z - mu_j)**2)``, Gaussian RBFs.
+* ``phi_ti(z) = sum_j w_tij exp(-beta / 2 (z - mu_j)**2)``, Gaussian RBFs; for the
+  authors' imported models, as in their code, that sum sampled on a grid and linearly
+  interpolated, constant beyond the grid (``TRDModel.influence_lut``, :func:`lookup_phi`).
 
 JPEG deblocking (paper Eq. 9) replaces the reaction term by a projection::
 
@@ -30,6 +32,7 @@ import numpy as np
 
 __all__ = [
     "influence_reference",
+    "lookup_phi",
     "correlate_valid",
     "stage_reference",
     "trd_reference",
@@ -43,6 +46,23 @@ def influence_reference(z, weights, centers, precision):
     for w, mu in zip(weights, centers, strict=False):
         out += float(w) * np.exp(-0.5 * float(precision) * (z - float(mu)) ** 2)
     return out
+
+
+def lookup_phi(model):
+    """``phi(t, i, z)`` of a model whose influence functions are a lookup table (the authors'
+    ``lut_eval``: exact samples on the grid, linear interpolation, constant beyond the ends),
+    with ``numpy.interp``; None for models defined by the closed-form RBF sum."""
+    if model.influence_lut is None:
+        return None
+    x0, step, n = model.influence_lut
+    grid = x0 + step * np.arange(n, dtype=np.float64)
+    samples = [[influence_reference(grid, w, model.centers, model.precision) for w in stage]
+               for stage in model.weights]
+
+    def phi(t, i, z):
+        return np.interp(z, grid, samples[t][i]).astype(z.dtype, copy=False)
+
+    return phi
 
 
 def correlate_valid(image, kernel):
@@ -73,7 +93,9 @@ def diffusion_reference(u, filters, weights, centers, precision, phi=None):
 
 def stage_reference(u, f, model, t, phi=None):
     """One denoising stage ``t`` (0-based) of ``model`` applied to ``u`` given the input ``f``;
-    ``phi(t, i, z)`` as in :func:`diffusion_reference`."""
+    ``phi(t, i, z)`` as in :func:`diffusion_reference` (default: the model's own, see
+    :func:`lookup_phi`)."""
+    phi = lookup_phi(model) if phi is None else phi
     stage_phi = None if phi is None else (lambda i, z: phi(t, i, z))
     d = diffusion_reference(u, model.filters[t], model.weights[t], model.centers, model.precision,
                             stage_phi)
@@ -84,6 +106,7 @@ def trd_reference(f, model, n_stages=None, phi=None):
     """Run the first ``n_stages`` (default all) denoising stages on ``f`` (2-D, [0, 255] scale);
     ``phi(t, i, z)`` as in :func:`diffusion_reference`."""
     f = np.asarray(f)
+    phi = lookup_phi(model) if phi is None else phi
     u = f
     for t in range(model.n_stages if n_stages is None else n_stages):
         u = stage_reference(u, f, model, t, phi)
@@ -96,7 +119,9 @@ def deblock_reference(constraint, model, n_stages=None):
     Returns the image on the full block grid (crop it to the image size).
     """
     u = constraint.start
+    phi = lookup_phi(model)
     for t in range(model.n_stages if n_stages is None else n_stages):
-        d = diffusion_reference(u, model.filters[t], model.weights[t], model.centers, model.precision)
+        d = diffusion_reference(u, model.filters[t], model.weights[t], model.centers, model.precision,
+                                None if phi is None else (lambda i, z, t=t: phi(t, i, z)))
         u = constraint.project(u - d)
     return u
