@@ -18,6 +18,7 @@ from ._poisson import (
 )
 from ._reference import stage_reference, trd_reference
 from ._registry import list_models, load_model
+from ._sure import sure_mse
 
 __version__ = "0.1.0.dev0"
 
@@ -26,6 +27,7 @@ __all__ = [
     "deblock_trd",
     "deblock_jpeg",
     "denoise_trd_poisson",
+    "sure_mse",
     "estimate_poisson_gaussian",
     "generalized_anscombe",
     "inverse_generalized_anscombe",
