@@ -128,10 +128,12 @@ def denoise_trd(
         the same with and without ``preserve_range`` (a 12-bit image in
         uint16 is judged by its own contrast, not by the type's range).
     exact : bool, optional
-        Evaluate the influence functions as exact sums of Gaussians instead of
-        from tables accurate to 2e-4 on the [0, 255] scale (linear on the
-        CPU, cubic and accurate to 1e-6 on the GPU). Only meaningful for
-        float64 images; several times slower.
+        Run the model in float64 arithmetic with the influence functions
+        evaluated as exact sums of Gaussians, instead of in float32 with
+        tables accurate to 2e-4 on the [0, 255] scale (linear on the CPU,
+        cubic and accurate to 1e-5 on the GPU), whatever the input dtype.
+        The default differs from exact evaluation by less than 0.01 of 255;
+        ``exact=True`` is several times slower (docs/performance.md).
     color_transform : {'opponent', 'none'}, optional
         For 3-channel images (``channel_axis`` given) with one noise level:
         denoise in the orthonormal opponent colour space (luminance and two
@@ -186,14 +188,20 @@ def denoise_trd(
     up to float rounding. Integer input converted by ``img_as_float`` is
     clipped to the converted range ([0, 1] or [-1, 1]); with
     ``preserve_range=True`` to the integer type's range. Float input is not
-    clipped. 8- and 16-bit integer images are computed in float32, 32- and
-    64-bit ones in float64; all are returned as float64.
+    clipped. The model runs in float32 (float64 with ``exact=True``, and
+    for 32- and 64-bit integer images, whose values float32 cannot hold);
+    float64 planes are mapped onto the model's scale and back in float64.
+    Results are float32 for float16/float32 input and float64 otherwise,
+    as in scikit-image.
     A plane whose noise is below 1e-7 of its spread is returned unchanged;
     one whose noise exceeds its spread ten million times becomes its mean.
 
-    The influence functions are evaluated from tables accurate to 2e-4 on
-    the [0, 255] scale unless ``exact=True``; the restored image differs
-    from exact evaluation by less than 0.01 of 255 (docs/performance.md).
+    Unless ``exact=True``, the model runs in float32 with its influence
+    functions evaluated from tables accurate to 2e-4 on the [0, 255] scale;
+    the restored image differs from exact float64 evaluation by less than
+    0.01 of 255 (docs/performance.md). Models imported from the authors'
+    MATLAB files evaluate their influence functions from the authors' own
+    lookup table in both cases (docs/correctness.md).
 
     References
     ----------
@@ -271,7 +279,8 @@ def _denoise_checked(image, kind, sigma, sigmas, channel_axis, preserve_range, p
         src = image.get() if kind == "cupy" else image
     plane_shape = tuple(n for ax, n in enumerate(image.shape) if ax != channel_axis)[-2:]
     if backend == "numba" and tile_shape is None:
-        tile_shape = _memory_plan(image.shape, out_dtype, plane_shape, _compute_dtype(image.dtype))
+        tile_shape = _memory_plan(image.shape, out_dtype, plane_shape,
+                                  _compute_dtype(image.dtype, exact))
     out = xp.empty(image.shape, dtype=out_dtype)
     planes = list(iter_planes(image.shape, channel_axis))
     total_planes = len(planes)
@@ -331,11 +340,12 @@ class _PlaneSetting:
     gain: float = 1.0
 
 
-def _compute_dtype(in_dtype):
-    """float32 for 8/16-bit integer and float16/32 images; float64 for float64 ones and for
-    32/64-bit integers (whose values float32 cannot hold exactly)."""
+def _compute_dtype(in_dtype, exact=False):
+    """The dtype the model runs in: float64 with ``exact`` and for 32/64-bit integers (whose
+    values float32 cannot hold exactly), float32 otherwise, float64 images included (float32
+    arithmetic is within 0.01 grey levels of exact evaluation: docs/performance.md)."""
     in_dtype = np.dtype(in_dtype)
-    if in_dtype.itemsize >= 8 or (in_dtype.kind in "ui" and in_dtype.itemsize >= 4):
+    if exact or (in_dtype.kind in "ui" and in_dtype.itemsize >= 4):
         return np.dtype(np.float64)
     return np.dtype(np.float32)
 
@@ -388,30 +398,39 @@ def _plane_settings(plane, sigma, scale, bank, data_range, centre=None):
 
 def _denoise_plane(plane, setting, scale, in_dtype, preserve_range, num_threads, tile_shape,
                    n_stages, exact, backend="numba", progress=None):
-    """Apply a plane's setting to the plane, or to any rectangular part of it (dask blocks)."""
+    """Apply a plane's setting to the plane, or to any rectangular part of it (dask blocks).
+
+    The model runs in the compute dtype (float32 unless ``exact``, see :func:`_compute_dtype`);
+    the affine maps onto the model's scale and back run in the wider of that and the plane's
+    float dtype, so that a float64 plane keeps float64 resolution around its mean."""
     xp = np if backend != "cupy" else __import__("cupy")
-    cdt = _compute_dtype(in_dtype)
-    # in place throughout: one plane-sized buffer here, plus the engine's three
-    x = plane.astype(cdt)
-    x *= cdt.type(scale)
+    cdt = _compute_dtype(in_dtype, exact)
+    wdt = np.promote_types(cdt, plane.dtype) if plane.dtype.kind == "f" else cdt
+    # in place throughout: one plane-sized buffer here (two for a float64 plane computed in
+    # float32), plus the engine's three
+    x = plane.astype(wdt)
+    x *= wdt.type(scale)
     if setting.action == "copy":
         return x
     if setting.action == "mean":
         x[...] = setting.centre
         return x
-    f = x
-    f -= cdt.type(setting.centre)
-    f *= cdt.type(setting.gain)
-    f += cdt.type(_MODEL_MID)
+    x -= wdt.type(setting.centre)
+    x *= wdt.type(setting.gain)
+    x += wdt.type(_MODEL_MID)
+    f = x.astype(cdt, copy=False)
     if xp is np:
         f = np.ascontiguousarray(f)
     with numba_threads(num_threads if backend == "numba" else None):
         res = run_model(f, setting.model, backend=backend, n_stages=n_stages,
                         tile_shape=tile_shape, exact=bool(exact) and backend != "numpy",
                         progress=progress)
-    res -= cdt.type(_MODEL_MID)
-    res /= cdt.type(setting.gain)
-    res += cdt.type(setting.centre)
+    if res.dtype != wdt:
+        x[...] = res  # (x is free again: back to the wider dtype without a new buffer)
+        res = x
+    res -= wdt.type(_MODEL_MID)
+    res /= wdt.type(setting.gain)
+    res += wdt.type(setting.centre)
     clip = _clip_limits(in_dtype, preserve_range)
     if clip is not None:
         xp.clip(res, *clip, out=res)
