@@ -34,7 +34,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 from skimage_trd import denoise_trd  # noqa: E402
-from skimage_trd._numba_kernels import set_threads  # noqa: E402
+from skimage_trd.kernels.numba_cpu import set_threads  # noqa: E402
 
 
 def median_time(fn, repeat):
@@ -112,14 +112,14 @@ def speed_table(sizes, repeat, use_bm3d):
 def cost_table(repeat):
     from skimage import data
 
-    from skimage_trd import _denoise
+    from skimage_trd import _planes
     from skimage_trd._arrays import check_image
-    from skimage_trd._engine import run_model
     from skimage_trd._registry import resolve_models
+    from skimage_trd.kernels.engine import run_model
 
     _, x = test_image(512)
     bank = resolve_models(None, "denoise")
-    setting = _denoise._plane_settings(x, 25 / 255, 1.0, bank, None)
+    setting = _planes.plane_settings(x, 25 / 255, 1.0, bank, None)
     f = ((x - setting.centre) * setting.gain + 127.5).astype(np.float32)
     call = median_time(lambda: denoise_trd(x, sigma=25 / 255), repeat)
     call_est = median_time(lambda: denoise_trd(x), repeat)
@@ -127,12 +127,12 @@ def cost_table(repeat):
         "TRD stages (run_model, float32)": median_time(lambda: run_model(f, setting.model), repeat),
         "input checks (check_image)": median_time(lambda: check_image(x), repeat),
         "plane statistics (mean, extremes)": median_time(
-            lambda: _denoise._plane_settings(x, 25 / 255, 1.0, bank[:1], None), repeat),
-        "model choice (robust range)": median_time(lambda: _denoise._robust_range(x), repeat),
+            lambda: _planes.plane_settings(x, 25 / 255, 1.0, bank[:1], None), repeat),
+        "model choice (robust range)": median_time(lambda: _planes.robust_range(x), repeat),
     }
     parts["maps to the model's scale and back, dtype conversions, copies (the rest)"] = \
         call - sum(parts.values())
-    estimate = median_time(lambda: _denoise._estimate_sigma(x), repeat)
+    estimate = median_time(lambda: _planes.estimate_plane_sigma(x), repeat)
 
     rgb = data.astronaut()[:512, :512] / 255.0
     rgb = rgb + 25 / 255 * np.random.default_rng(1).standard_normal(rgb.shape)

@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 from skimage.io import imread  # noqa: E402
 
 from skimage_trd import denoise_trd  # noqa: E402
-from skimage_trd._numba_kernels import set_threads  # noqa: E402
+from skimage_trd.kernels.numba_cpu import set_threads  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import DATA, require_images  # noqa: E402

@@ -51,7 +51,7 @@ def cpu_name():
 COLD = """
 import time; t0 = time.perf_counter()
 import numpy as np
-from skimage_trd._engine import run_model
+from skimage_trd.kernels.engine import run_model
 import benchmarks.cpu_speed as b
 m = b.synthetic_model(7)
 t1 = time.perf_counter()
@@ -62,8 +62,8 @@ print(f"{t1 - t0:.3f} {t2 - t1:.3f}")
 
 
 def main(argv=None):
-    from skimage_trd._engine import run_model
-    from skimage_trd._numba_kernels import set_threads
+    from skimage_trd.kernels.engine import run_model
+    from skimage_trd.kernels.numba_cpu import set_threads
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="256,512,1024,2048")

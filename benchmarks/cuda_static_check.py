@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from skimage_trd import _cupy_kernels as K
+from skimage_trd.kernels import cuda as K
 
 
 def _nvidia_path(package, *parts):

@@ -18,7 +18,7 @@ from gpu_speed import _select
 def main(argv=None):
     import cupy as cp
 
-    from skimage_trd._engine import run_model
+    from skimage_trd.kernels.engine import run_model
 
     argv = sys.argv[1:] if argv is None else argv
     kernel = argv[0] if argv else "strips:8x8"

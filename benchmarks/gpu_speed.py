@@ -24,7 +24,7 @@ PAPER_GPU = {256: 0.01, 512: 0.032, 1024: 0.116, 2048: 0.40, 3072: 0.87}
 
 
 def _shipped():
-    from skimage_trd import _cupy_kernels
+    from skimage_trd.kernels import cuda as _cupy_kernels
 
     return _cupy_kernels.FLOAT32_KERNEL, dict(_cupy_kernels.STRIP_CONFIG)
 
@@ -33,7 +33,7 @@ SHIPPED = _shipped()
 
 
 def _select(kernel):
-    from skimage_trd import _cupy_kernels
+    from skimage_trd.kernels import cuda as _cupy_kernels
 
     if kernel == "default":  # as shipped
         _cupy_kernels.FLOAT32_KERNEL, _cupy_kernels.STRIP_CONFIG = SHIPPED
@@ -51,7 +51,7 @@ def _select(kernel):
 def main(argv=None):
     import cupy as cp
 
-    from skimage_trd._engine import run_model
+    from skimage_trd.kernels.engine import run_model
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=5)

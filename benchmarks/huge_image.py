@@ -41,7 +41,7 @@ DENOISE = """
 import json, resource, sys, time
 import dask, dask.array as da
 from skimage_trd import denoise_trd
-from skimage_trd._numba_kernels import set_threads
+from skimage_trd.kernels.numba_cpu import set_threads
 folder, threads, model = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 set_threads(threads)
 noisy = da.from_zarr(folder + "/noisy.zarr")[0]

@@ -24,10 +24,10 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from skimage_trd import _numba_kernels as nk
-from skimage_trd._engine import prepare
 from skimage_trd._registry import load_model
-from skimage_trd._unrolled import corr7
+from skimage_trd.kernels import numba_cpu as nk
+from skimage_trd.kernels._unrolled import corr7
+from skimage_trd.kernels.engine import prepare
 
 
 @njit(inline="always")

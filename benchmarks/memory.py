@@ -16,7 +16,7 @@ CHILD = """
 import resource, sys
 import numpy as np
 from skimage_trd import denoise_trd, load_model
-from skimage_trd._engine import run_model
+from skimage_trd.kernels.engine import run_model
 m = load_model("trd-gauss-s25-7x7-5st")
 run_model(np.zeros((64, 64), np.float32), m)
 n = int(sys.argv[2])

@@ -34,7 +34,7 @@ from skimage_trd import (  # noqa: E402
     generalized_anscombe,
     inverse_generalized_anscombe,
 )
-from skimage_trd._numba_kernels import set_threads  # noqa: E402
+from skimage_trd.kernels.numba_cpu import set_threads  # noqa: E402
 
 IMAGES = ("camera", "cell", "coins", "moon")  # skimage.data, central 256x256 crops
 

@@ -121,7 +121,7 @@ def main(argv=None):
     ap.add_argument("--table-only", action="store_true", help="print the table from --results")
     ap.add_argument("--data", default=str(DATA / "bsd68"), help="the BSD68 images")
     args = ap.parse_args(argv)
-    from skimage_trd._numba_kernels import set_threads
+    from skimage_trd.kernels.numba_cpu import set_threads
 
     set_threads(args.threads)
     sigmas = [float(s) for s in args.sigmas.split(",")]

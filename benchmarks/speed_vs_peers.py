@@ -25,7 +25,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 from skimage_trd import denoise_trd  # noqa: E402
-from skimage_trd._numba_kernels import set_threads  # noqa: E402
+from skimage_trd.kernels.numba_cpu import set_threads  # noqa: E402
 
 PAPER_1T = {256: 1.21, 512: 3.72, 1024: 14.0, 2048: 62.2, 3072: 135.9}
 

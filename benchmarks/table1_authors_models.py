@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from skimage_trd import import_matlab_model
-from skimage_trd._engine import run_model
-from skimage_trd._numba_kernels import set_threads
+from skimage_trd.kernels.engine import run_model
+from skimage_trd.kernels.numba_cpu import set_threads
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import AUTHORS, SHARED, missing, require_images  # noqa: E402

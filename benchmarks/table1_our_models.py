@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from skimage_trd import import_matlab_model, load_model
-from skimage_trd._numba_kernels import set_threads
+from skimage_trd.kernels.numba_cpu import set_threads
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import DATA, missing  # noqa: E402

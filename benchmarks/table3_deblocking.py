@@ -25,7 +25,7 @@ from PIL import Image
 
 from skimage_trd import deblock_trd, import_matlab_model, list_models, load_model
 from skimage_trd._jpeg import jpeg_roundtrip
-from skimage_trd._numba_kernels import set_threads
+from skimage_trd.kernels.numba_cpu import set_threads
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import AUTHORS as AUTHORS_ROOT  # noqa: E402

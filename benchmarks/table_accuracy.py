@@ -32,9 +32,9 @@ def psnr(out, clean):
 def main(argv=None):
     import imageio.v3 as iio
 
-    from skimage_trd._engine import LINEAR_TABLE_TOLERANCE, prepare, run_model
-    from skimage_trd._numba_kernels import set_threads
     from skimage_trd._registry import list_models, load_model
+    from skimage_trd.kernels.engine import LINEAR_TABLE_TOLERANCE, prepare, run_model
+    from skimage_trd.kernels.numba_cpu import set_threads
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=12)

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from skimage_trd._gradients import TrainingSpec, pack_params
-from skimage_trd.train import _batch, add_noise, load_image_folder, plain_initial_stage
+from skimage_trd.train import add_noise, load_image_folder, plain_initial_stage
+from skimage_trd.train.gradients import TrainingSpec, pack_params
+from skimage_trd.train.run import _batch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import DATA, require_images  # noqa: E402
@@ -38,7 +39,7 @@ def main(argv=None):
     ap.add_argument("--kernel-sizes", default="5,7")
     args = ap.parse_args(argv)
     if args.backend == "numba":
-        from skimage_trd._numba_kernels import set_threads
+        from skimage_trd.kernels.numba_cpu import set_threads
 
         set_threads(args.threads)
         device = f"{platform.processor() or platform.machine()}, {args.threads} thread(s)"

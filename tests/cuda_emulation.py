@@ -1,6 +1,6 @@
 """Run the CUDA kernels' sources on the CPU: compiled as C++, threads emulated.
 
-The GPU kernels in ``skimage_trd._cupy_kernels`` are plain CUDA C. Here the same source text is
+The GPU kernels in ``skimage_trd.kernels.cuda`` are plain CUDA C. Here the same source text is
 compiled with the system's C++ compiler after a prelude that supplies CUDA's names: a thread of a
 block is a coroutine (``ucontext``) with its own stack and ``threadIdx``, ``__syncthreads()``
 suspends it until every thread of the block has arrived, and dynamic shared memory is one buffer

@@ -7,8 +7,8 @@ import pytest
 from conftest import AUTHORS, random_model, require_shared
 
 from skimage_trd import TRDModel, denoise_trd, list_models, load_model
-from skimage_trd._engine import run_model
-from skimage_trd._reference import influence_reference, lookup_phi, trd_reference
+from skimage_trd.kernels.engine import run_model
+from skimage_trd.kernels.reference import influence_reference, lookup_phi, trd_reference
 
 # a grid narrow enough that filter responses of a [0, 255] image leave it on both sides
 LUT = {"x0": -40.0, "step": 0.5, "n": 161}
@@ -126,7 +126,7 @@ def test_cuda_kernels_use_the_lookup_table(monkeypatch, kernel, dtype, atol):
 
     from cuda_emulation import CXX, fake_cupy
 
-    from skimage_trd import _cupy_kernels
+    from skimage_trd.kernels import cuda as _cupy_kernels
 
     if CXX is None:
         pytest.skip("no C++ compiler (g++) for the emulation")

@@ -12,9 +12,9 @@ import pytest
 from conftest import random_model
 from cuda_emulation import CXX, fake_cupy
 
-from skimage_trd import _cupy_kernels
-from skimage_trd._engine import run_model
-from skimage_trd._reference import trd_reference
+from skimage_trd.kernels import cuda as _cupy_kernels
+from skimage_trd.kernels.engine import run_model
+from skimage_trd.kernels.reference import trd_reference
 
 pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++) for the emulation")
 

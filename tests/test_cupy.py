@@ -7,8 +7,8 @@ import pytest
 from conftest import random_model
 
 from skimage_trd import denoise_trd
-from skimage_trd._engine import run_model
-from skimage_trd._reference import trd_reference
+from skimage_trd.kernels.engine import run_model
+from skimage_trd.kernels.reference import trd_reference
 
 cp = pytest.importorskip("cupy")
 try:
@@ -24,7 +24,7 @@ SHAPES = [(1, 1), (2, 3), (5, 4), (13, 9), (33, 65), (70, 31), (100, 129)]
 @pytest.mark.parametrize("kernel_size", [5, 7])
 @pytest.mark.parametrize("float32_kernel", ["tiles", "strips"])
 def test_cupy_equals_reference(monkeypatch, shape, kernel_size, float32_kernel):
-    from skimage_trd import _cupy_kernels
+    from skimage_trd.kernels import cuda as _cupy_kernels
 
     monkeypatch.setattr(_cupy_kernels, "FLOAT32_KERNEL", float32_kernel)
     m = random_model(3, kernel_size, seed=kernel_size, wide_grid=kernel_size == 7)
@@ -43,7 +43,7 @@ def test_cupy_equals_reference(monkeypatch, shape, kernel_size, float32_kernel):
 @pytest.mark.parametrize("config", [(8, 8, False), (4, 16, False), (8, 16, False),
                                     (16, 4, False), (8, 8, True), (4, 8, True), (8, 16, True)])
 def test_cupy_strips_kernel_equals_reference(monkeypatch, shape, kernel_size, config):
-    from skimage_trd import _cupy_kernels
+    from skimage_trd.kernels import cuda as _cupy_kernels
 
     monkeypatch.setattr(_cupy_kernels, "FLOAT32_KERNEL", "strips")
     monkeypatch.setattr(_cupy_kernels, "STRIP_CONFIG",
@@ -89,8 +89,8 @@ def test_denoise_trd_cupy_in_cupy_out():
 
 
 def test_gemm_gradients_on_gpu_equal_numpy():
-    from skimage_trd._gemm_gradients import GemmTrainer
-    from skimage_trd._gradients import StageParams, TrainingSpec, pack_params
+    from skimage_trd.train.gradients import StageParams, TrainingSpec, pack_params
+    from skimage_trd.train.gradients_cupy import GemmTrainer
 
     rng = np.random.default_rng(0)
     spec = TrainingSpec(7, np.arange(-387.5, 387.6, 12.5), 0.0064)
@@ -115,9 +115,9 @@ def test_gemm_gradients_on_gpu_equal_numpy():
 
 
 def test_deblock_gradients_on_gpu_equal_numpy():
-    from skimage_trd._gemm_gradients import GemmTrainer
-    from skimage_trd._gradients import StageParams, TrainingSpec, pack_params
     from skimage_trd._jpeg import block_dct, block_idct, quality_tables
+    from skimage_trd.train.gradients import StageParams, TrainingSpec, pack_params
+    from skimage_trd.train.gradients_cupy import GemmTrainer
 
     rng = np.random.default_rng(0)
     spec = TrainingSpec(5, np.arange(-310.0, 310.1, 10.0), 0.01)
@@ -154,7 +154,7 @@ def test_plane_settings_on_the_gpu_equal_the_cpu():
     the bank) are computed on its GPU and agree with the NumPy ones."""
     from skimage import data
 
-    from skimage_trd._denoise import _plane_settings, _robust_range
+    from skimage_trd._planes import plane_settings, robust_range
     from skimage_trd._registry import resolve_models
 
     bank = resolve_models(None, "denoise")
@@ -164,11 +164,11 @@ def test_plane_settings_on_the_gpu_equal_the_cpu():
                   rng.normal(1000, 40, (300, 200)), data.camera().astype(np.uint16) * 200,
                   (data.coins() / 255).astype(np.float16)):
         g = cp.asarray(plane)
-        assert _robust_range(g) == pytest.approx(_robust_range(plane), rel=1e-9)
+        assert robust_range(g) == pytest.approx(robust_range(plane), rel=1e-9)
         scale = 1.0 if plane.dtype.kind == "f" else 1 / np.iinfo(plane.dtype).max
         for sigma in ((None,) * HAVE_PYWT + (0.02 / scale, 0.1 / scale)):
-            cpu = _plane_settings(plane, sigma, scale, bank, None)
-            gpu = _plane_settings(g, sigma, scale, bank, None)
+            cpu = plane_settings(plane, sigma, scale, bank, None)
+            gpu = plane_settings(g, sigma, scale, bank, None)
             assert gpu.action == cpu.action and gpu.model is cpu.model
             assert gpu.centre == pytest.approx(cpu.centre, rel=1e-9)
             assert gpu.gain == pytest.approx(cpu.gain, rel=1e-9)

@@ -10,7 +10,6 @@ from PIL import Image
 from skimage import data
 
 from skimage_trd import deblock_jpeg, deblock_trd, import_matlab_model
-from skimage_trd._engine import run_model
 from skimage_trd._jpeg import (
     QuantisationConstraint,
     block_dct,
@@ -20,7 +19,8 @@ from skimage_trd._jpeg import (
     quantised_coefficients,
     read_jpeg,
 )
-from skimage_trd._reference import deblock_reference
+from skimage_trd.kernels.engine import run_model
+from skimage_trd.kernels.reference import deblock_reference
 
 
 def _jpeg(img, quality):

@@ -8,7 +8,7 @@ from conftest import AUTHORS, SHARED, random_model, require_shared
 from skimage import data
 
 from skimage_trd import denoise_trd, import_matlab_model, load_model
-from skimage_trd._engine import run_model
+from skimage_trd.kernels.engine import run_model
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from skimage_trd import TRDModel, stage_reference
-from skimage_trd._gradients import (
+from skimage_trd import TRDModel
+from skimage_trd.kernels.reference import correlate_valid, stage_reference
+from skimage_trd.train.gradients import (
     StageParams,
     TrainingSpec,
     _fold_batch,
@@ -21,7 +22,6 @@ from skimage_trd._gradients import (
     stage_gradient,
     unpack_params,
 )
-from skimage_trd._reference import correlate_valid
 
 CENTERS = np.arange(-310.0, 311.0, 10.0)
 PRECISION = 0.01
@@ -165,7 +165,7 @@ def _fold_single_reflection(dP, pad, shape):
 @pytest.mark.parametrize("wrong_fold", [_fold_ignoring_boundary, _fold_single_reflection])
 def test_finite_difference_check_detects_a_wrong_boundary(monkeypatch, wrong_fold):
     """Negative control: a wrong adjoint of the padding must fail the check."""
-    from skimage_trd import _gradients
+    from skimage_trd.train import gradients as _gradients
 
     rng = np.random.default_rng(4)
     spec = make_spec(5)

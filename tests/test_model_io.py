@@ -8,7 +8,7 @@ import pytest
 from conftest import AUTHORS, random_model, require_shared
 
 from skimage_trd import ModelFileError, TRDModel, import_matlab_model, load_model
-from skimage_trd._reference import trd_reference
+from skimage_trd.kernels.reference import trd_reference
 
 
 def test_roundtrip(tmp_path, model):

@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 from conftest import random_model
 
-from skimage_trd._engine import LINEAR_TABLE_TOLERANCE, iter_tiles, prepare, run_model
-from skimage_trd._influence import (
+from skimage_trd.kernels.engine import LINEAR_TABLE_TOLERANCE, iter_tiles, prepare, run_model
+from skimage_trd.kernels.influence import (
     LinearTable,
     build_linear_table,
     build_table,
     influence_and_derivative,
     linear_from_cubic,
 )
-from skimage_trd._reference import correlate_valid, influence_reference, trd_reference
+from skimage_trd.kernels.reference import correlate_valid, influence_reference, trd_reference
 
 
 def test_correlation_adjoint_is_rotated_correlation():
@@ -147,7 +147,7 @@ def test_numba_equals_reference_other_filter_sizes(kernel_size, dtype, exact):
 def test_table_clamp_stays_inside_the_table(dtype, n_intervals):
     # int(t) must index the table for any t <= top in the compute dtype (in float32,
     # n - 1e-3 rounds to n from 32769 intervals on)
-    from skimage_trd._engine import PreparedStage
+    from skimage_trd.kernels.prepare import PreparedStage
 
     pairs = np.zeros((1, n_intervals), np.result_type(dtype, np.complex64))
     st = PreparedStage(filters=None, flipped=None, weights=None, coef=None, x0=-10.0, inv_h=1.0,
@@ -164,7 +164,7 @@ def test_unrolled_module_is_what_its_generator_writes():
     spec = importlib.util.spec_from_file_location("gen_unrolled", root / "tools" / "gen_unrolled.py")
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
-    assert (root / "src" / "skimage_trd" / "_unrolled.py").read_text() == gen.source()
+    assert (root / "src" / "skimage_trd" / "kernels" / "_unrolled.py").read_text() == gen.source()
 
 
 def test_reference_backend_matches_reference():

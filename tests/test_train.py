@@ -191,7 +191,7 @@ def test_deblocking_training_on_numpy_backend(tmp_path):
     model = train_model(clean, cfg, backend="numpy", log=lines.append)
     assert model.task == "deblock" and model.quality == 10 and model.lambdas is None
     assert model.constraint_scale == 0.8 and model.name == "trd-jpeg-q10-3x3-2st"
-    from skimage_trd.train import _jpeg_decoded
+    from skimage_trd.train.run import _jpeg_decoded
 
     dec = _jpeg_decoded(clean[0], 10)
     out = deblock_trd(dec, 10, model=model, preserve_range=True)
@@ -205,7 +205,7 @@ def test_deblocking_training_on_numpy_backend(tmp_path):
 
 
 def test_fine_tuning_a_deblocking_model(tmp_path):
-    from skimage_trd.train import _jpeg_decoded
+    from skimage_trd.train.run import _jpeg_decoded
 
     clean = [c[:32, :32] for c in _clean(3)]
     cfg = TrainingConfig(task="deblock", quality=10, kernel_size=3, n_stages=2, greedy_iterations=2,
@@ -243,7 +243,7 @@ def test_config_validation():
 
 @pytest.mark.parametrize("crash_at", range(1, 9))  # a run writes 8 checkpoints
 def test_crash_while_writing_a_checkpoint(tmp_path, monkeypatch, uninterrupted, crash_at):
-    import skimage_trd.train as tr
+    import skimage_trd.train.run as tr
 
     full = uninterrupted
     real_replace = tr.os.replace

@@ -1,4 +1,4 @@
-"""Generate src/skimage_trd/_unrolled.py: unrolled row correlations for the Numba kernels.
+"""Generate src/skimage_trd/kernels/_unrolled.py: unrolled row correlations for the Numba kernels.
 
     python tools/gen_unrolled.py
 
@@ -77,7 +77,7 @@ def source():
 
 def main():
     text = source()
-    target = Path(__file__).resolve().parents[1] / "src" / "skimage_trd" / "_unrolled.py"
+    target = Path(__file__).resolve().parents[1] / "src" / "skimage_trd" / "kernels" / "_unrolled.py"
     target.write_text(text)
     print(f"wrote {target}")
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from skimage_trd._gradients import unpack_params
-from skimage_trd.train import TrainingConfig, _git_commit, _to_model
+from skimage_trd.train.gradients import unpack_params
+from skimage_trd.train.run import TrainingConfig, _git_commit, _to_model
 
 
 def main(run, target):

@@ -30,9 +30,7 @@ def user_models_dir() -> Path:
     env = os.environ.get(USER_MODELS_ENV)
     if env:
         return Path(env)
-    from skimage_trd._registry import cache_dir
-
-    return cache_dir() / "user-models"
+    return skimage_trd.model_cache_dir() / "user-models"
 
 
 def model_choices(task: str) -> list[str]:

@@ -26,7 +26,7 @@ def noisy_cells():
 def jpeg_camera():
     from skimage import data
 
-    from skimage_trd._jpeg import jpeg_roundtrip
+    from skimage_trd import jpeg_roundtrip
 
     decoded, _ = jpeg_roundtrip(data.camera(), 10)
     return [(decoded, {"name": "camera (JPEG q10)", "metadata": {"jpeg_quality": 10}}, "image")]

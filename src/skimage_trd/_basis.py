@@ -5,13 +5,14 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-from scipy.fft import idctn
 
 __all__ = ["dct_filter_basis"]
 
 
 @lru_cache(maxsize=8)
 def _basis(kernel_size: int) -> np.ndarray:
+    from scipy.fft import idctn  # SciPy loads when a basis is first needed, not with the package
+
     f = kernel_size
     m = f * f - 1
     basis = np.empty((m, f, f))

@@ -23,10 +23,15 @@ import shutil
 import socket
 import time
 import warnings
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+
+from ._arrays import to_input_dtype
+from ._deblock import UNIT_SCALE_MAX, deblock_jpeg, deblock_trd
+from ._denoise import denoise_trd
 
 __all__ = ["Job", "RestoreOptions", "classify", "output_name", "run_job", "partial_name"]
 
@@ -164,8 +169,6 @@ def _restore(image, opts: RestoreOptions, channel_axis, colour, progress, source
     """The restored array, in the input's dtype (float32 with ``opts.float32``)."""
     if opts.task == "deblock":
         return _deblock(image, opts, channel_axis, progress, source)
-    from ._denoise import denoise_trd
-
     sigma = opts.sigma
     if sigma is not None and len(sigma) == 1:
         sigma = sigma[0]
@@ -178,8 +181,6 @@ def _restore(image, opts: RestoreOptions, channel_axis, colour, progress, source
 
 
 def _deblock(image, opts, channel_axis, progress, source):
-    from ._arrays import to_input_dtype
-    from ._deblock import UNIT_SCALE_MAX, deblock_jpeg, deblock_trd
 
     if source is not None:  # a JPEG file: its own quantisation tables
         out = deblock_jpeg(source, model=opts.model, backend=opts.backend,
@@ -465,8 +466,6 @@ def _run_zarr(job, progress_factory, client=None):
         else:
             # our own pool: when interrupted, the tasks running (one chunk each) finish before
             # the temporary folder is removed, so that none writes into it afterwards
-            from concurrent.futures import ThreadPoolExecutor
-
             pool = ThreadPoolExecutor(opts.zarr_threads or os.cpu_count() or 1)
             try:
                 with _DaskProgress(progress_factory):
@@ -476,8 +475,6 @@ def _run_zarr(job, progress_factory, client=None):
 
 
 def _replace(opts, **changes):
-    from dataclasses import replace
-
     return replace(opts, **changes)
 
 

@@ -19,6 +19,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._arrays import check_spatial, float_dtype, normalize_channel_axis
+from ._planes import check_sigma, denoise_plane, plane_settings
+from ._registry import resolve_models
+
 SAMPLE = 1024
 
 
@@ -30,9 +34,6 @@ def denoise_trd_dask(image, sigma=None, *, model=None, channel_axis=None, preser
         import dask.array as da
     except ImportError as exc:  # pragma: no cover - a dask array implies dask
         raise ImportError("dask input needs dask: pip install 'skimage-trd[dask]'") from exc
-    from ._arrays import check_spatial, float_dtype, normalize_channel_axis
-    from ._denoise import _check_sigma, _denoise_plane, _plane_settings
-    from ._registry import resolve_models
 
     channel_axis = normalize_channel_axis(image, channel_axis)
     check_spatial(image, channel_axis)
@@ -41,7 +42,7 @@ def denoise_trd_dask(image, sigma=None, *, model=None, channel_axis=None, preser
         raise ValueError(f"dask arrays run on the CPU backends ('numba', 'numpy'), got "
                          f"{backend!r}; map denoise_trd over CuPy chunks yourself for GPU work")
     n_channels = 1 if channel_axis is None else image.shape[channel_axis]
-    sigmas = _check_sigma(sigma, n_channels)
+    sigmas = check_sigma(sigma, n_channels)
     bank = resolve_models(model, "denoise")
     out_dtype, scale = float_dtype(image.dtype, preserve_range)
     if n_stages is not None and not 1 <= int(n_stages) <= min(m.n_stages for m in bank):
@@ -75,7 +76,7 @@ def denoise_trd_dask(image, sigma=None, *, model=None, channel_axis=None, preser
         plane = sample[tuple(sel)]
         channel = idx[lead.index(channel_axis)] if channel_axis is not None else None
         s = sigmas[channel or 0]
-        settings[idx] = _plane_settings(plane, s, scale, bank, data_range,
+        settings[idx] = plane_settings(plane, s, scale, bank, data_range,
                                         centre=float(means[idx]) * scale)
 
     halo = max(m.halo for m in bank)
@@ -91,7 +92,7 @@ def denoise_trd_dask(image, sigma=None, *, model=None, channel_axis=None, preser
             for ax, i in zip(lead, local):
                 sel[ax] = i
             sel = tuple(sel)
-            out[sel] = _denoise_plane(x[sel], settings[idx], scale, image.dtype,
+            out[sel] = denoise_plane(x[sel], settings[idx], scale, image.dtype,
                                       preserve_range, num_threads, tile_shape, n_stages, exact,
                                       backend)
         return out

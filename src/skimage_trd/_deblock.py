@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 
 import numpy as np
 
@@ -14,10 +15,11 @@ from ._arrays import (
     iter_planes,
     normalize_channel_axis,
 )
-from ._engine import BACKENDS, run_model
-from ._jpeg import QuantisationConstraint, estimate_quality, quality_tables, quantised_coefficients
-from ._numba_kernels import numba_threads
+from ._jpeg import QuantisationConstraint, estimate_quality, quality_tables, quantised_coefficients, read_jpeg
 from ._registry import resolve_models
+from .kernels.cuda import cupy_module
+from .kernels.engine import BACKENDS, run_model
+from .kernels.numba_cpu import numba_threads
 
 __all__ = ["deblock_trd", "deblock_jpeg"]
 
@@ -52,8 +54,6 @@ def _deblock_plane(y, table, model, backend, constraint_scale, n_stages, progres
     scale = model.constraint_scale if constraint_scale is None else float(constraint_scale)
     d = quantised_coefficients(y, table)
     if backend == "cupy":
-        from ._cupy_kernels import cupy_module
-
         d = cupy_module().asarray(d)
     constraint = QuantisationConstraint(d, table, scale)
     start = constraint.start
@@ -81,8 +81,6 @@ def _check_values(values, preserve_range):
             raise ValueError(f"with preserve_range=True the image must hold decoded JPEG values "
                              f"in 0..255; it holds {lo:g}..{hi:g}")
         if lo < hi <= UNIT_SCALE_MAX and not np.array_equal(values, np.round(values)):
-            import warnings
-
             # a decoder's 0..255 values are integers; fractions below 1 are the 0..1 scale
             warnings.warn(f"the image holds {lo:g}..{hi:g}, which looks like the 0..1 scale; "
                           "with preserve_range=True it is read as 0..255 (nearly black). Leave "
@@ -306,8 +304,6 @@ def deblock_jpeg(path, *, model=None, backend="auto", num_threads=None, constrai
         float64 in [0, 1]: (M, N) for gray files, (M, N, 3) RGB for colour
         files (luma restored; chroma as decoded).
     """
-    from ._jpeg import read_jpeg
-
     planes, tables, mode = read_jpeg(path)
     # the file's own Y plane (no colour round trip) and its table
     # the decoder's values are integers in 0..255: as uint8, whatever their brightness

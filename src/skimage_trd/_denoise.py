@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 
 from ._arrays import (
-    _xp,
     array_module,
     check_image,
     check_spatial,
@@ -20,47 +17,28 @@ from ._arrays import (
     normalize_tile_shape,
     to_input_dtype,
 )
-from ._engine import BACKENDS, run_model
-from ._model import TRDModel
-from ._numba_kernels import numba_threads
+from ._dask import denoise_trd_dask
+from ._planes import (
+    check_sigma,
+    clip_limits,
+    compute_dtype,
+    denoise_plane,
+    plane_settings,
+    select_model,
+)
 from ._registry import resolve_models
+from .kernels.cuda import cupy_module
+from .kernels.engine import BACKENDS
+from .kernels.numba_cpu import numba_threads
 
 __all__ = ["denoise_trd", "select_model"]
 
-# Intensity level the model scale is centred on: models see images in [0, 255].
-_MODEL_MID = 127.5
-# Noise below 1e-7 of the plane's spread is left alone (float32 resolves about 1e-7).
-_NEGLIGIBLE_NOISE = 1e7
 
 
-def select_model(bank, sigma_255):
-    """The model of ``bank`` whose training sigma is nearest (in ratio) to ``sigma_255``."""
-    return min(bank, key=lambda m: (abs(math.log(m.sigma / sigma_255)), -m.n_filters))
 
 
-def _robust_range(plane):
-    """Spread of intensities (0.5 to 99.5 percentile) of a plane smoothed against noise
-    (a CuPy plane on its GPU)."""
-    xp = _xp(plane)
-    if xp is np:
-        from scipy.ndimage import gaussian_filter
-    else:
-        from cupyx.scipy.ndimage import gaussian_filter
-
-    smooth = gaussian_filter(xp.asarray(plane, dtype=xp.float64), 1.5, mode="reflect")
-    lo, hi = xp.percentile(smooth, xp.asarray([0.5, 99.5])).tolist()
-    return float(hi - lo)
 
 
-def _estimate_sigma(plane):
-    """Noise estimate of one 2-D plane; 0 where the plane is too small to tell."""
-    from skimage.restoration import estimate_sigma
-
-    with warnings.catch_warnings():
-        # per-plane calls: skimage's colour hint and empty-slice warnings do not apply
-        warnings.simplefilter("ignore")
-        s = float(estimate_sigma(np.asarray(plane, dtype=np.float64)))
-    return s if np.isfinite(s) else 0.0
 
 
 def denoise_trd(
@@ -226,7 +204,7 @@ def denoise_trd(
     channel_axis = normalize_channel_axis(image, channel_axis)
     check_spatial(image, channel_axis)
     n_channels = 1 if channel_axis is None else image.shape[channel_axis]
-    sigmas = _check_sigma(sigma, n_channels)
+    sigmas = check_sigma(sigma, n_channels)
     if color_transform not in ("opponent", "none"):
         raise ValueError(f"color_transform must be 'opponent' or 'none', got {color_transform!r}")
     if backend != "auto" and backend not in BACKENDS:
@@ -258,7 +236,6 @@ def _denoise_checked(image, kind, sigma, sigmas, channel_axis, preserve_range, p
     chunk by chunk)."""
     bank = model
     if kind == "dask":
-        from ._dask import denoise_trd_dask
 
         return denoise_trd_dask(image, sigma, channel_axis=channel_axis,
                                 preserve_range=preserve_range, model=bank, backend=backend,
@@ -270,8 +247,6 @@ def _denoise_checked(image, kind, sigma, sigmas, channel_axis, preserve_range, p
     out_dtype, scale = float_dtype(image.dtype, preserve_range)
 
     if backend == "cupy":
-        from ._cupy_kernels import cupy_module
-
         xp = cupy_module()
         src = xp.asarray(image)
     else:
@@ -280,7 +255,7 @@ def _denoise_checked(image, kind, sigma, sigmas, channel_axis, preserve_range, p
     plane_shape = tuple(n for ax, n in enumerate(image.shape) if ax != channel_axis)[-2:]
     if backend == "numba" and tile_shape is None:
         tile_shape = _memory_plan(image.shape, out_dtype, plane_shape,
-                                  _compute_dtype(image.dtype, exact))
+                                  compute_dtype(image.dtype, exact))
     out = xp.empty(image.shape, dtype=out_dtype)
     planes = list(iter_planes(image.shape, channel_axis))
     total_planes = len(planes)
@@ -288,12 +263,12 @@ def _denoise_checked(image, kind, sigma, sigmas, channel_axis, preserve_range, p
     with numba_threads(num_threads if backend == "numba" else None):
         for p_index, (index, channel) in enumerate(planes):
             plane = src[index]
-            setting = _plane_settings(plane, sigmas[channel or 0], scale, bank, data_range)
+            setting = plane_settings(plane, sigmas[channel or 0], scale, bank, data_range)
             cb = None
             if progress is not None:
                 def cb(done, total, p=p_index):
                     progress(p * total + done, total_planes * total)
-            out[index] = _denoise_plane(plane, setting, scale, image.dtype, preserve_range,
+            out[index] = denoise_plane(plane, setting, scale, image.dtype, preserve_range,
                                         None, tile_shape, n_stages, exact, backend, cb)
     if backend == "cupy" and kind != "cupy":
         return out.get()
@@ -324,117 +299,20 @@ def _denoise_opponent(image, sigma, channel_axis, preserve_range, progress, kw):
         kw["data_range"] = kw["data_range"] * scale  # the user's units -> the working units
     out = denoise_trd(y, s, channel_axis=-1, color_transform="none", preserve_range=True,
                       progress=progress, **kw) @ m
-    clip = _clip_limits(image.dtype, preserve_range)
+    clip = clip_limits(image.dtype, preserve_range)
     if clip is not None:
         out = xp.clip(out, *clip)
     return xp.moveaxis(out.astype(work_dtype, copy=False), -1, channel_axis)
 
 
-@dataclass(frozen=True)
-class _PlaneSetting:
-    """What happens to one plane: 'copy' it, replace it by its 'mean', or 'denoise' it."""
-
-    action: str
-    centre: float
-    model: TRDModel | None = None
-    gain: float = 1.0
 
 
-def _compute_dtype(in_dtype, exact=False):
-    """The dtype the model runs in: float64 with ``exact`` and for 32/64-bit integers (whose
-    values float32 cannot hold exactly), float32 otherwise, float64 images included (float32
-    arithmetic is within 0.01 grey levels of exact evaluation: docs/performance.md)."""
-    in_dtype = np.dtype(in_dtype)
-    if exact or (in_dtype.kind in "ui" and in_dtype.itemsize >= 4):
-        return np.dtype(np.float64)
-    return np.dtype(np.float32)
 
 
-def _clip_limits(in_dtype, preserve_range):
-    in_dtype = np.dtype(in_dtype)
-    if in_dtype.kind == "f":
-        return None
-    if preserve_range:
-        info = np.iinfo(in_dtype)
-        return float(info.min), float(info.max)
-    return (-1.0 if in_dtype.kind == "i" else 0.0), 1.0
 
 
-def _plane_settings(plane, sigma, scale, bank, data_range, centre=None):
-    """Decide for one plane (as stored; working units are ``plane * scale``) how it is denoised.
-
-    ``sigma`` is in the image's own units (None: estimated here); ``centre``
-    (working units) defaults to the plane's mean. Float64 copies of the plane are made only
-    to estimate sigma or the intensity range, when those are needed; a CuPy plane's are made
-    on its GPU, except for the sigma estimate.
-    """
-    # statistics where the plane is (a CuPy plane's on its GPU: only numbers come back)
-    xp = _xp(plane)
-    plane = xp.asarray(plane)
-    if sigma is None:  # (scikit-image's estimator runs on the CPU)
-        host = plane.get() if xp is not np else plane
-        s = _estimate_sigma(host.astype(np.float64) * scale)
-    else:
-        s = sigma * scale
-    centre = float(plane.mean(dtype=xp.float64)) * scale if centre is None else float(centre)
-    spread = max(float(plane.max()) * scale - centre, centre - float(plane.min()) * scale)
-    if s == 0 or spread == 0 or spread / s > _NEGLIGIBLE_NOISE:
-        # no noise, a constant plane (which the stage map leaves as it is), or noise
-        # too weak to matter (and to rescale onto the model's scale without overflow)
-        return _PlaneSetting("copy", centre)
-    if spread / s < 1.0 / _NEGLIGIBLE_NOISE:
-        # noise ten million times the signal: nothing but the mean is left to estimate
-        return _PlaneSetting("mean", centre)
-    if len(bank) == 1:
-        m = bank[0]
-    else:
-        if data_range is not None:
-            r = data_range * scale
-        else:
-            r = _robust_range(plane) * scale  # (linear in the scale: no scaled copy)
-        m = select_model(bank, 255.0 * s / r if r > 0 else np.inf)
-    return _PlaneSetting("denoise", centre, m, m.sigma / s)
 
 
-def _denoise_plane(plane, setting, scale, in_dtype, preserve_range, num_threads, tile_shape,
-                   n_stages, exact, backend="numba", progress=None):
-    """Apply a plane's setting to the plane, or to any rectangular part of it (dask blocks).
-
-    The model runs in the compute dtype (float32 unless ``exact``, see :func:`_compute_dtype`);
-    the affine maps onto the model's scale and back run in the wider of that and the plane's
-    float dtype, so that a float64 plane keeps float64 resolution around its mean."""
-    xp = np if backend != "cupy" else __import__("cupy")
-    cdt = _compute_dtype(in_dtype, exact)
-    wdt = np.promote_types(cdt, plane.dtype) if plane.dtype.kind == "f" else cdt
-    # in place throughout: one plane-sized buffer here (two for a float64 plane computed in
-    # float32), plus the engine's three
-    x = plane.astype(wdt)
-    x *= wdt.type(scale)
-    if setting.action == "copy":
-        return x
-    if setting.action == "mean":
-        x[...] = setting.centre
-        return x
-    x -= wdt.type(setting.centre)
-    x *= wdt.type(setting.gain)
-    x += wdt.type(_MODEL_MID)
-    f = x.astype(cdt, copy=False)
-    if xp is np:
-        f = np.ascontiguousarray(f)
-    with numba_threads(num_threads if backend == "numba" else None):
-        res = run_model(f, setting.model, backend=backend, n_stages=n_stages,
-                        tile_shape=tile_shape, exact=bool(exact) and backend != "numpy",
-                        progress=progress)
-    if res.dtype != wdt:
-        x[...] = res  # (x is free again: back to the wider dtype without a new buffer)
-        res = x
-    res -= wdt.type(_MODEL_MID)
-    res /= wdt.type(setting.gain)
-    res += wdt.type(setting.centre)
-    clip = _clip_limits(in_dtype, preserve_range)
-    if clip is not None:
-        xp.clip(res, *clip, out=res)
-    return res
 
 
 def _available_memory():
@@ -503,21 +381,3 @@ def _warn_channel_axis(shape, channel_axis):
         )
 
 
-def _check_sigma(sigma, n_channels):
-    if sigma is None:
-        return [None] * n_channels
-    values = np.atleast_1d(np.asarray(sigma, dtype=np.float64)) if not np.isscalar(sigma) else None
-    if values is None:
-        try:
-            values = np.array([float(sigma)])
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"sigma must be a number, a sequence of numbers or None, got {sigma!r}") from exc
-    if values.ndim != 1 or values.size not in (1, n_channels):
-        raise ValueError(
-            f"sigma must be one value or one per channel ({n_channels}); got {np.shape(sigma)}"
-        )
-    if not np.all(np.isfinite(values)) or np.any(values < 0):
-        raise ValueError(f"sigma must be finite and non-negative, got {sigma!r}")
-    if values.size == 1:
-        values = np.repeat(values, n_channels)
-    return [float(v) for v in values]

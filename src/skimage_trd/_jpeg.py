@@ -13,6 +13,8 @@ authors' code, see docs/protocols.md). Every function takes NumPy or CuPy arrays
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 
 from ._arrays import _xp
@@ -220,8 +222,6 @@ def jpeg_roundtrip(image, quality):
 
     Returns the decoded image (uint8) and its luma quantisation table (8x8, float64).
     """
-    import io
-
     from PIL import Image
 
     buf = io.BytesIO()

@@ -1,6 +1,6 @@
 """The TRD model: filters, influence functions and reaction weights of every stage.
 
-A model is plain data. The stage map that uses it lives in ``_reference.py``
+A model is plain data. The stage map that uses it lives in ``kernels/reference.py``
 (readable NumPy) and in the kernels (Numba, CuPy), which are tested against it.
 
 File format
@@ -55,7 +55,7 @@ class TRDModel:
         u - (sum_i rot180(k_ti) * phi_ti(k_ti * u) + lambda_t (u - f))
 
     where ``*`` is 2-D correlation with the symmetric boundary rule of the
-    authors (see :func:`skimage_trd.stage_reference`), ``f`` the noisy input
+    authors (see :func:`skimage_trd.kernels.reference.stage_reference`), ``f`` the noisy input
     and ``phi_ti(z) = sum_j w_tij exp(-precision / 2 (z - mu_j)**2)``.
     Intensities live on the [0, 255] scale the models were trained on.
 

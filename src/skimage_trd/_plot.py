@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 
-from ._influence import influence_and_derivative
 from ._registry import load_model
+from .kernels.influence import influence_and_derivative
 
 __all__ = ["penalty_functions", "plot_model"]
 

@@ -19,6 +19,15 @@ from functools import lru_cache
 
 import numpy as np
 
+from ._arrays import (
+    array_module,
+    check_image,
+    check_spatial,
+    normalize_channel_axis,
+    to_input_dtype,
+)
+from ._denoise import denoise_trd
+
 __all__ = [
     "generalized_anscombe",
     "inverse_generalized_anscombe",
@@ -159,15 +168,6 @@ def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channe
     The generalised Anscombe transform stabilises the variance to 1, the Gaussian model
     denoises with ``sigma = 1``, and the exact unbiased inverse maps the result back.
     """
-    from ._arrays import (
-        array_module,
-        check_image,
-        check_spatial,
-        normalize_channel_axis,
-        to_input_dtype,
-    )
-    from ._denoise import denoise_trd
-
     if array_module(image) == "cupy":
         image = image.get()
     image = check_image(np.asarray(image))  # bool, complex, NaN and inf refused

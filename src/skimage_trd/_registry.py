@@ -14,13 +14,15 @@ import hashlib
 import os
 import shlex
 import threading
+from collections.abc import Sequence
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+from ._matlab import import_matlab_model
 from ._model import ModelFileError, TRDModel
 
-__all__ = ["list_models", "load_model", "registry", "cache_dir", "resolve_models"]
+__all__ = ["list_models", "load_model", "registry", "model_cache_dir", "resolve_models"]
 
 CACHE_ENV = "SKIMAGE_TRD_CACHE"
 URL_ENV = "SKIMAGE_TRD_WEIGHTS_URL"
@@ -53,7 +55,7 @@ def registry() -> dict:
     return entries
 
 
-def cache_dir() -> Path:
+def model_cache_dir() -> Path:
     """Where downloaded models are kept (``SKIMAGE_TRD_CACHE`` overrides)."""
     env = os.environ.get(CACHE_ENV)
     if env:
@@ -106,7 +108,7 @@ def _fetch(file_name: str) -> Path:
     if not base.endswith("/"):
         base += "/"
     fetcher = pooch.create(
-        path=cache_dir(),
+        path=model_cache_dir(),
         base_url=base,
         registry={file_name: f"sha256:{digest}"},
         urls={} if (url is None or URL_ENV in os.environ) else {file_name: url},
@@ -117,12 +119,12 @@ def _fetch(file_name: str) -> Path:
     except ValueError as exc:  # pooch: hash mismatch
         raise ModelFileError(
             f"model {file_name!r} downloaded from {base} does not match its registered sha256 "
-            f"and was not used ({exc}). Cache: {cache_dir()} (set {CACHE_ENV} to move it)."
+            f"and was not used ({exc}). Cache: {model_cache_dir()} (set {CACHE_ENV} to move it)."
         ) from exc
     except Exception as exc:
         raise ConnectionError(
             f"model {file_name!r} is not in the wheel and could not be downloaded from {base} "
-            f"into the cache {cache_dir()} ({type(exc).__name__}: {exc}). Set {URL_ENV} to a "
+            f"into the cache {model_cache_dir()} ({type(exc).__name__}: {exc}). Set {URL_ENV} to a "
             f"mirror, or put the file into the cache (set {CACHE_ENV} to choose it)."
         ) from exc
 
@@ -159,8 +161,6 @@ def load_model(model) -> TRDModel:
         return hit
     path = Path(text)
     if path.suffix == ".mat":
-        from ._matlab import import_matlab_model
-
         return import_matlab_model(path)
     if path.suffix == ".npz" or path.exists():
         return TRDModel.load(path)
@@ -173,8 +173,6 @@ def load_model(model) -> TRDModel:
 def resolve_models(model, task) -> list[TRDModel]:
     """The model bank of a public function: the shipped models of ``task`` for ``None``, else
     the model(s) given (names, paths or TRDModel, one or a sequence), checked to be ``task``'s."""
-    from collections.abc import Sequence
-
     if model is None:
         names = list_models(task)
         if not names:

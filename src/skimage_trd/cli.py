@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
 import json
 import os
 import signal
 import sys
 import time
+from importlib import resources
 from pathlib import Path
 
 __all__ = ["main"]
@@ -195,7 +197,7 @@ def _main(argv) -> int:
 
 def _passthrough(name, argv):
     if name == "train":
-        from .train import main as run
+        from .train.run import main as run
     else:
         from .demo import main as run
     try:
@@ -262,12 +264,10 @@ def _jsonable(value):
 
 def _where(reg, file_name):
     """('shipped' | 'cached' | 'remote', path or None) of a registered file (no download)."""
-    from importlib import resources
-
     shipped = resources.files("skimage_trd") / "weights" / file_name
     if shipped.is_file():
         return "shipped", Path(str(shipped))
-    cached = reg.cache_dir() / file_name
+    cached = reg.model_cache_dir() / file_name
     if cached.is_file():
         return "cached", cached
     return "remote", None
@@ -308,7 +308,7 @@ def _models_verify(reg, args) -> int:
         kind, shipped = _where(reg, file_name)
         found = False
         for where, path in (("shipped", shipped if kind == "shipped" else None),
-                            ("cached", reg.cache_dir() / file_name)):
+                            ("cached", reg.model_cache_dir() / file_name)):
             if path is None or not Path(path).is_file():
                 continue
             found = True
@@ -390,8 +390,6 @@ class _Reporter:
 
 def _expand(inputs):
     """[(path, kind or None, error or None)] for INPUT arguments (folders and globs expanded)."""
-    import glob
-
     from ._batch import SUFFIXES, classify, is_zarr_dir
 
     found = []

@@ -24,8 +24,12 @@ import contextlib
 import time
 
 import numpy as np
+from numba.core import event
 
+from ._deblock import deblock_trd
 from ._denoise import denoise_trd
+from ._jpeg import jpeg_roundtrip
+from ._poisson import denoise_trd_poisson
 
 
 def _psnr(a, ref):
@@ -131,8 +135,6 @@ def _first_call(restore, degraded):
     """Seconds of the first call, and what it spent them on besides restoring: it loads the
     models and compiles the Numba kernels, or loads them from Numba's cache on disk."""
     try:
-        from numba.core import event
-
         recorder = event.install_recorder("numba:compile")  # fired for compilations, not cache hits
     except (ImportError, AttributeError):
         recorder = contextlib.nullcontext()
@@ -156,8 +158,6 @@ def _noise_case(clean, args):
 
 def _photon_case(clean, args, gain=2.0, offset=100.0, read_noise=3.0):
     """Camera units shown and scored on the clean image's [0, 1] scale."""
-    from ._poisson import denoise_trd_poisson
-
     if not 0 < args.photons < 1e9:
         raise SystemExit(f"--photons must be a positive number of photons, got {args.photons:g}")
     rng = np.random.default_rng(0)
@@ -173,8 +173,6 @@ def _photon_case(clean, args, gain=2.0, offset=100.0, read_noise=3.0):
 
 
 def _jpeg_case(clean_u8, args):
-    from ._deblock import deblock_trd
-    from ._jpeg import jpeg_roundtrip
 
     if not 1 <= args.jpeg <= 100:
         raise SystemExit(f"--jpeg takes a quality in 1..100, got {args.jpeg}")

@@ -1,36 +1,7 @@
-"""Train TRD denoising models on your own images (greedy stage-wise, then joint; L-BFGS).
+"""A training run: data preparation, the configuration, greedy and joint L-BFGS with
+checkpoints, export with provenance, and the command line (``python -m skimage_trd.train``).
 
-The procedure of Chen, Yu & Pock (CVPR 2015, Sec. 3-4):
-
-1. training pairs: clean images and noisy versions (Gaussian noise with a
-   seed, or noisy images you supply);
-2. greedy training (Eq. 4): stage ``t`` is trained alone to minimise the
-   quadratic loss of its output (Eq. 5), stages ``1 .. t-1`` fixed;
-3. joint training (Eq. 11): all stages together, the loss of the last output.
-
-Every stage starts from the paper's plain initialisation: the zero-mean DCT
-atoms as filters and ``phi(z) = 2z / (1 + z**2)`` (rescaled, see
-:func:`plain_initial_stage`) fitted by the Gaussian RBFs. Gradients are
-hand-written (``_gradients.py``), the optimiser is scipy's L-BFGS-B, run in
-chunks of ``chunk`` iterations: after every chunk the state is checkpointed
-atomically, and a run restarted from a checkpoint continues exactly as the
-uninterrupted run would have (each chunk starts L-BFGS afresh from the
-checkpointed parameters, in both cases).
-
-Deblocking models (Eq. 9) are trained the same way on JPEG-compressed crops
-(``--task deblock --quality 10``); their stages end in the quantisation
-projection, whose gradient is part of the GPU trainer.
-
-Command line::
-
-    python -m skimage_trd.train --data DIR --sigma 25 --out runs/s25 [--kernel-size 7]
-        [--stages 5] [--greedy-iterations 200] [--joint-iterations 200] [--seed 0]
-        [--validation DIR] [--dtype float32] [--threads N] [--export model.npz]
-
-Rerunning the same command resumes from ``--out``; rerunning it with a larger
-``--joint-iterations`` continues the joint phase of a run, finished or not (as each chunk restarts
-L-BFGS, the longer run takes the same path as if it had been asked for from the start, provided
-the earlier number was a multiple of ``--chunk``). The model's provenance lists every session.
+The procedure and the command line are described in :mod:`skimage_trd.train`.
 """
 
 from __future__ import annotations
@@ -38,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
+import io
 import json
 import math
 import os
@@ -51,17 +23,24 @@ from pathlib import Path
 
 import numpy as np
 
-from ._engine import model_fingerprint
-from ._gradients import (
+from .._deblock import deblock_trd
+from .._jpeg import QuantisationConstraint, jpeg_roundtrip, quantised_coefficients
+from .._model import TRDModel, atomic_write_bytes
+from .._registry import load_model
+from ..kernels.cuda import cupy_module
+from ..kernels.engine import model_fingerprint, run_model
+from ..kernels.numba_cpu import set_threads
+from .gradients import (
     StageParams,
     TrainingSpec,
     forward_batch,
     loss_and_grad,
+    model_to_params,
     pack_params,
     params_to_model,
     unpack_params,
 )
-from ._model import TRDModel, atomic_write_bytes
+from .gradients_cupy import BatchProjection, GemmTrainer
 
 __all__ = [
     "TrainingConfig",
@@ -138,8 +117,6 @@ def jpeg_pairs(clean, quality, scale=0.8):
     and the lower and upper coefficient bounds ``(d -/+ scale/2) q`` of each
     image, as :func:`skimage_trd.deblock_trd` computes them from a decoded file.
     """
-    from ._jpeg import QuantisationConstraint, jpeg_roundtrip, quantised_coefficients
-
     starts, lowers, uppers = [], [], []
     for img in clean:
         decoded, table = jpeg_roundtrip(img, quality)
@@ -295,8 +272,6 @@ class Checkpoint:
     def save(self, state: dict, params: np.ndarray):
         state = {**state, "config_digest": self.config.digest(), "config": asdict(self.config),
                  "data_digest": self.data_digest}
-        import io
-
         buf = io.BytesIO()
         np.savez(buf, params=params, state=np.array(json.dumps(state)))
         atomic_write_bytes(self.path, buf.getvalue())
@@ -384,11 +359,9 @@ class _KernelBatch:
 
 class _KernelDeblockBatch(_KernelBatch):
     """Deblocking with the Numba stage kernels: the projection's adjoint is applied between
-    the kernels' backward passes (:func:`skimage_trd._gradients.loss_and_grad`)."""
+    the kernels' backward passes (:func:`skimage_trd.train.gradients.loss_and_grad`)."""
 
     def __init__(self, start, clean, spec, constraint):
-        from ._gemm_gradients import BatchProjection
-
         super().__init__(start, clean, spec, "numba",
                          BatchProjection(*constraint, start.shape, np, start.dtype))
 
@@ -400,11 +373,7 @@ def _batch(noisy, clean, spec, backend, constraint=None):
         return _KernelDeblockBatch(noisy, clean, spec, constraint)
     if backend == "cupy" or constraint is not None:
         # matrix-form trainer: the GPU, or the NumPy reference of the deblocking gradient
-        from ._gemm_gradients import GemmTrainer
-
         if backend == "cupy":
-            from ._cupy_kernels import cupy_module
-
             xp = cupy_module()
         else:
             xp = np
@@ -547,13 +516,9 @@ def train_model(
             return None
         model = _to_model(stages, spec, config)
         if deblock:
-            from ._deblock import deblock_trd
-
             vals = [_psnr(deblock_trd(n, config.quality, model=model, preserve_range=True), c)
                     for c, n in zip(*validation)]
         else:
-            from ._engine import run_model
-
             vals = [_psnr(run_model(np.asarray(n, dtype), model), c) for c, n in zip(*validation)]
         return float(np.mean(vals))
 
@@ -635,8 +600,6 @@ def train_model(
 
 def _initial_stages(model, spec, config):
     """The parameters of ``model`` for fine-tuning, after checking it fits ``config``."""
-    from ._gradients import model_to_params
-
     if model.task != config.task:
         raise ValueError(f"fine-tuning a {config.task} run starts from a {config.task} model, "
                          f"got a {model.task} model ({model.name!r})")
@@ -669,8 +632,6 @@ def _to_model(stages, spec, config, metadata=None):
 
 
 def _jpeg_decoded(img, quality):
-    from ._jpeg import jpeg_roundtrip
-
     return jpeg_roundtrip(img, quality)[0].astype(np.float64)
 
 
@@ -686,7 +647,8 @@ class _HelpWithDefaults(argparse.HelpFormatter):
 
 
 def _parser():
-    ap = argparse.ArgumentParser(prog="python -m skimage_trd.train", description=__doc__.split("\n\n")[0],
+    package_doc = sys.modules[__package__].__doc__  # the procedure, in skimage_trd.train
+    ap = argparse.ArgumentParser(prog="python -m skimage_trd.train", description=package_doc.split("\n\n")[0],
                                  formatter_class=_HelpWithDefaults)
     ap.add_argument("--data", required=True, help="folder of clean training images")
     ap.add_argument("--noisy", help="folder of noisy images matching --data by file name "
@@ -730,8 +692,6 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     if args.threads:
-        from ._numba_kernels import set_threads
-
         set_threads(args.threads)
     init_model = None
     try:
@@ -740,8 +700,6 @@ def main(argv=None):
         if args.quality is not None:
             common["quality"] = args.quality
         if args.init:
-            from ._registry import load_model
-
             init_model = load_model(args.init)
             args.task = args.task or init_model.task
         args.task = args.task or "denoise"
@@ -805,6 +763,3 @@ def main(argv=None):
     log(f"saved {target} (final training PSNR {model.metadata['provenance']['final_train_psnr']:.3f})")
     return model
 
-
-if __name__ == "__main__":
-    main()

@@ -27,7 +27,7 @@ import threading
 
 import numpy as np
 
-from ._engine import model_fingerprint, prepare
+from .prepare import model_fingerprint, prepare
 
 # Output tile edge per thread block: float64 needs more registers per thread.
 TILES = {"float32": 32, "float64": 16}

@@ -1,6 +1,6 @@
 """Stage forward and backward in matrix form, for CuPy (GPU) training; NumPy for checking.
 
-The same mathematics as ``_gradients.py`` (see its module docstring for the
+The same mathematics as ``gradients.py`` (see its module docstring for the
 formulas), arranged so that the heavy work is a handful of dense matrix
 products over the whole batch. With ``U`` the ``F*F x Q`` matrix of shifted
 copies of the padded input (``Q`` = every position of the response grid of
@@ -26,7 +26,9 @@ import threading
 
 import numpy as np
 
-from ._gradients import (
+from .._jpeg import dct_blocks
+from ..kernels.influence import influence_and_derivative, rbf_reach_terms
+from .gradients import (
     StageParams,
     TrainingSpec,
     _filter_grad_to_coefficients,
@@ -34,7 +36,6 @@ from ._gradients import (
     pack_params,
     unpack_params,
 )
-from ._influence import influence_and_derivative, rbf_reach_terms
 
 __all__ = ["GemmTrainer"]
 
@@ -250,8 +251,6 @@ class BatchProjection:
 
     @staticmethod
     def _bdct(x, inverse=False):
-        from ._jpeg import dct_blocks
-
         if inverse:
             B, nh, nw = x.shape[:3]
             y = dct_blocks(x, inverse=True)
@@ -388,7 +387,7 @@ class GemmTrainer:
         return u
 
     def loss_and_grad(self, params, *, stages="all", u_start=None):
-        """As :func:`skimage_trd._gradients.loss_and_grad`, on the device batch."""
+        """As :func:`skimage_trd.train.gradients.loss_and_grad`, on the device batch."""
         xp = self.xp
         trained = unpack_params(params, self.spec)
         if stages == "last":

@@ -1,4 +1,4 @@
-"""Numba CPU kernels of the TRD stage map (fast versions of ``_reference.py``).
+"""Numba CPU kernels of the TRD stage map (fast versions of ``reference.py``).
 
 One stage is fused: besides the padded input and the output, each row strip
 (up to ``MAX_STRIP`` output rows; strips run in parallel) has a buffer of
@@ -52,7 +52,7 @@ def pad_symmetric(u, p, out):
 @njit(cache=True, inline="always")
 def _phi_table_lookup(row, pairs, idx):
     """row[x] = phi(z) from one filter's linear table ``pairs`` (value + 1j * step to the next
-    node, see ``_influence.LinearTable``), given the interval index ``idx[x]`` and offset
+    node, see ``influence.LinearTable``), given the interval index ``idx[x]`` and offset
     ``row[x]`` of z (the correlation computes those, a vectorised loop). One complex read
     fetches both numbers. The reads are scalar: LLVM does not vectorise them, and AVX-512
     gathers measured no faster on this machine's CPU. Unsigned indices skip the negative-index

@@ -3,11 +3,11 @@
 Backends
 --------
 ``'numpy'``
-    The readable reference of ``_reference.py`` (slow; for checking).
+    The readable reference of ``reference.py`` (slow; for checking).
 ``'numba'``
-    Fused parallel CPU kernels (``_numba_kernels.py``).
+    Fused parallel CPU kernels (``numba_cpu.py``).
 ``'cupy'``
-    GPU kernels (``_cupy_kernels.py``), for CuPy arrays.
+    GPU kernels (``cuda.py``), for CuPy arrays.
 
 All work on the model's [0, 255] intensity scale; the public functions map
 the user's intensities onto it.
@@ -23,61 +23,21 @@ image) therefore gives exactly the whole-image result inside the tile.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import threading
-from dataclasses import dataclass
 
 import numpy as np
 
-from ._arrays import normalize_tile_shape
-from ._influence import LinearTable, build_table, linear_from_cubic, lookup_tables, rbf_reach_terms
+from .._arrays import normalize_tile_shape
+from . import numba_cpu as nk
+from .cuda import run_cupy
+from .prepare import LINEAR_TABLE_TOLERANCE, TABLE_TOLERANCE, model_fingerprint, prepare
+from .reference import diffusion_reference, lookup_phi
 
-__all__ = ["run_model", "BACKENDS", "iter_tiles"]
+__all__ = ["run_model", "BACKENDS", "iter_tiles", "prepare", "model_fingerprint",
+           "TABLE_TOLERANCE", "LINEAR_TABLE_TOLERANCE"]
 
 BACKENDS = ("numpy", "numba", "cupy")
-
-# Influence-function table accuracy (absolute, on the [0, 255] scale): the cubic tables of the GPU
-# kernels, and the linear tables of the CPU kernels (sampled from the cubic ones; coarser, as the
-# CPU kernel is faster with one table read per evaluation than with the cubic's four; the
-# difference this makes to a restored image is measured in docs/performance.md).
-TABLE_TOLERANCE = 1e-5
-LINEAR_TABLE_TOLERANCE = 2e-4
-
-
-@dataclass(frozen=True)
-class PreparedStage:
-    filters: np.ndarray  # (N, F, F), compute dtype
-    flipped: np.ndarray  # filters rotated by 180 degrees
-    weights: np.ndarray  # (N, J), compute dtype
-    coef: np.ndarray  # (N, n_intervals, 4) cubic table (GPU kernels), compute dtype
-    x0: float  # start and 1 / spacing of the cubic table's grid (the linear one's: ``grid``)
-    inv_h: float
-    lam: float
-    linear: LinearTable  # pairs (N, n_intervals) in the complex compute dtype (CPU kernels)
-
-    @property
-    def grid(self) -> np.ndarray:
-        """(x0, 1/h, top) of the linear table in the compute dtype, for the Numba kernel:
-        t = (z - x0) / h is clamped into [0, top], top just below the number of intervals in
-        that dtype (beyond the grid, phi is flat at ~0), so that int(t) always indexes the
-        table."""
-        n, dt = self.linear.n_intervals, self.linear.pairs.real.dtype.type
-        top = min(dt(n - 1e-3), np.nextafter(dt(n), dt(0)))
-        return np.array([self.linear.x0, self.linear.inv_h, top], dtype=dt)
-
-
-@dataclass(frozen=True)
-class Prepared:
-    stages: tuple
-    mu0: float
-    delta: float
-    beta: float
-    reach: int
-
-
-_prepared_cache: dict = {}
-_prepared_lock = threading.Lock()
 
 # Numba's 'workqueue' threading layer (used when neither OpenMP nor TBB is available) aborts the
 # process if two threads launch parallel kernels at once; napari and dask call from many threads.
@@ -94,69 +54,11 @@ def _launch(kernel, *args):
     with _launch_lock:
         result = kernel(*args)
         if _serialise_launches is None:
-            import numba
-
-            _serialise_launches = numba.threading_layer() == "workqueue"
+            _serialise_launches = nk.numba.threading_layer() == "workqueue"
         return result
 
 
-def model_fingerprint(model) -> str:
-    h = hashlib.sha1()
-    for arr in (model.filters, model.weights, model.centers, model.lambdas):
-        if arr is not None:
-            h.update(np.ascontiguousarray(arr).tobytes())
-    h.update(repr(model.precision).encode())
-    if model.influence_lut is not None:
-        h.update(repr(model.influence_lut).encode())
-    return h.hexdigest()
-
-
-def prepare(model, dtype) -> Prepared:
-    """Per-stage arrays in ``dtype`` and influence tables, cached per model content."""
-    dtype = np.dtype(dtype)
-    key = (model_fingerprint(model), dtype.str)
-    with _prepared_lock:
-        hit = _prepared_cache.get(key)
-    if hit is not None:
-        return hit
-    stages = []
-    for t in range(model.n_stages):
-        if model.influence_lut is None:
-            table = build_table(model.weights[t], model.centers, model.precision, TABLE_TOLERANCE)
-            linear = linear_from_cubic(table, LINEAR_TABLE_TOLERANCE, dtype)
-        else:  # the authors' table defines phi: held exactly by both kinds of table
-            table, linear = lookup_tables(model.weights[t], model.centers, model.precision,
-                                          model.influence_lut, dtype)
-        lam = 0.0 if model.lambdas is None else float(model.lambdas[t])
-        stages.append(
-            PreparedStage(
-                filters=np.ascontiguousarray(model.filters[t], dtype=dtype),
-                flipped=np.ascontiguousarray(model.filters[t, :, ::-1, ::-1], dtype=dtype),
-                weights=np.ascontiguousarray(model.weights[t], dtype=dtype),
-                coef=table.coef.astype(dtype),
-                x0=table.x0,
-                inv_h=table.inv_h,
-                lam=lam,
-                linear=linear,
-            )
-        )
-    prepared = Prepared(
-        stages=tuple(stages),
-        mu0=float(model.centers[0]),
-        delta=float(model.centers[1] - model.centers[0]),
-        beta=float(model.precision),
-        reach=rbf_reach_terms(model.centers, model.precision),
-    )
-    with _prepared_lock:
-        if len(_prepared_cache) > 32:
-            _prepared_cache.clear()
-        _prepared_cache[key] = prepared
-    return prepared
-
-
 def _run_numba(f, model, n_stages, exact, post_stage, progress):
-    from . import _numba_kernels as nk
-
     prep = prepare(model, f.dtype)
     r = model.radius
     H, W = f.shape
@@ -183,8 +85,6 @@ def _run_numba(f, model, n_stages, exact, post_stage, progress):
 
 
 def _run_numpy(f, model, n_stages, exact, post_stage, progress):
-    from ._reference import diffusion_reference, lookup_phi
-
     phi = lookup_phi(model)
     u = f
     for t in range(n_stages):
@@ -200,8 +100,6 @@ def _run_numpy(f, model, n_stages, exact, post_stage, progress):
 
 
 def _run_cupy(f, model, n_stages, exact, post_stage, progress):
-    from ._cupy_kernels import run_cupy
-
     return run_cupy(f, model, n_stages, exact, post_stage, progress)
 
 

@@ -84,11 +84,11 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ._basis import dct_filter_basis, filters_from_coefficients
-from ._influence import RBF_REACH, influence_and_derivative
-from ._model import TRDModel
-from ._numba_kernels import _mirror
-from ._reference import correlate_valid, diffusion_reference
+from .._basis import dct_filter_basis, filters_from_coefficients
+from .._model import TRDModel
+from ..kernels.influence import RBF_REACH, influence_and_derivative
+from ..kernels.numba_cpu import _mirror
+from ..kernels.reference import correlate_valid, diffusion_reference
 
 __all__ = [
     "TrainingSpec",
@@ -393,7 +393,7 @@ def stage_forward_reference(u, f, params, spec):
     -------
     ndarray, shape (H, W)
         ``u - (sum_i kbar_i * phi_i(k_i * pad(u)) + exp(log_lambda) (u - f))``,
-        computed by :func:`skimage_trd._reference.diffusion_reference`.
+        computed by :func:`skimage_trd.kernels.reference.diffusion_reference`.
     """
     a, w, theta = params
     k, _ = _filters_and_norms(a, spec.kernel_size)
@@ -895,7 +895,7 @@ def forward_batch(noisy, params, spec, *, backend="numba", rbf_reach=None,
         Return the list ``[u_0, u_1, ..., u_T]`` instead of ``u_T``.
     projection : BatchProjection, optional
         Deblocking (Eq. 9): no reaction term, every stage ends in this
-        projection (:class:`skimage_trd._gemm_gradients.BatchProjection`).
+        projection (:class:`skimage_trd.train.gradients_cupy.BatchProjection`).
 
     Returns
     -------
