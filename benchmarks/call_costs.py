@@ -119,7 +119,8 @@ def cost_table(repeat):
 
     _, x = test_image(512)
     bank = resolve_models(None, "denoise")
-    setting = _planes.plane_settings(x, 25 / 255, 1.0, bank, None)
+    opts = _planes.PlaneOptions(bank=tuple(bank), in_dtype=x.dtype)
+    setting = _planes.plane_settings(x, 25 / 255, opts)
     f = ((x - setting.centre) * setting.gain + 127.5).astype(np.float32)
     call = median_time(lambda: denoise_trd(x, sigma=25 / 255), repeat)
     call_est = median_time(lambda: denoise_trd(x), repeat)
@@ -127,7 +128,8 @@ def cost_table(repeat):
         "TRD stages (run_model, float32)": median_time(lambda: run_model(f, setting.model), repeat),
         "input checks (check_image)": median_time(lambda: check_image(x), repeat),
         "plane statistics (mean, extremes)": median_time(
-            lambda: _planes.plane_settings(x, 25 / 255, 1.0, bank[:1], None), repeat),
+            lambda: _planes.plane_settings(
+                x, 25 / 255, _planes.PlaneOptions(bank=tuple(bank[:1]), in_dtype=x.dtype)), repeat),
         "model choice (robust range)": median_time(lambda: _planes.robust_range(x), repeat),
     }
     parts["maps to the model's scale and back, dtype conversions, copies (the rest)"] = \

@@ -22,7 +22,7 @@ def main():
     import cupy as cp
 
     from skimage_trd import denoise_trd
-    from skimage_trd._planes import plane_settings
+    from skimage_trd._planes import PlaneOptions, plane_settings
     from skimage_trd._registry import resolve_models
 
     def median_time(fn):
@@ -47,8 +47,9 @@ def main():
     for n in (512, 2048):
         x = np.random.default_rng(0).uniform(0.2, 0.8, (n, n)).astype(np.float32)
         g = cp.asarray(x)
-        row = [median_time(lambda: plane_settings(g, 0.1, 1.0, bank, None)),
-               median_time(lambda: plane_settings(g.get(), 0.1, 1.0, bank, None)),
+        opts = PlaneOptions(bank=tuple(bank), in_dtype=x.dtype)
+        row = [median_time(lambda: plane_settings(g, 0.1, opts)),
+               median_time(lambda: plane_settings(g.get(), 0.1, opts)),
                median_time(lambda: denoise_trd(g, 0.1)),
                median_time(lambda: denoise_trd(g, 0.1, model="trd-gauss-s25-7x7-5st")),
                median_time(lambda: denoise_trd(x, 0.1, backend="cupy"))]

@@ -154,7 +154,7 @@ def test_plane_settings_on_the_gpu_equal_the_cpu():
     the bank) are computed on its GPU and agree with the NumPy ones."""
     from skimage import data
 
-    from skimage_trd._planes import plane_settings, robust_range
+    from skimage_trd._planes import PlaneOptions, plane_settings, robust_range
     from skimage_trd._registry import resolve_models
 
     bank = resolve_models(None, "denoise")
@@ -165,10 +165,11 @@ def test_plane_settings_on_the_gpu_equal_the_cpu():
                   (data.coins() / 255).astype(np.float16)):
         g = cp.asarray(plane)
         assert robust_range(g) == pytest.approx(robust_range(plane), rel=1e-9)
-        scale = 1.0 if plane.dtype.kind == "f" else 1 / np.iinfo(plane.dtype).max
+        opts = PlaneOptions(bank=tuple(bank), in_dtype=plane.dtype)
+        scale = opts.scale  # 1 for floats, 1 / the type's maximum for integers
         for sigma in ((None,) * HAVE_PYWT + (0.02 / scale, 0.1 / scale)):
-            cpu = plane_settings(plane, sigma, scale, bank, None)
-            gpu = plane_settings(g, sigma, scale, bank, None)
+            cpu = plane_settings(plane, sigma, opts)
+            gpu = plane_settings(g, sigma, opts)
             assert gpu.action == cpu.action and gpu.model is cpu.model
             assert gpu.centre == pytest.approx(cpu.centre, rel=1e-9)
             assert gpu.gain == pytest.approx(cpu.gain, rel=1e-9)

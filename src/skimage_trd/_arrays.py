@@ -13,7 +13,9 @@ import warnings
 import numpy as np
 
 __all__ = ["array_module", "check_image", "normalize_channel_axis", "normalize_tile_shape",
-           "iter_planes"]
+           "iter_planes", "resolve_backend", "BACKENDS"]
+
+BACKENDS = ("numpy", "numba", "cupy")
 
 
 def array_module(image):
@@ -24,6 +26,19 @@ def array_module(image):
     if mod == "dask":
         return "dask"
     return "numpy"
+
+
+def resolve_backend(backend, kind):
+    """The backend that runs an array of ``kind`` (:func:`array_module`): ``'auto'`` is CuPy for
+    CuPy arrays and Numba otherwise; dask arrays run on the CPU backends."""
+    if backend == "auto":
+        return "cupy" if kind == "cupy" else "numba"
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose 'auto' or one of {BACKENDS}")
+    if kind == "dask" and backend == "cupy":
+        raise ValueError("dask arrays run on the CPU backends ('numba', 'numpy'), got 'cupy'; "
+                         "map the function over CuPy chunks yourself for GPU work")
+    return backend
 
 
 def check_image(image, *, name="image", finite=True):
@@ -59,11 +74,17 @@ def check_image(image, *, name="image", finite=True):
 
 
 def _xp(image):
-    """The array module of ``image``: ``cupy`` for CuPy arrays, else ``numpy``."""
-    if array_module(image) == "cupy":
+    """The array module of ``image``: ``cupy`` for CuPy arrays, ``dask.array`` for dask arrays,
+    else ``numpy`` (the one place that tells them apart; see :func:`array_module`)."""
+    kind = array_module(image)
+    if kind == "cupy":
         import cupy
 
         return cupy
+    if kind == "dask":
+        import dask.array
+
+        return dask.array
     return np
 
 

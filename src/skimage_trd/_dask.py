@@ -19,34 +19,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._arrays import check_spatial, float_dtype, normalize_channel_axis
-from ._planes import check_sigma, denoise_plane, plane_settings
-from ._registry import resolve_models
+from ._planes import denoise_plane, plane_settings
 
 SAMPLE = 1024
 
 
-def denoise_trd_dask(image, sigma=None, *, model=None, channel_axis=None, preserve_range=False,
-                     backend="auto", num_threads=None, tile_shape=None, n_stages=None,
-                     data_range=None, exact=False):
+def denoise_trd_dask(image, sigmas, channel_axis, opts):
+    """A lazy dask array: ``image`` (dask) denoised with ``opts`` (:class:`._planes.PlaneOptions`,
+    validated by ``denoise_trd``), ``sigmas`` one per channel (None: estimated)."""
     try:
         import dask
         import dask.array as da
     except ImportError as exc:  # pragma: no cover - a dask array implies dask
         raise ImportError("dask input needs dask: pip install 'skimage-trd[dask]'") from exc
-
-    channel_axis = normalize_channel_axis(image, channel_axis)
-    check_spatial(image, channel_axis)
-    backend = "numba" if backend == "auto" else backend
-    if backend not in ("numba", "numpy"):
-        raise ValueError(f"dask arrays run on the CPU backends ('numba', 'numpy'), got "
-                         f"{backend!r}; map denoise_trd over CuPy chunks yourself for GPU work")
-    n_channels = 1 if channel_axis is None else image.shape[channel_axis]
-    sigmas = check_sigma(sigma, n_channels)
-    bank = resolve_models(model, "denoise")
-    out_dtype, scale = float_dtype(image.dtype, preserve_range)
-    if n_stages is not None and not 1 <= int(n_stages) <= min(m.n_stages for m in bank):
-        raise ValueError(f"n_stages must be in 1..{min(m.n_stages for m in bank)}, got {n_stages}")
+    out_dtype = opts.out_dtype
 
     # planes: every index of the axes other than the last two spatial ones
     spatial = [ax for ax in range(image.ndim) if ax != channel_axis][-2:]
@@ -76,10 +62,9 @@ def denoise_trd_dask(image, sigma=None, *, model=None, channel_axis=None, preser
         plane = sample[tuple(sel)]
         channel = idx[lead.index(channel_axis)] if channel_axis is not None else None
         s = sigmas[channel or 0]
-        settings[idx] = plane_settings(plane, s, scale, bank, data_range,
-                                        centre=float(means[idx]) * scale)
+        settings[idx] = plane_settings(plane, s, opts, centre=float(means[idx]) * opts.scale)
 
-    halo = max(m.halo for m in bank)
+    halo = max(m.halo for m in opts.bank)
     depth = {ax: 0 for ax in range(image.ndim)}
     depth[spatial[0]] = depth[spatial[1]] = halo
 
@@ -92,9 +77,7 @@ def denoise_trd_dask(image, sigma=None, *, model=None, channel_axis=None, preser
             for ax, i in zip(lead, local):
                 sel[ax] = i
             sel = tuple(sel)
-            out[sel] = denoise_plane(x[sel], settings[idx], scale, image.dtype,
-                                      preserve_range, num_threads, tile_shape, n_stages, exact,
-                                      backend)
+            out[sel] = denoise_plane(x[sel], settings[idx], opts)
         return out
 
     return da.map_overlap(block, image, depth=depth, boundary="none", trim=True,

@@ -4,41 +4,34 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import replace
 
 import numpy as np
 
 from ._arrays import (
+    _xp,
     array_module,
     check_image,
     check_spatial,
-    float_dtype,
     iter_planes,
     normalize_channel_axis,
     normalize_tile_shape,
+    resolve_backend,
     to_input_dtype,
 )
 from ._dask import denoise_trd_dask
 from ._planes import (
+    PlaneOptions,
     check_sigma,
     clip_limits,
-    compute_dtype,
     denoise_plane,
     plane_settings,
     select_model,
 )
 from ._registry import resolve_models
 from .kernels.cuda import cupy_module
-from .kernels.engine import BACKENDS
-from .kernels.numba_cpu import numba_threads
 
 __all__ = ["denoise_trd", "select_model"]
-
-
-
-
-
-
-
 
 
 def denoise_trd(
@@ -207,45 +200,33 @@ def denoise_trd(
     sigmas = check_sigma(sigma, n_channels)
     if color_transform not in ("opponent", "none"):
         raise ValueError(f"color_transform must be 'opponent' or 'none', got {color_transform!r}")
-    if backend != "auto" and backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose 'auto' or one of {BACKENDS}")
+    backend = resolve_backend(backend, kind)
     _warn_sigma_units(sigmas, image.dtype)
     _warn_channel_axis(image.shape, channel_axis)
-    bank = resolve_models(model, "denoise")
+    bank = tuple(resolve_models(model, "denoise"))
     if n_stages is not None:
         n_stages = int(n_stages)
         shortest = min(m.n_stages for m in bank)
         if not 1 <= n_stages <= shortest:
             raise ValueError(f"n_stages must be in 1..{shortest}, got {n_stages}")
-    tile_shape = normalize_tile_shape(tile_shape)
     if data_range is not None and not (np.isfinite(data_range) and data_range > 0):
         raise ValueError(f"data_range must be a positive number, got {data_range!r}")
-    options = dict(model=bank, backend=backend, num_threads=num_threads, tile_shape=tile_shape,
-                   n_stages=n_stages, data_range=data_range, exact=exact)
+    opts = PlaneOptions(bank=bank, in_dtype=image.dtype, preserve_range=bool(preserve_range),
+                        backend=backend, num_threads=num_threads,
+                        tile_shape=normalize_tile_shape(tile_shape), n_stages=n_stages,
+                        data_range=data_range, exact=bool(exact))
     if color_transform == "opponent" and n_channels == 3 and len(set(sigmas)) == 1:
-        out = _denoise_opponent(image, sigmas[0], channel_axis, preserve_range, progress, options)
+        out = _denoise_opponent(image, kind, sigmas[0], channel_axis, opts, progress)
+    elif kind == "dask":
+        out = denoise_trd_dask(image, sigmas, channel_axis, opts)
     else:
-        out = _denoise_checked(image, kind, sigma, sigmas, channel_axis, preserve_range, progress,
-                               **options)
+        out = _denoise_planes(image, kind, sigmas, channel_axis, opts, progress)
     return to_input_dtype(out, image.dtype, preserve_range) if preserve_dtype else out
 
 
-def _denoise_checked(image, kind, sigma, sigmas, channel_axis, preserve_range, progress, *,
-                     model, backend, num_threads, tile_shape, n_stages, data_range, exact):
-    """``denoise_trd`` after its checks (``model``: the bank): plane by plane (dask: lazily,
-    chunk by chunk)."""
-    bank = model
-    if kind == "dask":
-
-        return denoise_trd_dask(image, sigma, channel_axis=channel_axis,
-                                preserve_range=preserve_range, model=bank, backend=backend,
-                                num_threads=num_threads, tile_shape=tile_shape,
-                                n_stages=n_stages, data_range=data_range, exact=exact)
-    if backend == "auto":
-        backend = "cupy" if kind == "cupy" else "numba"
-
-    out_dtype, scale = float_dtype(image.dtype, preserve_range)
-
+def _denoise_planes(image, kind, sigmas, channel_axis, opts, progress):
+    """``denoise_trd`` after its checks, for a NumPy or CuPy image: plane by plane."""
+    backend = opts.backend
     if backend == "cupy":
         xp = cupy_module()
         src = xp.asarray(image)
@@ -253,29 +234,25 @@ def _denoise_checked(image, kind, sigma, sigmas, channel_axis, preserve_range, p
         xp = np
         src = image.get() if kind == "cupy" else image
     plane_shape = tuple(n for ax, n in enumerate(image.shape) if ax != channel_axis)[-2:]
-    if backend == "numba" and tile_shape is None:
-        tile_shape = _memory_plan(image.shape, out_dtype, plane_shape,
-                                  compute_dtype(image.dtype, exact))
-    out = xp.empty(image.shape, dtype=out_dtype)
+    if backend == "numba" and opts.tile_shape is None:
+        opts = replace(opts, tile_shape=_memory_plan(image.shape, opts.out_dtype, plane_shape,
+                                                     opts.compute_dtype))
+    out = xp.empty(image.shape, dtype=opts.out_dtype)
     planes = list(iter_planes(image.shape, channel_axis))
     total_planes = len(planes)
 
-    with numba_threads(num_threads if backend == "numba" else None):
-        for p_index, (index, channel) in enumerate(planes):
-            plane = src[index]
-            setting = plane_settings(plane, sigmas[channel or 0], scale, bank, data_range)
-            cb = None
-            if progress is not None:
-                def cb(done, total, p=p_index):
-                    progress(p * total + done, total_planes * total)
-            out[index] = denoise_plane(plane, setting, scale, image.dtype, preserve_range,
-                                        None, tile_shape, n_stages, exact, backend, cb)
+    for p_index, (index, channel) in enumerate(planes):
+        plane = src[index]
+        setting = plane_settings(plane, sigmas[channel or 0], opts)
+        cb = None
+        if progress is not None:
+            def cb(done, total, p=p_index):
+                progress(p * total + done, total_planes * total)
+        out[index] = denoise_plane(plane, setting, opts, cb)
     if backend == "cupy" and kind != "cupy":
         return out.get()
     if kind == "cupy" and backend != "cupy":
-        import cupy
-
-        return cupy.asarray(out)
+        return cupy_module().asarray(out)
     return out
 
 
@@ -284,35 +261,27 @@ _OPPONENT = np.array([[1, 1, 1], [1, 0, -1], [1, -2, 1]], dtype=np.float64)
 _OPPONENT /= np.sqrt((_OPPONENT**2).sum(axis=1, keepdims=True))
 
 
-def _denoise_opponent(image, sigma, channel_axis, preserve_range, progress, kw):
+def _denoise_opponent(image, kind, sigma, channel_axis, opts, progress):
     """Denoise a 3-channel image in the opponent colour space (white noise stays white)."""
-    kind = array_module(image)
-    xp = {"numpy": np}.get(kind) or __import__("cupy" if kind == "cupy" else "dask.array",
-                                              fromlist=["_"])
-    work_dtype, scale = float_dtype(image.dtype, preserve_range)
+    xp = _xp(image)
+    work_dtype, scale = opts.out_dtype, opts.scale
     x = xp.moveaxis(image, channel_axis, -1).astype(work_dtype) * work_dtype.type(scale)
     m = (np if kind == "dask" else xp).asarray(_OPPONENT, dtype=work_dtype)
     y = x @ m.T
     s = None if sigma is None else sigma * scale
-    kw = dict(kw)
-    if kw.get("data_range") is not None:
-        kw["data_range"] = kw["data_range"] * scale  # the user's units -> the working units
-    out = denoise_trd(y, s, channel_axis=-1, color_transform="none", preserve_range=True,
-                      progress=progress, **kw) @ m
-    clip = clip_limits(image.dtype, preserve_range)
+    # the transformed image is in working units: the options follow it
+    inner = replace(opts, in_dtype=y.dtype, preserve_range=True,
+                    data_range=None if opts.data_range is None else opts.data_range * scale)
+    sigmas = [s] * 3
+    if kind == "dask":
+        out = denoise_trd_dask(y, sigmas, y.ndim - 1, inner)
+    else:
+        out = _denoise_planes(y, kind, sigmas, y.ndim - 1, inner, progress)
+    out = out @ m
+    clip = clip_limits(image.dtype, opts.preserve_range)
     if clip is not None:
         out = xp.clip(out, *clip)
     return xp.moveaxis(out.astype(work_dtype, copy=False), -1, channel_axis)
-
-
-
-
-
-
-
-
-
-
 
 
 def _available_memory():

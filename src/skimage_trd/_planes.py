@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._arrays import _xp
+from ._arrays import _xp, float_dtype
 from ._model import TRDModel
 from .kernels.engine import run_model
 from .kernels.numba_cpu import numba_threads
@@ -66,6 +66,35 @@ class PlaneSetting:
     gain: float = 1.0
 
 
+@dataclass(frozen=True)
+class PlaneOptions:
+    """What every plane of one ``denoise_trd`` call shares: validated once by ``denoise_trd``,
+    then used as it is by the in-memory, tiled and dask paths."""
+
+    bank: tuple  # the models to choose from (TRDModel)
+    in_dtype: np.dtype  # the input image's dtype: units, compute dtype, clipping
+    preserve_range: bool = False
+    backend: str = "numba"  # resolved: 'numba', 'numpy' or 'cupy'
+    num_threads: int | None = None
+    tile_shape: tuple | None = None
+    n_stages: int | None = None
+    data_range: float | None = None  # in the image's own units
+    exact: bool = False
+
+    @property
+    def scale(self) -> float:
+        """The image's units -> working units (``img_as_float``'s scale; 1 for floats)."""
+        return float_dtype(self.in_dtype, self.preserve_range)[1]
+
+    @property
+    def out_dtype(self) -> np.dtype:
+        return float_dtype(self.in_dtype, self.preserve_range)[0]
+
+    @property
+    def compute_dtype(self) -> np.dtype:
+        return compute_dtype(self.in_dtype, self.exact)
+
+
 def compute_dtype(in_dtype, exact=False):
     """The dtype the model runs in: float64 with ``exact`` and for 32/64-bit integers (whose
     values float32 cannot hold exactly), float32 otherwise, float64 images included (float32
@@ -86,14 +115,16 @@ def clip_limits(in_dtype, preserve_range):
     return (-1.0 if in_dtype.kind == "i" else 0.0), 1.0
 
 
-def plane_settings(plane, sigma, scale, bank, data_range, centre=None):
-    """Decide for one plane (as stored; working units are ``plane * scale``) how it is denoised.
+def plane_settings(plane, sigma, opts, centre=None):
+    """Decide for one plane (as stored; working units are ``plane * opts.scale``) how it is
+    denoised, with a model of ``opts.bank``.
 
     ``sigma`` is in the image's own units (None: estimated here); ``centre``
     (working units) defaults to the plane's mean. Float64 copies of the plane are made only
     to estimate sigma or the intensity range, when those are needed; a CuPy plane's are made
     on its GPU, except for the sigma estimate.
     """
+    scale, bank, data_range = opts.scale, opts.bank, opts.data_range
     # statistics where the plane is (a CuPy plane's on its GPU: only numbers come back)
     xp = _xp(plane)
     plane = xp.asarray(plane)
@@ -122,15 +153,15 @@ def plane_settings(plane, sigma, scale, bank, data_range, centre=None):
     return PlaneSetting("denoise", centre, m, m.sigma / s)
 
 
-def denoise_plane(plane, setting, scale, in_dtype, preserve_range, num_threads, tile_shape,
-                   n_stages, exact, backend="numba", progress=None):
+def denoise_plane(plane, setting, opts, progress=None):
     """Apply a plane's setting to the plane, or to any rectangular part of it (dask blocks).
 
     The model runs in the compute dtype (float32 unless ``exact``, see :func:`compute_dtype`);
     the affine maps onto the model's scale and back run in the wider of that and the plane's
     float dtype, so that a float64 plane keeps float64 resolution around its mean."""
-    xp = np if backend != "cupy" else __import__("cupy")
-    cdt = compute_dtype(in_dtype, exact)
+    backend, scale = opts.backend, opts.scale
+    xp = np if backend != "cupy" else _xp(plane)
+    cdt = opts.compute_dtype
     wdt = np.promote_types(cdt, plane.dtype) if plane.dtype.kind == "f" else cdt
     # in place throughout: one plane-sized buffer here (two for a float64 plane computed in
     # float32), plus the engine's three
@@ -147,9 +178,9 @@ def denoise_plane(plane, setting, scale, in_dtype, preserve_range, num_threads, 
     f = x.astype(cdt, copy=False)
     if xp is np:
         f = np.ascontiguousarray(f)
-    with numba_threads(num_threads if backend == "numba" else None):
-        res = run_model(f, setting.model, backend=backend, n_stages=n_stages,
-                        tile_shape=tile_shape, exact=bool(exact) and backend != "numpy",
+    with numba_threads(opts.num_threads if backend == "numba" else None):
+        res = run_model(f, setting.model, backend=backend, n_stages=opts.n_stages,
+                        tile_shape=opts.tile_shape, exact=bool(opts.exact) and backend != "numpy",
                         progress=progress)
     if res.dtype != wdt:
         x[...] = res  # (x is free again: back to the wider dtype without a new buffer)
@@ -157,7 +188,7 @@ def denoise_plane(plane, setting, scale, in_dtype, preserve_range, num_threads, 
     res -= wdt.type(MODEL_MID)
     res /= wdt.type(setting.gain)
     res += wdt.type(setting.centre)
-    clip = clip_limits(in_dtype, preserve_range)
+    clip = clip_limits(opts.in_dtype, opts.preserve_range)
     if clip is not None:
         xp.clip(res, *clip, out=res)
     return res

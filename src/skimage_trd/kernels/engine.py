@@ -28,7 +28,7 @@ import threading
 
 import numpy as np
 
-from .._arrays import normalize_tile_shape
+from .._arrays import BACKENDS, normalize_tile_shape
 from . import numba_cpu as nk
 from .cuda import run_cupy
 from .prepare import LINEAR_TABLE_TOLERANCE, TABLE_TOLERANCE, model_fingerprint, prepare
@@ -37,7 +37,6 @@ from .reference import diffusion_reference, lookup_phi
 __all__ = ["run_model", "BACKENDS", "iter_tiles", "prepare", "model_fingerprint",
            "TABLE_TOLERANCE", "LINEAR_TABLE_TOLERANCE"]
 
-BACKENDS = ("numpy", "numba", "cupy")
 
 # Numba's 'workqueue' threading layer (used when neither OpenMP nor TBB is available) aborts the
 # process if two threads launch parallel kernels at once; napari and dask call from many threads.
