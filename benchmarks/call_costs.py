@@ -34,6 +34,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 from skimage_trd import denoise_trd  # noqa: E402
+from skimage_trd._metrics import psnr  # noqa: E402
 from skimage_trd.kernels.numba_cpu import set_threads  # noqa: E402
 
 
@@ -87,7 +88,7 @@ def speed_table(sizes, repeat, use_bm3d):
                                       lambda: denoise_trd(u8, sigma=25)], repeat)
         tex = median_time(lambda: denoise_trd(x64, sigma=25 / 255, exact=True), max(3, repeat // 2))
         out64 = denoise_trd(x64, sigma=25 / 255)
-        p64 = 10 * np.log10(1 / np.mean((np.clip(out64, 0, 1) - clean / 255.0) ** 2))
+        p64 = psnr(out64, clean / 255.0, 1.0)
         tb = pb = t64b = None
         if use_bm3d and size <= 512:
             import bm3d
@@ -96,7 +97,7 @@ def speed_table(sizes, repeat, use_bm3d):
             # three BM3D runs, each between two TRD calls (the TRD median of those six runs)
             tb, t64b = median_times([lambda: bm3d.bm3d(x64, sigma_psd=25 / 255),
                                      lambda: denoise_trd(x64, sigma=25 / 255)], 3)
-            pb = 10 * np.log10(1 / np.mean((np.clip(ob, 0, 1) - clean / 255.0) ** 2))
+            pb = psnr(ob, clean / 255.0, 1.0)
         rows.append((size, t64, t32, tu8, tex, p64, tb, pb, t64b))
     print("| size | float64 call (s) | float32 call (s) | float64 / float32 | uint8 call (s) "
           "| float64, exact=True (s) | PSNR float64 call (dB) | BM3D (s) | BM3D PSNR (dB) "

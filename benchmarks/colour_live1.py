@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 from skimage.io import imread  # noqa: E402
 
 from skimage_trd import denoise_trd  # noqa: E402
+from skimage_trd._metrics import psnr as _psnr  # noqa: E402
 from skimage_trd.kernels.numba_cpu import set_threads  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -64,7 +65,7 @@ def main(argv=None):
         noisy = clean + args.sigma * rng.standard_normal(clean.shape)
 
         def psnr(out, clean=clean):
-            return 10 * np.log10(255**2 / np.mean((np.clip(out, 0, 255) - clean) ** 2))
+            return _psnr(out, clean)
 
         scores["noisy"].append(psnr(noisy))
         for name, method in methods.items():

@@ -36,15 +36,13 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
+from skimage_trd._metrics import psnr  # noqa: E402
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import DATA, require_images  # noqa: E402
 
 # Authors' 7x7 5-stage models, one per sigma, on this protocol (docs/protocols.md)
 AUTHORS = {5: 37.74, 10: 33.62, 15: 31.43, 25: 28.92, 35: 27.42, 50: 25.96, 75: 24.43}
-
-
-def psnr(out, clean):
-    return float(10 * np.log10(255.0**2 / np.mean((np.clip(out, 0, 255) - clean) ** 2)))
 
 
 def load_results(path):

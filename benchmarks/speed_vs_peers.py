@@ -25,6 +25,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 from skimage_trd import denoise_trd  # noqa: E402
+from skimage_trd._metrics import psnr  # noqa: E402
 from skimage_trd.kernels.numba_cpu import set_threads  # noqa: E402
 
 PAPER_1T = {256: 1.21, 512: 3.72, 1024: 14.0, 2048: 62.2, 3072: 135.9}
@@ -37,10 +38,6 @@ def timed(fn, repeat):
         out = fn()
         times.append(time.perf_counter() - t0)
     return float(np.median(times)), out
-
-
-def psnr(out, clean):
-    return 10 * np.log10(255.0**2 / np.mean((np.clip(out, 0, 255) - clean) ** 2))
 
 
 def main(argv=None):

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from skimage_trd import import_matlab_model
+from skimage_trd._metrics import psnr  # noqa: E402
 from skimage_trd.kernels.engine import run_model
 from skimage_trd.kernels.numba_cpu import set_threads
 
@@ -41,11 +42,6 @@ def load_gray_set(folder, what="bsd68"):
 
     files = require_images(folder, what)
     return [(p.name, imread(p).astype(np.float64)) for p in files]
-
-
-def psnr(out, clean):
-    out = np.clip(out, 0, 255)
-    return 10 * np.log10(255.0**2 / np.mean((out - clean) ** 2))
 
 
 def evaluate(model, images, sigma, backend="numba", dtype=np.float64):

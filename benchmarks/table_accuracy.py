@@ -21,12 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from skimage_trd._metrics import psnr  # noqa: E402
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import DATA, require_images  # noqa: E402
-
-
-def psnr(out, clean):
-    return 10 * np.log10(255.0**2 / np.mean((np.clip(out, 0, 255) - clean) ** 2))
 
 
 def main(argv=None):

@@ -29,11 +29,8 @@ from numba.core import event
 from ._deblock import deblock_trd
 from ._denoise import denoise_trd
 from ._jpeg import jpeg_roundtrip
+from ._metrics import psnr
 from ._poisson import denoise_trd_poisson
-
-
-def _psnr(a, ref):
-    return 10 * np.log10(1.0 / np.mean((np.clip(a, 0, 1) - ref) ** 2))
 
 
 def before_after_picture(panels, path):
@@ -115,7 +112,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     out = restore(degraded)
     seconds = time.perf_counter() - t0
-    p_in, p_out = _psnr(degraded, clean), _psnr(out, clean)
+    p_in, p_out = psnr(degraded, clean, 1.0), psnr(out, clean, 1.0)
 
     def shown(img):
         return np.kron(img[window], np.ones((args.zoom, args.zoom)))

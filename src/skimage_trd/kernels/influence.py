@@ -11,8 +11,8 @@ Kernels evaluate ``phi`` in one of three ways:
 * by linear table (the CPU kernels): linear interpolation between exact values
   on a finer uniform grid, each node's value and the step to the next stored
   as one complex number, so that an evaluation is a single 8-byte read (on
-  the CPU the reads are scalar, and one read instead of the cubic's four made
-  the whole stage ~1.2x faster).
+  the CPU the reads are scalar: one read instead of the cubic's four, measured
+  in docs/performance.md).
 
 Imported authors' models (``TRDModel.influence_lut``) define ``phi`` by their own
 lookup table instead (samples on a fixed grid, linear between them, constant beyond):

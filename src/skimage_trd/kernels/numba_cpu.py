@@ -189,10 +189,8 @@ def _table_stage(corr, padded, f, lam, filters, flipped, pairs, grid, strip, out
     # correlation ``corr``. A strip's buffers (responses z, accumulator, column sums) are one
     # block that starts at the address of the strip's stack frame modulo 4096. With buffers
     # allocated apart, the kernel's speed depended on where the thread's stack lay (loads stall
-    # behind stores whose addresses share the low 12 bits, "4K aliasing"): 0.134 to 0.171 s for a
-    # 512^2 image from one process to the next and with the depth of the caller's stack; with
-    # the frame pointer that taking the frame address keeps, and the block placed against it,
-    # 0.124 to 0.129 s at each of 24 depths (dev VM, 7x7, one thread; docs/performance.md).
+    # behind stores whose addresses share the low 12 bits, "4K aliasing"); placed against the
+    # frame address it does not (measured in docs/performance.md, "CPU (Numba), denoising").
     N, F, _ = filters.shape
     r = F // 2
     H = padded.shape[0] - 4 * r
@@ -259,7 +257,7 @@ def trd_stage(padded, f, lam, filters, flipped, pairs, grid, strip, out):
     ``t - int(t)``); ``grid`` is in the compute dtype and ``grid[2] < n_intervals`` in it.
     Deblocking passes ``lam = 0`` (its projection runs afterwards). Runs the kernel compiled for
     the filter size (:func:`table_kernel`). :func:`trd_stage_exact` is the same loop with the
-    exact RBF sum (a separate kernel: with both in one, this one ran ~13 % slower).
+    exact RBF sum (a separate kernel: with both in one, this one ran slower; docs/performance.md).
     """
     table_kernel(filters.shape[1])(padded, f, lam, filters, flipped, pairs, grid, strip, out)
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from .._deblock import deblock_trd
 from .._jpeg import QuantisationConstraint, jpeg_roundtrip, quantised_coefficients
+from .._metrics import psnr
 from .._model import TRDModel, atomic_write_bytes
 from .._registry import load_model
 from ..kernels.cuda import cupy_module
@@ -277,11 +278,6 @@ class Checkpoint:
         atomic_write_bytes(self.path, buf.getvalue())
 
 
-def _psnr(out, clean):
-    mse = float(np.mean((np.clip(out, 0, 255) - clean) ** 2))
-    return 10 * math.log10(255.0**2 / mse)
-
-
 class _Reporter:
     def __init__(self, log, total_iterations, done_iterations):
         self.log = log
@@ -516,10 +512,10 @@ def train_model(
             return None
         model = _to_model(stages, spec, config)
         if deblock:
-            vals = [_psnr(deblock_trd(n, config.quality, model=model, preserve_range=True), c)
+            vals = [psnr(deblock_trd(n, config.quality, model=model, preserve_range=True), c)
                     for c, n in zip(*validation)]
         else:
-            vals = [_psnr(run_model(np.asarray(n, dtype), model), c) for c, n in zip(*validation)]
+            vals = [psnr(run_model(np.asarray(n, dtype), model), c) for c, n in zip(*validation)]
         return float(np.mean(vals))
 
     def checkpoint(stages_all, st):
