@@ -9,7 +9,7 @@
 # 3. the shipped models on the GPU against the CPU (benchmarks/gpu_agreement.py), and
 #    denoise_trd as users call it (benchmarks/gpu_end_to_end.py);
 # 4. Nsight Compute's view of one stage of the default kernel and one other at 2048^2.
-# Needs CuPy, NumPy, SciPy, scikit-image, Numba and pytest on that machine (PyWavelets too, or
+# Needs CuPy, NumPy, SciPy, scikit-image, Numba, pooch, lazy_loader and pytest on that machine (PyWavelets too, or
 # the noise-estimate part of one test is left out).
 set -u -o pipefail
 status=0

@@ -4,7 +4,7 @@
 
 Prints the device, date and command, then the median of --repeat runs per size
 (kernel time only: the image is on the GPU, as in the paper's GTX 780 Ti column).
-``--kernels`` compares float32 kernels of ``_cupy_kernels`` in the same run: ``default`` (as
+``--kernels`` compares float32 kernels of ``skimage_trd.kernels.cuda`` in the same run: ``default`` (as
 shipped: ``FLOAT32_KERNEL`` and ``STRIP_CONFIG``), ``tiles``, or
 ``strips:ROWSxPER_THREAD`` (threads down a block x pixels per thread), with ``:r`` appended for
 the filter taps held in registers; with more than one,
@@ -24,27 +24,27 @@ PAPER_GPU = {256: 0.01, 512: 0.032, 1024: 0.116, 2048: 0.40, 3072: 0.87}
 
 
 def _shipped():
-    from skimage_trd.kernels import cuda as _cupy_kernels
+    from skimage_trd.kernels import cuda as cuda_kernels
 
-    return _cupy_kernels.FLOAT32_KERNEL, dict(_cupy_kernels.STRIP_CONFIG)
+    return cuda_kernels.FLOAT32_KERNEL, dict(cuda_kernels.STRIP_CONFIG)
 
 
 SHIPPED = _shipped()
 
 
 def _select(kernel):
-    from skimage_trd.kernels import cuda as _cupy_kernels
+    from skimage_trd.kernels import cuda as cuda_kernels
 
     if kernel == "default":  # as shipped
-        _cupy_kernels.FLOAT32_KERNEL, _cupy_kernels.STRIP_CONFIG = SHIPPED
+        cuda_kernels.FLOAT32_KERNEL, cuda_kernels.STRIP_CONFIG = SHIPPED
         return
     name, _, rest = kernel.partition(":")
     shape, _, flags = rest.partition(":")
     if name not in ("tiles", "strips") or flags not in ("", "r"):
         raise SystemExit(f"unknown kernel {kernel!r}")
-    _cupy_kernels.FLOAT32_KERNEL = name
+    cuda_kernels.FLOAT32_KERNEL = name
     rows, per_thread = (int(v) for v in (shape or "8x8").split("x"))
-    _cupy_kernels.STRIP_CONFIG = {"rows": rows, "per_thread": per_thread,
+    cuda_kernels.STRIP_CONFIG = {"rows": rows, "per_thread": per_thread,
                                   "taps_in_registers": flags == "r"}
 
 

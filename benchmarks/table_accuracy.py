@@ -7,7 +7,7 @@ model's sigma, ``default_rng(0)``), runs the stage map three ways on the [0, 255
 with the CPU kernel's linear tables (the default), float64 with the same tables, and float64 with
 the exact RBF sums (``exact=True``). Prints the largest absolute difference to the exact result
 over the images and the mean PSNR difference (outputs clipped to [0, 255]). Also prints each
-model's table sizes and their tolerance (``_engine.LINEAR_TABLE_TOLERANCE``). Needs
+model's table sizes and their tolerance (``skimage_trd.kernels.prepare.LINEAR_TABLE_TOLERANCE``). Needs
 ``../shared/data/bsd68``.
 """
 

@@ -46,6 +46,8 @@ _PRELUDE = r"""
 struct dim3_emu { int x, y, z; };
 static dim3_emu threadIdx;  // set by the scheduler before it resumes a thread
 static dim3_emu blockIdx;
+static dim3_emu blockDim;  // set by the launcher
+static dim3_emu gridDim;
 static ucontext_t emu_scheduler;  // the launcher's loop over a block's threads
 static ucontext_t* emu_threads;
 static int emu_current;
@@ -80,6 +82,8 @@ extern "C" int emu_launch(int gx, int gy, int tx, int ty, long shared_bytes, {pa
     std::vector<ucontext_t> threads(n);
     std::vector<char> done(n);
     emu_threads = threads.data();
+    blockDim = dim3_emu{{tx, ty, 1}};
+    gridDim = dim3_emu{{gx, gy, 1}};
     emu_kernel = [=] {{ {name}({args}); }};
     for (int by = 0; by < gy; ++by)
         for (int bx = 0; bx < gx; ++bx) {{
@@ -117,16 +121,31 @@ extern "C" int emu_launch(int gx, int gy, int tx, int ty, long shared_bytes, {pa
 """
 
 
-_SCALARS = {"int": np.dtype(np.int32), "float": np.dtype(np.float32),
-            "double": np.dtype(np.float64)}
-_CTYPES = {np.dtype(np.int32): ctypes.c_int, np.dtype(np.float32): ctypes.c_float,
-           np.dtype(np.float64): ctypes.c_double}
+_SCALARS = {"int": np.dtype(np.int32), "long long": np.dtype(np.int64),
+            "float": np.dtype(np.float32), "double": np.dtype(np.float64)}
+_CTYPES = {np.dtype(np.int32): ctypes.c_int, np.dtype(np.int64): ctypes.c_longlong,
+           np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_double}
 
 
 def _cache_dir():
     path = Path(tempfile.gettempdir()) / f"skimage-trd-cuda-emulation-{os.getuid()}"
     path.mkdir(mode=0o700, exist_ok=True)
     return path
+
+
+def _compile(source):
+    """The C++ ``source`` as a loaded shared library (compiled once, cached by its hash)."""
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    lib = _cache_dir() / f"{digest}.so"
+    if not lib.exists():
+        with tempfile.TemporaryDirectory() as work:
+            src, tmp = Path(work) / "kernel.cpp", Path(work) / "kernel.so"
+            src.write_text(source)
+            subprocess.run([CXX, "-std=c++17", "-O1", "-shared", "-fPIC",
+                            "-Wno-unknown-pragmas", "-o", str(tmp), str(src)], check=True,
+                           capture_output=True, text=True)
+            shutil.move(tmp, lib)
+    return ctypes.CDLL(str(lib))
 
 
 class EmulatedKernel:
@@ -141,21 +160,15 @@ class EmulatedKernel:
         names = [p.split()[-1].lstrip("*") for p in params.split(",")]
         # the C type of each parameter: a pointer, or a scalar (T as #defined in the source)
         defines = dict(re.findall(r"#define (\w+) (\w+)", code))
-        self._params = [None if "*" in p else _SCALARS[defines.get(p.split()[-2], p.split()[-2])]
-                        for p in params.split(",")]
+
+        def scalar(param):
+            ctype = " ".join(w for w in param.split()[:-1] if w != "const")
+            return _SCALARS[defines.get(ctype, ctype)]
+
+        self._params = [None if "*" in p else scalar(p) for p in params.split(",")]
         source = _PRELUDE + code + _LAUNCHER.format(params=params, name=name,
                                                     args=", ".join(names))
-        digest = hashlib.sha256(source.encode()).hexdigest()[:16]
-        lib = _cache_dir() / f"{digest}.so"
-        if not lib.exists():
-            with tempfile.TemporaryDirectory() as work:
-                src, tmp = Path(work) / "kernel.cpp", Path(work) / "kernel.so"
-                src.write_text(source)
-                subprocess.run([CXX, "-std=c++17", "-O1", "-shared", "-fPIC",
-                                "-Wno-unknown-pragmas", "-o", str(tmp), str(src)], check=True,
-                               capture_output=True, text=True)
-                shutil.move(tmp, lib)
-        self._launch = ctypes.CDLL(str(lib)).emu_launch
+        self._launch = _compile(source).emu_launch
         self._launch.argtypes = [ctypes.c_int] * 4 + [ctypes.c_long] + [
             ctypes.c_void_p if dtype is None else _CTYPES[dtype] for dtype in self._params]
         self._launch.restype = ctypes.c_int
@@ -190,6 +203,90 @@ class EmulatedKernel:
                                "__syncthreads() (a GPU would hang or misbehave)")
 
 
+_ELEMENTWISE_TYPES = {"int32": "int", "int64": "long long", "float32": "float",
+                      "float64": "double"}
+
+
+class EmulatedElementwiseKernel:
+    """Callable like ``cupy.ElementwiseKernel``, for the kernels of this package.
+
+    Supported: one-letter type placeholders (their types from the arrays given for them),
+    array parameters (the operation sees element ``i``), ``raw`` arrays (the whole array, as a
+    pointer: ``w[k]`` and ``&w[k]`` work as on CuPy's ``CArray``), scalars (cast to their
+    parameter's type, as CuPy does), and outputs allocated in the arrays' common shape. The
+    operation runs for ``i = 0, 1, ...`` in turn, compiled as C++ after the ``preamble``, as
+    CuPy places them (broadcasting and ``out=`` are not emulated).
+    """
+
+    def __init__(self, in_params, out_params, operation, name="kernel", preamble="", **kwargs):
+        def parse(params, is_input):
+            out = []
+            for p in params.split(","):
+                *words, t, pname = p.split()
+                assert words in ([], ["raw"]), p
+                out.append((t, pname, words == ["raw"], is_input))
+            return out
+
+        self._params = parse(in_params, True) + parse(out_params, False)
+        self._n_in = len(self._params) - len(parse(out_params, False))
+        self._operation, self._preamble = operation, preamble
+        self._functions = {}  # (placeholder types, which parameters are arrays) -> function
+
+    def _compile(self, types, arrays):
+        def ctype(t):
+            return _ELEMENTWISE_TYPES[types[t].name if t in types else t]
+
+        params, loads = [], []
+        for (t, pname, raw, is_input), array in zip(self._params, arrays):
+            const = "const " if is_input else ""
+            if not array:
+                params.append(f"{ctype(t)} {pname}")
+            elif raw:
+                params.append(f"{const}{ctype(t)}* {pname}")
+            else:
+                params.append(f"{const}{ctype(t)}* emu_{pname}")
+                loads.append(f"{const}{ctype(t)}& {pname} = emu_{pname}[i];")
+        lines = [f"typedef {ctype(t)} {t};" for t in types]
+        lines += [self._preamble,
+                  f'extern "C" void emu_elementwise(long long emu_size, {", ".join(params)}) {{',
+                  "    for (long long i = 0; i < emu_size; ++i) {",
+                  *("        " + load for load in loads),
+                  "        {", self._operation, "        }", "    }", "}"]
+        return _compile(_PRELUDE + "\n".join(lines) + "\n").emu_elementwise
+
+    def __call__(self, *args):
+        if len(args) != self._n_in:
+            raise TypeError(f"{len(args)} arguments for {self._n_in} inputs")
+        types, shape = {}, None
+        for (t, pname, raw, _), a in zip(self._params, args):
+            if isinstance(a, np.ndarray):
+                if t not in _ELEMENTWISE_TYPES:
+                    assert types.setdefault(t, a.dtype) == a.dtype, f"{pname}: {a.dtype}"
+                if not raw:
+                    assert shape in (None, a.shape), "broadcasting is not emulated"
+                    shape = a.shape
+        assert shape is not None, "no array to take the outputs' shape from"
+
+        def dtype(t):
+            return types[t] if t in types else np.dtype(t)
+
+        outs = [np.empty(shape, dtype(t)) for t, *_ in self._params[self._n_in:]]
+        args = list(args) + outs
+        arrays = tuple(isinstance(a, np.ndarray) for a in args)
+        key = (tuple(sorted((t, d.name) for t, d in types.items())), arrays)
+        if key not in self._functions:
+            self._functions[key] = self._compile(types, arrays)
+        converted = []
+        for (t, pname, _, _), a in zip(self._params, args):
+            if isinstance(a, np.ndarray):
+                assert a.flags.c_contiguous and a.dtype == dtype(t), pname
+                converted.append(ctypes.c_void_p(a.ctypes.data))
+            else:
+                converted.append(_CTYPES[dtype(t)](np.asarray(a).astype(dtype(t)).item()))
+        self._functions[key](ctypes.c_longlong(int(np.prod(shape))), *converted)
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+
 class _RawModule:
     def __init__(self, code, options=()):
         self.code, self.options = code, options
@@ -207,8 +304,11 @@ def fake_cupy():
     cp.empty_like = np.empty_like
     cp.pad = np.pad
     cp.isfinite = np.isfinite
+    cp.empty = np.empty
+    cp.float32, cp.float64 = np.float32, np.float64
     cp.RawKernel = EmulatedKernel
     cp.RawModule = _RawModule
+    cp.ElementwiseKernel = EmulatedElementwiseKernel
     device = types.SimpleNamespace(id=0)
     # an H100's opt-in shared memory per block; a test may set cp.max_shared_bytes lower
     cp.max_shared_bytes = 227 * 1024

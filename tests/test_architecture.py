@@ -38,8 +38,6 @@ DELIBERATELY_LAZY = {
     ("napari_trd._jobs", "skimage_trd"),
     ("napari_trd._jobs", "skimage_trd.train"),
     ("napari_trd._sample_data", "skimage_trd"),
-    # still a private name in the plugin (issue 20): deblock_trd's test for the 0..1 scale
-    ("napari_trd._jobs", "skimage_trd._deblock"),
 }
 
 
@@ -188,6 +186,21 @@ def test_public_names():
         skimage_trd.stage_reference  # noqa: B018
     from skimage_trd.train import train_model
     assert skimage_trd.train.train_model is train_model
+
+
+def test_model_cache_dir_and_jpeg_roundtrip(monkeypatch, tmp_path):
+    """The two names made public for the napari plugin."""
+    monkeypatch.setenv("SKIMAGE_TRD_CACHE", str(tmp_path / "cache"))
+    assert skimage_trd.model_cache_dir() == tmp_path / "cache"
+    pytest.importorskip("PIL")
+    rng = np.random.default_rng(0)
+    image = np.kron(rng.uniform(0, 255, (8, 8)), np.ones((8, 8)))
+    decoded, table = skimage_trd.jpeg_roundtrip(image, 10)
+    assert decoded.dtype == np.uint8 and decoded.shape == image.shape
+    assert table.shape == (8, 8) and table.min() >= 1
+    _, fine = skimage_trd.jpeg_roundtrip(image, 90)
+    assert (table >= fine).all() and (table > fine).any()  # coarser steps at lower quality
+    assert np.abs(decoded - image).mean() > 1  # quality 10 loses detail
 
 
 def test_penalty_functions_and_plot_model():

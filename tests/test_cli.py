@@ -414,9 +414,8 @@ def test_models_fetch_and_verify_a_download(tmp_path, monkeypatch, capsys):
     model = random_model(seed=3)
     model.name = "trd-gauss-s40-5x5-2st"
     path = model.save(serve / "trd-gauss-s40-5x5-2st.npz")
-    table = dict(reg.registry())
-    table[path.name] = (hashlib.sha256(path.read_bytes()).hexdigest(), None)
-    monkeypatch.setattr(reg, "registry", lambda: table)
+    monkeypatch.setitem(reg._fetcher().registry, path.name,
+                        "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest())
     monkeypatch.setattr(reg, "_loaded", {})
     cache = tmp_path / "cache"
     monkeypatch.setenv(reg.CACHE_ENV, str(cache))

@@ -49,8 +49,14 @@ def test_strips_kernel_equals_reference(emulated, monkeypatch, shape, kernel_siz
     _assert_strips_ran(rows=8, stages=2)
 
 
+def _compiled():
+    """The compiled kernels, by their keys (of cached_kernel) on the emulated device 0."""
+    assert all(device == 0 for _, device in _cupy_kernels._kernels)
+    return {key: kernel for (key, _), kernel in _cupy_kernels._kernels.items()}
+
+
 def _assert_strips_ran(rows, stages):
-    ((key, kernel),) = _cupy_kernels._kernels.items()
+    ((key, kernel),) = _compiled().items()
     assert key[0] == "strips"
     assert len(kernel.launches) == stages
     assert all(launch[1] == (32, rows) for launch in kernel.launches)
@@ -132,8 +138,8 @@ def test_tiles_kernel_float32_equals_reference(emulated, monkeypatch):
     m = random_model(2, 7, seed=4, wide_grid=True)
     f = np.random.default_rng(4).uniform(0, 255, (40, 35)).astype(np.float32)
     _check(f, m, 2e-3)
-    ((key, kernel),) = _cupy_kernels._kernels.items()
-    assert key == "float32" and kernel.launches[0][1] == (32, 32)
+    ((key, kernel),) = _compiled().items()
+    assert key == ("tiles", "float32") and kernel.launches[0][1] == (32, 32)
 
 
 @pytest.mark.slow
@@ -146,9 +152,58 @@ def test_strips_falls_back_to_tiles_without_the_shared_memory(emulated):
     assert _cupy_kernels.strip_geometry(9, m.filters.shape[1])["shared_bytes"] > 48 * 1024
     emulated.max_shared_bytes = 48 * 1024
     _check(f, m, 2e-3)
-    assert list(_cupy_kernels._kernels) == ["float32"]
+    assert list(_compiled()) == [("tiles", "float32")]
     _cupy_kernels._kernels.clear()
     _cupy_kernels._max_shared.clear()
     emulated.max_shared_bytes = 227 * 1024
     _check(f, m, 2e-3)
-    assert [key[0] for key in _cupy_kernels._kernels] == ["strips"]
+    assert [key[0] for key in _compiled()] == ["strips"]
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-13), (np.float32, 1e-5)])
+def test_training_kernels_equal_numpy(emulated, dtype, rtol):
+    _check_training_kernels(emulated, dtype, rtol)
+
+
+def test_training_kernels_test_can_fail(emulated, monkeypatch):
+    """A planted error in the shared RBF sum (phi' with the distances to the centres below the
+    nearest one counted the wrong way) is caught."""
+    from skimage_trd.train import gradients_cupy
+
+    bug = ("dj += delta; visit", "dj -= delta; visit")
+    assert _cupy_kernels.RBF_SUM_SOURCE.count(bug[0]) == 1
+    monkeypatch.setattr(gradients_cupy, "RBF_SUM_SOURCE",
+                        _cupy_kernels.RBF_SUM_SOURCE.replace(*bug))
+    with pytest.raises(AssertionError):
+        _check_training_kernels(emulated, np.float64, 1e-13)
+
+
+def _check_training_kernels(emulated, dtype, rtol):
+    """The CUDA kernels of GPU training (train/gradients_cupy.py: phi and phi' of the responses,
+    an ElementwiseKernel; the RBF-weight gradient, the RawModule rbf_grad), which evaluate the
+    RBF sum with the stage kernels' shared snippet (kernels.cuda.RBF_SUM_SOURCE), equal their
+    NumPy versions (sums over every centre)."""
+    from skimage_trd.train import gradients_cupy
+    from skimage_trd.train.gradients import TrainingSpec
+
+    spec = TrainingSpec(5, np.arange(-310.0, 310.1, 10.0), 0.01)
+    rng = np.random.default_rng(0)
+    # responses on the grid, beyond its ends and beyond the reach of its last centre (phi = 0);
+    # rbf_grad: several blocks of threads per row, the last one partly filled
+    Z = rng.uniform(-450, 450, (3, 10000)).astype(dtype)
+    E = rng.standard_normal(Z.shape).astype(dtype)
+    W = rng.standard_normal((3, spec.n_rbf))
+    V, D = gradients_cupy.phi_and_derivative(Z, W, spec, emulated)
+    V_ref, D_ref = gradients_cupy.phi_and_derivative(Z, W, spec, np)
+    assert V.dtype == D.dtype == dtype
+    np.testing.assert_allclose(V, V_ref, rtol=0, atol=rtol * np.abs(V_ref).max())
+    np.testing.assert_allclose(D, D_ref, rtol=0, atol=rtol * np.abs(D_ref).max())
+    assert np.all(V[np.abs(Z) > 430] == 0)
+    dW = gradients_cupy.rbf_weight_gradient(Z, E, spec, emulated)
+    dW_ref = gradients_cupy.rbf_weight_gradient(Z, E, spec, np)
+    np.testing.assert_allclose(dW, dW_ref, rtol=0, atol=rtol * np.abs(dW_ref).max())
+    kernels = _compiled()
+    assert set(kernels) == {("gemm_phi", np.dtype(dtype).name),
+                            ("gemm_rbf_grad", np.dtype(dtype).name)}
+    (launch,) = kernels[("gemm_rbf_grad", np.dtype(dtype).name)].launches
+    assert launch[0][0] > 1  # blocks per row

@@ -137,6 +137,28 @@ def test_deblock_trd_api():
         deblock_trd(np.zeros((16, 16, 4), np.uint8), 10, model=m, channel_axis=-1)
 
 
+def test_deblock_preserve_range_none_keeps_the_input_scale():
+    m = random_model(2, 5, seed=4, task="deblock")
+    dec = np.asarray(Image.open(_jpeg(data.camera()[:40, :48], 10)))
+    unit = deblock_trd(dec, 10, model=m)
+    on255 = deblock_trd(dec.astype(float), 10, model=m, preserve_range=True)
+    # integers and floats beyond 1 are on 0..255, other floats on 0..1; the output keeps it
+    np.testing.assert_array_equal(deblock_trd(dec, 10, model=m, preserve_range=None), on255)
+    np.testing.assert_array_equal(
+        deblock_trd(dec.astype(float), 10, model=m, preserve_range=None), on255)
+    np.testing.assert_array_equal(
+        deblock_trd(dec / 255.0, 10, model=m, preserve_range=None),
+        deblock_trd(dec / 255.0, 10, model=m))
+    np.testing.assert_allclose(unit * 255, on255, atol=1e-4)
+    # values on neither scale are still refused
+    with pytest.raises(ValueError, match="0..255"):
+        deblock_trd(dec * 2.0, 10, model=m, preserve_range=None)
+    da = pytest.importorskip("dask.array")
+    lazy = deblock_trd(da.from_array(dec / 255.0, chunks=(20, 24)), 10, model=m,
+                       preserve_range=None)
+    np.testing.assert_allclose(lazy.compute(), unit, atol=1e-12)
+
+
 def test_deblock_colour_and_file(tmp_path):
     m = random_model(2, 5, seed=5, task="deblock")
     rgb = data.astronaut()[:64, :80]

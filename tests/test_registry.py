@@ -72,9 +72,10 @@ def served(tmp_path, monkeypatch):
     model.name = "trd-gauss-s30-5x5-2st"
     path = model.save(serve / "trd-gauss-s30-5x5-2st.npz")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    table = dict(reg.registry())
-    table[path.name] = (digest, None)
-    monkeypatch.setattr(reg, "registry", lambda: table)
+    # registered in the module's pooch object, as if weights_registry.txt listed it
+    monkeypatch.setitem(reg._fetcher().registry, path.name, f"sha256:{digest}")
+    # its own URL in the registry is dead: the mirror (SKIMAGE_TRD_WEIGHTS_URL) serves it
+    monkeypatch.setitem(reg._registry_urls, path.name, "http://127.0.0.1:9/dead/" + path.name)
     monkeypatch.setattr(reg, "_loaded", {})
     cache = tmp_path / "cache"
     monkeypatch.setenv(reg.CACHE_ENV, str(cache))
@@ -119,3 +120,46 @@ def test_offline_error_names_file_cache_and_variable(served, monkeypatch):
     monkeypatch.setenv(reg.URL_ENV, "http://127.0.0.1:9/")
     with pytest.raises(ConnectionError, match=r"trd-gauss-s30-5x5-2st.*SKIMAGE_TRD_WEIGHTS_URL"):
         load_model("trd-gauss-s30-5x5-2st")
+
+
+def test_task_is_read_from_the_file(served, monkeypatch):
+    model, path, cache, server = served
+    assert reg.registry()[path.name] == (hashlib.sha256(path.read_bytes()).hexdigest(),
+                                         "http://127.0.0.1:9/dead/" + path.name)
+    # not downloaded: only the registry's naming convention tells ("trd-gauss": denoising)
+    assert "trd-gauss-s30-5x5-2st" in list_models("denoise")
+    assert len(server.requests) == 0  # listing downloads nothing
+    # a deblocking model registered under a denoising name: once the file is here, its
+    # metadata wins over the name
+    other = random_model(seed=8, task="deblock")
+    other.name = "trd-gauss-s30-5x5-2st"
+    other.save(path)
+    monkeypatch.setitem(reg._fetcher().registry, path.name,
+                        "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest())
+    assert load_model("trd-gauss-s30-5x5-2st").task == "deblock"
+    assert "trd-gauss-s30-5x5-2st" in list_models("deblock")
+    assert "trd-gauss-s30-5x5-2st" not in list_models("denoise")
+    assert reg.model_task("trd-gauss-s30-5x5-2st") == "deblock"
+    with pytest.raises(ValueError, match="unknown task"):
+        list_models("inpaint")
+
+
+def test_shipped_tasks_come_from_their_files():
+    for name in list_models():
+        path = reg._shipped(name + ".npz")
+        assert path is not None  # every registered model ships today
+        assert reg.model_task(name) == TRDModel.load(path).task
+    assert set(list_models("denoise")) | set(list_models("deblock")) == set(list_models())
+    assert not set(list_models("denoise")) & set(list_models("deblock"))
+
+
+def test_own_models_do_not_import_pooch(tmp_path):
+    import subprocess
+    import sys
+
+    path = random_model(seed=9).save(tmp_path / "mine.npz")
+    code = ("import sys, skimage_trd; skimage_trd.load_model(sys.argv[1]); "
+            "print('pooch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out == "False"

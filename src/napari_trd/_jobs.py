@@ -109,14 +109,12 @@ def deblock(data, *, quality=None, qtable=None, model=AUTO, rgb=False, progress=
     integers holding 0..255, or floats on the 0..255 or the 0..1 scale (told apart by the
     maximum). Other values are refused by :func:`skimage_trd.deblock_trd`. Dask data gives a
     lazy result (as for denoising)."""
-    from skimage_trd._deblock import UNIT_SCALE_MAX
-
     lazy = type(data).__module__.startswith("dask")
     data = data if lazy else np.asarray(data)
-    unit_scale = data.dtype.kind == "f" and float(data.max()) <= UNIT_SCALE_MAX
+    # preserve_range=None: deblock_trd tells the 0..1 and the 0..255 float scales apart and
+    # answers on the layer's own scale
     out = skimage_trd.deblock_trd(data, quality, qtable=qtable, model=_model_arg(model),
-                                  channel_axis=-1 if rgb else None,
-                                  preserve_range=not unit_scale,
+                                  channel_axis=-1 if rgb else None, preserve_range=None,
                                   progress=None if lazy else _ticker(progress, cancel))
     return np.rint(out).astype(np.uint8) if data.dtype == np.uint8 else out  # dask: lazily
 

@@ -69,6 +69,15 @@ _SLACK = 0.5
 UNIT_SCALE_MAX = 1 + _SLACK / 255  # the largest value of an image on the [0, 1] scale
 
 
+def _resolve_range(values, preserve_range) -> bool:
+    """``preserve_range`` as a bool; ``None``: decided from the data (``values``: the image, or
+    its minimum and maximum). Integers are 0..255; floats whose maximum is at most 1 (and half a
+    grey level) are the 0..1 scale, other floats 0..255."""
+    if preserve_range is not None:
+        return bool(preserve_range)
+    return values.dtype.kind != "f" or float(values.max()) > UNIT_SCALE_MAX
+
+
 def _check_values(values, preserve_range):
     """Refuse values no JPEG decoder gives (``values``: the image, or its minimum and maximum)."""
     lo, hi = float(values.min()), float(values.max())
@@ -129,11 +138,12 @@ def deblock_trd(
     ----------
     image : ndarray (M, N[, ...][, C]), cupy.ndarray or dask array
         The decoded JPEG image: uint8, or floats in [0, 1] (as from
-        ``img_as_float``), or floats in [0, 255] with ``preserve_range=True``.
-        Leading axes are a stack of planes. A dask array gives a lazy dask
-        array, computed plane by plane (rechunked to one whole plane, with
-        its colour channels, per chunk); its values are checked up front in
-        one pass (minimum and maximum).
+        ``img_as_float``), or floats in [0, 255] with ``preserve_range=True``
+        (``preserve_range=None`` tells the two float scales apart). Leading
+        axes are a stack of planes. A dask array gives a lazy dask array,
+        computed plane by plane (rechunked to one whole plane, with its
+        colour channels, per chunk); its values are checked up front in one
+        pass (minimum and maximum).
         Gray planes are restored with the luma table; an RGB image
         (``channel_axis`` given, 3 channels) is converted to JPEG's YCbCr,
         its luma restored and its chroma passed through unchanged.
@@ -149,8 +159,15 @@ def deblock_trd(
         Default: the shipped models.
     channel_axis : int or None, optional
         Axis of the colour channels (3, RGB), or ``None`` for gray.
-    preserve_range : bool, optional
+    preserve_range : bool or None, optional
         Float input is already on the [0, 255] scale; output stays on it.
+        ``None``: decide from the data and give the output on the input's
+        own scale, as an image viewer needs: integer input, and floats whose
+        maximum is above 1 + 0.5/255 (1 and half a grey level), are on the
+        [0, 255] scale (as with ``True``), other floats on [0, 1] (as with
+        ``False``). An image on the 0..255 scale that is all but
+        black (maximum at most 1) is then read as the 0..1 scale: pass a
+        bool when the scale is known. Default ``False``.
     backend : {'auto', 'numba', 'numpy', 'cupy'}, optional
     num_threads : int, optional
         Threads for the Numba kernels.
@@ -166,8 +183,9 @@ def deblock_trd(
     -------
     ndarray
         Same shape as ``image``; in [0, 1], or in [0, 255] with
-        ``preserve_range=True``; float32 for float16/float32 input, float64
-        otherwise (as ``denoise_trd`` and ``skimage.restoration``).
+        ``preserve_range=True`` (or ``None`` decided so); float32 for
+        float16/float32 input, float64 otherwise (as ``denoise_trd`` and
+        ``skimage.restoration``).
 
     Raises
     ------
@@ -206,9 +224,8 @@ def deblock_trd(
         raise ValueError(f"n_stages must be in 1..{m.n_stages}, got {n_stages}")
     if constraint_scale is not None and not (0 < float(constraint_scale) <= 2):
         raise ValueError(f"constraint_scale must be in (0, 2], got {constraint_scale}")
-    options = dict(luma=luma, model=m, preserve_range=preserve_range, backend=backend,
-                   num_threads=num_threads, constraint_scale=constraint_scale,
-                   n_stages=n_stages)
+    options = dict(luma=luma, model=m, backend=backend, num_threads=num_threads,
+                   constraint_scale=constraint_scale, n_stages=n_stages)
     if kind == "dask":
         if backend == "cupy":
             raise ValueError("dask arrays run on the CPU backends ('numba', 'numpy')")
@@ -216,9 +233,12 @@ def deblock_trd(
 
         # one pass over the input: NaN, inf and the range, before anything lazy is built
         values = check_image(np.array(dask.compute(image.min(), image.max()), image.dtype))
+        preserve_range = _resolve_range(values, preserve_range)
         _check_values(values, preserve_range)
-        return _deblock_dask(image, channel_axis, options)
+        return _deblock_dask(image, channel_axis, dict(options, preserve_range=preserve_range))
     host = image.get() if kind == "cupy" else image
+    preserve_range = _resolve_range(host, preserve_range)
+    options["preserve_range"] = preserve_range
     _check_values(host, preserve_range)
     out = _deblock_checked(host, channel_axis, progress=progress, **options)
     if kind == "cupy":

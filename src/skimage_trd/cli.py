@@ -275,14 +275,14 @@ def _where(reg, file_name):
 
 def _models_list(reg, args) -> int:
     names = reg.list_models(args.task)
+    table = reg.registry()
     rows = []
     for name in names:
         file_name = name + ".npz"
         where, path = _where(reg, file_name)
-        task = "deblock" if name.startswith("trd-jpeg") else "denoise"
-        rows.append({"name": name, "task": task, "where": where,
+        rows.append({"name": name, "task": reg.model_task(name) or "unknown", "where": where,
                      "path": None if path is None else str(path),
-                     "sha256": reg.registry()[file_name][0]})
+                     "sha256": table[file_name][0]})
     if args.json:
         for row in rows:
             print(json.dumps(row))

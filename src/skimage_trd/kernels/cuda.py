@@ -33,14 +33,70 @@ from .prepare import model_fingerprint, prepare
 TILES = {"float32": 32, "float64": 16}
 
 # Shared-memory declarations as macros, so that the C++ emulation in the tests
-# (tests/cuda_emulation.py) can supply its own.
-_PRELUDE = r"""
+# (tests/cuda_emulation.py) can supply its own. Every CUDA source of the package starts with it.
+CUDA_PRELUDE = r"""
 #ifndef SHARED_ARRAY
 #define SHARED_ARRAY(type, name) extern __shared__ type name[]
 #endif
 """
 
-_SOURCE = _PRELUDE + r"""
+# The exact influence function phi(z) = sum_j w_j exp(-beta/2 (z - mu_j)^2), centres
+# mu_j = mu0 + j delta, j < J: the one copy that every CUDA kernel evaluating it includes (the
+# tiles kernel below; the training kernels of train/gradients_cupy.py, as an ElementwiseKernel's
+# preamble and in the RawModule rbf_grad). Only the centre nearest z and the K on each side are
+# visited (the rest weigh below 1e-21, influence.RBF_REACH), with three exp per z instead of one
+# per centre: from g = exp(-beta/2 d^2) at the nearest centre (d = z - mu_jc), the next term out
+# is g * rho, with rho = exp(+-beta delta d - beta delta^2 / 2) times q = exp(-beta delta^2) at
+# every step. The template parameter is "Real", not "T", which some sources #define.
+RBF_SUM_SOURCE = r"""
+// visit(j, g_j, z - mu_j) for the centres j near z: the nearest, then upwards, then downwards;
+// none where z is further than K + 1 centres beyond the grid's ends.
+template <typename Real, typename Visit>
+__device__ __forceinline__ void rbf_terms(Real z, Real mu0, Real delta, Real beta, int J, int K,
+                                          Visit visit) {
+    int jc = (int)floor((double)((z - mu0) / delta) + 0.5);
+    if (jc < 0) jc = 0;
+    if (jc > J - 1) jc = J - 1;
+    Real d = z - (mu0 + jc * delta);
+    if (fabs((double)d) > (K + 1) * (double)delta) return;
+    Real g0 = exp(-(Real)0.5 * beta * d * d);
+    Real q = exp(-beta * delta * delta);
+    visit(jc, g0, d);
+    Real g = g0, dj = d;
+    Real rho = exp(beta * delta * d - (Real)0.5 * beta * delta * delta);
+    int hi = jc + K + 1 < J ? jc + K + 1 : J;
+    for (int j = jc + 1; j < hi; ++j) { g *= rho; rho *= q; dj -= delta; visit(j, g, dj); }
+    g = g0; dj = d;
+    rho = exp(-beta * delta * d - (Real)0.5 * beta * delta * delta);
+    int lo = jc - K - 1 > -1 ? jc - K - 1 : -1;
+    for (int j = jc - 1; j > lo; --j) { g *= rho; rho *= q; dj += delta; visit(j, g, dj); }
+}
+
+// phi(z), the weights w[0..J)
+template <typename Real>
+__device__ __forceinline__ Real rbf_phi(Real z, const Real* w, Real mu0, Real delta, Real beta,
+                                        int J, int K) {
+    Real s = 0;
+    rbf_terms(z, mu0, delta, beta, J, K, [&](int j, Real g, Real) { s += w[j] * g; });
+    return s;
+}
+
+// phi(z), and phi'(z) = -beta sum_j (z - mu_j) w_j g_j in dphi
+template <typename Real>
+__device__ __forceinline__ Real rbf_phi_and_derivative(Real z, const Real* w, Real mu0,
+                                                       Real delta, Real beta, int J, int K,
+                                                       Real& dphi) {
+    Real s = 0, ds = 0;
+    rbf_terms(z, mu0, delta, beta, J, K, [&](int j, Real g, Real dj) {
+        s += w[j] * g;
+        ds -= beta * dj * w[j] * g;
+    });
+    dphi = ds;
+    return s;
+}
+"""
+
+_SOURCE = CUDA_PRELUDE + RBF_SUM_SOURCE + r"""
 extern "C" __device__ __forceinline__ T phi_table(T z, const T* coef, int i, int n_int, T x0, T inv_h) {
     T t = (z - x0) * inv_h;
     if (t < (T)0) t = (T)0;
@@ -48,26 +104,6 @@ extern "C" __device__ __forceinline__ T phi_table(T z, const T* coef, int i, int
     if (n >= n_int) { n = n_int - 1; t = (T)1; } else { t = t - (T)n; }
     const T* c = coef + ((size_t)i * n_int + n) * 4;
     return ((c[3] * t + c[2]) * t + c[1]) * t + c[0];
-}
-
-extern "C" __device__ __forceinline__ T phi_exact(T z, const T* w, T mu0, T delta, T beta, int J, int K) {
-    int jc = (int)floor((double)((z - mu0) / delta) + 0.5);
-    if (jc < 0) jc = 0;
-    if (jc > J - 1) jc = J - 1;
-    T d = z - (mu0 + jc * delta);
-    if (fabs((double)d) > (K + 1) * (double)delta) return (T)0;
-    T g0 = exp(-(T)0.5 * beta * d * d);
-    T q = exp(-beta * delta * delta);
-    T s = w[jc] * g0;
-    T g = g0;
-    T rho = exp(beta * delta * d - (T)0.5 * beta * delta * delta);
-    int hi = jc + K + 1 < J ? jc + K + 1 : J;
-    for (int j = jc + 1; j < hi; ++j) { g *= rho; rho *= q; s += w[j] * g; }
-    g = g0;
-    rho = exp(-beta * delta * d - (T)0.5 * beta * delta * delta);
-    int lo = jc - K - 1 > -1 ? jc - K - 1 : -1;
-    for (int j = jc - 1; j > lo; --j) { g *= rho; rho *= q; s += w[j] * g; }
-    return s;
 }
 
 extern "C" __global__ void __launch_bounds__(TILE * TILE) trd_stage(
@@ -103,7 +139,7 @@ extern "C" __global__ void __launch_bounds__(TILE * TILE) trd_stage(
                 const T* row = su + (yy + a) * TU + xx;
                 for (int b = 0; b < F; ++b) s += k[a * F + b] * row[b];
             }
-            sv[idx] = exact ? phi_exact(s, weights + i * J, mu0, delta, beta, J, K)
+            sv[idx] = exact ? rbf_phi(s, weights + i * J, mu0, delta, beta, J, K)
                             : phi_table(s, coef, i, n_int, x0, inv_h);
         }
         __syncthreads();
@@ -138,7 +174,7 @@ FLOAT32_KERNEL = "strips"
 STRIP_THREADS_X = 32
 STRIP_CONFIG = {"rows": 8, "per_thread": 8, "taps_in_registers": True}
 
-_STRIPS_SOURCE = _PRELUDE + r"""
+_STRIPS_SOURCE = CUDA_PRELUDE + r"""
 __device__ __forceinline__ float phi_cubic(float z, const float4* __restrict__ c, int n_int,
                                            float x0, float inv_h) {
     float t = (z - x0) * inv_h;
@@ -302,7 +338,7 @@ def strips_source(defines):
     return head + _STRIPS_SOURCE
 
 
-_kernels: dict = {}
+_kernels: dict = {}  # (key, device id) -> compiled kernel: see cached_kernel
 _device_cache: dict = {}
 _max_shared: dict = {}  # device id -> bytes
 _lock = threading.Lock()
@@ -324,35 +360,50 @@ def cupy_module():
     return cupy
 
 
-def _kernel(dtype):
+def cached_kernel(key, build):
+    """The kernel ``build()`` compiles, once per ``key`` and CUDA device.
+
+    The one kernel cache of the package (this module's stage kernels and the training
+    kernels of ``train.gradients_cupy``): ``_kernels[(key, device id)]``, filled under a
+    lock so that concurrent callers compile a kernel once, per device as
+    ``cupy.memoize(for_each_device=True)`` keys it.
+    """
     import cupy
 
-    name = np.dtype(dtype).name
+    full_key = (key, cupy.cuda.Device().id)
     with _lock:
-        k = _kernels.get(name)
+        k = _kernels.get(full_key)
         if k is None:
-            src = tiles_source(name)
-            k = cupy.RawModule(code=src, options=("--use_fast_math",) if name == "float32" else ())
-            k = k.get_function("trd_stage")
-            _kernels[name] = k
+            k = _kernels[full_key] = build()
     return k
 
 
+def _kernel(dtype):
+    name = np.dtype(dtype).name
+
+    def build():
+        import cupy
+
+        module = cupy.RawModule(code=tiles_source(name),
+                                options=("--use_fast_math",) if name == "float32" else ())
+        return module.get_function("trd_stage")
+
+    return cached_kernel(("tiles", name), build)
+
+
 def strips_kernel_key(defines):
-    """The key of a compiled strips kernel in ``_kernels``."""
+    """The key of a compiled strips kernel (``key`` of :func:`cached_kernel`)."""
     return ("strips",) + tuple(sorted(defines.items()))
 
 
 def _strips_kernel(geometry):
-    import cupy
+    def build():
+        import cupy
 
-    key = strips_kernel_key(geometry["defines"])
-    with _lock:
-        k = _kernels.get(key)
-        if k is None:
-            k = cupy.RawKernel(strips_source(geometry["defines"]), "trd_stage_strips",
-                               options=("--use_fast_math",))
-            _kernels[key] = k
+        return cupy.RawKernel(strips_source(geometry["defines"]), "trd_stage_strips",
+                              options=("--use_fast_math",))
+
+    k = cached_kernel(strips_kernel_key(geometry["defines"]), build)
     if geometry["shared_bytes"] > 48 * 1024 and k.max_dynamic_shared_size_bytes < geometry[
             "shared_bytes"]:
         k.max_dynamic_shared_size_bytes = geometry["shared_bytes"]

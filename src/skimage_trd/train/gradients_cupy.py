@@ -15,18 +15,19 @@ every image) and ``K`` the ``N x F*F`` filter matrix:
 Array functions take the array module ``xp`` (``numpy`` or ``cupy``). The two
 element-wise pieces that would be slow as array expressions (``phi`` with
 ``phi'``, and the RBF-weight gradient) have CUDA kernels that evaluate only
-the RBF centres near each response, with deterministic reductions, so that
-GPU training is reproducible run to run; their NumPy versions are exact sums.
+the RBF centres near each response (the stage kernels' RBF-sum code,
+``kernels.cuda.RBF_SUM_SOURCE``), with deterministic reductions, so that GPU
+training is reproducible run to run; their NumPy versions are exact sums.
 """
 
 from __future__ import annotations
 
 import math
-import threading
 
 import numpy as np
 
 from .._jpeg import dct_blocks
+from ..kernels.cuda import CUDA_PRELUDE, RBF_SUM_SOURCE, cached_kernel
 from ..kernels.influence import influence_and_derivative, rbf_reach_terms
 from .gradients import (
     StageParams,
@@ -41,34 +42,12 @@ __all__ = ["GemmTrainer"]
 
 IMAGES_PER_CHUNK = 100  # bounds the (F*F x Q) matrices: ~1 GB each for 180x180 7x7 float32
 
+# phi and phi' of every response: row n of the (N, Q) responses has weights w[n * J, ...)
 _CUDA_PHI = r"""
 const long long n = i / Q;
-const T* wn = &w[n * J];
-int jc = (int)floor((double)((z - mu0) / delta) + 0.5);
-if (jc < 0) jc = 0;
-if (jc > J - 1) jc = J - 1;
-T d = z - (mu0 + jc * delta);
-T s = 0, ds = 0;
-if (fabs((double)d) <= (K + 1) * (double)delta) {
-    T g0 = exp(-(T)0.5 * beta * d * d);
-    T q = exp(-beta * delta * delta);
-    s = wn[jc] * g0;
-    ds = -beta * d * wn[jc] * g0;
-    T g = g0, dj = d;
-    T rho = exp(beta * delta * d - (T)0.5 * beta * delta * delta);
-    int hi = jc + K + 1 < J ? jc + K + 1 : J;
-    for (int j = jc + 1; j < hi; ++j) {
-        g *= rho; rho *= q; dj -= delta; s += wn[j] * g; ds -= beta * dj * wn[j] * g;
-    }
-    g = g0; dj = d;
-    rho = exp(-beta * delta * d - (T)0.5 * beta * delta * delta);
-    int lo = jc - K - 1 > -1 ? jc - K - 1 : -1;
-    for (int j = jc - 1; j > lo; --j) {
-        g *= rho; rho *= q; dj += delta; s += wn[j] * g; ds -= beta * dj * wn[j] * g;
-    }
-}
-v = s;
-dv = ds;
+T dphi;
+v = rbf_phi_and_derivative(z, &w[n * J], mu0, delta, beta, J, K, dphi);
+dv = dphi;
 """
 
 _CUDA_RBF_GRAD = r"""
@@ -76,31 +55,19 @@ extern "C" __global__ void rbf_grad(const T* __restrict__ Z, const T* __restrict
                                     int J, T mu0, T delta, T beta, int K, int per_thread,
                                     T* __restrict__ partial)
 {
-    extern __shared__ unsigned char smem_raw[];
+    SHARED_ARRAY(unsigned char, smem_raw);
     T* bins = reinterpret_cast<T*>(smem_raw);        // bins[j * nt + tid]: one set per thread
     const int n = blockIdx.y, tid = threadIdx.x, nt = blockDim.x;
     for (int j = 0; j < J; ++j) bins[j * nt + tid] = (T)0;
     const T* z = Z + (long long)n * Q;
     const T* e = E + (long long)n * Q;
     const long long seg0 = (long long)blockIdx.x * nt * per_thread;
-    const T q = exp(-beta * delta * delta);
     for (int it = 0; it < per_thread; ++it) {
         long long idx = seg0 + (long long)it * nt + tid;
         if (idx >= Q) break;
-        T zz = z[idx], ee = e[idx];
-        int jc = (int)floor((double)((zz - mu0) / delta) + 0.5);
-        if (jc < 0) jc = 0;
-        if (jc > J - 1) jc = J - 1;
-        T d = zz - (mu0 + jc * delta);
-        if (fabs((double)d) > (K + 1) * (double)delta) continue;
-        T g0 = exp(-(T)0.5 * beta * d * d);
-        bins[jc * nt + tid] += ee * g0;
-        T g = g0, rho = exp(beta * delta * d - (T)0.5 * beta * delta * delta);
-        int hi = jc + K + 1 < J ? jc + K + 1 : J;
-        for (int j = jc + 1; j < hi; ++j) { g *= rho; rho *= q; bins[j * nt + tid] += ee * g; }
-        g = g0; rho = exp(-beta * delta * d - (T)0.5 * beta * delta * delta);
-        int lo = jc - K - 1 > -1 ? jc - K - 1 : -1;
-        for (int j = jc - 1; j > lo; --j) { g *= rho; rho *= q; bins[j * nt + tid] += ee * g; }
+        const T ee = e[idx];
+        rbf_terms(z[idx], mu0, delta, beta, J, K,
+                  [&](int j, T g, T) { bins[j * nt + tid] += ee * g; });
     }
     __syncthreads();
     for (int j = tid; j < J; j += nt) {
@@ -111,36 +78,35 @@ extern "C" __global__ void rbf_grad(const T* __restrict__ Z, const T* __restrict
 }
 """
 
-_kernels: dict = {}
-_lock = threading.Lock()
-
 
 def _ctype(dtype):
     return {"float32": "float", "float64": "double"}[np.dtype(dtype).name]
 
 
-def _cuda_phi_kernel(dtype):
-    import cupy
+def rbf_grad_source(dtype):
+    """The CUDA source of the RBF-weight gradient kernel ``rbf_grad`` for ``dtype``."""
+    return f"#define T {_ctype(dtype)}\n" + CUDA_PRELUDE + RBF_SUM_SOURCE + _CUDA_RBF_GRAD
 
-    key = ("phi", np.dtype(dtype).name)
-    with _lock:
-        if key not in _kernels:
-            _kernels[key] = cupy.ElementwiseKernel(
-                "T z, raw T w, int64 Q, int32 J, T mu0, T delta, T beta, int32 K",
-                "T v, T dv", _CUDA_PHI, "trd_phi_dphi",
-            )
-        return _kernels[key]
+
+def _cuda_phi_kernel(dtype):
+    def build():
+        import cupy
+
+        return cupy.ElementwiseKernel(
+            "T z, raw T w, int64 Q, int32 J, T mu0, T delta, T beta, int32 K",
+            "T v, T dv", _CUDA_PHI, "trd_phi_dphi", preamble=RBF_SUM_SOURCE,
+        )
+
+    return cached_kernel(("gemm_phi", np.dtype(dtype).name), build)
 
 
 def _cuda_rbf_kernel(dtype):
-    import cupy
+    def build():
+        import cupy
 
-    key = ("rbf", np.dtype(dtype).name)
-    with _lock:
-        if key not in _kernels:
-            src = f"#define T {_ctype(dtype)}\n" + _CUDA_RBF_GRAD
-            _kernels[key] = cupy.RawModule(code=src).get_function("rbf_grad")
-        return _kernels[key]
+        return cupy.RawModule(code=rbf_grad_source(dtype)).get_function("rbf_grad")
+
+    return cached_kernel(("gemm_rbf_grad", np.dtype(dtype).name), build)
 
 
 # ------------------------------------------------------------------------------- elementwise
