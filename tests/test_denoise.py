@@ -355,3 +355,19 @@ def test_tile_shape_forms(model, noisy):
                      ((8, 8, 8), ValueError), ((24.5, 24), ValueError), (3.5, TypeError)]:
         with pytest.raises(err, match="tile_shape"):
             denoise_trd(noisy, 0.1, model=model, tile_shape=bad)
+
+
+def test_tiny_noise_beside_a_wide_spread_runs_in_float64(model, monkeypatch):
+    # noise 2e-7 of the spread: on the model's scale the plane reaches 5e6 * s_m from the mid
+    # level, where float32 rounding alone is a sixth of the noise; such planes run in float64
+    import skimage_trd._planes as planes
+
+    rng = np.random.default_rng(3)
+    sigma = 1e-7
+    img = np.linspace(0, 1, 48 * 40).reshape(48, 40) + sigma * rng.standard_normal((48, 40))
+    exact = denoise_trd(img, sigma, model=model, exact=True)
+    out = denoise_trd(img, sigma, model=model)
+    assert np.abs(out - exact).max() < 0.01 * sigma
+    monkeypatch.setattr(planes, "FLOAT32_SPREAD", np.inf)  # the check can fail: float32 here
+    out32 = denoise_trd(img, sigma, model=model)
+    assert np.abs(out32 - exact).max() > 0.05 * sigma

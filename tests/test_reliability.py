@@ -142,3 +142,17 @@ def test_too_large_is_refused_up_front_and_large_is_tiled(monkeypatch):
     monkeypatch.setattr(dn, "_available_memory", lambda: None)
     whole = denoise_trd(img, 0.1, model=DENOISE)
     np.testing.assert_allclose(tiled, whole, atol=1e-10)
+
+
+def test_memory_plan_counts_the_float64_map_buffers(monkeypatch):
+    # a float64 plane is mapped onto the model's scale in float64 (two buffers) and run in
+    # float32 (four): 32 bytes a pixel, against 24 for a float32 plane
+    import skimage_trd._denoise as dn
+    from skimage_trd._planes import PlaneOptions
+
+    shape = (64, 48)
+    n = shape[0] * shape[1]
+    monkeypatch.setattr(dn, "_available_memory", lambda: 64 * n)
+    for dtype, expected in ((np.float32, None), (np.float64, (dn.AUTO_TILE, dn.AUTO_TILE))):
+        opts = PlaneOptions(bank=(DENOISE,), in_dtype=np.dtype(dtype))
+        assert dn._memory_plan(shape, shape, opts) == expected, dtype

@@ -160,8 +160,9 @@ def denoise_trd(
     clipped to the converted range ([0, 1] or [-1, 1]); with
     ``preserve_range=True`` to the integer type's range. Float input is not
     clipped. The model runs in float32 (float64 with ``exact=True``, and
-    for 32- and 64-bit integer images, whose values float32 cannot hold);
-    float64 planes are mapped onto the model's scale and back in float64.
+    for planes whose noise is below 1e-5 of their spread, where float32
+    rounding would reach 1e-2 of the noise); float64 and 32/64-bit integer
+    planes are mapped onto the model's scale and back in float64.
     Results are float32 for float16/float32 input and float64 otherwise,
     as in scikit-image.
     A plane whose noise is below 1e-7 of its spread is returned unchanged;
@@ -235,8 +236,7 @@ def _denoise_planes(image, kind, sigmas, channel_axis, opts, progress):
         src = image.get() if kind == "cupy" else image
     plane_shape = tuple(n for ax, n in enumerate(image.shape) if ax != channel_axis)[-2:]
     if backend == "numba" and opts.tile_shape is None:
-        opts = replace(opts, tile_shape=_memory_plan(image.shape, opts.out_dtype, plane_shape,
-                                                     opts.compute_dtype))
+        opts = replace(opts, tile_shape=_memory_plan(image.shape, plane_shape, opts))
     out = xp.empty(image.shape, dtype=opts.out_dtype)
     planes = list(iter_planes(image.shape, channel_axis))
     total_planes = len(planes)
@@ -292,18 +292,22 @@ def _available_memory():
         return None
 
 
-# Whole-plane processing holds about this many plane-sized buffers of the compute dtype besides
-# the input and the output: the model-scale plane, the padded image and two stage buffers (plus
-# float64 copies when sigma or the intensity range is estimated).
-_PLANE_BUFFERS = 6
+# Whole-plane processing holds, besides the input and the output, about this many plane-sized
+# buffers of the map dtype (the plane mapped onto the model's scale; a float64 copy when sigma
+# or the intensity range is estimated) and of the compute dtype (the plane the stages start
+# from, the padded image and two stage buffers; twice that for a plane run in float64 for
+# its tiny noise, FLOAT32_SPREAD).
+_MAP_BUFFERS = 2
+_COMPUTE_BUFFERS = 4
 AUTO_TILE = 2048
 
 
-def _memory_plan(shape, out_dtype, plane_shape, compute_dtype):
+def _memory_plan(shape, plane_shape, opts):
     """Refuse up front what cannot fit; tile planes whose working set would not fit."""
     available = _available_memory()
     if available is None:
         return None
+    out_dtype = opts.out_dtype
     out_bytes = int(np.prod(shape)) * np.dtype(out_dtype).itemsize
     if out_bytes > 0.9 * available:
         raise MemoryError(
@@ -312,8 +316,9 @@ def _memory_plan(shape, out_dtype, plane_shape, compute_dtype):
             "memory available; process the image in parts, e.g. as a dask array "
             "(denoise_trd takes dask arrays) or plane by plane"
         )
-    plane_bytes = int(np.prod(plane_shape)) * compute_dtype.itemsize
-    if _PLANE_BUFFERS * plane_bytes > 0.5 * (available - out_bytes):
+    per_pixel = (_MAP_BUFFERS * opts.map_dtype.itemsize
+                 + _COMPUTE_BUFFERS * opts.compute_dtype.itemsize)
+    if int(np.prod(plane_shape)) * per_pixel > 0.5 * (available - out_bytes):
         return (AUTO_TILE, AUTO_TILE)  # identical result, memory bounded by the tile
     return None
 

@@ -25,6 +25,11 @@ MODEL_MID = 127.5
 # Noise below 1e-7 of the plane's spread is left alone (float32 resolves about 1e-7).
 NEGLIGIBLE_NOISE = 1e7
 
+# Planes whose spread exceeds their noise this many times run the stages in float64: on the
+# model's scale their values reach spread / sigma * s_m from the mid level, where float32's
+# rounding, relative to the noise s_m, is about spread / sigma * 6e-8 (6e-3 of the noise here).
+FLOAT32_SPREAD = 1e5
+
 
 def select_model(bank, sigma_255):
     """The model of ``bank`` whose training sigma is nearest (in ratio) to ``sigma_255``."""
@@ -64,6 +69,7 @@ class PlaneSetting:
     centre: float
     model: TRDModel | None = None
     gain: float = 1.0
+    wide: bool = False  # the stages in float64 (``exact``, or a spread above FLOAT32_SPREAD)
 
 
 @dataclass(frozen=True)
@@ -92,17 +98,18 @@ class PlaneOptions:
 
     @property
     def compute_dtype(self) -> np.dtype:
-        return compute_dtype(self.in_dtype, self.exact)
+        """The dtype the stages run in: float64 with ``exact``, float32 otherwise, float64
+        images included (float32 arithmetic is within 0.01 grey levels of exact evaluation:
+        docs/performance.md); planes whose noise is tiny beside their spread are run in
+        float64 whatever this says (:data:`FLOAT32_SPREAD`)."""
+        return np.dtype(np.float64 if self.exact else np.float32)
 
-
-def compute_dtype(in_dtype, exact=False):
-    """The dtype the model runs in: float64 with ``exact`` and for 32/64-bit integers (whose
-    values float32 cannot hold exactly), float32 otherwise, float64 images included (float32
-    arithmetic is within 0.01 grey levels of exact evaluation: docs/performance.md)."""
-    in_dtype = np.dtype(in_dtype)
-    if exact or (in_dtype.kind in "ui" and in_dtype.itemsize >= 4):
-        return np.dtype(np.float64)
-    return np.dtype(np.float32)
+    @property
+    def map_dtype(self) -> np.dtype:
+        """The dtype of the affine maps onto the model's scale and back: the wider of the
+        compute dtype and the input's (float64 for float64 and 32/64-bit integer images, whose
+        values float32 cannot hold exactly)."""
+        return np.promote_types(self.compute_dtype, self.in_dtype)
 
 
 def clip_limits(in_dtype, preserve_range):
@@ -150,19 +157,21 @@ def plane_settings(plane, sigma, opts, centre=None):
         else:
             r = robust_range(plane) * scale  # (linear in the scale: no scaled copy)
         m = select_model(bank, 255.0 * s / r if r > 0 else np.inf)
-    return PlaneSetting("denoise", centre, m, m.sigma / s)
+    wide = bool(opts.exact) or spread / s > FLOAT32_SPREAD
+    return PlaneSetting("denoise", centre, m, m.sigma / s, wide)
 
 
 def denoise_plane(plane, setting, opts, progress=None):
     """Apply a plane's setting to the plane, or to any rectangular part of it (dask blocks).
 
-    The model runs in the compute dtype (float32 unless ``exact``, see :func:`compute_dtype`);
-    the affine maps onto the model's scale and back run in the wider of that and the plane's
-    float dtype, so that a float64 plane keeps float64 resolution around its mean."""
+    The model runs in float32, or float64 where ``setting.wide`` says (``exact``, or a plane
+    whose noise is tiny beside its spread); the affine maps onto the model's scale and back
+    run in the wider of that and the plane's dtype, so that a float64 plane keeps float64
+    resolution around its mean and a 32-bit integer plane its exact values."""
     backend, scale = opts.backend, opts.scale
     xp = np if backend != "cupy" else _xp(plane)
-    cdt = opts.compute_dtype
-    wdt = np.promote_types(cdt, plane.dtype) if plane.dtype.kind == "f" else cdt
+    cdt = np.dtype(np.float64 if setting.wide else np.float32)
+    wdt = np.promote_types(cdt, plane.dtype)
     # in place throughout: one plane-sized buffer here (two for a float64 plane computed in
     # float32), plus the engine's three
     x = plane.astype(wdt)
