@@ -122,7 +122,7 @@ def cost_table(repeat):
     bank = resolve_models(None, "denoise")
     opts = _planes.PlaneOptions(bank=tuple(bank), in_dtype=x.dtype)
     setting = _planes.plane_settings(x, 25 / 255, opts)
-    f = ((x - setting.centre) * setting.gain + 127.5).astype(np.float32)
+    f = ((x - setting.center) * setting.gain + 127.5).astype(np.float32)
     call = median_time(lambda: denoise_trd(x, sigma=25 / 255), repeat)
     call_est = median_time(lambda: denoise_trd(x), repeat)
     parts = {

@@ -2,15 +2,15 @@
 
     python benchmarks/kernel_parts.py [--size 512] [--repeat 7]
 
-Runs the 7x7 stage kernel ``skimage_trd.kernels.numba_cpu.table_kernel(7)`` and copies of it on camera + noise
-(sigma 25) with the shipped sigma-25 7x7 model's first stage, five times (a five-stage model's
-worth), and prints the median time of: the shipped kernel; a copy compiled here; the copy with
-the filter size chosen inside the loop (as ``_correlate_row`` does); the copy with its buffers
-allocated apart (no frame pointer, see ``skimage_trd.kernels.numba_cpu._table_stage``); the copy reading the cubic
-table (four reads per evaluation instead of one); the copy without the table reads; the first
-correlation only; and 10 passes of 48 7x7 correlations over the image, tap by tap (one shifted
-load per multiply-add) and in the two loops of ``_unrolled.py``. A tool for kernel work: the
-variants compute wrong images on purpose.
+Runs the 7x7 stage kernel ``skimage_trd.kernels.numba_cpu.table_kernel(7)`` and copies of it on
+camera + noise (sigma 25) with the shipped sigma-25 7x7 model's first stage, five times (a five-
+stage model's worth), and prints the median time of: the shipped kernel; a copy compiled here; the
+copy with the filter size chosen inside the loop (as ``_correlate_row`` does); the copy with its
+buffers allocated apart (no frame pointer, see ``skimage_trd.kernels.numba_cpu._table_stage``); the
+copy reading the cubic table (four reads per evaluation instead of one); the copy without the table
+reads; the first correlation only; and 10 passes of 48 7x7 correlations over the image, tap by tap
+(one shifted load per multiply-add) and in the two loops of ``_unrolled.py``. A tool for kernel
+work: the variants compute wrong images on purpose.
 """
 
 from __future__ import annotations

@@ -230,7 +230,6 @@ MANY_POSITIONAL = {
     # the Python face of the Numba stage kernels, with their signature (it picks the kernel
     # compiled for the filter size)
     "skimage_trd.kernels.numba_cpu.trd_stage",
-    "skimage_trd._deblock._deblock_plane",
 }
 
 

@@ -107,9 +107,9 @@ def test_denoise_mixed_folder_equals_in_memory(mixed, tmp_path, capsys):
     np.testing.assert_array_equal(_png(out / "rgb.png"), denoise_trd(rgb, channel_axis=-1, **KEEP))
     photo = _png(mixed / "photo.jpg")
     np.testing.assert_array_equal(_png(out / "photo.png"), denoise_trd(photo, **KEEP))
-    colour = _png(mixed / "colour.jpg")
+    color = _png(mixed / "colour.jpg")
     np.testing.assert_array_equal(_png(out / "colour.png"),
-                                  denoise_trd(colour, channel_axis=-1, **KEEP))
+                                  denoise_trd(color, channel_axis=-1, **KEEP))
 
     stack = tifffile.imread(mixed / "stack.tif")
     result = tifffile.imread(out / "stack.tif")
@@ -128,8 +128,8 @@ def test_denoise_mixed_folder_equals_in_memory(mixed, tmp_path, capsys):
         page = tif.pages[0]
         assert page.photometric == 2 and tif.series[0].axes == "YXS"
         assert page.tags["XResolution"].value == (300, 1) and page.resolutionunit == 2
-        colour = tifffile.imread(mixed / "colour.tif")
-        np.testing.assert_array_equal(tif.asarray(), denoise_trd(colour, channel_axis=-1, **KEEP))
+        color = tifffile.imread(mixed / "colour.tif")
+        np.testing.assert_array_equal(tif.asarray(), denoise_trd(color, channel_axis=-1, **KEEP))
 
     plane = np.load(mixed / "plane.npy")
     result = np.load(out / "plane.npy")

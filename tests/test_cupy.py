@@ -171,7 +171,7 @@ def test_plane_settings_on_the_gpu_equal_the_cpu():
             cpu = plane_settings(plane, sigma, opts)
             gpu = plane_settings(g, sigma, opts)
             assert gpu.action == cpu.action and gpu.model is cpu.model
-            assert gpu.centre == pytest.approx(cpu.centre, rel=1e-9)
+            assert gpu.center == pytest.approx(cpu.center, rel=1e-9)
             assert gpu.gain == pytest.approx(cpu.gain, rel=1e-9)
     # end to end with the default bank: the same model, the same result (to the tables' 0.01)
     img = data.camera().astype(np.float32) / 255 + rng.normal(0, 0.1, (512, 512)).astype(

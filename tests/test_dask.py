@@ -67,7 +67,7 @@ def test_distributed_local_cluster_with_processes():
     np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-7)
 
 
-def test_dask_colour_opponent_matches_numpy():
+def test_dask_color_opponent_matches_numpy():
     rgb = _image((50, 40, 3))
     expected = denoise_trd(rgb, 0.08, model=MODEL, channel_axis=-1)
     lazy = denoise_trd(da.from_array(rgb, chunks=(20, 20, 3)), 0.08, model=MODEL, channel_axis=-1)

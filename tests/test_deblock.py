@@ -11,12 +11,14 @@ from skimage import data
 
 from skimage_trd import deblock_jpeg, deblock_trd, import_matlab_model
 from skimage_trd._jpeg import (
-    QuantisationConstraint,
+    QuantizationConstraint,
     block_dct,
     block_idct,
     estimate_quality,
+    project_to_box,
+    project_to_box_adjoint,
     quality_tables,
-    quantised_coefficients,
+    quantized_coefficients,
     read_jpeg,
 )
 from skimage_trd.kernels.engine import run_model
@@ -56,7 +58,7 @@ def test_coefficients_recovered_from_the_decoded_image(shape, quality):
     img = data.camera()[100 : 100 + shape[0], 200 : 200 + shape[1]]
     planes, tables, mode = read_jpeg(_jpeg(img, quality))
     assert mode == "L" and np.array_equal(tables[0], quality_tables(quality)[0])
-    d = quantised_coefficients(planes[0], tables[0])
+    d = quantized_coefficients(planes[0], tables[0])
     assert np.all(d == np.round(d))
     rec = np.clip(np.round(block_idct(d * tables[0]) + 128), 0, 255)[: shape[0], : shape[1]]
     close = np.abs(rec - planes[0]) <= 1  # the decoder's integer IDCT is within one grey level
@@ -71,7 +73,7 @@ def test_projection():
     d = np.zeros((2, 3, 8, 8))
     d[..., :3, :3] = np.round(rng.standard_normal((2, 3, 3, 3)) * 0.6)
     d[..., 0, 0] = 0  # grey around 128 with low frequencies: nothing gets clipped
-    c = QuantisationConstraint(d, q, 0.8)
+    c = QuantizationConstraint(d, q, 0.8)
     u = c.start + rng.normal(0, 5, (16, 24))
     p = c.project(u)
     assert 0 < p.min() and p.max() < 255  # nothing clipped in this example
@@ -85,11 +87,32 @@ def test_projection():
     assert np.all(block_dct(far - 128) <= c.upper + 1e-9)
 
 
+def test_batch_projection_and_its_adjoint():
+    # the one projection serves a batch (training) as it serves each image (deblock_trd)
+    rng = np.random.default_rng(1)
+    q = quality_tables(30)[0]
+    cs = [QuantizationConstraint(np.round(rng.standard_normal((2, 3, 8, 8)) * 2), q, 0.8)
+          for _ in range(3)]
+    v = np.stack([c.start for c in cs]) + rng.normal(0, 20, (3, 16, 24))
+    lower, upper = np.stack([c.lower for c in cs]), np.stack([c.upper for c in cs])
+    u, inside, unclipped = project_to_box(v, lower, upper, masks=True)
+    for i, c in enumerate(cs):
+        np.testing.assert_allclose(u[i], c.project(v[i]), atol=1e-12)
+    assert 0 < inside.mean() < 1 and 0 < unclipped.mean() < 1  # both masks matter here
+    # the adjoint: <J dv, g> = <dv, J^T g> for the Jacobian J at v (piecewise linear)
+    dv, g = rng.standard_normal((2, 3, 16, 24))
+    eps = 1e-6
+    plus, minus = (project_to_box(v + e * dv, lower, upper) for e in (eps, -eps))
+    jdv = (plus - minus) / (2 * eps)
+    assert np.sum(jdv * g) == pytest.approx(np.sum(dv * project_to_box_adjoint(g, inside, unclipped)),
+                                            rel=1e-6)
+
+
 def test_numba_deblocking_equals_reference():
     m = random_model(2, 5, seed=3, task="deblock")
     img = data.camera()[:45, :53]
     planes, tables, _ = read_jpeg(_jpeg(img, 20))
-    c = QuantisationConstraint(quantised_coefficients(planes[0], tables[0]), tables[0], 0.8)
+    c = QuantizationConstraint(quantized_coefficients(planes[0], tables[0]), tables[0], 0.8)
     ref = deblock_reference(c, m)
     out = run_model(c.start, m, post_stage=lambda u, t: c.project(u))
     np.testing.assert_allclose(out, ref, atol=1e-6)
@@ -159,7 +182,7 @@ def test_deblock_preserve_range_none_keeps_the_input_scale():
     np.testing.assert_allclose(lazy.compute(), unit, atol=1e-12)
 
 
-def test_deblock_colour_and_file(tmp_path):
+def test_deblock_color_and_file(tmp_path):
     m = random_model(2, 5, seed=5, task="deblock")
     rgb = data.astronaut()[:64, :80]
     buf = _jpeg(rgb, 20)

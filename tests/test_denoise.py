@@ -247,7 +247,7 @@ def test_bad_input(model, image, kwargs, exc, match):
         denoise_trd(image, **kwargs)
 
 
-def test_colour_without_channel_axis_warns(model):
+def test_color_without_channel_axis_warns(model):
     with pytest.warns(UserWarning, match="channel_axis=-1"):
         denoise_trd(np.zeros((8, 8, 3)), 0.1, model=model)
 
@@ -283,7 +283,7 @@ def test_bsd68_table1_sigma25_authors_7x7():
     assert abs(psnr - scores[0]) < 0.005
 
 
-def test_colour_in_opponent_space():
+def test_color_in_opponent_space():
     rgb = data.astronaut()[100:164, 150:214] / 255.0
     noisy = rgb + 0.1 * np.random.default_rng(0).standard_normal(rgb.shape)
     m = load_model("trd-gauss-s25-5x5-5st")  # shipped
@@ -304,7 +304,7 @@ def test_colour_in_opponent_space():
         denoise_trd(noisy, 0.1, model=m, channel_axis=-1, color_transform="lab")
 
 
-def test_colour_integer_input_and_data_range(bank):
+def test_color_integer_input_and_data_range(bank):
     rgb = (data.astronaut()[:48, :48]).astype(np.uint8)
     out = denoise_trd(rgb, 25, model=bank, channel_axis=-1)
     assert out.dtype == np.float64 and 0 <= out.min() and out.max() <= 1

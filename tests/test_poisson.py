@@ -20,7 +20,7 @@ def _observe(y, rng):
 
 
 @pytest.mark.parametrize("y, tolerance", [(3.0, 0.12), (10.0, 0.03), (50.0, 0.01)])
-def test_transform_stabilises_the_variance(y, tolerance):
+def test_transform_stabilizes_the_variance(y, tolerance):
     # the GAT is exact only asymptotically: a few photons leave a little excess variance
     z = _observe(np.full(200_000, y), np.random.default_rng(0))
     assert abs(generalized_anscombe(z, GAIN, READ, OFFSET).var() - 1) < tolerance

@@ -165,7 +165,7 @@ def _writing(final: Path):
 
 
 # ------------------------------------------------------------------------------ restoring
-def _restore(image, opts: RestoreOptions, channel_axis, colour, progress, source=None):
+def _restore(image, opts: RestoreOptions, channel_axis, color, progress, source=None):
     """The restored array, in the input's dtype (float32 with ``opts.float32``)."""
     if opts.task == "deblock":
         return _deblock(image, opts, channel_axis, progress, source)
@@ -176,7 +176,7 @@ def _restore(image, opts: RestoreOptions, channel_axis, colour, progress, source
                       preserve_range=True, preserve_dtype=not opts.float32,
                       backend=opts.backend, num_threads=opts.num_threads,
                       tile_shape=opts.tile_shape, progress=progress,
-                      color_transform="opponent" if colour else "none")
+                      color_transform="opponent" if color else "none")
     return out.astype(np.float32, copy=False) if opts.float32 else out
 
 
@@ -252,8 +252,8 @@ def _run_pillow(job, progress):
     arr, alpha, axis_from_file, info = _read_pillow(job.source)
     source = job.source if (job.kind == "jpeg" and opts.task == "deblock") else None
     axis = _channel_axis(opts, axis_from_file)
-    colour = axis is not None and arr.ndim == 3 and arr.shape[axis] == 3
-    out = _restore(arr, opts, axis, colour, progress, source=source)
+    color = axis is not None and arr.ndim == 3 and arr.shape[axis] == 3
+    out = _restore(arr, opts, axis, color, progress, source=source)
     final = Path(job.output)
     with _writing(final) as tmp:
         if opts.float32:
@@ -369,8 +369,8 @@ def _run_tiff(job, progress):
             axis_from_file = info.axes.index(letter)
             break
     axis = _channel_axis(opts, axis_from_file)
-    colour = (info.photometric == 2 or opts.channel_axis != "auto") and axis is not None
-    out = _restore(data, opts, axis, colour, progress)
+    color = (info.photometric == 2 or opts.channel_axis != "auto") and axis is not None
+    out = _restore(data, opts, axis, color, progress)
     with _writing(Path(job.output)) as tmp:
         _write_tiff(tmp, out, info, data.dtype)
 
@@ -438,12 +438,12 @@ def _run_zarr(job, progress_factory, client=None):
             if d is not None and str(d).lower() in _CHANNEL_NAMES:
                 axis_from_file = i
     axis = _channel_axis(opts, axis_from_file)
-    colour = opts.channel_axis != "auto" and axis is not None
+    color = opts.channel_axis != "auto" and axis is not None
     local = dict(scheduler="threads", num_workers=opts.zarr_threads) if client is None else {}
     # one Numba thread per dask task: the parallelism is dask's (--threads tasks at once)
     zopts = _replace(opts, num_threads=1)
     with dask.config.set(**local):
-        lazy = _restore(arr, zopts, axis, colour, None)
+        lazy = _restore(arr, zopts, axis, color, None)
     # regular chunks, each written by one task: no two tasks write the same zarr chunk
     chunks = tuple(c[0] for c in lazy.chunks)
     if any(any(n != c[0] for n in c[:-1]) or c[-1] > c[0] for c in lazy.chunks):

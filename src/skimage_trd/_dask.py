@@ -62,7 +62,7 @@ def denoise_trd_dask(image, sigmas, channel_axis, opts):
         plane = sample[tuple(sel)]
         channel = idx[lead.index(channel_axis)] if channel_axis is not None else None
         s = sigmas[channel or 0]
-        settings[idx] = plane_settings(plane, s, opts, centre=float(means[idx]) * opts.scale)
+        settings[idx] = plane_settings(plane, s, opts, center=float(means[idx]) * opts.scale)
 
     halo = max(m.halo for m in opts.bank)
     depth = {ax: 0 for ax in range(image.ndim)}

@@ -15,7 +15,13 @@ from ._arrays import (
     iter_planes,
     normalize_channel_axis,
 )
-from ._jpeg import QuantisationConstraint, estimate_quality, quality_tables, quantised_coefficients, read_jpeg
+from ._jpeg import (
+    QuantizationConstraint,
+    estimate_quality,
+    quality_tables,
+    quantized_coefficients,
+    read_jpeg,
+)
 from ._registry import resolve_models
 from .kernels.cuda import cupy_module
 from .kernels.engine import BACKENDS, run_model
@@ -49,19 +55,19 @@ def _luma_table(quality, qtable):
     return quality_tables(int(quality))[0], int(quality)
 
 
-def _deblock_plane(y, table, model, backend, constraint_scale, n_stages, progress):
+def _deblock_plane(y, table, model, *, backend, constraint_scale, n_stages, progress=None):
     """Restore one plane on the [0, 255] scale, the JPEG's own block grid."""
     scale = model.constraint_scale if constraint_scale is None else float(constraint_scale)
-    d = quantised_coefficients(y, table)
+    d = quantized_coefficients(y, table)
     if backend == "cupy":
         d = cupy_module().asarray(d)
-    constraint = QuantisationConstraint(d, table, scale)
+    constraint = QuantizationConstraint(d, table, scale)
     start = constraint.start
     out = run_model(start, model, backend=backend, n_stages=n_stages, exact=False,
                     post_stage=lambda u, t: constraint.project(u), progress=progress)
     H, W = y.shape
     out = out[:H, :W]
-    return out.get() if hasattr(out, "get") else out
+    return out.get() if backend == "cupy" else out
 
 
 # decoded JPEG values lie in 0..255 (decoders clip); allow half a grey level of rounding
@@ -264,8 +270,9 @@ def _deblock_checked(host, channel_axis, *, luma, model, preserve_range, backend
         for k, (index, _) in enumerate(planes):
             cb = None if progress is None else (
                 lambda d, t, k=k: progress(k * t + d, len(planes) * t))
-            restored[index + (0,)] = _deblock_plane(planes_of[index + (0,)], luma, model,
-                                                    backend, constraint_scale, n_stages, cb)
+            restored[index + (0,)] = _deblock_plane(
+                planes_of[index + (0,)], luma, model, backend=backend,
+                constraint_scale=constraint_scale, n_stages=n_stages, progress=cb)
     if channel_axis is not None:
         out255 = np.moveaxis(_ycbcr_to_rgb(restored), -1, channel_axis)
     else:

@@ -27,8 +27,10 @@ __all__ = [
     "block_dct",
     "block_idct",
     "pad_to_blocks",
-    "quantised_coefficients",
-    "QuantisationConstraint",
+    "project_to_box",
+    "project_to_box_adjoint",
+    "quantized_coefficients",
+    "QuantizationConstraint",
     "read_jpeg",
     "jpeg_roundtrip",
 ]
@@ -99,23 +101,49 @@ def dct_blocks(blocks, inverse=False):
 
 
 def _blocks(x):
-    H, W = x.shape
-    return x.reshape(H // 8, 8, W // 8, 8).transpose(0, 2, 1, 3)
+    *lead, H, W = x.shape
+    b = x.reshape(*lead, H // 8, 8, W // 8, 8)
+    return b.swapaxes(-3, -2)
 
 
 def _unblocks(b):
-    nh, nw = b.shape[:2]
-    return b.transpose(0, 2, 1, 3).reshape(nh * 8, nw * 8)
+    *lead, nh, nw = b.shape[:-2]
+    return b.swapaxes(-3, -2).reshape(*lead, nh * 8, nw * 8)
 
 
 def block_dct(x):
-    """Orthonormal 8x8 block DCT of ``x`` (sides multiples of 8): shape (H/8, W/8, 8, 8)."""
+    """Orthonormal 8x8 block DCT of ``x`` (..., H, W) (sides multiples of 8): shape
+    (..., H/8, W/8, 8, 8)."""
     return dct_blocks(_blocks(x))
 
 
 def block_idct(coef):
-    """Inverse of :func:`block_dct`: an (H, W) image."""
+    """Inverse of :func:`block_dct`: (..., H, W) images."""
     return _unblocks(dct_blocks(coef, inverse=True))
+
+
+def project_to_box(v, lower, upper, masks=False):
+    """The projection of Eq. 9: the nearest image (in L2) to ``v`` whose 8x8 block DCT
+    coefficients (of ``v - 128``) lie in ``[lower, upper]``, clipped to [0, 255].
+
+    ``v`` is an image (H, W) or a batch (B, H, W), ``lower`` and ``upper`` of shape
+    (..., H/8, W/8, 8, 8); computed in ``v``'s float dtype. The projection is piecewise linear;
+    with ``masks``, also returns what its derivative passes (:func:`project_to_box_adjoint`):
+    the coefficients strictly inside their box and the pixels strictly inside [0, 255].
+    """
+    xp = _xp(v)
+    y = block_dct(v - v.dtype.type(128))
+    w = block_idct(xp.clip(y, lower, upper)) + v.dtype.type(128)
+    u = xp.clip(w, 0, 255).astype(v.dtype, copy=False)
+    if not masks:
+        return u
+    return u, (y > lower) & (y < upper), (w > 0) & (w < 255)
+
+
+def project_to_box_adjoint(g, inside, unclipped):
+    """``dL/dv`` from ``g = dL/du`` at the point the masks of :func:`project_to_box` came
+    from (the projection's Jacobian is symmetric)."""
+    return block_idct(block_dct(g * unclipped) * inside).astype(g.dtype, copy=False)
 
 
 def pad_to_blocks(x):
@@ -125,7 +153,7 @@ def pad_to_blocks(x):
     return xp.pad(x, ((0, -H % 8), (0, -W % 8)), mode="edge")
 
 
-def quantised_coefficients(decoded, table, iterations=3):
+def quantized_coefficients(decoded, table, iterations=3):
     """Recover the integer coefficients ``d`` of a decoded JPEG plane by requantising.
 
     ``decoded`` is on the [0, 255] scale (any size). Requantising the block
@@ -153,13 +181,13 @@ def quantised_coefficients(decoded, table, iterations=3):
         x[:H, :W] = v
 
 
-class QuantisationConstraint:
+class QuantizationConstraint:
     """Projection onto the images consistent with a JPEG plane's coefficients.
 
     Parameters
     ----------
     d : ndarray, shape (H/8, W/8, 8, 8)
-        Integer coefficients (:func:`quantised_coefficients`).
+        Integer coefficients (:func:`quantized_coefficients`).
     table : ndarray, shape (8, 8)
         Quantisation steps.
     scale : float
@@ -179,12 +207,10 @@ class QuantisationConstraint:
         return nh * 8, nw * 8
 
     def project(self, u):
-        """Nearest image (in L2) whose coefficients are inside the box, clipped to [0, 255]."""
-        xp = _xp(u)
-        y = block_dct(u.astype(xp.float64) - 128.0)
-        y = xp.clip(y, self.lower, self.upper)
-        out = xp.clip(block_idct(y) + 128.0, 0.0, 255.0)
-        return out.astype(u.dtype, copy=False)
+        """Nearest image (in L2) whose coefficients are inside the box, clipped to [0, 255]
+        (:func:`project_to_box`, computed in float64)."""
+        return project_to_box(u.astype(_xp(u).float64), self.lower, self.upper).astype(
+            u.dtype, copy=False)
 
 
 def read_jpeg(path):

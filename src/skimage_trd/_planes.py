@@ -66,7 +66,7 @@ class PlaneSetting:
     """What happens to one plane: 'copy' it, replace it by its 'mean', or 'denoise' it."""
 
     action: str
-    centre: float
+    center: float
     model: TRDModel | None = None
     gain: float = 1.0
     wide: bool = False  # the stages in float64 (``exact``, or a spread above FLOAT32_SPREAD)
@@ -122,7 +122,7 @@ def clip_limits(in_dtype, preserve_range):
     return (-1.0 if in_dtype.kind == "i" else 0.0), 1.0
 
 
-def plane_settings(plane, sigma, opts, centre=None):
+def plane_settings(plane, sigma, opts, center=None):
     """Decide for one plane (as stored; working units are ``plane * opts.scale``) how it is
     denoised, with a model of ``opts.bank``.
 
@@ -140,15 +140,15 @@ def plane_settings(plane, sigma, opts, centre=None):
         s = estimate_plane_sigma(host.astype(np.float64) * scale)
     else:
         s = sigma * scale
-    centre = float(plane.mean(dtype=xp.float64)) * scale if centre is None else float(centre)
-    spread = max(float(plane.max()) * scale - centre, centre - float(plane.min()) * scale)
+    center = float(plane.mean(dtype=xp.float64)) * scale if center is None else float(center)
+    spread = max(float(plane.max()) * scale - center, center - float(plane.min()) * scale)
     if s == 0 or spread == 0 or spread / s > NEGLIGIBLE_NOISE:
         # no noise, a constant plane (which the stage map leaves as it is), or noise
         # too weak to matter (and to rescale onto the model's scale without overflow)
-        return PlaneSetting("copy", centre)
+        return PlaneSetting("copy", center)
     if spread / s < 1.0 / NEGLIGIBLE_NOISE:
         # noise ten million times the signal: nothing but the mean is left to estimate
-        return PlaneSetting("mean", centre)
+        return PlaneSetting("mean", center)
     if len(bank) == 1:
         m = bank[0]
     else:
@@ -158,7 +158,7 @@ def plane_settings(plane, sigma, opts, centre=None):
             r = robust_range(plane) * scale  # (linear in the scale: no scaled copy)
         m = select_model(bank, 255.0 * s / r if r > 0 else np.inf)
     wide = bool(opts.exact) or spread / s > FLOAT32_SPREAD
-    return PlaneSetting("denoise", centre, m, m.sigma / s, wide)
+    return PlaneSetting("denoise", center, m, m.sigma / s, wide)
 
 
 def denoise_plane(plane, setting, opts, progress=None):
@@ -179,9 +179,9 @@ def denoise_plane(plane, setting, opts, progress=None):
     if setting.action == "copy":
         return x
     if setting.action == "mean":
-        x[...] = setting.centre
+        x[...] = setting.center
         return x
-    x -= wdt.type(setting.centre)
+    x -= wdt.type(setting.center)
     x *= wdt.type(setting.gain)
     x += wdt.type(MODEL_MID)
     f = x.astype(cdt, copy=False)
@@ -196,7 +196,7 @@ def denoise_plane(plane, setting, opts, progress=None):
         res = x
     res -= wdt.type(MODEL_MID)
     res /= wdt.type(setting.gain)
-    res += wdt.type(setting.centre)
+    res += wdt.type(setting.center)
     clip = clip_limits(opts.in_dtype, opts.preserve_range)
     if clip is not None:
         xp.clip(res, *clip, out=res)

@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 
-def _normalised(z, gain, offset):
+def _normalized(z, gain, offset):
     return (np.asarray(z, dtype=np.float64) - offset) / gain
 
 
@@ -45,7 +45,7 @@ def generalized_anscombe(z, gain, read_noise, offset=0.0):
     if not gain > 0:
         raise ValueError(f"gain must be positive, got {gain}")
     s = read_noise / gain
-    x = _normalised(z, gain, offset) + 3.0 / 8.0 + s * s
+    x = _normalized(z, gain, offset) + 3.0 / 8.0 + s * s
     return 2.0 * np.sqrt(np.maximum(x, 0.0))
 
 

@@ -43,17 +43,17 @@ __all__ = ["run_model", "BACKENDS", "iter_tiles", "prepare", "model_fingerprint"
 # Kernel launches are serialised until the first launch tells which layer is in use, and
 # afterwards only under 'workqueue'.
 _launch_lock = threading.Lock()
-_serialise_launches = None
+_serialize_launches = None
 
 
 def _launch(kernel, *args):
-    global _serialise_launches
-    if _serialise_launches is False:
+    global _serialize_launches
+    if _serialize_launches is False:
         return kernel(*args)
     with _launch_lock:
         result = kernel(*args)
-        if _serialise_launches is None:
-            _serialise_launches = nk.numba.threading_layer() == "workqueue"
+        if _serialize_launches is None:
+            _serialize_launches = nk.numba.threading_layer() == "workqueue"
         return result
 
 

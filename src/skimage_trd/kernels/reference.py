@@ -20,7 +20,7 @@ JPEG deblocking (paper Eq. 9) replaces the reaction term by a projection::
     u_t = clip( proj_Q( u_{t-1} - sum_i kbar_ti * phi_ti(k_ti * u_{t-1}) ), 0, 255 )
 
 with ``proj_Q`` the projection onto the quantisation-constraint set of the
-JPEG file (``_jpeg.QuantisationConstraint``), starting from the inverse DCT
+JPEG file (``_jpeg.QuantizationConstraint``), starting from the inverse DCT
 of the dequantised coefficients on the full 8x8-block grid.
 
 Every fast kernel (Numba, CuPy) is tested against these functions.

@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-from .._jpeg import dct_blocks
+from .._jpeg import project_to_box, project_to_box_adjoint
 from ..kernels.cuda import CUDA_PRELUDE, RBF_SUM_SOURCE, cached_kernel
 from ..kernels.influence import influence_and_derivative, rbf_reach_terms
 from .gradients import (
@@ -191,9 +191,9 @@ class BatchProjection:
     """The projection of Eq. 9 for a training batch, and its adjoint.
 
     ``u = clip(idct(box(dct(v - 128))) + 128, 0, 255)`` block by block, with per-image
-    coefficient bounds ``lower``, ``upper`` of shape (B, H/8, W/8, 8, 8). It is piecewise
-    linear: its derivative passes the coefficients strictly inside their box and the pixels
-    strictly inside [0, 255].
+    coefficient bounds ``lower``, ``upper`` of shape (B, H/8, W/8, 8, 8): the one projection
+    of the package, :func:`skimage_trd._jpeg.project_to_box`, kept on the device in the
+    training dtype.
 
     Parameters
     ----------
@@ -215,30 +215,15 @@ class BatchProjection:
         self.lower = xp.asarray(lower, dtype=self.dtype)
         self.upper = xp.asarray(upper, dtype=self.dtype)
 
-    @staticmethod
-    def _bdct(x, inverse=False):
-        if inverse:
-            B, nh, nw = x.shape[:3]
-            y = dct_blocks(x, inverse=True)
-            return y.transpose(0, 1, 3, 2, 4).reshape(B, nh * 8, nw * 8)
-        B, H, W = x.shape
-        blocks = x.reshape(B, H // 8, 8, W // 8, 8).transpose(0, 1, 3, 2, 4)
-        return dct_blocks(blocks)
-
     def project(self, v, sl=slice(None)):
         """The projection of stage outputs ``v`` (images ``sl`` of the batch) and the masks
         (coefficients inside their box, pixels inside [0, 255]) its adjoint needs."""
-        xp = self.xp
-        y = self._bdct(v - self.dtype.type(128))
-        inside = (y > self.lower[sl]) & (y < self.upper[sl])
-        w = self._bdct(xp.clip(y, self.lower[sl], self.upper[sl]), inverse=True) + self.dtype.type(128)
-        unclipped = (w > 0) & (w < 255)
-        return xp.clip(w, 0, 255).astype(self.dtype, copy=False), inside, unclipped
+        return project_to_box(v, self.lower[sl], self.upper[sl], masks=True)
 
-    def adjoint(self, g, inside, unclipped):
-        """``dL/dv`` from ``g = dL/du`` (the projection's Jacobian is symmetric)."""
-        gy = self._bdct(g * unclipped) * inside
-        return self._bdct(gy, inverse=True).astype(self.dtype, copy=False)
+    @staticmethod
+    def adjoint(g, inside, unclipped):
+        """``dL/dv`` from ``g = dL/du``."""
+        return project_to_box_adjoint(g, inside, unclipped)
 
 
 class GemmTrainer:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .._deblock import deblock_trd
-from .._jpeg import QuantisationConstraint, jpeg_roundtrip, quantised_coefficients
+from .._jpeg import QuantizationConstraint, jpeg_roundtrip, quantized_coefficients
 from .._metrics import psnr
 from .._model import TRDModel, atomic_write_bytes
 from .._registry import load_model
@@ -121,7 +121,7 @@ def jpeg_pairs(clean, quality, scale=0.8):
     starts, lowers, uppers = [], [], []
     for img in clean:
         decoded, table = jpeg_roundtrip(img, quality)
-        c = QuantisationConstraint(quantised_coefficients(decoded, table), table, scale)
+        c = QuantizationConstraint(quantized_coefficients(decoded, table), table, scale)
         starts.append(c.start)
         lowers.append(c.lower)
         uppers.append(c.upper)
