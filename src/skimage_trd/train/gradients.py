@@ -70,7 +70,10 @@ its gradient with respect to a flat float64 parameter vector (the layout of
 :func:`pack_params`), for joint training of all stages (Eq. 11, backpropagation
 through the stages) or for greedy training of the last stage (Eq. 4), in a
 form that ``scipy.optimize.minimize(..., jac=True, method='L-BFGS-B')`` uses
-directly. :func:`params_to_model` and :func:`model_to_params` convert between
+directly. Both trainers run through one driver, :func:`backprop`: stages forward,
+the loss (:func:`mse_loss`), stages backward, whatever backend serves the stages
+(:class:`KernelStages` here, ``gradients_cupy.GemmTrainer`` on the GPU).
+:func:`params_to_model` and :func:`model_to_params` convert between
 parameter vectors and :class:`~skimage_trd.TRDModel`.
 """
 
@@ -105,6 +108,9 @@ __all__ = [
     "stage_gradient",
     "forward_batch",
     "loss_and_grad",
+    "KernelStages",
+    "backprop",
+    "mse_loss",
 ]
 
 STRIP = 32  # response rows per parallel work item of the Numba kernels
@@ -1066,39 +1072,79 @@ def loss_and_grad(params, noisy, clean, spec, *, stages="all", backend="numba", 
     x = _as_batch(clean, "clean", f.dtype)
     if x.shape != f.shape:
         raise ValueError(f"noisy and clean must have the same shape, got {f.shape} and {x.shape}")
-    trained = _projected(unpack_params(params, spec), projection)
-    kw = dict(backend=backend, rbf_reach=rbf_reach)
+    kernels = KernelStages(f, spec, backend=backend, rbf_reach=rbf_reach, projection=projection)
+    u0 = f
     if stages == "last":
-        if len(trained) != 1:
-            raise ValueError(f"stages='last' trains one stage: params must have length "
-                             f"{spec.stage_size}, got {np.size(params)}")
         if u_start is not None:
-            u_prev = _as_batch(u_start, "u_start", f.dtype)
-            if u_prev.shape != f.shape:
+            u0 = _as_batch(u_start, "u_start", f.dtype)
+            if u0.shape != f.shape:
                 raise ValueError(f"u_start must have the shape of noisy {f.shape}, "
-                                 f"got {u_prev.shape}")
+                                 f"got {u0.shape}")
         elif fixed is not None and len(_stage_list(fixed, spec)):
-            u_prev = forward_batch(f, fixed, spec, projection=projection, **kw)
-        else:
-            u_prev = f
-        us = [u_prev]
-    else:
-        us = [f]
-    masks = []
+            u0 = forward_batch(f, fixed, spec, backend=backend, rbf_reach=rbf_reach,
+                               projection=projection)
+    return backprop(kernels, params, spec, x, u0, stages=stages)
+
+
+# --------------------------------------------------------------------------- the one driver
+class KernelStages:
+    """The stages of a batch ``f`` with the Numba kernels (or the NumPy reference): the
+    backend :func:`backprop` drives on the CPU (``gradients_cupy.GemmTrainer`` is the other).
+
+    A backend provides ``xp`` (its array module), ``stage(params)`` (a stage prepared for it),
+    ``stage_forward(stage, u) -> (u_t, saved)`` and
+    ``stage_backward(stage, u, saved, g, input_grad) -> (StageParams gradient, dL/du or None)``,
+    with ``g = dL/du_t``; a deblocking stage applies its projection in both (Eq. 9).
+    """
+
+    xp = np
+
+    def __init__(self, f, spec, *, backend="numba", rbf_reach=None, projection=None):
+        self.f, self.spec, self.projection = f, spec, projection
+        self.kw = dict(backend=backend, rbf_reach=rbf_reach)
+
+    def stage(self, params):
+        return _projected([params], self.projection)[0]
+
+    def stage_forward(self, stage, u):
+        return _step(u, self.f, stage, self.spec, self.projection, **self.kw)
+
+    def stage_backward(self, stage, u, saved, g, input_grad):
+        if self.projection is not None:
+            g = self.projection.adjoint(g, *saved)  # dL/du_t -> dL/dv_t
+        gr = stage_gradient(u, self.f, g, stage, self.spec, input_grad=input_grad, **self.kw)
+        d_log_lambda = 0.0 if self.projection is not None else gr.log_lambda  # unused there
+        return StageParams(gr.coefficients, gr.weights, d_log_lambda), gr.u
+
+
+def mse_loss(u, clean, xp=np):
+    """``1/2 sum ||u - clean||**2`` (accumulated in float64) and its gradient ``u - clean``."""
+    residual = u - clean
+    return 0.5 * float(xp.sum(residual.astype(xp.float64) ** 2)), residual
+
+
+def backprop(backend, params, spec, clean, u0, *, stages="all"):
+    """Loss and gradient of the stages ``params`` (flat vector) run from ``u0``: every stage
+    forward (keeping each ``u_t``), the loss on ``u_T``, then backpropagation through the
+    stages, the same for every backend (:class:`KernelStages`, ``GemmTrainer``).
+
+    ``stages='last'``: ``params`` is one stage appended to fixed ones whose output is ``u0``
+    (greedy training, Eq. 4), ``'all'``: joint training (Eq. 11).
+    """
+    if stages not in ("all", "last"):
+        raise ValueError(f"stages must be 'all' or 'last', got {stages!r}")
+    trained = [backend.stage(p) for p in unpack_params(params, spec)]
+    if stages == "last" and len(trained) != 1:
+        raise ValueError(f"stages='last' trains one stage: params must have length "
+                         f"{spec.stage_size}, got {np.size(params)}")
+    us, saved = [u0], []
     for st in trained:
-        u_t, mask = _step(us[-1], f, st, spec, projection, **kw)
-        us.append(u_t)
-        masks.append(mask)
-    residual = us[-1] - x
-    loss = 0.5 * float(np.sum(residual.astype(np.float64) ** 2))
-    g = residual
+        u, s = backend.stage_forward(st, us[-1])
+        us.append(u)
+        saved.append(s)
+    loss, g = mse_loss(us[-1], clean, backend.xp)
     grads = [None] * len(trained)
     for t in range(len(trained) - 1, -1, -1):
-        if projection is not None:
-            g = projection.adjoint(g, *masks[t])  # dL/du_t -> dL/dv_t
-        need_u = stages == "all" and t > 0
-        gr = stage_gradient(us[t], f, g, trained[t], spec, input_grad=need_u, **kw)
-        d_log_lambda = 0.0 if projection is not None else gr.log_lambda  # deblocking: unused
-        grads[t] = StageParams(gr.coefficients, gr.weights, d_log_lambda)
-        g = gr.u
+        grads[t], g = backend.stage_backward(trained[t], us[t], saved[t], g,
+                                             stages == "all" and t > 0)
     return loss, pack_params(grads)

@@ -34,8 +34,7 @@ from .gradients import (
     TrainingSpec,
     _filter_grad_to_coefficients,
     _filters_and_norms,
-    pack_params,
-    unpack_params,
+    backprop,
 )
 
 __all__ = ["GemmTrainer"]
@@ -260,12 +259,6 @@ class GemmTrainer:
         if self.deblock:
             self.projection = BatchProjection(*constraint, self.f.shape, xp, self.dtype)
 
-    def _project(self, v, sl):
-        return self.projection.project(v, sl)
-
-    def _project_adjoint(self, g, inside, unclipped):
-        return self.projection.adjoint(g, inside, unclipped)
-
     # -------------------------------------------------------------------------- one stage
     def _pad(self, u, mode):
         p = 2 * self.spec.radius
@@ -287,20 +280,25 @@ class GemmTrainer:
         out = u - (d + self.dtype.type(st.lam) * (u - f))
         return (out, (U, Z, V, D)) if keep else (out, None)
 
+    def stage(self, params):
+        return _Stage(params, self.spec, self.xp, self.dtype, self.deblock)
+
     def stage_forward(self, st, u):
+        """The stage's output on the batch (and nothing saved: the backward pass recomputes
+        the responses chunk by chunk)."""
         outs = []
         for sl in self._slices(u):
             out = self._forward_chunk(st, u[sl], self.f[sl], False)[0]
             if self.deblock:
-                out = self._project(out, sl)[0]
+                out = self.projection.project(out, sl)[0]
             outs.append(out)
-        return self.xp.concatenate(outs) if len(outs) > 1 else outs[0]
+        return (self.xp.concatenate(outs) if len(outs) > 1 else outs[0]), None
 
     def _slices(self, u):
         B = u.shape[0]
         return [slice(b, min(B, b + self.chunk)) for b in range(0, B, self.chunk)]
 
-    def stage_backward(self, st: _Stage, u, g, need_input_grad):
+    def stage_backward(self, st: _Stage, u, saved, g, need_input_grad):
         """Parameter gradient (dK (N, F*F) float64, dW, dtheta) and dL/du of one stage."""
         xp, F, r = self.xp, self.spec.kernel_size, self.spec.radius
         dK = np.zeros((st.K.shape[0], F * F))
@@ -313,7 +311,7 @@ class GemmTrainer:
             Hz, Wz = H + 2 * r, W + 2 * r
             v, (U, Z, V, D) = self._forward_chunk(st, uc, fc, True)
             if self.deblock:  # back through the projection: gc becomes dL/dv
-                gc = self._project_adjoint(gc, *self._project(v, sl)[1:])
+                gc = self.projection.adjoint(gc, *self.projection.project(v, sl)[1:])
             Ug = _im2col(self._pad(-gc, "zero"), F, Hz, Wz, xp)
             E = st.K @ Ug
             S = E * D
@@ -334,32 +332,14 @@ class GemmTrainer:
         """Outputs of the stages (list of StageParams) on the batch, starting from ``u``."""
         u = self.f if u is None else u
         for p in stages:
-            u = self.stage_forward(_Stage(p, self.spec, self.xp, self.dtype, self.deblock), u)
+            u = self.stage_forward(self.stage(p), u)[0]
         return u
 
     def loss_and_grad(self, params, *, stages="all", u_start=None):
-        """As :func:`skimage_trd.train.gradients.loss_and_grad`, on the device batch."""
-        xp = self.xp
-        trained = unpack_params(params, self.spec)
-        if stages == "last":
-            u0 = self.f if u_start is None else u_start
-            sts = [_Stage(trained[0], self.spec, xp, self.dtype, self.deblock)]
-            us = [u0, self.stage_forward(sts[0], u0)]
-        elif stages == "all":
-            sts = [_Stage(p, self.spec, xp, self.dtype, self.deblock) for p in trained]
-            us = [self.f]
-            for st in sts:
-                us.append(self.stage_forward(st, us[-1]))
-        else:
-            raise ValueError(f"stages must be 'all' or 'last', got {stages!r}")
-        residual = us[-1] - self.x
-        loss = 0.5 * float(xp.sum(residual.astype(xp.float64) ** 2))
-        g = residual
-        grads = [None] * len(sts)
-        for t in range(len(sts) - 1, -1, -1):
-            need = stages == "all" and t > 0
-            grads[t], g = self.stage_backward(sts[t], us[t], g, need)
-        return loss, pack_params(grads)
+        """As :func:`skimage_trd.train.gradients.loss_and_grad`, on the device batch (the
+        same driver, :func:`skimage_trd.train.gradients.backprop`)."""
+        u0 = self.f if stages != "last" or u_start is None else u_start
+        return backprop(self, params, self.spec, self.x, u0, stages=stages)
 
 
 def _to_host(a):
