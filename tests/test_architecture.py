@@ -261,3 +261,32 @@ def test_at_most_six_positional_parameters():
                             and not mod.endswith("_unrolled")):
                         bad.append(f"{name} takes {n} positional parameters")
     assert not bad, "\n".join(bad)
+
+
+def _compares_backend_to_auto(tree):
+    """Lines of ``tree`` comparing a name containing 'backend' with the string 'auto'."""
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare) and isinstance(node.left, (ast.Name, ast.Attribute)):
+            name = node.left.id if isinstance(node.left, ast.Name) else node.left.attr
+            if "backend" in name and any(isinstance(c, ast.Constant) and c.value == "auto"
+                                         for c in node.comparators):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_backend_and_array_module_told_in_one_place():
+    # 'auto' is resolved by _arrays.resolve_backend only; CuPy arrays are told apart by
+    # _arrays.array_module only (no duck-typing on .get, no __import__("cupy"))
+    assert _compares_backend_to_auto(ast.parse('if backend == "auto": pass')) == [1]
+    bad = []
+    for mod, path in MODULES.items():
+        text = path.read_text()
+        if mod != "skimage_trd._arrays":
+            bad += [f"{mod}:{n} resolves backend 'auto'"
+                    for n in _compares_backend_to_auto(ast.parse(text))]
+        for pattern in ('hasattr(', '__import__("cupy")'):
+            for n, line in enumerate(text.splitlines(), 1):
+                if pattern in line and (pattern != "hasattr(" or '"get"' in line):
+                    bad.append(f"{mod}:{n}: {line.strip()}")
+    assert not bad, "\n".join(bad)

@@ -14,6 +14,7 @@ from ._arrays import (
     float_dtype,
     iter_planes,
     normalize_channel_axis,
+    resolve_backend,
 )
 from ._jpeg import (
     QuantizationConstraint,
@@ -24,7 +25,7 @@ from ._jpeg import (
 )
 from ._registry import resolve_models
 from .kernels.cuda import cupy_module
-from .kernels.engine import BACKENDS, run_model
+from .kernels.engine import run_model
 from .kernels.numba_cpu import numba_threads
 
 __all__ = ["deblock_trd", "deblock_jpeg"]
@@ -219,10 +220,7 @@ def deblock_trd(
     if channel_axis is not None and image.shape[channel_axis] != 3:
         raise ValueError(f"colour deblocking needs 3 channels (RGB) on channel_axis, got "
                          f"{image.shape[channel_axis]}")
-    if backend == "auto":
-        backend = "cupy" if kind == "cupy" else "numba"
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose 'auto' or one of {BACKENDS}")
+    backend = resolve_backend(backend, kind)
     luma, q = _luma_table(quality, qtable)
     bank = resolve_models(model, "deblock")
     m = _pick(bank, q)
@@ -233,8 +231,6 @@ def deblock_trd(
     options = dict(luma=luma, model=m, backend=backend, num_threads=num_threads,
                    constraint_scale=constraint_scale, n_stages=n_stages)
     if kind == "dask":
-        if backend == "cupy":
-            raise ValueError("dask arrays run on the CPU backends ('numba', 'numpy')")
         import dask
 
         # one pass over the input: NaN, inf and the range, before anything lazy is built

@@ -28,7 +28,7 @@ import threading
 
 import numpy as np
 
-from .._arrays import BACKENDS, normalize_tile_shape
+from .._arrays import BACKENDS, _xp, normalize_tile_shape
 from . import numba_cpu as nk
 from .cuda import run_cupy
 from .prepare import LINEAR_TABLE_TOLERANCE, TABLE_TOLERANCE, model_fingerprint, prepare
@@ -157,7 +157,7 @@ def run_model(
     """
     if backend not in _RUNNERS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-    xp = __import__("cupy") if backend == "cupy" else np
+    xp = _xp(f)
     # (the public functions check this too; a NaN would index the tables with garbage)
     if not bool(xp.isfinite(f).all()):
         raise ValueError("the image holds NaN or infinite values")

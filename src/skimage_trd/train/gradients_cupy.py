@@ -26,6 +26,7 @@ import math
 
 import numpy as np
 
+from .._arrays import _xp
 from .._jpeg import project_to_box, project_to_box_adjoint
 from ..kernels.cuda import CUDA_PRELUDE, RBF_SUM_SOURCE, cached_kernel
 from ..kernels.influence import influence_and_derivative, rbf_reach_terms
@@ -343,4 +344,4 @@ class GemmTrainer:
 
 
 def _to_host(a):
-    return a.get() if hasattr(a, "get") else np.asarray(a)
+    return a.get() if _xp(a) is not np else np.asarray(a)
