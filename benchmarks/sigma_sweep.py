@@ -1,7 +1,7 @@
 """BSD68 PSNR for sigma = 5, 10, ..., 75: the shipped model bank against BM3D at every sigma.
 
     python benchmarks/sigma_sweep.py [--sigmas 5,10,...,75] [--results FILE] [--threads 2]
-        [--data FOLDER]
+        [--data FOLDER] [--model NAME_OR_PATH,...]
 
 BSD68 is read from ../shared/data/bsd68 or --data (docs/protocols.md says where to get it);
 BM3D needs the ``benchmarks`` extra (``pip install ".[benchmarks]"``) or ``--no-bm3d``.
@@ -19,6 +19,10 @@ are appended to ``--results`` (JSON lines) as they are measured and reused on a 
 sweep can be interrupted, resumed, or split over processes by sigma. The table printed at the end
 holds the sigmas for which all 68 images are measured; the authors' dedicated models' figures
 (docs/protocols.md, where known) are printed beside for reference.
+
+``--model`` runs TRD with another bank (``denoise_trd(noisy, sigma, model=[...])``: names of
+shipped or registry models, or .npz paths), to try a model before it joins the shipped bank;
+its results are kept apart in ``--results`` under that bank's label.
 """
 
 from __future__ import annotations
@@ -51,11 +55,14 @@ def load_results(path):
         for line in path.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
-                done[r["sigma"], r["image"]] = r
+                done[r.get("bank", SHIPPED), r["sigma"], r["image"]] = r
     return done
 
 
-def measure(sigmas, files, results_path, use_bm3d):
+SHIPPED = "shipped"
+
+
+def measure(sigmas, files, results_path, use_bm3d, bank=SHIPPED):
     from skimage.io import imread
 
     from skimage_trd import denoise_trd
@@ -66,17 +73,20 @@ def measure(sigmas, files, results_path, use_bm3d):
         except ImportError:
             sys.exit("BM3D needs the package bm3d: pip install \".[benchmarks]\" (or pass --no-bm3d)")
     done = load_results(results_path)
+    model = None if bank == SHIPPED else bank.split(",")
     with results_path.open("a") as log:
         for sigma in sigmas:
             rng = np.random.default_rng(0)
             for path in files:
                 clean = imread(path).astype(np.float64)
                 noisy = clean + sigma * rng.standard_normal(clean.shape)  # drawn even when cached
-                key = (sigma, path.name)
+                key = (bank, sigma, path.name)
                 if key in done and (done[key].get("bm3d") is not None or not use_bm3d):
                     continue
                 row = {"sigma": sigma, "image": path.name, "noisy": psnr(noisy, clean),
-                       "trd": psnr(denoise_trd(noisy, sigma), clean), "bm3d": None}
+                       "trd": psnr(denoise_trd(noisy, sigma, model=model), clean), "bm3d": None}
+                if bank != SHIPPED:
+                    row["bank"] = bank
                 if use_bm3d:
                     row["bm3d"] = psnr(255.0 * bm3d.bm3d(noisy / 255.0, sigma_psd=sigma / 255.0),
                                        clean)
@@ -88,17 +98,20 @@ def measure(sigmas, files, results_path, use_bm3d):
     return done
 
 
-def table(done, sigmas, names):
-    lines = ["| sigma | noisy | TRD (shipped bank) | BM3D | TRD - BM3D | authors' model at this sigma |",
+def table(done, sigmas, names, bank=SHIPPED):
+    label = "shipped bank" if bank == SHIPPED else f"bank {bank}"
+    lines = [f"| sigma | noisy | TRD ({label}) | BM3D | TRD - BM3D | authors' model at this sigma |",
              "|---|---|---|---|---|---|"]
     for sigma in sigmas:
-        rows = [done[sigma, name] for name in names if (sigma, name) in done]
+        rows = [done[bank, sigma, name] for name in names if (bank, sigma, name) in done]
         if len(rows) < len(names):
             lines.append(f"| {sigma:g} | ({len(rows)}/{len(names)} images measured) | | | | |")
             continue
         trd = np.mean([r["trd"] for r in rows])
         noisy = np.mean([r["noisy"] for r in rows])
-        bm = [r["bm3d"] for r in rows]
+        # BM3D does not depend on the bank: a candidate bank's rows borrow the shipped run's
+        bm = [r["bm3d"] if r["bm3d"] is not None
+              else done.get((SHIPPED, sigma, name), {}).get("bm3d") for r, name in zip(rows, names)]
         bm3d_txt, diff_txt = "-", "-"
         if all(b is not None for b in bm):
             bm3d_txt, diff_txt = f"{np.mean(bm):.2f}", f"{trd - np.mean(bm):+.2f}"
@@ -118,6 +131,9 @@ def main(argv=None):
     ap.add_argument("--no-bm3d", action="store_true")
     ap.add_argument("--table-only", action="store_true", help="print the table from --results")
     ap.add_argument("--data", default=str(DATA / "bsd68"), help="the BSD68 images")
+    ap.add_argument("--model", default=SHIPPED,
+                    help="comma-separated models (names or .npz paths) to use as the bank "
+                         "instead of the shipped one")
     args = ap.parse_args(argv)
     from skimage_trd.kernels.numba_cpu import set_threads
 
@@ -127,10 +143,10 @@ def main(argv=None):
     if args.table_only:
         done = load_results(args.results)
     else:
-        done = measure(sigmas, files, args.results, not args.no_bm3d)
+        done = measure(sigmas, files, args.results, not args.no_bm3d, args.model)
     print(f"\n# BSD68 ({len(files)} images), PSNR dB; {platform.platform()}; "
           f"{datetime.date.today()}; python {' '.join(sys.argv)}")
-    print(table(done, sigmas, [f.name for f in files]))
+    print(table(done, sigmas, [f.name for f in files], args.model))
 
 
 if __name__ == "__main__":

@@ -224,9 +224,6 @@ def test_penalty_functions_and_plot_model():
 # Functions that still take more than six positional parameters, each with its reason. Numba
 # kernels are exempt: they take arrays and scalars one by one (Numba takes no dataclasses).
 MANY_POSITIONAL = {
-    # the training loop is split up with issue 18 (losses without clean images)
-    "skimage_trd.train.run._lbfgs_chunks",
-    "skimage_trd.train.gradients_cupy.GemmTrainer.__init__",
     # the Python face of the Numba stage kernels, with their signature (it picks the kernel
     # compiled for the filter size)
     "skimage_trd.kernels.numba_cpu.trd_stage",

@@ -239,7 +239,7 @@ class GemmTrainer:
     dtype : float32 or float64
     """
 
-    def __init__(self, noisy, clean, spec, xp=np, dtype=np.float32, images_per_chunk=None,
+    def __init__(self, noisy, clean, spec, xp=np, dtype=np.float32, *, images_per_chunk=None,
                  constraint=None):
         self.xp = xp
         self.dtype = np.dtype(dtype)

@@ -306,7 +306,7 @@ def _git_commit():
         return os.environ.get("SKIMAGE_TRD_COMMIT", "unknown")
 
 
-def _lbfgs_chunks(fun, x, done, total, chunk, on_chunk, reporter, label):
+def _lbfgs_chunks(fun, x, done, total, *, chunk, on_chunk, reporter, label):
     """Run L-BFGS-B from ``x`` until ``total`` iterations, restarting every ``chunk``."""
     from scipy.optimize import minimize
 
@@ -542,7 +542,7 @@ def train_model(
                 (f", validation PSNR {val:.3f}" if val is not None else ""))
 
         xv = _lbfgs_chunks(obj, pack_params([current]), state["done"], config.greedy_iterations,
-                           config.chunk, on_chunk, reporter, label)
+                           chunk=config.chunk, on_chunk=on_chunk, reporter=reporter, label=label)
         trained = trained + unpack_params(xv, spec)
         current = None
         state["stage"] = t + 1
@@ -564,7 +564,8 @@ def train_model(
                 (f", validation PSNR {val:.3f}" if val is not None else ""))
 
         xv = _lbfgs_chunks(obj, pack_params(trained), state["done"], config.joint_iterations,
-                           config.chunk, on_chunk, reporter, f"joint {T} stages")
+                           chunk=config.chunk, on_chunk=on_chunk, reporter=reporter,
+                           label=f"joint {T} stages")
         trained = unpack_params(xv, spec)
     final_loss, _ = obj(pack_params(trained))
     provenance = {
