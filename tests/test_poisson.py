@@ -1,6 +1,8 @@
 """Poisson-Gaussian noise: the variance-stabilising transform, its exact unbiased inverse, the
 parameter estimator, and denoising through them."""
 
+import warnings
+
 import numpy as np
 import pytest
 from skimage import data
@@ -104,3 +106,24 @@ def test_estimator_refuses_what_it_cannot_fit():
     flat = 100 + 3 * rng.standard_normal((64, 64))
     with pytest.raises(ValueError, match="too small or too flat"):
         estimate_poisson_gaussian(flat, offset=100)
+
+
+def test_below_offset_zero_signal_and_saturation():
+    rng = np.random.default_rng(4)
+    # no signal: read noise around the dark level, partly below it; comes back as the offset
+    dark = OFFSET + READ * rng.standard_normal((96, 96))
+    assert (dark < OFFSET).mean() > 0.4
+    out = denoise_trd_poisson(dark, GAIN, READ, offset=OFFSET)
+    assert np.all(np.isfinite(out)) and abs(out.mean() - OFFSET) < 0.5 and out.std() < 0.5
+    # saturated 12-bit camera: restored as if unsaturated, and said so
+    y = np.full((96, 96), 5.0)
+    y[:, 48:] = 5000.0
+    raw = np.minimum(GAIN * rng.poisson(y) + OFFSET, 4095).astype(np.uint16)
+    with pytest.warns(UserWarning, match="full-scale"):
+        out = denoise_trd_poisson(raw, GAIN, READ, offset=OFFSET)
+    assert abs(out[:, 60:].mean() - 4095) < 5
+    unsaturated = np.minimum(raw, 4000)
+    unsaturated[0, 0] = 4095  # a single full-scale pixel is no saturation
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        denoise_trd_poisson(unsaturated, GAIN, READ, offset=OFFSET)

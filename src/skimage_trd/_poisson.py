@@ -15,6 +15,7 @@ quadrature and tabulated. The estimator fits the noise level function
 from __future__ import annotations
 
 import math
+import warnings
 from functools import lru_cache
 
 import numpy as np
@@ -130,6 +131,24 @@ def estimate_poisson_gaussian(image, *, offset=0.0, n_bins=16):
     return float(gain), math.sqrt(max(c + gain * offset, 0.0))
 
 
+def _warn_saturated(image):
+    """Warn when integer input holds more than 0.1 % of pixels at a full-scale value (2**k - 1
+    for k = 8 ... 16, or the dtype's maximum): a saturated camera, outside the noise model."""
+    if image.dtype.kind not in "ui" or image.size == 0:
+        return
+    top = int(image.max())
+    full_scale = {2**k - 1 for k in range(8, 17)} | {int(np.iinfo(image.dtype).max)}
+    if top not in full_scale:
+        return
+    fraction = float(np.count_nonzero(image == top)) / image.size
+    if fraction > 1e-3:
+        warnings.warn(
+            f"{100 * fraction:.2g} % of the pixels are at {top}, a full-scale value: saturated "
+            "pixels do not follow the Poisson-Gaussian model and are restored as if they were "
+            "not saturated (biased low). Mask them, or lower the exposure.",
+            UserWarning, stacklevel=3)
+
+
 def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channel_axis=None,
                         preserve_dtype=False, **kwargs):
     """Denoise Poisson-Gaussian data (photon counts plus read noise) with the Gaussian models.
@@ -166,7 +185,23 @@ def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channe
     Notes
     -----
     The generalised Anscombe transform stabilises the variance to 1, the Gaussian model
-    denoises with ``sigma = 1``, and the exact unbiased inverse maps the result back.
+    denoises with ``sigma = 1`` (the bank's model for the stabilised plane's noise, up to
+    sigma 100 on the 0..255 scale at a few photons), and the exact unbiased inverse maps the
+    result back.
+
+    Input outside the model, and what happens to it:
+
+    - values below ``offset`` (read noise around the dark level) are expected and kept: the
+      transform maps everything below its domain to 0, whose inverse is ``offset``;
+    - a plane without signal (only read noise around ``offset``) comes back as ``offset``
+      plus a small residue; its gain cannot be told, so pass ``gain`` for such planes, or
+      the estimate fails with a ``ValueError`` where the noise does not grow with brightness;
+    - saturated pixels (integer input at a full-scale value such as 4095 or 65535) do not
+      follow the Poisson model: they are restored as if they were not saturated (their
+      expected value is biased low), with a ``UserWarning`` when more than 0.1 % of a
+      plane's pixels are saturated;
+    - ``gain`` not positive or not finite, negative ``read_noise``, NaN or infinite pixels,
+      and an ``offset`` above 99 % of the data raise ``ValueError``.
     """
     if array_module(image) == "cupy":
         image = image.get()
@@ -180,6 +215,7 @@ def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channe
                          f"{read_noise!r}")
     if not np.isfinite(offset):
         raise ValueError(f"offset must be a finite number (camera units), got {offset!r}")
+    _warn_saturated(image)
     x = image.astype(np.float64)
     if np.percentile(x.reshape(-1)[:: max(1, x.size // 1_000_000)], 99) < offset:
         raise ValueError(
