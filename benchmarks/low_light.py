@@ -149,8 +149,20 @@ def _mean(values):
     return float(np.mean(values)) if values else float("nan")
 
 
+def _cpu():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def table(done, peaks, images, bank, group):
     names = [n for n in images if n.startswith(group + "/")]
+    if not names:
+        return ""
     lines = [f"{group} ({len(names)} images), bank: {bank}",
              "| peak photons | noisy | TRD, parameters given | TRD, estimated | "
              "BM3D (same transform), given | TRD - BM3D (given) | estimation costs TRD | "
@@ -166,11 +178,13 @@ def table(done, peaks, images, bank, group):
         bm = _mean([b.get("bm3d_given") for b in bm_rows])
         failed = sum(r["trd_estimated"] is None for r in rows)
         est_txt = f"{est:.2f}" + (f" ({failed} failed)" if failed else "")
+        t_bm = _mean([b.get("seconds_bm3d") for b in bm_rows])
+        bm_txt, diff_txt, t_bm_txt = ("-", "-", "-") if np.isnan(bm) else (
+            f"{bm:.2f}", f"{trd - bm:+.2f}", f"{t_bm:.2f}")
         lines.append(
             f"| {peak:g} | {_mean([r['noisy'] for r in rows]):.2f} | {trd:.2f} | {est_txt} | "
-            f"{bm:.2f} | {trd - bm:+.2f} | {trd - est:.2f} | "
-            f"{_mean([r['seconds_trd'] for r in rows]):.3f} / "
-            f"{_mean([b.get('seconds_bm3d') for b in bm_rows]):.2f} |")
+            f"{bm_txt} | {diff_txt} | {trd - est:.2f} | "
+            f"{_mean([r['seconds_trd'] for r in rows]):.3f} / {t_bm_txt} |")
     return "\n".join(lines)
 
 
@@ -192,13 +206,15 @@ def main(argv=None):
     peaks = [float(p) for p in args.peaks.split(",")]
     images = load_images(args.data, args.images)
     done = measure(peaks, images, args.results, args.model, not args.no_bm3d)
-    print(f"\n# {platform.platform()}, {platform.processor() or platform.machine()}; "
+    print(f"\n# {platform.platform()}, {_cpu()}; "
           f"TRD threads={args.threads}; {datetime.date.today()}; python {' '.join(sys.argv)}")
     print(f"# gain {GAIN:g} units/photon, offset {OFFSET:g}, read noise {READ:g} units; "
           "mean PSNR (dB) against gain * expected photons + offset")
     for group in ("set12", "microscopy"):
-        print()
-        print(table(done, peaks, images, args.model, group))
+        text = table(done, peaks, images, args.model, group)
+        if text:
+            print()
+            print(text)
 
 
 if __name__ == "__main__":

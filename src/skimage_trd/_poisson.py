@@ -185,9 +185,10 @@ def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channe
     Notes
     -----
     The generalised Anscombe transform stabilises the variance to 1, the Gaussian model
-    denoises with ``sigma = 1`` (the bank's model for the stabilised plane's noise, up to
-    sigma 100 on the 0..255 scale at a few photons), and the exact unbiased inverse maps the
-    result back.
+    denoises with ``sigma = 1`` (the bank's model nearest the stabilised plane's noise
+    relative to its range, as :func:`skimage_trd.denoise_trd` chooses; at a few photons that
+    is the sigma-50 model on a contrast-compressed plane), and the exact unbiased inverse maps
+    the result back.
 
     Input outside the model, and what happens to it:
 
