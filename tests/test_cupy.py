@@ -88,7 +88,7 @@ def test_denoise_trd_cupy_in_cupy_out():
     assert isinstance(out_c, cp.ndarray)
 
 
-def test_gemm_gradients_on_gpu_equal_numpy():
+def test_gpu_training_gradients_equal_numpy():
     from skimage_trd.train.gradients import StageParams, TrainingSpec, pack_params
     from skimage_trd.train.gradients_cupy import GemmTrainer
 

@@ -9,7 +9,12 @@ napari = pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 from napari_trd import _jobs  # noqa: E402
-from napari_trd._sample_data import jpeg_camera, noisy_camera, noisy_cells  # noqa: E402
+from napari_trd._sample_data import (  # noqa: E402
+    jpeg_camera,
+    low_light_cells,
+    noisy_camera,
+    noisy_cells,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -361,3 +366,228 @@ def test_deblock_widget_reports_bad_lazy_data(make_napari_viewer, qtbot):
     _wait(qtbot, widget)
     assert isinstance(widget.last_error, ValueError) and "8-bit" in widget.status.value
     assert [layer.name for layer in viewer.layers] == ["lazy"]
+
+
+# ------------------------------------------------------------ photon counting (low light)
+def _low_light(rows=slice(200, 456), cols=slice(150, 406)):
+    """A 256 x 256 part of the low-light sample around the cell (enough for the estimator)."""
+    (raw, meta, _), = low_light_cells()
+    return raw[rows, cols], meta
+
+
+def test_low_light_sample():
+    (raw, meta, kind), = low_light_cells()
+    info = meta["metadata"]
+    assert kind == "image" and raw.dtype == np.uint16 and raw.shape == (660, 550)
+    assert "low-light" in meta["name"] and "photon" in meta["name"]
+    assert (info["gain"], info["offset"], info["read_noise"], info["peak_photons"]) == (
+        2.0, 100.0, 3.0, 5.0)
+    clean = info["clean"]  # expected camera units: offset + gain * photons
+    assert (clean.max() - 100) / 2 == pytest.approx(5.0)
+    assert (clean.min() - 100) / 2 == pytest.approx(info["background_photons"])
+    # the noise is the model's: mean 0, variance gain**2 * photons + read_noise**2 (+ rounding)
+    residual = raw.astype(np.float64) - clean
+    expected_var = np.mean(2.0 * (clean - 100) + 9.0 + 1 / 12)
+    assert abs(residual.mean()) < 0.05
+    assert residual.var() == pytest.approx(expected_var, rel=0.03)
+    # seeded: the same image every time
+    np.testing.assert_array_equal(low_light_cells()[0][0], raw)
+
+
+def test_low_light_sample_is_in_the_manifest():
+    from importlib import resources
+
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_file(resources.files("napari_trd") / "napari.yaml")
+    samples = {s.key: s.command for s in manifest.contributions.sample_data}
+    assert samples["low_light_cells"] == "skimage-trd.sample_low_light_cells"
+    python_names = {c.id: c.python_name for c in manifest.contributions.commands}
+    assert python_names[samples["low_light_cells"]] == "napari_trd._sample_data:low_light_cells"
+
+
+def test_photon_job_equals_the_library_and_reports_overall_progress():
+    import skimage_trd
+
+    raw, _ = _low_light()
+    out = _jobs.denoise_photons(raw, gain=2.0, read_noise=3.0, offset=100.0)
+    np.testing.assert_array_equal(out, skimage_trd.denoise_trd_poisson(raw, 2.0, 3.0,
+                                                                      offset=100.0))
+    clean = low_light_cells()[0][1]["metadata"]["clean"][200:456, 150:406]
+    assert np.mean((out - clean) ** 2) < 0.3 * np.mean((raw - clean) ** 2)
+    # a stack, estimated: the library runs denoise_trd plane by plane (its progress restarts at
+    # every plane); the job's progress goes once from 0 to its total
+    stack = np.stack([raw, raw[::-1]])
+    seen = []
+    out = _jobs.denoise_photons(stack, offset=100.0, keep_dtype=True,
+                                progress=lambda d, t: seen.append((d, t)))
+    expected = skimage_trd.denoise_trd_poisson(stack, offset=100.0, preserve_dtype=True)
+    assert out.dtype == np.uint16
+    np.testing.assert_array_equal(out, expected)
+    done = [d for d, _ in seen]
+    assert done == sorted(done) and len(set(done)) == len(done)
+    assert seen[-1][0] == seen[-1][1] and len({t for _, t in seen}) == 1
+    assert done[len(done) // 2 - 1] == seen[-1][1] // 2  # the first plane's end: halfway
+    cancel = _jobs.new_event()
+    cancel.set()
+    with pytest.raises(_jobs.Cancelled):
+        _jobs.denoise_photons(raw, gain=2.0, read_noise=3.0, offset=100.0, cancel=cancel)
+    with pytest.raises(ValueError, match="above 99 %"):
+        _jobs.denoise_photons(raw, gain=2.0, read_noise=3.0, offset=1000.0)
+
+
+def test_photon_job_estimates_a_crop_from_its_whole_plane():
+    import skimage_trd
+
+    raw, _ = _low_light()
+    rgb = np.stack([raw, raw[::-1], raw[:, ::-1]], axis=-1)
+    part = rgb[40:80, 100:150]  # too small to estimate from on its own
+    out = _jobs.denoise_photons(part, offset=100.0, channel_axis=-1, estimate_from=rgb)
+    assert out.shape == part.shape
+    for c in range(3):
+        g, r = skimage_trd.estimate_poisson_gaussian(rgb[..., c], offset=100.0)
+        np.testing.assert_array_equal(
+            out[..., c], skimage_trd.denoise_trd_poisson(part[..., c], g, r, offset=100.0))
+    with pytest.raises(ValueError, match="cannot estimate"):
+        _jobs.denoise_photons(part[..., 0], offset=100.0)  # without the plane: refused
+
+
+def _visible_to(field, widget):
+    return field.native.isVisibleTo(widget.native)
+
+
+def _settle(qtbot, widget):
+    """Wait for the widget's estimates: a job started while workers fill Qt's thread pool
+    (two threads on two cores) can hang napari (see DenoiseWidget._update_estimate)."""
+    qtbot.waitUntil(lambda: not widget._estimating(), timeout=30_000)
+
+
+@pytest.mark.napari
+def test_denoise_widget_photon_counting(make_napari_viewer, qtbot):
+    import skimage_trd
+    from napari_trd import DenoiseWidget
+
+    viewer = make_napari_viewer()
+    raw, meta = _low_light()
+    layer = viewer.add_image(raw, name="dim", metadata=meta["metadata"])
+    widget = DenoiseWidget(viewer)
+    photon_fields = [widget.auto_photons, widget.gain, widget.offset, widget.read_noise,
+                     widget.photon_estimate]
+    # Gaussian mode as before: sigma shown, the camera's fields hidden
+    assert widget.noise.value == widget.GAUSSIAN
+    assert _visible_to(widget.sigma, widget) and _visible_to(widget.estimate, widget)
+    assert not any(_visible_to(f, widget) for f in photon_fields)
+    # the layer's metadata filled the camera's fields
+    assert (widget.gain.value, widget.offset.value, widget.read_noise.value) == (2.0, 100.0, 3.0)
+    widget.noise.value = widget.PHOTONS
+    assert not _visible_to(widget.sigma, widget) and not _visible_to(widget.estimate, widget)
+    assert all(_visible_to(f, widget) for f in photon_fields)
+    assert widget.auto_photons.value and not widget.gain.enabled and not widget.read_noise.enabled
+    # the estimate is computed in a thread and shown (the estimator's own numbers)
+    qtbot.waitUntil(lambda: widget.photon_estimate.value.startswith("gain "), timeout=30_000)
+    g, r = skimage_trd.estimate_poisson_gaussian(raw, offset=100.0)
+    assert widget.photon_estimate.value == f"gain {g:.4g}, read noise {r:.4g}"
+    # given values
+    widget.auto_photons.value = False
+    assert widget.gain.enabled and widget.read_noise.enabled
+    _settle(qtbot, widget)
+    widget.run()
+    _wait(qtbot, widget)
+    assert widget.last_error is None
+    np.testing.assert_array_equal(
+        viewer.layers["dim_trd"].data,
+        skimage_trd.denoise_trd_poisson(raw, 2.0, 3.0, offset=100.0, preserve_dtype=True))
+    # read noise 0 is a value, not 'estimate'
+    widget.read_noise.value = 0.0
+    widget.keep_dtype.value = False
+    widget.run()
+    _wait(qtbot, widget)
+    np.testing.assert_array_equal(viewer.layers["dim_trd [1]"].data,
+                                  skimage_trd.denoise_trd_poisson(raw, 2.0, 0.0, offset=100.0))
+    # estimated
+    widget.auto_photons.value = True
+    widget.run()
+    _wait(qtbot, widget)
+    assert widget.last_error is None
+    np.testing.assert_array_equal(viewer.layers["dim_trd [2]"].data,
+                                  skimage_trd.denoise_trd_poisson(raw, offset=100.0))
+    # the preview of the visible region (here a part of the plane), with estimates from the
+    # whole plane (as in a run), then with given values
+    assert widget.visible_region(layer)[0] == ()
+    rows, cols = slice(40, 100), slice(60, 140)
+    widget.visible_region = lambda _layer: ((), (rows, cols))
+    widget.preview()
+    _wait(qtbot, widget)
+    np.testing.assert_array_equal(
+        viewer.layers["dim_trd_preview"].data,
+        skimage_trd.denoise_trd_poisson(raw[rows, cols], g, r, offset=100.0))
+    widget.auto_photons.value = False
+    widget.read_noise.value = 3.0
+    widget.preview()
+    _wait(qtbot, widget)
+    np.testing.assert_array_equal(
+        viewer.layers["dim_trd_preview"].data,
+        skimage_trd.denoise_trd_poisson(raw[rows, cols], 2.0, 3.0, offset=100.0))
+    # a bad offset: the library's message as an error notification, no new layer
+    names = [ly.name for ly in viewer.layers]
+    widget.offset.value = 1000.0
+    _settle(qtbot, widget)
+    widget.run()
+    _wait(qtbot, widget)
+    assert isinstance(widget.last_error, ValueError)
+    assert "offset=1000 is above 99 %" in widget.status.value
+    assert [ly.name for ly in viewer.layers] == names
+    # the estimate follows the offset (read noise from the fitted line at the dark level)
+    widget.offset.value = 0.0
+    qtbot.waitUntil(lambda: widget.photon_estimate.value.startswith("gain "), timeout=30_000)
+    g0, r0 = skimage_trd.estimate_poisson_gaussian(raw, offset=0.0)
+    assert widget.photon_estimate.value == f"gain {g0:.4g}, read noise {r0:.4g}" and r0 != r
+    # back to Gaussian: exactly today's denoising
+    widget.noise.value = widget.GAUSSIAN
+    assert _visible_to(widget.sigma, widget) and not _visible_to(widget.gain, widget)
+    qtbot.waitUntil(lambda: widget.estimate.value not in ("-", widget.ESTIMATING), timeout=30_000)
+    assert float(widget.estimate.value) == pytest.approx(_jobs.estimate_noise(raw), rel=1e-3)
+    widget.sigma.value = 4.0
+    widget.run()
+    _wait(qtbot, widget)
+    np.testing.assert_array_equal(viewer.layers["dim_trd [3]"].data,
+                                  _jobs.denoise(raw, sigma=4.0, keep_dtype=False))
+
+
+@pytest.mark.napari
+def test_photon_estimate_says_when_it_cannot(make_napari_viewer, qtbot):
+    from napari_trd import DenoiseWidget
+
+    viewer = make_napari_viewer()
+    raw, _ = _low_light()
+    viewer.add_image(raw[100:124, 100:124], name="tiny")  # too small to estimate from
+    widget = DenoiseWidget(viewer)
+    widget.noise.value = widget.PHOTONS
+    qtbot.waitUntil(lambda: widget.photon_estimate.value.startswith("cannot"), timeout=30_000)
+    assert "at least 32x32" in widget.photon_estimate.tooltip
+    widget.offset.value = 100.0
+    _settle(qtbot, widget)
+    widget.run()  # estimated per plane: the same refusal, as an error notification
+    _wait(qtbot, widget)
+    assert isinstance(widget.last_error, ValueError) and "32x32" in widget.status.value
+    assert [ly.name for ly in viewer.layers] == ["tiny"]
+
+
+@pytest.mark.napari
+def test_job_warnings_reach_the_user(make_napari_viewer, qtbot):
+    from napari_trd import DenoiseWidget
+
+    viewer = make_napari_viewer()
+    raw, _ = _low_light()
+    raw = raw.copy()
+    raw[:8, :128] = 4095  # a saturated 12-bit camera: 1.6 % of the pixels at full scale
+    viewer.add_image(raw, name="saturated")
+    widget = DenoiseWidget(viewer)
+    widget.noise.value = widget.PHOTONS
+    widget.auto_photons.value = False
+    widget.gain.value, widget.read_noise.value, widget.offset.value = 2.0, 3.0, 100.0
+    _settle(qtbot, widget)
+    widget.run()
+    _wait(qtbot, widget)
+    assert widget.last_error is None and "saturated_trd" in viewer.layers
+    assert "full-scale" in str(widget.last_warning) and "UserWarning" in widget.status.value
