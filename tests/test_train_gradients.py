@@ -20,6 +20,7 @@ from skimage_trd.train.gradients import (
     stage_forward,
     stage_forward_reference,
     stage_gradient,
+    sure_loss_and_grad,
     unpack_params,
 )
 
@@ -382,3 +383,68 @@ def test_model_bridge_roundtrip():
     bad.filters[1, 0] += 0.1  # nonzero mean
     with pytest.raises(ValueError, match="not zero-mean"):
         model_to_params(bad)
+
+
+# ------------------------------------------------------------ losses without clean images
+def test_sure_gradient_finite_differences():
+    # both passes (from y and from y + eps b) differentiated exactly, joint and greedy
+    rng = np.random.default_rng(11)
+    spec, x, noisy, _ = _multi_stage_problem(rng, 3, (6, 5), 2)
+
+    def loss(v):
+        return sure_loss_and_grad(v, noisy, spec, sigma=20.0, backend="numpy", seed=3)[0]
+
+    value, grad = sure_loss_and_grad(x, noisy, spec, sigma=20.0, backend="numpy", seed=3)
+    for _ in range(3):
+        assert_fd(loss, grad, x, rng.normal(size=x.size), 1e-4)
+    size = spec.stage_size
+    fixed, last = x[:size], x[size:]
+
+    def greedy(v):
+        return sure_loss_and_grad(v, noisy, spec, sigma=20.0, stages="last", fixed=fixed,
+                                  backend="numpy", seed=3)[0]
+
+    gv, gg = sure_loss_and_grad(last, noisy, spec, sigma=20.0, stages="last", fixed=fixed,
+                                backend="numpy", seed=3)
+    assert gv == pytest.approx(value, rel=1e-12)  # the same two-stage map
+    assert_fd(greedy, gg, last, rng.normal(size=last.size), 1e-4)
+    # the Numba kernels give the same loss and gradient
+    nv, ng = sure_loss_and_grad(x, noisy, spec, sigma=20.0, backend="numba", seed=3)
+    assert nv == pytest.approx(value, rel=1e-9)
+    assert rel_err(ng, grad) < 1e-8
+
+
+def test_sure_is_an_unbiased_estimate_of_the_clean_loss():
+    # averaged over noise draws, SURE equals the loss against the clean images
+    rng = np.random.default_rng(12)
+    spec = make_spec(5)
+    x = pack_params([random_stage(rng, spec, 5.0) for _ in range(2)])
+    clean = rng.uniform(40, 215, (4, 24, 24))
+    sigma = 15.0
+    sure, true, naive = [], [], []
+    for k in range(40):
+        noisy = clean + sigma * rng.standard_normal(clean.shape)
+        sure.append(sure_loss_and_grad(x, noisy, spec, sigma=sigma, seed=k)[0])
+        true.append(loss_and_grad(x, noisy, clean, spec)[0])
+        # without the divergence term: the fit to the noisy image less N sigma^2 / 2
+        naive.append(loss_and_grad(x, noisy, noisy, spec)[0] - 0.5 * clean.size * sigma**2)
+    sure, true, naive = np.array(sure), np.array(true), np.array(naive)
+    spread = np.std(sure - true) / np.sqrt(len(sure))
+    assert abs(np.mean(sure - true)) < 4 * spread
+    assert abs(np.mean(sure - true)) < 0.02 * np.mean(true)
+    assert abs(np.mean(naive - true)) > 10 * spread  # the divergence term matters here
+    with pytest.raises(ValueError, match="sigma"):
+        sure_loss_and_grad(x, clean, spec, sigma=0.0)
+
+
+def test_noise2noise_target_is_unbiased():
+    # the loss is linear in the target's noise: two opposite noise draws average to the clean
+    # target's gradient exactly (Noise2Noise, Lehtinen et al. 2018)
+    rng = np.random.default_rng(13)
+    spec, x, noisy, clean = _multi_stage_problem(rng, 3, (6, 5), 2)
+    n = 20.0 * rng.standard_normal(clean.shape)
+    lp, gp = loss_and_grad(x, noisy, clean + n, spec, backend="numpy")
+    lm, gm = loss_and_grad(x, noisy, clean - n, spec, backend="numpy")
+    lc, gc = loss_and_grad(x, noisy, clean, spec, backend="numpy")
+    assert rel_err(0.5 * (gp + gm), gc) < 1e-10
+    assert 0.5 * (lp + lm) == pytest.approx(lc + 0.5 * np.sum(n**2), rel=1e-12)

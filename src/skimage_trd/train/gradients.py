@@ -111,6 +111,8 @@ __all__ = [
     "KernelStages",
     "backprop",
     "mse_loss",
+    "sure_backprop",
+    "sure_loss_and_grad",
 ]
 
 STRIP = 32  # response rows per parallel work item of the Numba kernels
@@ -1086,6 +1088,35 @@ def loss_and_grad(params, noisy, clean, spec, *, stages="all", backend="numba", 
     return backprop(kernels, params, spec, x, u0, stages=stages)
 
 
+def sure_loss_and_grad(params, noisy, spec, *, sigma, stages="all", backend="numba", fixed=None,
+                       seed=0, eps=None, rbf_reach=None):
+    """Training loss without clean images: Monte-Carlo SURE (:func:`sure_backprop`) of the
+    stages on the noisy batch, for Gaussian noise of standard deviation ``sigma`` ([0, 255]
+    scale), and its gradient, as :func:`loss_and_grad` gives the clean-target loss.
+
+    One probe ``b ~ N(0, I)`` drawn from ``seed`` (keep it fixed during an L-BFGS run: the loss
+    must be a deterministic function of the parameters), step ``eps`` (default
+    ``2 sigma / (H W)**0.3``, Deledalle et al. 2014, per image). ``fixed`` (greedy training):
+    the earlier, fixed stages, run on ``y`` and on ``y + eps b``.
+    """
+    _check_backend(backend)
+    y = _as_batch(noisy, "noisy")
+    if not (np.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma must be a positive number (the noise on the [0, 255] scale), "
+                         f"got {sigma!r}")
+    if eps is None:
+        eps = 2.0 * sigma / float(y.shape[1] * y.shape[2]) ** 0.3
+    probe = np.random.default_rng(seed).standard_normal(y.shape).astype(y.dtype)
+    yb = (y + y.dtype.type(eps) * probe).astype(y.dtype)
+    kw = dict(backend=backend, rbf_reach=rbf_reach)
+    backends = [KernelStages(d, spec, **kw) for d in (y, yb)]
+    u0s = [y, yb]
+    if stages == "last" and fixed is not None and len(_stage_list(fixed, spec)):
+        u0s = [forward_batch(d, fixed, spec, **kw) for d in (y, yb)]
+    return sure_backprop(backends, params, spec, y, u0s, sigma=float(sigma), probe=probe,
+                         eps=float(eps), stages=stages)
+
+
 # --------------------------------------------------------------------------- the one driver
 class KernelStages:
     """The stages of a batch ``f`` with the Numba kernels (or the NumPy reference): the
@@ -1118,33 +1149,81 @@ class KernelStages:
 
 
 def mse_loss(u, clean, xp=np):
-    """``1/2 sum ||u - clean||**2`` (accumulated in float64) and its gradient ``u - clean``."""
+    """``1/2 sum ||u - clean||**2`` (accumulated in float64) and its gradient ``u - clean``.
+
+    With a second noisy acquisition of the same scene as ``clean``, this is the Noise2Noise
+    loss (Lehtinen et al., ICML 2018): its expectation differs from the clean-target loss by a
+    constant, so its gradient is unbiased."""
     residual = u - clean
     return 0.5 * float(xp.sum(residual.astype(xp.float64) ** 2)), residual
 
 
-def backprop(backend, params, spec, clean, u0, *, stages="all"):
-    """Loss and gradient of the stages ``params`` (flat vector) run from ``u0``: every stage
-    forward (keeping each ``u_t``), the loss on ``u_T``, then backpropagation through the
-    stages, the same for every backend (:class:`KernelStages`, ``GemmTrainer``).
+def _run_forward(backend, trained, u0):
+    us, saved = [u0], []
+    for st in trained:
+        u, s = backend.stage_forward(st, us[-1])
+        us.append(u)
+        saved.append(s)
+    return us, saved
 
-    ``stages='last'``: ``params`` is one stage appended to fixed ones whose output is ``u0``
-    (greedy training, Eq. 4), ``'all'``: joint training (Eq. 11).
-    """
+
+def _run_backward(backend, trained, us, saved, g, stages):
+    grads = [None] * len(trained)
+    for t in range(len(trained) - 1, -1, -1):
+        grads[t], g = backend.stage_backward(trained[t], us[t], saved[t], g,
+                                             stages == "all" and t > 0)
+    return grads
+
+
+def _trained_stages(backend, params, spec, stages):
     if stages not in ("all", "last"):
         raise ValueError(f"stages must be 'all' or 'last', got {stages!r}")
     trained = [backend.stage(p) for p in unpack_params(params, spec)]
     if stages == "last" and len(trained) != 1:
         raise ValueError(f"stages='last' trains one stage: params must have length "
                          f"{spec.stage_size}, got {np.size(params)}")
-    us, saved = [u0], []
-    for st in trained:
-        u, s = backend.stage_forward(st, us[-1])
-        us.append(u)
-        saved.append(s)
+    return trained
+
+
+def backprop(backend, params, spec, clean, u0, *, stages="all"):
+    """Loss and gradient of the stages ``params`` (flat vector) run from ``u0``: every stage
+    forward (keeping each ``u_t``), the loss on ``u_T`` (:func:`mse_loss` against ``clean``),
+    then backpropagation through the stages, the same for every backend
+    (:class:`KernelStages`, ``GemmTrainer``).
+
+    ``stages='last'``: ``params`` is one stage appended to fixed ones whose output is ``u0``
+    (greedy training, Eq. 4), ``'all'``: joint training (Eq. 11).
+    """
+    trained = _trained_stages(backend, params, spec, stages)
+    us, saved = _run_forward(backend, trained, u0)
     loss, g = mse_loss(us[-1], clean, backend.xp)
-    grads = [None] * len(trained)
-    for t in range(len(trained) - 1, -1, -1):
-        grads[t], g = backend.stage_backward(trained[t], us[t], saved[t], g,
-                                             stages == "all" and t > 0)
-    return loss, pack_params(grads)
+    return loss, pack_params(_run_backward(backend, trained, us, saved, g, stages))
+
+
+def sure_backprop(backends, params, spec, noisy, u0s, *, sigma, probe, eps, stages="all"):
+    """Monte-Carlo SURE of the stages ``params`` on noisy images alone, and its exact gradient.
+
+    ``SURE/2 = 1/2 ||u(y) - y||**2 - N sigma**2 / 2 + sigma**2 b . (u(y + eps b) - u(y)) / eps``
+    (Stein 1981; the divergence by one probe ``b``, Ramani, Blu & Unser, IEEE TIP 2008) is an
+    unbiased estimate of :func:`mse_loss` against the clean images, up to the probe's error,
+    for Gaussian noise of standard deviation ``sigma`` (on the [0, 255] scale). Both passes,
+    from ``y`` and from ``y + eps b``, are differentiated exactly: ``backends`` are the two
+    backends whose data term is ``y`` and ``y + eps b``, ``u0s`` the two starting points (``y``
+    and ``y + eps b`` for joint training; the fixed stages' outputs on them for greedy
+    training). Returns ``(loss, gradient)`` as :func:`backprop` does.
+    """
+    plain, probed = backends
+    xp = plain.xp
+    trained = [_trained_stages(b, params, spec, stages) for b in backends]
+    us0, saved0 = _run_forward(plain, trained[0], u0s[0])
+    us1, saved1 = _run_forward(probed, trained[1], u0s[1])
+    fit, g0 = mse_loss(us0[-1], noisy, xp)
+    c = sigma * sigma / eps
+    diff = (us1[-1] - us0[-1]).astype(xp.float64)
+    divergence = float(xp.sum(probe * diff)) / eps
+    n = int(np.prod(noisy.shape))
+    loss = fit - 0.5 * n * sigma * sigma + sigma * sigma * divergence
+    cb = (c * probe).astype(g0.dtype)
+    grads0 = _run_backward(plain, trained[0], us0, saved0, g0 - cb, stages)
+    grads1 = _run_backward(probed, trained[1], us1, saved1, cb, stages)
+    return loss, pack_params(grads0) + pack_params(grads1)
