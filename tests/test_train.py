@@ -331,3 +331,75 @@ def test_command_line_data_errors_are_one_line(tmp_path):
     with pytest.raises(SystemExit, match="does not exist"):
         main([*common, "--crop", "32", "--noisy", str(tmp_path / "missing")])
     assert not (tmp_path / "r").exists()  # refused before any work
+
+
+def _true_psnr(model, noisy, clean):
+    from skimage_trd.kernels.engine import run_model
+
+    out = [run_model(np.asarray(n, np.float64), model) for n in noisy]
+    mse = np.mean([(o - c) ** 2 for o, c in zip(out, clean)])
+    return 10 * np.log10(255**2 / mse)
+
+
+def test_training_without_clean_images_sure_and_n2n():
+    # SURE on the noisy images alone, and Noise2Noise on two acquisitions, learn nearly what
+    # clean targets teach (measured against the clean images, which training never sees)
+    from skimage_trd.train.run import add_noise
+
+    cam = data.camera().astype(np.float64)
+    clean = [np.roll(cam, 37 * i, axis=i % 2)[100:220, 100:220] for i in range(4)]
+    first, second = add_noise(clean, 25, 7), add_noise(clean, 25, 8)
+    config = dict(crop=120)
+    supervised = train_model(clean, _config(**config), noisy=first, log=lambda s: None)
+    lines = []
+    sure = train_model(None, _config(loss="sure", **config), noisy=first, log=lines.append)
+    n2n = train_model(second, _config(loss="n2n", **config), noisy=first, log=lambda s: None)
+    assert any("train PSNR (SURE)" in line for line in lines)
+    assert sure.metadata["provenance"]["loss"] == "sure"
+    ref = _true_psnr(supervised, first, clean)
+    for model in (sure, n2n):
+        got = _true_psnr(model, first, clean)
+        assert got > 10 * np.log10(255**2 / 25**2) + 8 and got > ref - 0.5, (got, ref)
+    # SURE's training PSNR estimates the true one without the clean images
+    assert abs(sure.metadata["provenance"]["final_train_psnr"] - _true_psnr(sure, first, clean)) < 1
+    with pytest.raises(ValueError, match="noisy images alone"):
+        train_model(clean, _config(loss="sure"), noisy=first, log=lambda s: None)
+    with pytest.raises(ValueError, match="pairs of noisy"):
+        train_model(clean, _config(loss="n2n"), log=lambda s: None)
+    with pytest.raises(ValueError, match="loss must be"):
+        _config(loss="l1")
+
+
+def test_sure_on_too_few_pixels_is_flagged():
+    # a few small images let the optimiser fit the one probe: said in the log
+    from skimage_trd.train.run import add_noise
+
+    lines = []
+    train_model(None, _config(loss="sure", joint_iterations=0, greedy_iterations=1),
+                noisy=add_noise(_clean(), 25, 7), log=lines.append)
+    assert any("few pixels for SURE" in line for line in lines)
+
+
+def test_command_line_losses_without_clean_images(tmp_path, capsys):
+    from skimage_trd.train.run import add_noise
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    clean = _clean(3)
+    for folder, seed in ((a, 1), (b, 2)):
+        for i, img in enumerate(add_noise(clean, 20, seed)):
+            imsave(folder / f"c{i}.png", np.clip(img, 0, 255).round().astype(np.uint8))
+    common = ["--sigma", "20", "--kernel-size", "3", "--stages", "1", "--greedy-iterations", "2",
+              "--joint-iterations", "0", "--crop", "40", "--chunk", "1"]
+    m = main(["--data", str(a), "--loss", "sure", "--out", str(tmp_path / "sure"), *common])
+    assert m.metadata["provenance"]["loss"] == "sure"
+    assert "(SURE)" in (tmp_path / "sure" / "train.log").read_text()
+    m = main(["--data", str(a), "--noisy", str(b), "--loss", "n2n",
+              "--out", str(tmp_path / "n2n"), *common])
+    assert m.metadata["provenance"]["loss"] == "n2n"
+    assert m.metadata["provenance"]["n_images"] == 3
+    for argv, message in ((["--data", str(a), "--loss", "n2n"], "needs --noisy"),
+                          (["--data", str(a), "--noisy", str(b), "--loss", "sure"], "drop --noisy")):
+        with pytest.raises(SystemExit, match=message):
+            main([*argv, "--out", str(tmp_path / "x"), *common])

@@ -32,6 +32,7 @@ from ..kernels.cuda import cupy_module
 from ..kernels.engine import model_fingerprint, run_model
 from ..kernels.numba_cpu import set_threads
 from .gradients import (
+    KernelStages,
     StageParams,
     TrainingSpec,
     forward_batch,
@@ -39,6 +40,7 @@ from .gradients import (
     model_to_params,
     pack_params,
     params_to_model,
+    sure_backprop,
     unpack_params,
 )
 from .gradients_cupy import BatchProjection, GemmTrainer
@@ -194,8 +196,13 @@ class TrainingConfig:
     task: str = "denoise"
     quality: int | None = None
     constraint_scale: float = 0.8
+    loss: str = "mse"  # 'mse' (clean targets), 'sure' (noisy images only), 'n2n' (noisy pairs)
 
     def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.loss != "mse" and self.task != "denoise":
+            raise ValueError(f"loss {self.loss!r} is for denoising; deblocking trains with 'mse'")
         if self.task == "denoise":
             if self.sigma is None or not self.sigma > 0:
                 raise ValueError(f"denoising needs a positive sigma, got {self.sigma!r}")
@@ -231,6 +238,8 @@ class TrainingConfig:
         if self.task == "denoise":  # digests of denoising runs predate the deblocking fields
             for key in ("task", "quality", "constraint_scale"):
                 fields.pop(key)
+        if self.loss == "mse":  # ... and the losses without clean images
+            fields.pop("loss")
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -278,6 +287,12 @@ class Checkpoint:
         atomic_write_bytes(self.path, buf.getvalue())
 
 
+LOSSES = ("mse", "sure", "n2n")
+# below this many training pixels one SURE probe is fitted by the optimiser (tests/test_train.py:
+# 4 images of 40^2 gave an estimate of 3000 dB; 4 of 120^2 was within 1 dB of the truth)
+SURE_MIN_PIXELS = 50_000
+
+
 class _Reporter:
     def __init__(self, log, total_iterations, done_iterations):
         self.log = log
@@ -319,7 +334,7 @@ def _lbfgs_chunks(fun, x, done, total, *, chunk, on_chunk, reporter, label):
             reporter.done += 1
             reporter.log(
                 f"{label} iter {done + iters[0]:4d}/{total}  loss/px {fun.last_loss_per_px:.4f}  "
-                f"train PSNR {fun.last_psnr:.3f}  grad {fun.last_time:.2f} s  "
+                f"{fun.psnr_name} {fun.last_psnr:.3f}  grad {fun.last_time:.2f} s  "
                 f"ETA {reporter.eta() / 60:.1f} min"
             )
 
@@ -362,6 +377,43 @@ class _KernelDeblockBatch(_KernelBatch):
                          BatchProjection(*constraint, start.shape, np, start.dtype))
 
 
+class _SureBatch:
+    """The training batch of noisy images alone, with the Monte-Carlo SURE loss
+    (:func:`skimage_trd.train.gradients.sure_backprop`): one probe drawn from ``seed`` and
+    kept for the whole run, both passes (``y`` and ``y + eps b``) on any backend."""
+
+    def __init__(self, noisy, spec, backend, sigma, seed):
+        self.spec, self.sigma = spec, float(sigma)
+        self.eps = 2.0 * self.sigma / float(noisy.shape[1] * noisy.shape[2]) ** 0.3
+        probe = np.random.default_rng([seed, 1]).standard_normal(noisy.shape).astype(noisy.dtype)
+        probed = (noisy + noisy.dtype.type(self.eps) * probe).astype(noisy.dtype)
+        if backend == "cupy":
+            xp = cupy_module()
+            self.backends = [GemmTrainer(d, d, spec, xp=xp, dtype=noisy.dtype)
+                             for d in (noisy, probed)]
+            self.probe = xp.asarray(probe)
+            self.data = (self.backends[0].f, self.backends[1].f)
+        else:
+            self.backends = [KernelStages(d, spec, backend=backend) for d in (noisy, probed)]
+            self.probe = probe
+            self.data = (noisy, probed)
+
+    def forward(self, stages, u=None):
+        """The fixed stages' outputs on ``y`` and on ``y + eps b`` (a pair)."""
+        return tuple(_run_stages(b, stages, d) for b, d in zip(self.backends, self.data))
+
+    def loss_and_grad(self, params, *, stages, u_start=None):
+        return sure_backprop(self.backends, params, self.spec, self.data[0],
+                             u_start or self.data, sigma=self.sigma, probe=self.probe,
+                             eps=self.eps, stages=stages)
+
+
+def _run_stages(backend, stages, u):
+    for p in stages:
+        u = backend.stage_forward(backend.stage(p), u)[0]
+    return u
+
+
 def _batch(noisy, clean, spec, backend, constraint=None):
     if backend not in ("numba", "numpy", "cupy"):
         raise ValueError(f"unknown training backend {backend!r}; choose 'numba', 'cupy' or 'numpy'")
@@ -380,9 +432,14 @@ def _batch(noisy, clean, spec, backend, constraint=None):
 class _Objective:
     """loss_and_grad with bookkeeping (timing, loss per pixel, training PSNR)."""
 
-    def __init__(self, batch, n_px, stages, fixed_u=None):
+    # what the PSNR computed from the loss means, per loss
+    PSNR_NAMES = {"mse": "train PSNR", "sure": "train PSNR (SURE)",
+                  "n2n": "PSNR to the noisy targets"}
+
+    def __init__(self, batch, n_px, stages, fixed_u=None, loss="mse"):
         self.batch, self.stages, self.fixed_u = batch, stages, fixed_u
         self.n_px = n_px
+        self.psnr_name = self.PSNR_NAMES[loss]
         self.last_loss_per_px = float("nan")
         self.last_psnr = float("nan")
         self.last_time = float("nan")
@@ -414,9 +471,12 @@ def train_model(
 
     Parameters
     ----------
-    clean : sequence of 2-D arrays on the [0, 255] scale
+    clean : sequence of 2-D arrays on the [0, 255] scale, or None
         Clean training images (cropped to ``config.crop`` squares if set;
-        otherwise they must all have the same shape).
+        otherwise they must all have the same shape). With ``config.loss``
+        ``'n2n'``: second noisy acquisitions of the scenes of ``noisy`` (each
+        acquisition is then the target of the other); ``'sure'``: None (the
+        noisy images alone, with Gaussian noise of ``config.sigma``).
     config : TrainingConfig
     noisy : sequence of 2-D arrays, optional
         Denoising: noisy versions of ``clean`` (same shapes). Default:
@@ -446,6 +506,14 @@ def train_model(
     """
     spec = config.spec()
     deblock = config.task == "deblock"
+    if config.loss == "sure":  # noisy images only: they stand in for the targets below
+        if noisy is None or clean is not None:
+            raise ValueError("loss 'sure' trains on noisy images alone: pass clean=None and "
+                             "noisy=[...] (Gaussian noise of config.sigma)")
+        clean = noisy
+    if config.loss == "n2n" and noisy is None:
+        raise ValueError("loss 'n2n' trains on pairs of noisy acquisitions: pass noisy=[first] "
+                         "and clean=[second acquisition of the same scenes]")
     names = names or [f"image{i}" for i in range(len(clean))]
     if noisy is None:
         noisy = clean if deblock else add_noise(clean, config.sigma, config.seed)
@@ -465,12 +533,21 @@ def train_model(
     if deblock:
         starts, lower, upper = jpeg_pairs(list(x), config.quality, config.constraint_scale)
         f, constraint = np.stack(starts), (lower, upper)
+    if config.loss == "n2n":  # each acquisition the target of the other
+        f, x = np.concatenate([f, x]), np.concatenate([x, f])
     x = x.astype(dtype)
     f = f.astype(dtype)
     data_digest = hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:16]
     if init_model is not None:  # a fine-tuning checkpoint belongs to its starting model
         data_digest += "-from-" + model_fingerprint(init_model)[:12]
-    batch = _batch(f, x, spec, backend, constraint)
+    if config.loss == "sure":
+        batch = _SureBatch(f, spec, backend, config.sigma, config.seed)
+        if f.size < SURE_MIN_PIXELS:
+            log(f"warning: few pixels for SURE ({f.size}, below {SURE_MIN_PIXELS}): with one "
+                "probe the optimiser can fit the probe instead of the noise, and the SURE "
+                "estimate then runs far above the true PSNR; train on more or larger images")
+    else:
+        batch = _batch(f, x, spec, backend, constraint)
     ckpt = Checkpoint(checkpoint_dir, config, data_digest) if checkpoint_dir else None
     T = config.n_stages
     total = T * config.greedy_iterations + config.joint_iterations
@@ -529,7 +606,7 @@ def train_model(
             current = plain_initial_stage(spec, strength=config.init_strength,
                                           log_lambda=0.0 if t == 0 else math.log(0.1))
             state["done"] = 0
-        obj = _Objective(batch, x.size, "last", fixed_u=batch.forward(trained))
+        obj = _Objective(batch, x.size, "last", fixed_u=batch.forward(trained), loss=config.loss)
         label = f"greedy stage {t + 1}/{T}"
 
         def on_chunk(xv, done, t=t):
@@ -552,7 +629,7 @@ def train_model(
             state["stage"] = T - 1  # joint: all stages, stage index unused
         checkpoint(trained, state)
     # ------------------------------------------------------------------ joint
-    obj = _Objective(batch, x.size, "all")
+    obj = _Objective(batch, x.size, "all", loss=config.loss)
     if config.joint_iterations > 0 and state["done"] < config.joint_iterations:
         def on_chunk(xv, done):
             state["done"] = done
@@ -577,7 +654,8 @@ def train_model(
         "iterations": {"greedy_per_stage": config.greedy_iterations,
                        "joint": config.joint_iterations},
         "final_loss_per_pixel": final_loss / x.size,
-        "final_train_psnr": 10 * math.log10(255.0**2 / (2 * final_loss / x.size)),
+        "final_train_psnr": 10 * math.log10(255.0**2 / max(2 * final_loss / x.size, 1e-300)),
+        "loss": config.loss,
         "history": state["history"][-50:],
         "initialised_from": state.get("init_model", "plain initialisation (DCT filters, "
                                                     "phi(z) = 2z/(1+z^2))"),
@@ -647,9 +725,17 @@ def _parser():
     package_doc = sys.modules[__package__].__doc__  # the procedure, in skimage_trd.train
     ap = argparse.ArgumentParser(prog="python -m skimage_trd.train", description=package_doc.split("\n\n")[0],
                                  formatter_class=_HelpWithDefaults)
-    ap.add_argument("--data", required=True, help="folder of clean training images")
-    ap.add_argument("--noisy", help="folder of noisy images matching --data by file name "
-                                    "(default: Gaussian noise of --sigma added with --seed)")
+    ap.add_argument("--data", required=True,
+                    help="folder of training images: clean ones (--loss mse), noisy ones "
+                         "(--loss sure), or the first noisy acquisitions (--loss n2n)")
+    ap.add_argument("--noisy", help="folder of noisy images matching --data by file name: with "
+                                    "--loss mse the noisy versions of the clean images (default: "
+                                    "Gaussian noise of --sigma added with --seed); with --loss "
+                                    "n2n the second acquisitions of the same scenes")
+    ap.add_argument("--loss", choices=list(LOSSES), default="mse",
+                    help="mse: clean targets; sure: noisy images alone, Gaussian noise of --sigma "
+                         "(Stein's unbiased risk estimate); n2n: pairs of noisy acquisitions, "
+                         "each the target of the other (Noise2Noise)")
     ap.add_argument("--task", choices=["denoise", "deblock"],
                     help="what the model restores (default: the task of --init, else denoise)")
     ap.add_argument("--sigma", type=float,
@@ -693,7 +779,12 @@ def main(argv=None):
     init_model = None
     try:
         common = dict(joint_iterations=args.joint_iterations, seed=args.seed,
-                      dtype=args.dtype, chunk=args.chunk)
+                      dtype=args.dtype, chunk=args.chunk, loss=args.loss)
+        if args.loss == "sure" and args.noisy:
+            raise ValueError("--loss sure trains on the noisy images of --data alone; drop --noisy")
+        if args.loss == "n2n" and not args.noisy:
+            raise ValueError("--loss n2n needs --noisy: the second noisy acquisitions of the "
+                             "scenes in --data, with the same file names")
         if args.quality is not None:
             common["quality"] = args.quality
         if args.init:
@@ -750,7 +841,10 @@ def main(argv=None):
         with open(out / "train.log", "a") as logfile:  # closed at once: survives a kill
             logfile.write(f"[{stamp}] {line}\n")
 
-    log(f"training {config} on {len(clean)} images from {args.data}")
+    log(f"training {config} on {len(clean)} images from {args.data}"
+        + (f" and {args.noisy}" if args.noisy else ""))
+    if config.loss == "sure":  # the images of --data are the noisy ones
+        clean, noisy = None, clean
     model = train_model(clean, config, noisy=noisy, checkpoint_dir=out, validation=validation,
                            backend=args.backend, init_model=init_model,
                            log=log, names=names, data_source=str(args.data),
