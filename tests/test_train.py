@@ -403,3 +403,20 @@ def test_command_line_losses_without_clean_images(tmp_path, capsys):
                           (["--data", str(a), "--noisy", str(b), "--loss", "sure"], "drop --noisy")):
         with pytest.raises(SystemExit, match=message):
             main([*argv, "--out", str(tmp_path / "x"), *common])
+
+
+def test_stacks_and_float_arrays_as_training_data(tmp_path):
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    stack = rng.uniform(0, 255, (3, 48, 50))
+    np.save(tmp_path / "a.npy", stack)
+    tifffile.imwrite(tmp_path / "b.tif", (stack[:2] * 257).astype(np.uint16))
+    np.save(tmp_path / "c.npy", stack[0].astype(np.float32))
+    images, names = load_image_folder(tmp_path)
+    assert names == ["a.npy:0", "a.npy:1", "a.npy:2", "b.tif:0", "b.tif:1", "c.npy"]
+    np.testing.assert_array_equal(images[1], stack[1])
+    np.testing.assert_allclose(images[4], np.floor(stack[1] * 257) / 257, atol=1e-9)
+    np.testing.assert_allclose(images[5], stack[0], rtol=1e-6)
+    with pytest.raises(ValueError, match="smaller than"):
+        load_image_folder(tmp_path, min_size=49)

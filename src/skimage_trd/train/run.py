@@ -55,16 +55,18 @@ __all__ = [
     "main",
 ]
 
-IMAGE_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".pgm"}
+IMAGE_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".pgm", ".npy"}
 
 
 # ------------------------------------------------------------------------------------- data
 def load_image_folder(folder, *, min_size=None) -> tuple[list[np.ndarray], list[str]]:
     """Read every image of ``folder`` (sorted by name) as gray float64 on the [0, 255] scale.
 
-    Colour images are converted with ITU-R 601 luma weights. Unreadable files
-    and images smaller than ``min_size`` (rows and columns) raise ``ValueError``
-    naming the file.
+    Colour images are converted with ITU-R 601 luma weights; 16-bit images divided by 257;
+    float images (TIFF, NumPy ``.npy``) taken as they are. Stacks (multi-page TIFF, 3-D
+    ``.npy`` whose last axis is not 3 or 4 colours) give one image per plane, named
+    ``file:plane``. Unreadable files and images smaller than ``min_size`` (rows and
+    columns) raise ``ValueError`` naming the file.
     """
     from skimage.color import rgb2gray
     from skimage.io import imread
@@ -75,26 +77,35 @@ def load_image_folder(folder, *, min_size=None) -> tuple[list[np.ndarray], list[
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
-    images = []
+    images, names = [], []
     for path in files:
         try:
-            img = imread(path)
+            img = np.load(path, allow_pickle=False) if path.suffix.lower() == ".npy" \
+                else imread(path)
         except Exception as exc:
             raise ValueError(f"cannot read training image {path}: {exc}") from exc
-        if img.ndim == 3:
-            img = rgb2gray(img[..., :3]) * 255.0
-        elif img.ndim != 2:
-            raise ValueError(f"training image {path} has shape {img.shape}; expected 2-D or RGB")
-        elif img.dtype == np.uint16:
+        if img.dtype == np.uint16:
             img = img / 257.0
-        img = np.asarray(img, dtype=np.float64)
-        if min_size is not None and min(img.shape) < min_size:
-            raise ValueError(
-                f"training image {path} is {img.shape[0]}x{img.shape[1]}, smaller than "
-                f"{min_size} pixels on a side"
-            )
-        images.append(img)
-    return images, [p.name for p in files]
+        if img.ndim == 3 and img.shape[-1] in (3, 4):
+            planes = [rgb2gray(img[..., :3]) * (255.0 if img.dtype.kind in "ui" else 1.0)]
+        elif img.ndim == 3:
+            planes = list(img)
+        elif img.ndim == 2:
+            planes = [img]
+        else:
+            raise ValueError(f"training image {path} has shape {img.shape}; expected 2-D, RGB "
+                             "or a stack of 2-D planes")
+        for k, plane in enumerate(planes):
+            plane = np.asarray(plane, dtype=np.float64)
+            name = path.name if len(planes) == 1 else f"{path.name}:{k}"
+            if min_size is not None and min(plane.shape) < min_size:
+                raise ValueError(
+                    f"training image {name} is {plane.shape[0]}x{plane.shape[1]}, smaller than "
+                    f"{min_size} pixels on a side"
+                )
+            images.append(plane)
+            names.append(name)
+    return images, names
 
 
 def _check_one_size(images):
