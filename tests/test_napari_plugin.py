@@ -463,14 +463,26 @@ def _settle(qtbot, widget):
 
 
 @pytest.mark.napari
-def test_denoise_widget_photon_counting(make_napari_viewer, qtbot):
+def test_denoise_widget_photon_counting(make_napari_viewer, qtbot, monkeypatch):
+    import napari.qt.threading as qt_threading
+
     import skimage_trd
     from napari_trd import DenoiseWidget
 
+    calls, workers = [], []  # estimates made (one a change, of the kind shown), workers
+    for name in ("estimate_noise", "estimate_photons"):
+        real = getattr(_jobs, name)
+        monkeypatch.setattr(_jobs, name, lambda *a, _f=real, _n=name, **k: (
+            calls.append(_n), _f(*a, **k))[1])
+    real_create = qt_threading.create_worker
+    monkeypatch.setattr(qt_threading, "create_worker", lambda *a, **k: (
+        workers.append(a[0]), real_create(*a, **k))[1])
     viewer = make_napari_viewer()
     raw, meta = _low_light()
     layer = viewer.add_image(raw, name="dim", metadata=meta["metadata"])
     widget = DenoiseWidget(viewer)
+    _settle(qtbot, widget)
+    assert calls == ["estimate_noise"] and len(workers) == 1
     photon_fields = [widget.auto_photons, widget.gain, widget.offset, widget.read_noise,
                      widget.photon_estimate]
     # Gaussian mode as before: sigma shown, the camera's fields hidden
@@ -485,6 +497,8 @@ def test_denoise_widget_photon_counting(make_napari_viewer, qtbot):
     assert widget.auto_photons.value and not widget.gain.enabled and not widget.read_noise.enabled
     # the estimate is computed in a thread and shown (the estimator's own numbers)
     qtbot.waitUntil(lambda: widget.photon_estimate.value.startswith("gain "), timeout=30_000)
+    _settle(qtbot, widget)
+    assert calls == ["estimate_noise", "estimate_photons"] and len(workers) == 2
     g, r = skimage_trd.estimate_poisson_gaussian(raw, offset=100.0)
     assert widget.photon_estimate.value == f"gain {g:.4g}, read noise {r:.4g}"
     # given values

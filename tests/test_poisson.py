@@ -127,3 +127,15 @@ def test_below_offset_zero_signal_and_saturation():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         denoise_trd_poisson(unsaturated, GAIN, READ, offset=OFFSET)
+
+
+def test_progress_counts_over_all_planes():
+    rng = np.random.default_rng(5)
+    y = np.full((3, 48, 48), 8.0)
+    y[1] = 0.0  # a plane without signal among them
+    raw = _observe(y, rng)
+    calls = []
+    denoise_trd_poisson(raw, GAIN, READ, offset=OFFSET, progress=lambda d, t: calls.append((d, t)))
+    done = [d / t for d, t in calls]
+    assert done == sorted(done) and done[-1] == 1.0 and len({t for _, t in calls}) == 1
+    assert any(abs(f - 1 / 3) < 1e-9 for f in done) and any(abs(f - 2 / 3) < 1e-9 for f in done)

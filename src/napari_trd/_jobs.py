@@ -62,16 +62,28 @@ def _ticker(progress, cancel):
     return tick
 
 
-def estimate_noise(data, channel_axis=None) -> float:
-    """Noise level of the data (the middle plane of a stack), in its own units."""
-    from skimage.restoration import estimate_sigma
-
+def _middle_plane(data, channel_axis=None):
+    """The middle 2-D plane of a stack (its first channel), as float64."""
     plane = np.asarray(data)
     if channel_axis is not None:
         plane = np.moveaxis(plane, channel_axis, -1)[..., 0]
     while plane.ndim > 2:
         plane = plane[plane.shape[0] // 2]
-    return float(estimate_sigma(plane.astype(np.float64)))
+    return plane.astype(np.float64)
+
+
+def estimate_noise(data, channel_axis=None) -> float:
+    """Noise level of the data (the middle plane of a stack), in its own units."""
+    from skimage.restoration import estimate_sigma
+
+    return float(estimate_sigma(_middle_plane(data, channel_axis)))
+
+
+def estimate_photons(data, *, offset=0.0, channel_axis=None):
+    """``(gain, read_noise)`` of photon-counting data (the middle plane of a stack, its first
+    channel), in camera units; ValueError (with the reason) when they cannot be estimated."""
+    return skimage_trd.estimate_poisson_gaussian(_middle_plane(data, channel_axis),
+                                                 offset=offset)
 
 
 def denoise(data, *, sigma=None, model=AUTO, backend="auto", channel_axis=None, progress=None,
@@ -86,6 +98,39 @@ def denoise(data, *, sigma=None, model=AUTO, backend="auto", channel_axis=None, 
         progress=None if type(data).__module__.startswith("dask") else _ticker(progress, cancel),
         preserve_dtype=keep_dtype,
     )
+
+
+def denoise_photons(data, *, gain=None, read_noise=None, offset=0.0, model=AUTO,
+                    backend="auto", channel_axis=None, progress=None, cancel=None,
+                    keep_dtype=False, estimate_from=None):
+    """Denoise photon-counting layer data (Poisson-Gaussian noise) in camera units with
+    :func:`skimage_trd.denoise_trd_poisson`. ``gain`` or ``read_noise`` None: estimated, per
+    plane and channel of ``data``, or, given ``estimate_from`` (a whole 2-D plane, channels
+    on ``channel_axis``, of which ``data`` is a part: the preview's visible region), from that
+    plane's channels, so that a crop is denoised as it would be in its plane. Dask data is
+    read (the result is not lazy). ``keep_dtype``: the result in the layer's dtype."""
+    if cancel is not None and cancel.is_set():  # cancelled before it started: nothing read
+        raise Cancelled()
+    tick = _ticker(progress, cancel)
+    data = data.get() if type(data).__module__.startswith("cupy") else np.asarray(data)
+    kw = dict(offset=offset, model=_model_arg(model),
+              backend={"CPU": "numba", "GPU": "cupy"}.get(backend, "auto"),
+              preserve_dtype=keep_dtype)
+    if estimate_from is None or (gain is not None and read_noise is not None):
+        return skimage_trd.denoise_trd_poisson(data, gain, read_noise, channel_axis=channel_axis,
+                                               progress=tick, **kw)
+    source = np.asarray(estimate_from)
+    if channel_axis is None:
+        pairs = [(data, source)]
+    else:
+        pairs = list(zip(np.moveaxis(data, channel_axis, 0), np.moveaxis(source, channel_axis, 0)))
+    out = []
+    for k, (part, whole) in enumerate(pairs):
+        g, r = skimage_trd.estimate_poisson_gaussian(np.asarray(whole, np.float64), offset=offset)
+        out.append(skimage_trd.denoise_trd_poisson(
+            part, g if gain is None else gain, r if read_noise is None else read_noise,
+            progress=lambda done, total, k=k: tick(k * total + done, len(pairs) * total), **kw))
+    return out[0] if channel_axis is None else np.stack(out, axis=channel_axis)
 
 
 def jpeg_tables(path):

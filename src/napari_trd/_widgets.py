@@ -107,7 +107,7 @@ class _JobWidget(Container):
         self._running = set()  # cancel events of all jobs still running
         self._closed = threading.Event()  # set when the widget is closed: workers stand down
         self.worker = None
-        self.last_error = None
+        self.last_error = self.last_warning = None
         layers = napari_viewer.layers.events
         layers.inserted.connect(self._refresh_layers)
         layers.removed.connect(self._refresh_layers)
@@ -180,7 +180,7 @@ class _JobWidget(Container):
         self._cancel = cancel
         self._running.add(cancel)
         self.worker = worker
-        self.last_error = None
+        self.last_error = self.last_warning = None
 
         def returned(result):
             if result is _jobs.Cancelled:
@@ -192,6 +192,15 @@ class _JobWidget(Container):
             self.last_error = exc
             self._notify(f"{type(exc).__name__}: {exc}", error=True)
 
+        seen = set()
+
+        def warned(args):  # the worker catches the job's warnings: pass them on to the user
+            message = f"{getattr(args[1], '__name__', 'Warning')}: {args[0]}"
+            self.last_warning = args[0]
+            if message not in seen:  # once a job (a training loop may repeat one)
+                seen.add(message)
+                self._notify(message, error=None)
+
         def finished():
             pbar.close()
             self.run_button.enabled = True
@@ -199,6 +208,7 @@ class _JobWidget(Container):
 
         worker.returned.connect(returned)
         worker.errored.connect(errored)
+        worker.warned.connect(warned)
         worker.finished.connect(finished)
         self.run_button.enabled = False
         self.cancel_button.enabled = True
@@ -210,10 +220,12 @@ class _JobWidget(Container):
             self._cancel.set()
 
     def _notify(self, message, error):
-        from napari.utils.notifications import show_error, show_info
+        """Status line and napari notification: an error (True), information (False) or a
+        warning (None)."""
+        from napari.utils.notifications import show_error, show_info, show_warning
 
         self.status.value = message[:120]
-        (show_error if error else show_info)(message)
+        {True: show_error, False: show_info, None: show_warning}[error](message)
 
     def add_result(self, data, source, name_suffix=None, translate=None, scale=None,
                    replace=False):
@@ -250,20 +262,45 @@ def _stand_down(closed, running):
 
 
 class DenoiseWidget(_JobWidget):
-    """Denoise (TRD): image layer, noise level (auto-estimated and shown, or set), model,
-    backend, and a preview of the visible region."""
+    """Denoise (TRD): image layer, noise model, noise level (auto-estimated and shown, or
+    set), model, backend, and a preview of the visible region.
+
+    Noise "photon counting (Poisson-Gaussian)" is for low-light data in camera units
+    (:func:`skimage_trd.denoise_trd_poisson`): gain (camera units per photon), offset (dark
+    level) and read noise given, or gain and read noise estimated for every plane. A layer
+    whose metadata holds ``gain``, ``offset`` and ``read_noise`` (the low-light sample) fills
+    those fields when it is chosen."""
 
     task = "denoise"
     suffix = "_trd"
+    GAUSSIAN = "Gaussian"
+    PHOTONS = "photon counting (Poisson-Gaussian)"
 
     def __init__(self, napari_viewer):
         self.viewer = napari_viewer  # the menus below read the viewer's layers
-        self._estimates = set()  # noise-estimate workers running or queued
-        self._estimate_id = 0  # the latest estimate's ticket; older results are dropped
+        self._estimates = set()  # estimate workers (noise sigma, gain) running or queued
+        # each kind's latest estimate's ticket; older results are dropped
+        self._tickets = {"sigma": 0, "photons": 0}
         self.image = ComboBox(label="image", choices=self._layer_names)
+        self.noise = ComboBox(label="noise", choices=[self.GAUSSIAN, self.PHOTONS],
+                              value=self.GAUSSIAN,
+                              tooltip="photon counting: low-light data in camera units "
+                                      "(photon noise plus the camera's read noise)")
         self.sigma = FloatSpinBox(label="noise sigma (0: auto)", value=0.0, min=0.0, max=1e9,
                                   step=0.001)
         self.estimate = Label(label="estimated sigma", value="-")
+        self.auto_photons = CheckBox(label="estimate gain and read noise", value=True,
+                                     tooltip="estimated for every plane (and channel); "
+                                             "untick to give the camera's values")
+        self.gain = FloatSpinBox(label="gain (camera units / photon)", value=1.0, min=1e-9,
+                                 max=1e9, step=0.01)
+        self.offset = FloatSpinBox(label="offset (dark level)", value=0.0, min=-1e9, max=1e9,
+                                   step=0.01, tooltip="camera units of no light")
+        self.read_noise = FloatSpinBox(label="read noise (camera units)", value=0.0, min=0.0,
+                                       max=1e9, step=0.01,
+                                       tooltip="standard deviation of the camera's read "
+                                               "noise; 0 is a valid value")
+        self.photon_estimate = Label(label="estimated gain, read noise", value="-")
         self.model = ComboBox(label="model", choices=self._model_names)
         backends = ["auto", "CPU"] + (["GPU"] if _gpu_available() else [])
         self.backend = ComboBox(label="backend", choices=backends, value="auto")
@@ -271,13 +308,19 @@ class DenoiseWidget(_JobWidget):
                                    tooltip="result in the layer's data type (e.g. uint16 stays "
                                            "uint16, rounded); off: floating point")
         self.preview_button = PushButton(text="Preview visible region")
-        super().__init__(napari_viewer, [self.image, self.sigma, self.estimate, self.model,
+        super().__init__(napari_viewer, [self.image, self.noise, self.sigma, self.estimate,
+                                         self.auto_photons, self.gain, self.offset,
+                                         self.read_noise, self.photon_estimate, self.model,
                                          self.backend, self.keep_dtype, self.preview_button],
                          "Denoise")
-        self.image.changed.connect(self._update_estimate)
+        self.image.changed.connect(self._layer_chosen)
+        self.noise.changed.connect(self._show_mode)
+        self.auto_photons.changed.connect(self._show_mode)
+        self.offset.changed.connect(self._update_photon_estimate)
         self.preview_button.changed.connect(self.preview)
         self._refresh_layers()
-        self._update_estimate()
+        self._show_fields()  # (after the container holds the fields: no stray windows)
+        self._layer_chosen()  # (one estimate: a second would race the first to the layer)
 
     def _layer_combos(self):
         return [self.image]
@@ -287,47 +330,148 @@ class DenoiseWidget(_JobWidget):
 
     ESTIMATING = "estimating..."
 
-    def _update_estimate(self, *_):
-        """Show the noise estimate of the layer's central 512 x 512 window (of its middle
-        plane), computed in a thread: reading a lazy layer can take a while."""
-        from napari.qt.threading import create_worker
+    def _photon_mode(self):
+        return self.noise.value == self.PHOTONS
 
-        self._estimate_id += 1
-        ticket = self._estimate_id
+    def _show_fields(self):
+        """Show the fields of the chosen noise model (the sigma ones, or the camera's)."""
+        photons = self._photon_mode()
+        for field in (self.sigma, self.estimate):
+            field.visible = not photons
+        for field in (self.auto_photons, self.gain, self.offset, self.read_noise,
+                      self.photon_estimate):
+            field.visible = photons
+        self.gain.enabled = self.read_noise.enabled = not self.auto_photons.value
+
+    def _show_mode(self, *_):
+        """The chosen noise model's fields, and its estimate if not made for this layer."""
+        self._show_fields()
+        if (self.photon_estimate if self._photon_mode() else self.estimate).value == "-":
+            self._update_estimate()
+
+    def _layer_chosen(self, *_):
         layer = self.layer(self.image)
-        if layer is None or getattr(layer, "multiscale", False):
-            self.estimate.value = "-"
+        if layer is not None:
+            self._fill_camera_fields(layer)
+        self._update_estimate()
+
+    def _fill_camera_fields(self, layer):
+        """Take gain, offset and read noise from the layer's metadata where it has them (the
+        low-light sample does); let the boxes resolve the layer's contrast range."""
+        lo, hi = (float(v) for v in layer.contrast_limits)
+        for box in (self.gain, self.offset, self.read_noise):
+            _refine_step(box, hi - lo, 4)
+        meta = getattr(layer, "metadata", None) or {}
+        try:
+            values = {k: float(meta[k]) for k in ("gain", "offset", "read_noise")}
+        except (KeyError, TypeError, ValueError):
             return
-        data, channel_axis = layer.data, self._channel_axis(layer)
+        if values["gain"] > 0 and values["read_noise"] >= 0:
+            self.gain.value, self.read_noise.value = values["gain"], values["read_noise"]
+            with self.offset.changed.blocked():  # estimated once, by the caller
+                self.offset.value = values["offset"]
+
+    def _estimate_window(self, layer):
+        """The layer's data and the index of its central 512 x 512 window (middle plane)."""
+        data = layer.data
         crop = tuple(n // 2 for n in data.shape[: data.ndim - 2 - layer.rgb])  # middle plane
         h, w = data.shape[-2 - layer.rgb: data.ndim - layer.rgb]
         y0, x0 = max(0, h // 2 - 256), max(0, w // 2 - 256)
-        window = crop + (slice(y0, y0 + 512), slice(x0, x0 + 512))
-        self.estimate.value = self.ESTIMATING
+        return data, crop + (slice(y0, y0 + 512), slice(x0, x0 + 512))
 
-        def shown(text, sigma=None):
-            if ticket != self._estimate_id:  # another layer was chosen meanwhile
+    def _estimate_in_thread(self, kind, label, compute, show):
+        """Compute an estimate of the chosen layer's central window in a thread (reading a
+        lazy layer can take a while) and ``show(result)`` or ``show(exception)`` in ``label``,
+        unless a newer estimate of the same kind was asked for meanwhile."""
+        from napari.qt.threading import create_worker
+
+        self._tickets[kind] += 1
+        ticket, tickets = self._tickets[kind], self._tickets
+        layer = self.layer(self.image)
+        if layer is None or getattr(layer, "multiscale", False):
+            label.value = "-"
+            return
+        data, window = self._estimate_window(layer)
+        channel_axis = self._channel_axis(layer)
+        label.value = self.ESTIMATING
+
+        def shown(result):
+            if ticket != tickets[kind]:  # another layer (or offset) was chosen meanwhile
                 return
             try:
-                self.estimate.value = text
-                if sigma:  # let the sigma box resolve three digits of the estimate
-                    _refine_step(self.sigma, sigma, 2)
+                show(result)
             except RuntimeError:  # the widget was closed meanwhile (its Qt object deleted)
                 pass
 
         closed = self._closed
 
         def estimate():
-            if ticket != self._estimate_id or closed.is_set():  # out of date: read nothing
+            if ticket != tickets[kind] or closed.is_set():  # out of date: read nothing
                 return None
-            return _jobs.estimate_noise(np.asarray(data[window]), channel_axis)
+            return compute(np.asarray(data[window]), channel_axis)
 
         worker = create_worker(estimate, _ignore_errors=True)  # a display helper: never raises
-        worker.returned.connect(lambda s: s is not None and shown(f"{s:.4g}", s))
-        worker.errored.connect(lambda exc: shown(f"({type(exc).__name__})"))
+        worker.returned.connect(lambda r: r is not None and shown(r))
+        worker.errored.connect(shown)
         self._estimates.add(worker)
         worker.finished.connect(lambda: self._estimates.discard(worker))
         worker.start()
+
+    def _update_estimate(self, *_):
+        """Show the estimate the noise model shows, of the layer's central 512 x 512 window
+        (of its middle plane): the noise sigma, or in photon mode the gain and read noise. The
+        other is marked out of date ('-') and estimated when its mode is chosen. (One worker
+        a change: napari's workers and Qt's image conversions share one thread pool of as
+        many threads as cores, and Qt waits on it holding the GIL, when napari draws a
+        progress bar for instance; workers filling the pool then hang the viewer.)"""
+        if self._photon_mode():
+            self._tickets["sigma"] += 1  # a running sigma estimate is of another layer
+            self.estimate.value = "-"
+            self._update_photon_estimate()
+            return
+
+        def show(sigma):
+            if isinstance(sigma, Exception):
+                self.estimate.value = f"({type(sigma).__name__})"
+                return
+            self.estimate.value = f"{sigma:.4g}"
+            if sigma:  # let the sigma box resolve three digits of the estimate
+                _refine_step(self.sigma, sigma, 2)
+
+        self._estimate_in_thread("sigma", self.estimate, _jobs.estimate_noise, show)
+        self._tickets["photons"] += 1
+        self.photon_estimate.value = "-"
+
+    def _update_photon_estimate(self, *_):
+        """Show the gain and read noise estimated from the central window (at the offset
+        set), or why they cannot be (the reason in the tooltip)."""
+        if not self._photon_mode():  # (estimated when photon mode is chosen)
+            self._tickets["photons"] += 1
+            self.photon_estimate.value = "-"
+            return
+        offset = self.offset.value
+
+        def show(result):
+            if isinstance(result, ValueError):  # the estimator says why: too flat, ...
+                self.photon_estimate.value = "cannot estimate: give gain and read noise"
+                self.photon_estimate.tooltip = str(result)
+                return
+            if isinstance(result, Exception):
+                self.photon_estimate.value = f"({type(result).__name__})"
+                self.photon_estimate.tooltip = str(result)
+                return
+            gain, read_noise = result
+            self.photon_estimate.value = f"gain {gain:.4g}, read noise {read_noise:.4g}"
+            self.photon_estimate.tooltip = ("estimated from the middle plane's central 512 x "
+                                            "512 pixels; runs estimate every plane anew")
+            _refine_step(self.gain, gain, 2)
+            if read_noise > 0:
+                _refine_step(self.read_noise, read_noise, 2)
+
+        def compute(window, channel_axis):
+            return _jobs.estimate_photons(window, offset=offset, channel_axis=channel_axis)
+
+        self._estimate_in_thread("photons", self.photon_estimate, compute, show)
 
     def _estimating(self):
         """Whether a noise estimate is still running (or queued)."""
@@ -336,21 +480,36 @@ class DenoiseWidget(_JobWidget):
     def _sigma(self):
         return self.sigma.value if self.sigma.value > 0 else None
 
+    def _photon_params(self):
+        """Keywords of :func:`_jobs.denoise_photons` (None: estimated), or None in Gaussian
+        mode."""
+        if not self._photon_mode():
+            return None
+        auto = self.auto_photons.value
+        return dict(gain=None if auto else self.gain.value,
+                    read_noise=None if auto else self.read_noise.value,
+                    offset=self.offset.value)
+
     def run(self, *_):
         layer = self.layer(self.image)
         if not self._guard(layer):
             return None
         data, sigma, model = layer.data, self._sigma(), self.model.value
         backend, channel_axis = self.backend.value, self._channel_axis(layer)
-        keep = self.keep_dtype.value
+        keep, photons = self.keep_dtype.value, self._photon_params()
 
         def job(progress, cancel):
+            if photons is not None:
+                return _jobs.denoise_photons(data, model=model, backend=backend,
+                                             channel_axis=channel_axis, progress=progress,
+                                             cancel=cancel, keep_dtype=keep, **photons)
             return _jobs.denoise(data, sigma=sigma, model=model, backend=backend,
                                  channel_axis=channel_axis, progress=progress, cancel=cancel,
                                  keep_dtype=keep)
 
+        what = "photon-counting " if photons is not None else ""
         return self.start(job, lambda out: self.add_result(out, layer), total=1,
-                          desc=f"TRD denoising {layer.name}")
+                          desc=f"TRD {what}denoising {layer.name}")
 
     def visible_region(self, layer):
         """(index of the displayed plane, (row slice, column slice)) in data coordinates."""
@@ -378,11 +537,19 @@ class DenoiseWidget(_JobWidget):
         data = layer.data[lead + (rows, cols)]  # read in the job (lazy layers: off the GUI)
         sigma, model, backend = self._sigma(), self.model.value, self.backend.value
         channel_axis, keep = self._channel_axis(layer), self.keep_dtype.value
+        photons = self._photon_params()
+        # estimated gain and read noise: from the whole displayed plane, as a run would
+        whole = layer.data[lead] if photons and photons["gain"] is None else None
         # the preview is the displayed plane's visible part, placed where it is shown
         scale = np.asarray(layer.scale, dtype=float)[-2:]
         translate = np.asarray(layer.translate, dtype=float)[-2:] + scale * [rows.start, cols.start]
 
         def job(progress, cancel):
+            if photons is not None:
+                return _jobs.denoise_photons(data, model=model, backend=backend,
+                                             channel_axis=channel_axis, progress=progress,
+                                             cancel=cancel, keep_dtype=keep,
+                                             estimate_from=whole, **photons)
             return _jobs.denoise(np.asarray(data), sigma=sigma, model=model, backend=backend,
                                  channel_axis=channel_axis, progress=progress, cancel=cancel,
                                  keep_dtype=keep)

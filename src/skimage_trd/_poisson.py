@@ -173,7 +173,7 @@ def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channe
         camera units.
     **kwargs
         Passed to :func:`skimage_trd.denoise_trd` (``model``, ``backend``, ``num_threads``,
-        ``tile_shape``, ...).
+        ``tile_shape``, ...); ``progress(done, total)`` counts over all planes.
 
     Returns
     -------
@@ -228,6 +228,8 @@ def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channe
         x = np.moveaxis(x, channel_axis, 0)
     planes = x.reshape(-1, *x.shape[-2:])
     out = np.empty_like(planes)
+    progress = kwargs.pop("progress", None)
+    n = len(planes)
     for i, plane in enumerate(planes):
         g, r = gain, read_noise
         if g is None or r is None:
@@ -235,8 +237,17 @@ def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channe
             g = eg if g is None else g
             r = er if r is None else r
         t = generalized_anscombe(plane, g, r, offset)
-        d = denoise_trd(t, 1.0, preserve_range=True, **kwargs)
+        seen = [1, 0]  # the plane's total steps as denoise_trd reports them (none: 1), done
+
+        def plane_progress(done, total, i=i):
+            seen[:] = [total, done]
+            progress(i * total + done, n * total)
+
+        d = denoise_trd(t, 1.0, preserve_range=True,
+                        progress=None if progress is None else plane_progress, **kwargs)
         out[i] = inverse_generalized_anscombe(d, g, r, offset)
+        if progress is not None and seen[1] < seen[0]:  # a plane denoise_trd only copied
+            progress((i + 1) * seen[0], n * seen[0])
     out = out.reshape(x.shape)
     if channel_axis is not None:
         out = np.moveaxis(out, 0, channel_axis)
