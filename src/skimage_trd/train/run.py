@@ -299,8 +299,8 @@ class Checkpoint:
 
 
 LOSSES = ("mse", "sure", "n2n")
-# below this many training pixels one SURE probe is fitted by the optimiser (tests/test_train.py:
-# 4 images of 40^2 gave an estimate of 3000 dB; 4 of 120^2 was within 1 dB of the truth)
+# below this many training pixels the optimiser fits SURE's probe even within a chunk
+# (tests/test_train.py: 4 images of 40^2 gave an estimate of 3000 dB with one probe per run)
 SURE_MIN_PIXELS = 50_000
 
 
@@ -339,6 +339,7 @@ def _lbfgs_chunks(fun, x, done, total, *, chunk, on_chunk, reporter, label):
     while done < total:
         n = min(chunk, total - done)
         iters = [0]
+        fun.start_chunk(done)
 
         def callback(intermediate_result):
             iters[0] += 1
@@ -390,24 +391,34 @@ class _KernelDeblockBatch(_KernelBatch):
 
 class _SureBatch:
     """The training batch of noisy images alone, with the Monte-Carlo SURE loss
-    (:func:`skimage_trd.train.gradients.sure_backprop`): one probe drawn from ``seed`` and
-    kept for the whole run, both passes (``y`` and ``y + eps b``) on any backend."""
+    (:func:`skimage_trd.train.gradients.sure_backprop`), both passes (``y`` and ``y + eps b``)
+    on any backend. A new probe is drawn for every chunk of L-BFGS iterations
+    (:meth:`draw_probe`, seeded by the run's seed and the chunk, so that a resumed run draws
+    the same): with one probe for the whole run the optimiser learns to fit the probe, and the
+    estimate runs away from the true error."""
 
     def __init__(self, noisy, spec, backend, sigma, seed):
-        self.spec, self.sigma = spec, float(sigma)
+        self.spec, self.sigma, self.seed, self.backend = spec, float(sigma), seed, backend
+        self.noisy = noisy
         self.eps = 2.0 * self.sigma / float(noisy.shape[1] * noisy.shape[2]) ** 0.3
-        probe = np.random.default_rng([seed, 1]).standard_normal(noisy.shape).astype(noisy.dtype)
-        probed = (noisy + noisy.dtype.type(self.eps) * probe).astype(noisy.dtype)
-        if backend == "cupy":
-            xp = cupy_module()
-            self.backends = [GemmTrainer(d, d, spec, xp=xp, dtype=noisy.dtype)
-                             for d in (noisy, probed)]
-            self.probe = xp.asarray(probe)
-            self.data = (self.backends[0].f, self.backends[1].f)
-        else:
-            self.backends = [KernelStages(d, spec, backend=backend) for d in (noisy, probed)]
-            self.probe = probe
-            self.data = (noisy, probed)
+        self.xp = cupy_module() if backend == "cupy" else np
+        self.plain = self._backend(noisy)
+        self.draw_probe(())
+
+    def _backend(self, data):
+        if self.backend == "cupy":
+            return GemmTrainer(data, data, self.spec, xp=self.xp, dtype=data.dtype)
+        return KernelStages(data, self.spec, backend=self.backend)
+
+    def draw_probe(self, key):
+        """Draw the probe ``b`` of the key (a tuple of ints) and move ``y + eps b`` in."""
+        y = self.noisy
+        probe = np.random.default_rng([self.seed, 1, *key]).standard_normal(y.shape)
+        probe = probe.astype(y.dtype)
+        probed = self._backend((y + y.dtype.type(self.eps) * probe).astype(y.dtype))
+        self.backends = [self.plain, probed]
+        self.probe = self.xp.asarray(probe)
+        self.data = (self.plain.f, probed.f)  # (on the backend's device)
 
     def forward(self, stages, u=None):
         """The fixed stages' outputs on ``y`` and on ``y + eps b`` (a pair)."""
@@ -447,13 +458,22 @@ class _Objective:
     PSNR_NAMES = {"mse": "train PSNR", "sure": "train PSNR (SURE)",
                   "n2n": "PSNR to the noisy targets"}
 
-    def __init__(self, batch, n_px, stages, fixed_u=None, loss="mse"):
-        self.batch, self.stages, self.fixed_u = batch, stages, fixed_u
+    def __init__(self, batch, n_px, stages, fixed=None, loss="mse", key=()):
+        self.batch, self.stages, self.fixed, self.key = batch, stages, fixed, tuple(key)
+        self.fixed_u = None if fixed is None else batch.forward(fixed)
         self.n_px = n_px
         self.psnr_name = self.PSNR_NAMES[loss]
         self.last_loss_per_px = float("nan")
         self.last_psnr = float("nan")
         self.last_time = float("nan")
+
+    def start_chunk(self, done):
+        """Before each chunk of L-BFGS iterations: a SURE batch draws its probe for the chunk
+        (and the fixed stages are run again on the new ``y + eps b``)."""
+        if hasattr(self.batch, "draw_probe"):
+            self.batch.draw_probe(self.key + (done,))
+            if self.fixed is not None:
+                self.fixed_u = self.batch.forward(self.fixed)
 
     def __call__(self, x):
         t0 = time.perf_counter()
@@ -617,7 +637,7 @@ def train_model(
             current = plain_initial_stage(spec, strength=config.init_strength,
                                           log_lambda=0.0 if t == 0 else math.log(0.1))
             state["done"] = 0
-        obj = _Objective(batch, x.size, "last", fixed_u=batch.forward(trained), loss=config.loss)
+        obj = _Objective(batch, x.size, "last", fixed=trained, loss=config.loss, key=(t + 1,))
         label = f"greedy stage {t + 1}/{T}"
 
         def on_chunk(xv, done, t=t):
@@ -640,7 +660,7 @@ def train_model(
             state["stage"] = T - 1  # joint: all stages, stage index unused
         checkpoint(trained, state)
     # ------------------------------------------------------------------ joint
-    obj = _Objective(batch, x.size, "all", loss=config.loss)
+    obj = _Objective(batch, x.size, "all", loss=config.loss, key=(0,))
     if config.joint_iterations > 0 and state["done"] < config.joint_iterations:
         def on_chunk(xv, done):
             state["done"] = done
