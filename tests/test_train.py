@@ -420,3 +420,30 @@ def test_stacks_and_float_arrays_as_training_data(tmp_path):
     np.testing.assert_allclose(images[5], stack[0], rtol=1e-6)
     with pytest.raises(ValueError, match="smaller than"):
         load_image_folder(tmp_path, min_size=49)
+
+
+def test_fit_reports_every_iteration_and_cancels(tmp_path):
+    from skimage_trd.train import TrainingCancelled, TrainingStep, fit
+    from skimage_trd.train.run import add_noise
+
+    clean = np.stack(_clean())
+    steps = []
+    model = fit(clean, sigma=25, kernel_size=3, n_stages=2, greedy_iterations=2, iterations=2,
+                callback=steps.append)
+    assert [s.iteration for s in steps] == [1, 2, 3, 4, 5, 6]
+    assert all(isinstance(s, TrainingStep) and s.total == 6 for s in steps)
+    assert steps[0].phase.startswith("greedy stage 1") and steps[-1].phase.startswith("joint")
+    assert model.n_stages == 2 and model.sigma == 25
+    # noisy images only, fine-tuning the model just made; cancelled at the third iteration,
+    # then resumed from the checkpoint after the second
+    noisy = add_noise(list(clean), 25, 3)
+    with pytest.raises(TrainingCancelled, match="iteration 3"):
+        fit(noisy, sigma=25, loss="sure", init=model, iterations=4, checkpoint_dir=tmp_path,
+            chunk=2, callback=lambda s: s.iteration < 3)
+    lines = []
+    tuned = fit(noisy, sigma=25, loss="sure", init=model, iterations=4, checkpoint_dir=tmp_path,
+                chunk=2, log=lines.append)
+    assert any("resuming" in line and "2 iterations done" in line for line in lines)
+    assert tuned.metadata["provenance"]["loss"] == "sure"
+    with pytest.raises(ValueError, match="targets"):
+        fit(noisy, sigma=25, loss="n2n")

@@ -215,22 +215,20 @@ def train(clean, *, noisy=None, sigma, kernel_size=5, n_stages=3, greedy_iterati
         config = TrainingConfig(sigma=sigma * scale, kernel_size=kernel_size, n_stages=n_stages,
                                 greedy_iterations=greedy_iterations,
                                 joint_iterations=joint_iterations, crop=None, chunk=10)
-    total = config.n_stages * config.greedy_iterations + config.joint_iterations
-    count = [0]
     tick = _ticker(progress, cancel)
 
+    def on_step(step):  # after every L-BFGS iteration (raises Cancelled when asked to stop)
+        tick(step.iteration, step.total)
+
     def on_log(line):
-        if " iter " in line:
-            count[0] += 1
-            tick(min(count[0], total), total)
-        elif cancel is not None and cancel.is_set():
+        if cancel is not None and cancel.is_set():  # (before the first iteration, too)
             raise Cancelled()
         if log is not None:
             log(line)
 
     model = train_model(tiles, config, noisy=noisy_tiles, log=on_log, backend=backend,
                         data_source="napari layer", command="napari widget 'Train TRD'",
-                        init_model=init)
+                        init_model=init, callback=on_step)
     folder = user_models_dir()
     folder.mkdir(parents=True, exist_ok=True)
     path = free_model_path(folder, name)

@@ -35,8 +35,11 @@ the earlier number was a multiple of ``--chunk``). The model's provenance lists 
 """
 
 from .run import (
+    TrainingCancelled,
     TrainingConfig,
+    TrainingStep,
     add_noise,
+    fit,
     jpeg_pairs,
     load_image_folder,
     main,
@@ -45,7 +48,10 @@ from .run import (
 )
 
 __all__ = [
+    "TrainingCancelled",
     "TrainingConfig",
+    "TrainingStep",
+    "fit",
     "add_noise",
     "jpeg_pairs",
     "load_image_folder",

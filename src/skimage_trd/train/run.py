@@ -20,6 +20,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -46,7 +47,10 @@ from .gradients import (
 from .gradients_cupy import BatchProjection, GemmTrainer
 
 __all__ = [
+    "TrainingCancelled",
     "TrainingConfig",
+    "TrainingStep",
+    "fit",
     "load_image_folder",
     "add_noise",
     "plain_initial_stage",
@@ -304,8 +308,24 @@ LOSSES = ("mse", "sure", "n2n")
 SURE_MIN_PIXELS = 50_000
 
 
+class TrainingCancelled(Exception):
+    """Raised by :func:`train_model` when its ``callback`` returns False; the run's last
+    checkpoint (if a ``checkpoint_dir`` was given) resumes it."""
+
+
+class TrainingStep(NamedTuple):
+    """What ``train_model``'s ``callback`` receives after every L-BFGS iteration."""
+
+    phase: str  # 'greedy stage 2/5' or 'joint 5 stages'
+    iteration: int  # iterations done in the whole run (greedy and joint)
+    total: int  # iterations of the whole run
+    loss: float  # loss per pixel (the SURE estimate with loss='sure')
+    psnr: float  # the PSNR that loss stands for
+
+
 class _Reporter:
-    def __init__(self, log, total_iterations, done_iterations):
+    def __init__(self, log, total_iterations, done_iterations, callback=None):
+        self.callback = callback
         self.log = log
         self.total = total_iterations
         self.done = done_iterations
@@ -349,6 +369,11 @@ def _lbfgs_chunks(fun, x, done, total, *, chunk, on_chunk, reporter, label):
                 f"{fun.psnr_name} {fun.last_psnr:.3f}  grad {fun.last_time:.2f} s  "
                 f"ETA {reporter.eta() / 60:.1f} min"
             )
+            if reporter.callback is not None and reporter.callback(TrainingStep(
+                    label, reporter.done, reporter.total, fun.last_loss_per_px,
+                    fun.last_psnr)) is False:
+                raise TrainingCancelled(f"cancelled at iteration {reporter.done} of "
+                                        f"{reporter.total} ({label})")
 
         res = minimize(fun, x, jac=True, method="L-BFGS-B", callback=callback,
                        options={"maxiter": n, "maxcor": 10, "gtol": 0, "ftol": 0})
@@ -497,6 +522,7 @@ def train_model(
     data_source="(in memory)",
     command=None,
     init_model=None,
+    callback=None,
 ) -> TRDModel:
     """Train a TRD model (greedy, then joint) for ``config.task`` and return it.
 
@@ -523,6 +549,10 @@ def train_model(
         Progress lines (iteration, loss, PSNR, time per gradient, ETA).
     command : str, optional
         The command that reproduces this run, recorded in the provenance.
+    callback : callable(TrainingStep) -> bool or None, optional
+        Called after every L-BFGS iteration with the phase, the iterations done and in all,
+        the loss per pixel and its PSNR; returning False cancels the run
+        (:class:`TrainingCancelled` is raised; the last checkpoint resumes it).
     init_model : TRDModel, optional
         Fine-tuning: start the joint phase from this denoising model (its
         kernel size, stages and RBF grid must be those of ``config``; see
@@ -606,7 +636,7 @@ def train_model(
         state["stage"] * config.greedy_iterations + state["done"]
         if state["phase"] == "greedy" else T * config.greedy_iterations + state["done"]
     )
-    reporter = _Reporter(log, total, done_before)
+    reporter = _Reporter(log, total, done_before, callback)
     # every (re)start of the run is recorded: a resumed run may continue on newer code
     state.setdefault("sessions", []).append({
         "git_commit": _git_commit(), "started_at_iteration": done_before,
@@ -702,6 +732,77 @@ def train_model(
     }
     return _to_model(trained, spec, config,
                      metadata={"provenance": provenance, "source": "skimage_trd.train"})
+
+
+def fit(images, *, sigma, loss="mse", targets=None, init=None, kernel_size=5, n_stages=3,
+        greedy_iterations=30, iterations=30, crop=None, seed=0, backend="numba",
+        checkpoint_dir=None, chunk=10, callback=None, log=None) -> TRDModel:
+    """Train or fine-tune a denoising model from Python (scripts, the napari plugin).
+
+    Parameters
+    ----------
+    images : sequence of 2-D arrays, or an array of 2-D planes (..., H, W)
+        On the [0, 255] scale. ``loss='mse'``: clean images (Gaussian noise of ``sigma`` is
+        added with ``seed``); ``'sure'``: noisy images with Gaussian noise of ``sigma``;
+        ``'n2n'``: first noisy acquisitions, ``targets`` the second ones.
+    sigma : float
+        The noise level on the [0, 255] scale.
+    loss : {'mse', 'sure', 'n2n'}
+    targets : like ``images``, optional
+        ``'n2n'``: the second acquisitions of the same scenes; ``'mse'``: noisy versions of
+        ``images`` to train on instead of added noise.
+    init : str, path or TRDModel, optional
+        Fine-tune this denoising model (joint training from it for ``iterations``; its filter
+        size and stages are kept, ``kernel_size``, ``n_stages`` and ``greedy_iterations``
+        ignored).
+    kernel_size, n_stages, greedy_iterations, iterations : int
+        A new model's filter size and stages, L-BFGS iterations per greedy stage and of the
+        joint phase.
+    crop : int, optional
+        Train on centre crops of this size (images of different sizes need it).
+    seed, backend, checkpoint_dir, chunk
+        As in :func:`train_model` and :class:`TrainingConfig` (``checkpoint_dir``: a
+        resumable run, checkpointed every ``chunk`` iterations).
+    callback : callable(TrainingStep) -> bool or None, optional
+        After every iteration; returning False cancels (:class:`TrainingCancelled`).
+    log : callable(str), optional
+        The progress lines of the command line.
+
+    Returns
+    -------
+    TRDModel
+        With its provenance in ``metadata['provenance']``.
+    """
+    def planes(data):
+        if data is None:
+            return None
+        if isinstance(data, np.ndarray) or hasattr(data, "__array__") and np.ndim(data) > 2:
+            arr = np.asarray(data, dtype=np.float64)
+            return list(arr.reshape(-1, *arr.shape[-2:]))
+        return [np.asarray(d, dtype=np.float64) for d in data]
+
+    first, second = planes(images), planes(targets)
+    if not first:
+        raise ValueError("fit needs at least one image")
+    common = dict(joint_iterations=iterations, seed=seed, crop=crop, chunk=chunk, loss=loss)
+    init_model = None
+    if init is not None:
+        init_model = init if isinstance(init, TRDModel) else load_model(init)
+        config = TrainingConfig.for_model(init_model, sigma=sigma, greedy_iterations=0, **common)
+    else:
+        config = TrainingConfig(sigma=sigma, kernel_size=kernel_size, n_stages=n_stages,
+                                greedy_iterations=greedy_iterations, **common)
+    if loss == "sure":
+        clean, noisy = None, first
+    elif loss == "n2n":
+        if second is None:
+            raise ValueError("loss 'n2n' needs targets=: the second noisy acquisitions")
+        clean, noisy = second, first
+    else:
+        clean, noisy = first, second
+    return train_model(clean, config, noisy=noisy, checkpoint_dir=checkpoint_dir,
+                       log=log or (lambda line: None), backend=backend, init_model=init_model,
+                       callback=callback, data_source="(in memory, skimage_trd.train.fit)")
 
 
 def _initial_stages(model, spec, config):
