@@ -605,3 +605,60 @@ def test_job_warnings_reach_the_user(make_napari_viewer, qtbot):
     _wait(qtbot, widget)
     assert widget.last_error is None and "saturated_trd" in viewer.layers
     assert "full-scale" in str(widget.last_warning) and "UserWarning" in widget.status.value
+
+
+def test_train_jobs_without_clean_images(user_models):
+    # a noisy layer alone (SURE) and two noisy acquisitions (Noise2Noise), fine-tuning a
+    # shipped-size model made here; the saved models record their loss
+    from skimage import data
+
+    import skimage_trd
+
+    rng = np.random.default_rng(0)
+    clean = data.camera()[:128, :128] / 255.0
+    first = clean + 0.1 * rng.standard_normal(clean.shape)
+    second = clean + 0.1 * rng.standard_normal(clean.shape)
+    base = _jobs.train(clean, sigma=0.1, kernel_size=3, n_stages=1, greedy_iterations=2,
+                       joint_iterations=0, patch=64, name="base")
+    steps = []
+    sure = _jobs.train(first, sigma=0.1, joint_iterations=2, patch=64, name="sure",
+                       start_from=str(base), loss="sure", progress=lambda d, t: steps.append(d))
+    n2n = _jobs.train(first, noisy=second, sigma=0.1, joint_iterations=2, patch=64,
+                      name="n2n", start_from=str(base), loss="n2n")
+    assert steps == [1, 2]
+    for path, loss in ((sure, "sure"), (n2n, "n2n")):
+        assert skimage_trd.load_model(path).metadata["provenance"]["loss"] == loss
+    with pytest.raises(ValueError, match="second noisy layer"):
+        _jobs.train(first, sigma=0.1, joint_iterations=1, name="x", loss="n2n")
+
+
+@pytest.mark.napari
+def test_train_widget_noisy_layer_only(make_napari_viewer, qtbot):
+    from skimage import data
+
+    import skimage_trd
+    from napari_trd import TrainWidget
+
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(1)
+    viewer.add_image(data.camera()[:96, :96] / 255.0 + 0.1 * rng.standard_normal((96, 96)),
+                     name="noisy")
+    train = TrainWidget(viewer)
+    train.data_kind.value = train.SURE
+    assert train.clean.label == "noisy image" and not _visible_to(train.noisy, train)
+    train.data_kind.value = train.N2N
+    assert _visible_to(train.noisy, train) and train.noisy.label == "second noisy image"
+    train.noisy.value = "noisy"
+    assert train.run() is None and "same layer" in train.status.value  # refused at once
+    train.data_kind.value = train.SURE
+    train.sigma.value = 0.1
+    train.kernel_size.value = 3
+    train.n_stages.value = 1
+    train.greedy.value = 2
+    train.joint.value = 0
+    train.model_name.value = "from-noisy"
+    train.run()
+    _wait(qtbot, train)
+    assert train.last_error is None
+    path = _jobs.user_models_dir() / "from-noisy.npz"
+    assert skimage_trd.load_model(path).metadata["provenance"]["loss"] == "sure"

@@ -175,10 +175,13 @@ def _tiles(planes, size):
 
 def train(clean, *, noisy=None, sigma, kernel_size=5, n_stages=3, greedy_iterations=30,
           joint_iterations=30, patch=64, name="my-trd-model", start_from=None, backend="numba",
-          progress=None, cancel=None, log=None) -> Path:
-    """Train a denoising model from a clean layer (noise added, seed 0) or a clean/noisy pair.
+          progress=None, cancel=None, log=None, loss="mse") -> Path:
+    """Train a denoising model from a clean layer (noise added, seed 0) or a clean/noisy pair
+    (``loss='mse'``), from a noisy layer alone (``'sure'``: ``clean`` holds the noisy data,
+    Gaussian noise of ``sigma``), or from two noisy acquisitions of one scene (``'n2n'``:
+    ``clean`` the first, ``noisy`` the second).
 
-    Intensities are mapped to the [0, 255] training scale by the clean data's range; ``sigma``
+    Intensities are mapped to the [0, 255] training scale by the first layer's range; ``sigma``
     is in the layer's units. Planes are cut into ``patch`` x ``patch`` tiles. With
     ``start_from`` (a model name or file) the model is fine-tuned: joint training from it for
     ``joint_iterations``, its filter size and stages kept. The model is saved into
@@ -199,22 +202,28 @@ def train(clean, *, noisy=None, sigma, kernel_size=5, n_stages=3, greedy_iterati
     if min(planes[0].shape) < patch:
         patch = min(planes[0].shape)
     tiles = _tiles([(p - lo) * scale for p in planes], patch)
-    if noisy is not None:
+    if loss == "n2n" and noisy is None:
+        raise ValueError("Noise2Noise needs a second noisy layer of the same scene")
+    if noisy is not None and loss != "sure":
         noisy = np.asarray(noisy, dtype=np.float64)
         if noisy.shape != clean.shape:
-            raise ValueError(f"clean {clean.shape} and noisy {noisy.shape} layers differ in shape")
+            raise ValueError(f"the two layers differ in shape: {clean.shape} and {noisy.shape}")
         noisy_tiles = _tiles([(p - lo) * scale for p in noisy.reshape(-1, *noisy.shape[-2:])], patch)
-    else:
+    elif loss == "mse":
         noisy_tiles = add_noise(tiles, sigma * scale, 0)
+    if loss == "sure":  # the layer's own tiles are the noisy data, no target
+        tiles, noisy_tiles = None, tiles
     init = None
     if start_from not in (None, "", AUTO):
         init = skimage_trd.load_model(start_from)
         config = TrainingConfig.for_model(init, sigma=sigma * scale, greedy_iterations=0,
-                                          joint_iterations=joint_iterations, crop=None, chunk=10)
+                                          joint_iterations=joint_iterations, crop=None, chunk=10,
+                                          loss=loss)
     else:
         config = TrainingConfig(sigma=sigma * scale, kernel_size=kernel_size, n_stages=n_stages,
                                 greedy_iterations=greedy_iterations,
-                                joint_iterations=joint_iterations, crop=None, chunk=10)
+                                joint_iterations=joint_iterations, crop=None, chunk=10,
+                                loss=loss)
     tick = _ticker(progress, cancel)
 
     def on_step(step):  # after every L-BFGS iteration (raises Cancelled when asked to stop)

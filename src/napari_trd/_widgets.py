@@ -609,16 +609,30 @@ class DeblockWidget(_JobWidget):
 
 
 class TrainWidget(_JobWidget):
-    """Train TRD: learn a denoising model from a clean layer (noise added) or a clean/noisy
-    pair of layers; the model is saved and appears in the Denoise widget's model menu."""
+    """Train TRD: learn a denoising model from a clean layer (noise added), a clean/noisy
+    pair of layers, a noisy layer alone (Stein's unbiased risk estimate) or two noisy
+    acquisitions of one scene (Noise2Noise); the model is saved and appears in the Denoise
+    widget's model menu."""
 
     task = "denoise"
+    ADDED = "clean image, noise added"
+    PAIR = "clean and noisy images"
+    SURE = "noisy image only (SURE)"
+    N2N = "two noisy images of one scene (Noise2Noise)"
+    # the first and second layer menus' labels, and the training loss, per kind of data
+    DATA = {ADDED: ("clean image", None, "mse"), PAIR: ("clean image", "noisy image", "mse"),
+            SURE: ("noisy image", None, "sure"),
+            N2N: ("first noisy image", "second noisy image", "n2n")}
 
     def __init__(self, napari_viewer):
         self.viewer = napari_viewer  # the menus below read the viewer's layers
+        self.data_kind = ComboBox(label="training data", choices=list(self.DATA),
+                                  value=self.ADDED,
+                                  tooltip="without clean images: a noisy layer alone (its "
+                                          "noise Gaussian of the sigma below), or two noisy "
+                                          "acquisitions of the same scene")
         self.clean = ComboBox(label="clean image", choices=self._layer_names)
         self.noisy = ComboBox(label="noisy image", choices=self._layer_names)
-        self.add_noise = CheckBox(label="add noise instead", value=True)
         self.sigma = FloatSpinBox(label="noise sigma", value=0.1, min=1e-9, max=1e9, step=0.001)
         self.kernel_size = ComboBox(label="filter size", choices=[3, 5, 7], value=5)
         self.n_stages = SpinBox(label="stages", value=3, min=1, max=8)
@@ -626,12 +640,21 @@ class TrainWidget(_JobWidget):
         self.joint = SpinBox(label="joint iterations", value=30, min=0, max=1000)
         self.model_name = LineEdit(label="model name", value="my-trd-model")
         self.start_from = ComboBox(label="start from", choices=self._start_choices)
-        super().__init__(napari_viewer, [self.clean, self.noisy, self.add_noise, self.sigma,
+        super().__init__(napari_viewer, [self.data_kind, self.clean, self.noisy, self.sigma,
                                          self.kernel_size, self.n_stages, self.greedy,
                                          self.joint, self.start_from, self.model_name], "Train")
         self.clean.changed.connect(self._fit_sigma_box)
+        self.data_kind.changed.connect(self._show_data_fields)
         self._refresh_layers()
         self._fit_sigma_box()
+        self._show_data_fields()  # (after the container holds the fields: no stray windows)
+
+    def _show_data_fields(self, *_):
+        first, second, _ = self.DATA[self.data_kind.value]
+        self.clean.label = first
+        self.noisy.visible = second is not None
+        if second is not None:
+            self.noisy.label = second
 
     def _fit_sigma_box(self, *_):
         """Noise levels down to 1e-4 of the clean layer's contrast range can be set (data in
@@ -661,11 +684,16 @@ class TrainWidget(_JobWidget):
             self._notify("training needs a gray layer (RGB models are not trained here); "
                          "split the channels or convert the layer to gray", error=True)
             return None
-        noisy = None if self.add_noise.value else self.layer(self.noisy)
-        if not self.add_noise.value and noisy is None:
-            self._notify("choose a noisy layer, or tick 'add noise instead'", error=True)
+        first, second, loss = self.DATA[self.data_kind.value]
+        noisy = None if second is None else self.layer(self.noisy)
+        if second is not None and noisy is None:
+            self._notify(f"choose the {second} layer, or another kind of training data",
+                         error=True)
             return None
-        kw = dict(sigma=self.sigma.value,
+        if noisy is not None and noisy is clean:
+            self._notify(f"the {first} and the {second} are the same layer", error=True)
+            return None
+        kw = dict(sigma=self.sigma.value, loss=loss,
                   kernel_size=int(self.kernel_size.value), n_stages=self.n_stages.value,
                   greedy_iterations=self.greedy.value, joint_iterations=self.joint.value,
                   name=self.model_name.value.strip() or "my-trd-model",
