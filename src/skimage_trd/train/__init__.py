@@ -43,6 +43,7 @@ from .run import (
     jpeg_pairs,
     load_image_folder,
     main,
+    photon_training_images,
     plain_initial_stage,
     train_model,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "jpeg_pairs",
     "load_image_folder",
     "main",
+    "photon_training_images",
     "plain_initial_stage",
     "train_model",
 ]

@@ -52,6 +52,7 @@ __all__ = [
     "TrainingStep",
     "fit",
     "load_image_folder",
+    "photon_training_images",
     "add_noise",
     "plain_initial_stage",
     "train_model",
@@ -63,11 +64,12 @@ IMAGE_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".pgm", ".np
 
 
 # ------------------------------------------------------------------------------------- data
-def load_image_folder(folder, *, min_size=None) -> tuple[list[np.ndarray], list[str]]:
+def load_image_folder(folder, *, min_size=None, raw=False) -> tuple[list[np.ndarray], list[str]]:
     """Read every image of ``folder`` (sorted by name) as gray float64 on the [0, 255] scale.
 
     Colour images are converted with ITU-R 601 luma weights; 16-bit images divided by 257;
-    float images (TIFF, NumPy ``.npy``) taken as they are. Stacks (multi-page TIFF, 3-D
+    float images (TIFF, NumPy ``.npy``) taken as they are; with ``raw`` every value as
+    stored (camera units, for photon-counting data). Stacks (multi-page TIFF, 3-D
     ``.npy`` whose last axis is not 3 or 4 colours) give one image per plane, named
     ``file:plane``. Unreadable files and images smaller than ``min_size`` (rows and
     columns) raise ``ValueError`` naming the file.
@@ -88,7 +90,7 @@ def load_image_folder(folder, *, min_size=None) -> tuple[list[np.ndarray], list[
                 else imread(path)
         except Exception as exc:
             raise ValueError(f"cannot read training image {path}: {exc}") from exc
-        if img.dtype == np.uint16:
+        if img.dtype == np.uint16 and not raw:
             img = img / 257.0
         if img.ndim == 3 and img.shape[-1] in (3, 4):
             planes = [rgb2gray(img[..., :3]) * (255.0 if img.dtype.kind in "ui" else 1.0)]
@@ -734,6 +736,28 @@ def train_model(
                      metadata={"provenance": provenance, "source": "skimage_trd.train"})
 
 
+def photon_training_images(raw_images, *, sigma, gain=None, read_noise=None, offset=0.0):
+    """Photon-counting data (camera units) made fit for SURE training: the generalised
+    Anscombe transform (noise of variance 1, :func:`skimage_trd.generalized_anscombe`) times
+    ``sigma``, so that the model's noise level is ``sigma`` on the [0, 255] scale. A model
+    trained on them is used by :func:`skimage_trd.denoise_trd_poisson` (``model=``), which maps
+    its stabilised planes by the same factor. ``gain`` or ``read_noise`` None: estimated per
+    image (:func:`skimage_trd.estimate_poisson_gaussian`). Returns the images and the
+    ``(gain, read_noise)`` used for each."""
+    from .._poisson import estimate_poisson_gaussian, generalized_anscombe
+
+    out, used = [], []
+    for z in raw_images:
+        z = np.asarray(z, dtype=np.float64)
+        g, r = gain, read_noise
+        if g is None or r is None:
+            eg, er = estimate_poisson_gaussian(z, offset=offset)
+            g, r = (eg if g is None else g), (er if r is None else r)
+        out.append(generalized_anscombe(z, g, r, offset) * float(sigma))
+        used.append((float(g), float(r)))
+    return out, used
+
+
 def fit(images, *, sigma, loss="mse", targets=None, init=None, kernel_size=5, n_stages=3,
         greedy_iterations=30, iterations=30, crop=None, seed=0, backend="numba",
         checkpoint_dir=None, chunk=10, callback=None, log=None) -> TRDModel:
@@ -864,6 +888,16 @@ def _parser():
                                     "--loss mse the noisy versions of the clean images (default: "
                                     "Gaussian noise of --sigma added with --seed); with --loss "
                                     "n2n the second acquisitions of the same scenes")
+    ap.add_argument("--photons", action="store_true",
+                    help="with --loss sure: --data holds raw photon-counting images (camera "
+                         "units), stabilised by the generalised Anscombe transform; the model "
+                         "is for denoise_trd_poisson(..., model=)")
+    ap.add_argument("--gain", type=float,
+                    help="--photons: camera units per photon (default: estimated per image)")
+    ap.add_argument("--read-noise", type=float,
+                    help="--photons: read noise, camera units (default: estimated per image)")
+    ap.add_argument("--offset", type=float, default=0.0,
+                    help="--photons: camera units of no light (dark level)")
     ap.add_argument("--loss", choices=list(LOSSES), default="mse",
                     help="mse: clean targets; sure: noisy images alone, Gaussian noise of --sigma "
                          "(Stein's unbiased risk estimate); n2n: pairs of noisy acquisitions, "
@@ -914,6 +948,9 @@ def main(argv=None):
                       dtype=args.dtype, chunk=args.chunk, loss=args.loss)
         if args.loss == "sure" and args.noisy:
             raise ValueError("--loss sure trains on the noisy images of --data alone; drop --noisy")
+        if args.photons and args.loss != "sure":
+            raise ValueError("--photons trains with --loss sure (noisy photon-counting images "
+                             "alone)")
         if args.loss == "n2n" and not args.noisy:
             raise ValueError("--loss n2n needs --noisy: the second noisy acquisitions of the "
                              "scenes in --data, with the same file names")
@@ -941,7 +978,7 @@ def main(argv=None):
     except (ValueError, OSError) as exc:
         raise SystemExit(f"error: {exc}") from None
     try:
-        clean, names = load_image_folder(args.data, min_size=args.crop or None)
+        clean, names = load_image_folder(args.data, min_size=args.crop or None, raw=args.photons)
         if not args.crop:
             _check_one_size(clean)
         noisy = None
@@ -977,6 +1014,12 @@ def main(argv=None):
         + (f" and {args.noisy}" if args.noisy else ""))
     if config.loss == "sure":  # the images of --data are the noisy ones
         clean, noisy = None, clean
+        if args.photons:
+            noisy, used = photon_training_images(noisy, sigma=config.sigma, gain=args.gain,
+                                                 read_noise=args.read_noise, offset=args.offset)
+            log("photon counting: generalised Anscombe transform times sigma; (gain, read "
+                "noise) per image: " + ", ".join(f"({g:.3g}, {r:.3g})" for g, r in used[:8])
+                + (" ..." if len(used) > 8 else ""))
     model = train_model(clean, config, noisy=noisy, checkpoint_dir=out, validation=validation,
                            backend=args.backend, init_model=init_model,
                            log=log, names=names, data_source=str(args.data),
