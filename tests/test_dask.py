@@ -98,3 +98,18 @@ def test_dask_refuses_nan_and_inf(sigma):
         denoise_trd(da.from_array(y, chunks=20), sigma, model=MODEL)
     huge = x[0] * 1e306  # finite, though its sum overflows
     assert denoise_trd(da.from_array(huge, chunks=20), 1e305, model=MODEL).shape == huge.shape
+
+
+def test_dask_decides_float64_stages_from_the_whole_plane(monkeypatch):
+    # noise tiny beside the plane's spread: float64 stages in memory; the dask path must see
+    # the same spread although it samples only the plane's centre
+    import skimage_trd._dask as dask_path
+
+    monkeypatch.setattr(dask_path, "SAMPLE", 16)
+    sigma = 2e-7
+    img = np.zeros((96, 90))
+    img[:, :4], img[:, -4:] = 1.0, -1.0  # the extremes lie outside the central sample
+    img += 0.01 * np.sin(np.arange(90) / 7.0) + sigma * np.random.default_rng(2).standard_normal(img.shape)
+    expected = denoise_trd(img, sigma, model=MODEL)
+    lazy = denoise_trd(da.from_array(img, chunks=(40, 45)), sigma, model=MODEL).compute()
+    assert np.abs(lazy - expected).max() < 0.01 * sigma

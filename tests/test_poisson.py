@@ -127,13 +127,17 @@ def test_below_offset_zero_signal_and_saturation():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         denoise_trd_poisson(unsaturated, GAIN, READ, offset=OFFSET)
+    # one saturated plane in a stack of many is said, although the stack as a whole is not
+    stack = np.stack([unsaturated] * 9 + [raw])
+    with pytest.warns(UserWarning, match="1 of 10 planes"):
+        denoise_trd_poisson(stack, GAIN, READ, offset=OFFSET)
 
 
 def test_progress_counts_over_all_planes():
     rng = np.random.default_rng(5)
     y = np.full((3, 48, 48), 8.0)
-    y[1] = 0.0  # a plane without signal among them
     raw = _observe(y, rng)
+    raw[1] = OFFSET  # a constant plane, which denoise_trd only copies (reporting nothing)
     calls = []
     denoise_trd_poisson(raw, GAIN, READ, offset=OFFSET, progress=lambda d, t: calls.append((d, t)))
     done = [d / t for d, t in calls]

@@ -360,8 +360,11 @@ def test_training_without_clean_images_sure_and_n2n():
     for model in (sure, n2n):
         got = _true_psnr(model, first, clean)
         assert got > 10 * np.log10(255**2 / 25**2) + 8 and got > ref - 0.5, (got, ref)
-    # SURE's training PSNR estimates the true one without the clean images
+    # SURE's training PSNR, and Noise2Noise's less the targets' noise, estimate the true one
+    # without the clean images (on a probe no chunk was fitted to)
     assert abs(sure.metadata["provenance"]["final_train_psnr"] - _true_psnr(sure, first, clean)) < 1
+    n2n_true = 0.5 * (_true_psnr(n2n, first, clean) + _true_psnr(n2n, second, clean))
+    assert abs(n2n.metadata["provenance"]["final_train_psnr"] - n2n_true) < 1
     with pytest.raises(ValueError, match="noisy images alone"):
         train_model(clean, _config(loss="sure"), noisy=first, log=lambda s: None)
     with pytest.raises(ValueError, match="pairs of noisy"):
@@ -375,8 +378,9 @@ def test_sure_on_too_few_pixels_is_flagged():
     from skimage_trd.train.run import add_noise
 
     lines = []
-    train_model(None, _config(loss="sure", joint_iterations=0, greedy_iterations=1),
-                noisy=add_noise(_clean(), 25, 7), log=lines.append)
+    with pytest.warns(UserWarning, match="few pixels for SURE"):
+        train_model(None, _config(loss="sure", joint_iterations=0, greedy_iterations=1),
+                    noisy=add_noise(_clean(), 25, 7), log=lines.append)
     assert any("few pixels for SURE" in line for line in lines)
 
 
@@ -420,6 +424,14 @@ def test_stacks_and_float_arrays_as_training_data(tmp_path):
     np.testing.assert_allclose(images[5], stack[0], rtol=1e-6)
     with pytest.raises(ValueError, match="smaller than"):
         load_image_folder(tmp_path, min_size=49)
+    # a gray + alpha PNG is one gray image, not a stack of rows
+    la = tmp_path / "la"
+    la.mkdir()
+    gray = rng.integers(0, 256, (40, 44)).astype(np.uint8)
+    imsave(la / "la.png", np.stack([gray, np.full_like(gray, 255)], axis=-1), check_contrast=False)
+    images, names = load_image_folder(la)
+    assert names == ["la.png"] and images[0].shape == (40, 44)
+    np.testing.assert_array_equal(images[0], gray)
 
 
 def test_fit_reports_every_iteration_and_cancels(tmp_path):
@@ -480,3 +492,21 @@ def test_photon_counting_data_trained_by_sure(tmp_path):
     assert np.mean((out - truth) ** 2) < 0.5 * np.mean((raws[0] - truth) ** 2)
     with pytest.raises(SystemExit, match="--loss sure"):
         main(["--data", str(folder), "--photons", "--sigma", "25", "--out", str(tmp_path / "x")])
+
+
+def test_noise2noise_pairs_each_acquisition_with_the_other(monkeypatch):
+    import skimage_trd.train.run as run
+
+    seen = {}
+    real = run._batch
+
+    def capture(noisy, clean, spec, backend, constraint=None):
+        seen["f"], seen["x"] = noisy.copy(), clean.copy()
+        return real(noisy, clean, spec, backend, constraint)
+
+    monkeypatch.setattr(run, "_batch", capture)
+    first, second = run.add_noise(_clean(2), 25, 1), run.add_noise(_clean(2), 25, 2)
+    train_model(second, _config(loss="n2n", greedy_iterations=1, joint_iterations=0),
+                noisy=first, log=lambda s: None)
+    np.testing.assert_array_equal(seen["f"], np.concatenate([first, second]))
+    np.testing.assert_array_equal(seen["x"], np.concatenate([second, first]))

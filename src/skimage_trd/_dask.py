@@ -43,14 +43,16 @@ def denoise_trd_dask(image, sigmas, channel_axis, opts):
     crop[spatial[0]] = slice(y0, y0 + SAMPLE)
     crop[spatial[1]] = slice(x0, x0 + SAMPLE)
     finite = da.isfinite(image).all() if image.dtype.kind == "f" else True
-    sample, means, finite = dask.compute(image[tuple(crop)],
-                                         image.astype(np.float64).mean(axis=tuple(spatial)),
-                                         finite)  # one pass over the input for both
+    axes = tuple(spatial)
+    sample, means, lows, highs, finite = dask.compute(
+        image[tuple(crop)], image.astype(np.float64).mean(axis=axes), image.min(axis=axes),
+        image.max(axis=axes), finite)  # one pass over the input for all
+
     if not finite:
         raise ValueError("image contains NaN or infinite values; replace them first "
                          "(for example with dask.array.nan_to_num).")
     sample = np.asarray(sample)
-    means = np.asarray(means)
+    means, lows, highs = np.asarray(means), np.asarray(lows), np.asarray(highs)
 
     # per-plane settings, decided as denoise_trd does, on the sample
     lead_shape = tuple(image.shape[ax] for ax in lead)
@@ -62,7 +64,10 @@ def denoise_trd_dask(image, sigmas, channel_axis, opts):
         plane = sample[tuple(sel)]
         channel = idx[lead.index(channel_axis)] if channel_axis is not None else None
         s = sigmas[channel or 0]
-        settings[idx] = plane_settings(plane, s, opts, center=float(means[idx]) * opts.scale)
+        # the whole plane's mean and extremes (so that the choice of copying it, and of
+        # float64 stages, is the in-memory one); the rest from the sample
+        settings[idx] = plane_settings(plane, s, opts, center=float(means[idx]) * opts.scale,
+                                       extent=(float(lows[idx]), float(highs[idx])))
 
     halo = max(m.halo for m in opts.bank)
     depth = {ax: 0 for ax in range(image.ndim)}

@@ -142,7 +142,7 @@ def project_to_box(v, lower, upper, masks=False):
 
 def project_to_box_adjoint(g, inside, unclipped):
     """``dL/dv`` from ``g = dL/du`` at the point the masks of :func:`project_to_box` came
-    from (the projection's Jacobian is symmetric)."""
+    from: the transpose of the projection's Jacobian, the masks applied in reverse order."""
     return block_idct(block_dct(g * unclipped) * inside).astype(g.dtype, copy=False)
 
 

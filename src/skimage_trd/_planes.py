@@ -122,14 +122,15 @@ def clip_limits(in_dtype, preserve_range):
     return (-1.0 if in_dtype.kind == "i" else 0.0), 1.0
 
 
-def plane_settings(plane, sigma, opts, center=None):
+def plane_settings(plane, sigma, opts, center=None, extent=None):
     """Decide for one plane (as stored; working units are ``plane * opts.scale``) how it is
     denoised, with a model of ``opts.bank``.
 
-    ``sigma`` is in the image's own units (None: estimated here); ``centre``
-    (working units) defaults to the plane's mean. Float64 copies of the plane are made only
-    to estimate sigma or the intensity range, when those are needed; a CuPy plane's are made
-    on its GPU, except for the sigma estimate.
+    ``sigma`` is in the image's own units (None: estimated here); ``center`` (working units)
+    defaults to the plane's mean, ``extent`` (its minimum and maximum, as stored) to the
+    plane's own (the dask path passes the whole plane's). Float64 copies of the plane are
+    made only to estimate sigma or the intensity range, when those are needed; a CuPy
+    plane's are made on its GPU, except for the sigma estimate.
     """
     scale, bank, data_range = opts.scale, opts.bank, opts.data_range
     # statistics where the plane is (a CuPy plane's on its GPU: only numbers come back)
@@ -141,7 +142,8 @@ def plane_settings(plane, sigma, opts, center=None):
     else:
         s = sigma * scale
     center = float(plane.mean(dtype=xp.float64)) * scale if center is None else float(center)
-    spread = max(float(plane.max()) * scale - center, center - float(plane.min()) * scale)
+    lo, hi = (float(plane.min()), float(plane.max())) if extent is None else extent
+    spread = max(hi * scale - center, center - lo * scale)
     if s == 0 or spread == 0 or spread / s > NEGLIGIBLE_NOISE:
         # no noise, a constant plane (which the stage map leaves as it is), or noise
         # too weak to matter (and to rescale onto the model's scale without overflow)

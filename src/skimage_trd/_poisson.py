@@ -131,21 +131,24 @@ def estimate_poisson_gaussian(image, *, offset=0.0, n_bins=16):
     return float(gain), math.sqrt(max(c + gain * offset, 0.0))
 
 
-def _warn_saturated(image):
-    """Warn when integer input holds more than 0.1 % of pixels at a full-scale value (2**k - 1
-    for k = 8 ... 16, or the dtype's maximum): a saturated camera, outside the noise model."""
-    if image.dtype.kind not in "ui" or image.size == 0:
+def _warn_saturated(planes):
+    """Warn when a plane of integer input (``planes``: (n, H, W)) holds more than 0.1 % of its
+    pixels at a full-scale value (2**k - 1 for k = 8 ... 16, or the dtype's maximum): a
+    saturated camera, outside the noise model."""
+    if planes.dtype.kind not in "ui" or planes.size == 0:
         return
-    top = int(image.max())
-    full_scale = {2**k - 1 for k in range(8, 17)} | {int(np.iinfo(image.dtype).max)}
+    top = int(planes.max())
+    full_scale = {2**k - 1 for k in range(8, 17)} | {int(np.iinfo(planes.dtype).max)}
     if top not in full_scale:
         return
-    fraction = float(np.count_nonzero(image == top)) / image.size
-    if fraction > 1e-3:
+    fraction = np.count_nonzero(planes == top, axis=(1, 2)) / float(planes[0].size)
+    bad = fraction > 1e-3
+    if bad.any():
         warnings.warn(
-            f"{100 * fraction:.2g} % of the pixels are at {top}, a full-scale value: saturated "
-            "pixels do not follow the Poisson-Gaussian model and are restored as if they were "
-            "not saturated (biased low). Mask them, or lower the exposure.",
+            f"{int(bad.sum())} of {len(planes)} planes have more than 0.1 % of their pixels at "
+            f"{top}, a full-scale value (up to {100 * fraction.max():.2g} %): saturated pixels "
+            "do not follow the Poisson-Gaussian model and are restored as if they were not "
+            "saturated (biased low). Mask them, or lower the exposure.",
             UserWarning, stacklevel=3)
 
 
@@ -216,7 +219,8 @@ def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channe
                          f"{read_noise!r}")
     if not np.isfinite(offset):
         raise ValueError(f"offset must be a finite number (camera units), got {offset!r}")
-    _warn_saturated(image)
+    stored = image if channel_axis is None else np.moveaxis(image, channel_axis, 0)
+    _warn_saturated(stored.reshape(-1, *stored.shape[-2:]))
     x = image.astype(np.float64)
     if np.percentile(x.reshape(-1)[:: max(1, x.size // 1_000_000)], 99) < offset:
         raise ValueError(
@@ -230,6 +234,7 @@ def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channe
     out = np.empty_like(planes)
     progress = kwargs.pop("progress", None)
     n = len(planes)
+    reported = [None, None]  # the steps of a plane as denoise_trd counts them, and done
     for i, plane in enumerate(planes):
         g, r = gain, read_noise
         if g is None or r is None:
@@ -237,17 +242,19 @@ def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channe
             g = eg if g is None else g
             r = er if r is None else r
         t = generalized_anscombe(plane, g, r, offset)
-        seen = [1, 0]  # the plane's total steps as denoise_trd reports them (none: 1), done
-
         def plane_progress(done, total, i=i):
-            seen[:] = [total, done]
+            reported[:] = [total, done]
             progress(i * total + done, n * total)
 
+        reported[1] = None
         d = denoise_trd(t, 1.0, preserve_range=True,
                         progress=None if progress is None else plane_progress, **kwargs)
         out[i] = inverse_generalized_anscombe(d, g, r, offset)
-        if progress is not None and seen[1] < seen[0]:  # a plane denoise_trd only copied
-            progress((i + 1) * seen[0], n * seen[0])
+        T = reported[0]
+        if progress is not None and T is not None and reported[1] != T:
+            progress((i + 1) * T, n * T)  # a plane denoise_trd only copied reports nothing
+    if progress is not None and reported[0] is None:  # no plane needed denoising
+        progress(1, 1)
     out = out.reshape(x.shape)
     if channel_axis is not None:
         out = np.moveaxis(out, 0, channel_axis)

@@ -18,6 +18,7 @@ import shlex
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -92,9 +93,12 @@ def load_image_folder(folder, *, min_size=None, raw=False) -> tuple[list[np.ndar
             raise ValueError(f"cannot read training image {path}: {exc}") from exc
         if img.dtype == np.uint16 and not raw:
             img = img / 257.0
+        stack_file = path.suffix.lower() in (".tif", ".tiff", ".npy")
         if img.ndim == 3 and img.shape[-1] in (3, 4):
             planes = [rgb2gray(img[..., :3]) * (255.0 if img.dtype.kind in "ui" else 1.0)]
-        elif img.ndim == 3:
+        elif img.ndim == 3 and img.shape[-1] == 2 and not stack_file:
+            planes = [img[..., 0]]  # gray and alpha
+        elif img.ndim == 3 and stack_file:
             planes = list(img)
         elif img.ndim == 2:
             planes = [img]
@@ -308,6 +312,7 @@ LOSSES = ("mse", "sure", "n2n")
 # below this many training pixels the optimiser fits SURE's probe even within a chunk
 # (tests/test_train.py: 4 images of 40^2 gave an estimate of 3000 dB with one probe per run)
 SURE_MIN_PIXELS = 50_000
+FINAL_PROBE = 2**31 - 1  # the key of the probe of the final SURE evaluation
 
 
 class TrainingCancelled(Exception):
@@ -333,6 +338,13 @@ class _Reporter:
         self.done = done_iterations
         self.t0 = time.perf_counter()
         self.done_at_start = done_iterations
+
+    def step(self, label, fun):
+        """Tell the callback where the run is; raise TrainingCancelled if it says stop."""
+        if self.callback is not None and self.callback(TrainingStep(
+                label, self.done, self.total, fun.last_loss_per_px, fun.last_psnr)) is False:
+            raise TrainingCancelled(f"cancelled at iteration {self.done} of {self.total} "
+                                    f"({label})")
 
     def eta(self):
         run = self.done - self.done_at_start
@@ -371,18 +383,16 @@ def _lbfgs_chunks(fun, x, done, total, *, chunk, on_chunk, reporter, label):
                 f"{fun.psnr_name} {fun.last_psnr:.3f}  grad {fun.last_time:.2f} s  "
                 f"ETA {reporter.eta() / 60:.1f} min"
             )
-            if reporter.callback is not None and reporter.callback(TrainingStep(
-                    label, reporter.done, reporter.total, fun.last_loss_per_px,
-                    fun.last_psnr)) is False:
-                raise TrainingCancelled(f"cancelled at iteration {reporter.done} of "
-                                        f"{reporter.total} ({label})")
+            reporter.step(label, fun)
 
         res = minimize(fun, x, jac=True, method="L-BFGS-B", callback=callback,
                        options={"maxiter": n, "maxcor": 10, "gtol": 0, "ftol": 0})
         x = res.x
         # A chunk that stops early (converged, or the line search gave up) still counts as
         # spent, so that a resumed run takes the same path as an uninterrupted one.
-        reporter.done += n - iters[0]
+        if n > iters[0]:
+            reporter.done += n - iters[0]
+            reporter.step(label, fun)  # (the callback sees every count, cancels here too)
         done += n
         on_chunk(x, done)
     return x
@@ -440,7 +450,8 @@ class _SureBatch:
     def draw_probe(self, key):
         """Draw the probe ``b`` of the key (a tuple of ints) and move ``y + eps b`` in."""
         y = self.noisy
-        probe = np.random.default_rng([self.seed, 1, *key]).standard_normal(y.shape)
+        # (the key's length in the seed: [s, 1, 1, 0] and [s, 1, 2, 0, 0] differ)
+        probe = np.random.default_rng([self.seed, 1, len(key), *key]).standard_normal(y.shape)
         probe = probe.astype(y.dtype)
         probed = self._backend((y + y.dtype.type(self.eps) * probe).astype(y.dtype))
         self.backends = [self.plain, probed]
@@ -606,9 +617,11 @@ def train_model(
     if config.loss == "sure":
         batch = _SureBatch(f, spec, backend, config.sigma, config.seed)
         if f.size < SURE_MIN_PIXELS:
-            log(f"warning: few pixels for SURE ({f.size}, below {SURE_MIN_PIXELS}): with one "
-                "probe the optimiser can fit the probe instead of the noise, and the SURE "
-                "estimate then runs far above the true PSNR; train on more or larger images")
+            message = (f"few pixels for SURE ({f.size}, below {SURE_MIN_PIXELS}): the "
+                       "optimiser can fit the probe instead of the noise, and the SURE estimate "
+                       "then runs far above the true PSNR; train on more or larger images")
+            log("warning: " + message)
+            warnings.warn(message, UserWarning, stacklevel=2)
     else:
         batch = _batch(f, x, spec, backend, constraint)
     ckpt = Checkpoint(checkpoint_dir, config, data_digest) if checkpoint_dir else None
@@ -707,7 +720,12 @@ def train_model(
                            chunk=config.chunk, on_chunk=on_chunk, reporter=reporter,
                            label=f"joint {T} stages")
         trained = unpack_params(xv, spec)
+    if hasattr(batch, "draw_probe"):  # SURE: a probe no chunk was fitted to
+        batch.draw_probe((FINAL_PROBE,))
     final_loss, _ = obj(pack_params(trained))
+    final_mse = 2 * final_loss / x.size
+    if config.loss == "n2n":  # against noisy targets: less their noise, an estimate of the truth
+        final_mse -= config.sigma**2
     provenance = {
         "config": asdict(config),
         "data": data_source,
@@ -717,7 +735,7 @@ def train_model(
         "iterations": {"greedy_per_stage": config.greedy_iterations,
                        "joint": config.joint_iterations},
         "final_loss_per_pixel": final_loss / x.size,
-        "final_train_psnr": 10 * math.log10(255.0**2 / max(2 * final_loss / x.size, 1e-300)),
+        "final_train_psnr": 10 * math.log10(255.0**2 / max(final_mse, 1e-300)),
         "loss": config.loss,
         "history": state["history"][-50:],
         "initialised_from": state.get("init_model", "plain initialisation (DCT filters, "
@@ -800,7 +818,7 @@ def fit(images, *, sigma, loss="mse", targets=None, init=None, kernel_size=5, n_
     def planes(data):
         if data is None:
             return None
-        if isinstance(data, np.ndarray) or hasattr(data, "__array__") and np.ndim(data) > 2:
+        if hasattr(data, "__array__") and np.ndim(data) >= 2:  # one array: its 2-D planes
             arr = np.asarray(data, dtype=np.float64)
             return list(arr.reshape(-1, *arr.shape[-2:]))
         return [np.asarray(d, dtype=np.float64) for d in data]
