@@ -396,9 +396,11 @@ def test_command_line_losses_without_clean_images(tmp_path, capsys):
             imsave(folder / f"c{i}.png", np.clip(img, 0, 255).round().astype(np.uint8))
     common = ["--sigma", "20", "--kernel-size", "3", "--stages", "1", "--greedy-iterations", "2",
               "--joint-iterations", "0", "--crop", "40", "--chunk", "1"]
-    m = main(["--data", str(a), "--loss", "sure", "--out", str(tmp_path / "sure"), *common])
+    m = main(["--data", str(a), "--loss", "sure", "--out", str(tmp_path / "sure"),
+              "--validation", str(b), *common])
     assert m.metadata["provenance"]["loss"] == "sure"
-    assert "(SURE)" in (tmp_path / "sure" / "train.log").read_text()
+    log = (tmp_path / "sure" / "train.log").read_text()
+    assert "train PSNR (SURE)" in log and "validation PSNR" in log and "(SURE)\n" in log
     m = main(["--data", str(a), "--noisy", str(b), "--loss", "n2n",
               "--out", str(tmp_path / "n2n"), *common])
     assert m.metadata["provenance"]["loss"] == "n2n"

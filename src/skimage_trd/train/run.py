@@ -30,6 +30,7 @@ from .._jpeg import QuantizationConstraint, jpeg_roundtrip, quantized_coefficien
 from .._metrics import psnr
 from .._model import TRDModel, atomic_write_bytes
 from .._registry import load_model
+from .._sure import sure_mse
 from ..kernels.cuda import cupy_module
 from ..kernels.engine import model_fingerprint, run_model
 from ..kernels.numba_cpu import set_threads
@@ -557,7 +558,9 @@ def train_model(
         Where the run is checkpointed after every chunk of iterations; an
         existing checkpoint of the same configuration and data is resumed.
     validation : (list of clean, list of noisy), optional
-        Images of any size scored (PSNR) after every chunk, for monitoring.
+        Images of any size scored (PSNR) after every chunk, for monitoring; ``(None, list of
+        noisy)``: scored by SURE's estimate (Gaussian noise of ``config.sigma``), without
+        clean images.
     log : callable(str)
         Progress lines (iteration, loss, PSNR, time per gradient, ETA).
     command : str, optional
@@ -660,6 +663,8 @@ def train_model(
     })
     t_start = time.perf_counter()
 
+    val_kind = " (SURE)" if validation is not None and validation[0] is None else ""
+
     def score(stages):
         if validation is None:
             return None
@@ -667,6 +672,12 @@ def train_model(
         if deblock:
             vals = [psnr(deblock_trd(n, config.quality, model=model, preserve_range=True), c)
                     for c, n in zip(*validation)]
+        elif validation[0] is None:  # noisy validation images alone: SURE's estimate
+            def denoiser(y):
+                return run_model(np.asarray(y, dtype), model).astype(np.float64)
+
+            vals = [10 * math.log10(255.0**2 / max(sure_mse(denoiser, n, config.sigma), 1e-12))
+                    for n in validation[1]]
         else:
             vals = [psnr(run_model(np.asarray(n, dtype), model), c) for c, n in zip(*validation)]
         return float(np.mean(vals))
@@ -692,7 +703,7 @@ def train_model(
                                      "loss_per_px": obj.last_loss_per_px, "val_psnr": val})
             checkpoint(trained + unpack_params(xv, spec), state)
             log(f"{label}: checkpoint at {done} iterations" +
-                (f", validation PSNR {val:.3f}" if val is not None else ""))
+                (f", validation PSNR {val:.3f}{val_kind}" if val is not None else ""))
 
         xv = _lbfgs_chunks(obj, pack_params([current]), state["done"], config.greedy_iterations,
                            chunk=config.chunk, on_chunk=on_chunk, reporter=reporter, label=label)
@@ -714,7 +725,7 @@ def train_model(
                                      "loss_per_px": obj.last_loss_per_px, "val_psnr": val})
             checkpoint(unpack_params(xv, spec), state)
             log(f"joint: checkpoint at {done} iterations" +
-                (f", validation PSNR {val:.3f}" if val is not None else ""))
+                (f", validation PSNR {val:.3f}{val_kind}" if val is not None else ""))
 
         xv = _lbfgs_chunks(obj, pack_params(trained), state["done"], config.joint_iterations,
                            chunk=config.chunk, on_chunk=on_chunk, reporter=reporter,
@@ -945,7 +956,10 @@ def _parser():
                     help="Numba threads (default: Numba's, i.e. all cores or NUMBA_NUM_THREADS)")
     ap.add_argument("--backend", default="numba", choices=["numba", "cupy", "numpy"],
                     help="gradient kernels: Numba (CPU), CuPy (GPU) or NumPy (slow reference)")
-    ap.add_argument("--validation", help="folder of clean images scored after every chunk (default: none)")
+    ap.add_argument("--validation",
+                    help="folder of images scored after every chunk: clean ones (noise added), "
+                         "or with --loss sure/n2n noisy ones, scored by SURE's estimate "
+                         "(default: none)")
     ap.add_argument("--export",
                     help="write the trained model here (.npz; default: only the run folder's files)")
     ap.add_argument("--init", metavar="MODEL",
@@ -1007,7 +1021,7 @@ def main(argv=None):
             if missing:
                 raise ValueError(f"no noisy image for {', '.join(missing[:5])} in {args.noisy}")
             noisy = [lookup[n] for n in names]
-        vc = load_image_folder(args.validation)[0] if args.validation else None
+        vc = load_image_folder(args.validation, raw=args.photons)[0] if args.validation else None
     except (ValueError, OSError) as exc:
         hint = ""
         if args.crop and "smaller than" in str(exc):
@@ -1018,6 +1032,11 @@ def main(argv=None):
     if args.validation:
         if config.task == "deblock":
             validation = (vc, [_jpeg_decoded(c, config.quality) for c in vc])
+        elif config.loss != "mse":  # noisy validation images: scored by SURE's estimate
+            if args.photons:
+                vc = photon_training_images(vc, sigma=config.sigma, gain=args.gain,
+                                            read_noise=args.read_noise, offset=args.offset)[0]
+            validation = (None, vc)
         else:
             validation = (vc, add_noise(vc, config.sigma, args.seed + 1))
     out = Path(args.out)
