@@ -29,6 +29,7 @@ from .._deblock import deblock_trd
 from .._jpeg import QuantizationConstraint, jpeg_roundtrip, quantized_coefficients
 from .._metrics import psnr
 from .._model import TRDModel, atomic_write_bytes
+from .._poisson import estimate_poisson_gaussian, generalized_anscombe
 from .._registry import load_model
 from .._sure import sure_mse
 from ..kernels.cuda import cupy_module
@@ -773,8 +774,6 @@ def photon_training_images(raw_images, *, sigma, gain=None, read_noise=None, off
     its stabilised planes by the same factor. ``gain`` or ``read_noise`` None: estimated per
     image (:func:`skimage_trd.estimate_poisson_gaussian`). Returns the images and the
     ``(gain, read_noise)`` used for each."""
-    from .._poisson import estimate_poisson_gaussian, generalized_anscombe
-
     out, used = [], []
     for z in raw_images:
         z = np.asarray(z, dtype=np.float64)
