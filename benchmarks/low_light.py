@@ -17,7 +17,8 @@ camera units per photon, offset 100 and read noise 1 unit (half a photon); a fre
 
 Compared on the same noisy images:
 - TRD, parameters given: ``denoise_trd_poisson(z, gain, read, offset=offset)`` (generalised
-  Anscombe transform, the bank's model for the stabilised noise, exact unbiased inverse);
+  Anscombe transform, the bank's model for the stabilised noise chosen by the range rule, or by
+  SURE with ``--select sure``, exact unbiased inverse);
 - TRD, parameters estimated: ``denoise_trd_poisson(z, offset=offset)`` (gain and read noise
   estimated per image; the offset, the camera's dark level, is given);
 - BM3D with the same transform and inverse: ``bm3d.bm3d(gat(z), sigma_psd=1)``.
@@ -80,11 +81,12 @@ def load_results(path):
         for line in path.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
-                done[r["bank"], r["peak"], r["image"]] = r
+                # rows without "select" were measured before select='sure' existed: 'range'
+                done[r["bank"], r.get("select", "range"), r["peak"], r["image"]] = r
     return done
 
 
-def measure(peaks, images, results_path, bank, use_bm3d):
+def measure(peaks, images, results_path, bank, use_bm3d, select="range"):
     from skimage_trd import (
         denoise_trd_poisson,
         estimate_poisson_gaussian,
@@ -99,7 +101,7 @@ def measure(peaks, images, results_path, bank, use_bm3d):
         except ImportError:
             sys.exit("BM3D needs the package bm3d: pip install bm3d (or pass --no-bm3d)")
     model = None if bank == SHIPPED else bank.split(",")
-    kw = {} if model is None else {"model": model}
+    kw = {"select": select} if model is None else {"model": model, "select": select}
     warm = GAIN * np.random.default_rng(0).poisson(5 * np.ones((64, 64))) + OFFSET
     denoise_trd_poisson(warm, GAIN, READ, offset=OFFSET, **kw)  # compile before timing
     done = load_results(results_path)
@@ -109,7 +111,7 @@ def measure(peaks, images, results_path, bank, use_bm3d):
             for name, clean in images.items():
                 y = peak * clean
                 z = GAIN * rng.poisson(y) + OFFSET + READ * rng.standard_normal(y.shape)
-                key = (bank, peak, name)  # (the noise is drawn even when cached)
+                key = (bank, select, peak, name)  # (the noise is drawn even when cached)
                 if key in done:
                     continue
                 truth = GAIN * y + OFFSET
@@ -120,7 +122,8 @@ def measure(peaks, images, results_path, bank, use_bm3d):
                 t0 = time.perf_counter()
                 given = denoise_trd_poisson(z, GAIN, READ, offset=OFFSET, **kw)
                 t_trd = time.perf_counter() - t0
-                row = {"bank": bank, "peak": peak, "image": name, "noisy": score(z),
+                row = {"bank": bank, "select": select, "peak": peak, "image": name,
+                       "noisy": score(z),
                        "trd_given": score(given), "seconds_trd": t_trd}
                 try:
                     g, r = estimate_poisson_gaussian(z, offset=OFFSET)
@@ -159,20 +162,28 @@ def _cpu():
     return platform.processor() or platform.machine()
 
 
-def table(done, peaks, images, bank, group):
+def _bm3d_row(done, peak, name):
+    """BM3D does not depend on TRD's bank or choice: any row of this peak and image."""
+    for key, row in done.items():
+        if key[2:] == (peak, name) and "bm3d_given" in row:
+            return row
+    return {}
+
+
+def table(done, peaks, images, bank, group, select="range"):
     names = [n for n in images if n.startswith(group + "/")]
     if not names:
         return ""
-    lines = [f"{group} ({len(names)} images), bank: {bank}",
+    lines = [f"{group} ({len(names)} images), bank: {bank}, select: {select}",
              "| peak photons | noisy | TRD, parameters given | TRD, estimated | "
              "BM3D (same transform), given | TRD - BM3D (given) | estimation costs TRD | "
              "seconds TRD / BM3D |",
              "|---|---|---|---|---|---|---|---|"]
     for peak in peaks:
-        rows = [done.get((bank, peak, n)) for n in names]
+        rows = [done.get((bank, select, peak, n)) for n in names]
         if not names or any(r is None for r in rows):
             continue
-        bm_rows = [r if "bm3d_given" in r else done.get((SHIPPED, peak, n), {})
+        bm_rows = [r if "bm3d_given" in r else _bm3d_row(done, peak, n)
                    for r, n in zip(rows, names)]
         trd, est = _mean([r["trd_given"] for r in rows]), _mean([r["trd_estimated"] for r in rows])
         bm = _mean([b.get("bm3d_given") for b in bm_rows])
@@ -198,6 +209,8 @@ def main(argv=None):
                     help="comma-separated models (names or .npz paths) as the bank")
     ap.add_argument("--images", type=int, default=None, help="only the first N images")
     ap.add_argument("--no-bm3d", action="store_true")
+    ap.add_argument("--select", default="range", choices=["range", "sure"],
+                    help="denoise_trd_poisson's choice of model per plane")
     ap.add_argument("--data", default=str(DATA / "set12"), help="the Set12 images")
     args = ap.parse_args(argv)
     from skimage_trd.kernels.numba_cpu import set_threads
@@ -205,13 +218,13 @@ def main(argv=None):
     set_threads(args.threads)
     peaks = [float(p) for p in args.peaks.split(",")]
     images = load_images(args.data, args.images)
-    done = measure(peaks, images, args.results, args.model, not args.no_bm3d)
+    done = measure(peaks, images, args.results, args.model, not args.no_bm3d, args.select)
     print(f"\n# {platform.platform()}, {_cpu()}; "
           f"TRD threads={args.threads}; {datetime.date.today()}; python {' '.join(sys.argv)}")
     print(f"# gain {GAIN:g} units/photon, offset {OFFSET:g}, read noise {READ:g} units; "
           "mean PSNR (dB) against gain * expected photons + offset")
     for group in ("set12", "microscopy"):
-        text = table(done, peaks, images, args.model, group)
+        text = table(done, peaks, images, args.model, group, args.select)
         if text:
             print()
             print(text)

@@ -143,3 +143,17 @@ def test_progress_counts_over_all_planes():
     done = [d / t for d, t in calls]
     assert done == sorted(done) and done[-1] == 1.0 and len({t for _, t in calls}) == 1
     assert any(abs(f - 1 / 3) < 1e-9 for f in done) and any(abs(f - 2 / 3) < 1e-9 for f in done)
+
+
+def test_select_sure_picks_one_of_the_two_nearest_models():
+    rng = np.random.default_rng(6)
+    y = 20 * data.camera()[100:196, 100:196] / 255.0
+    raw = _observe(y, rng)
+    out = denoise_trd_poisson(raw, GAIN, READ, offset=OFFSET, select="sure")
+    ranged = denoise_trd_poisson(raw, GAIN, READ, offset=OFFSET)
+    forced = [denoise_trd_poisson(raw, GAIN, READ, offset=OFFSET, model=m)
+              for m in ("trd-gauss-s15-7x7-5st", "trd-gauss-s25-7x7-5st", "trd-gauss-s50-7x7-5st")]
+    assert any(np.array_equal(out, f) for f in forced)
+    assert any(np.array_equal(ranged, f) for f in forced)
+    with pytest.raises(ValueError, match="select"):
+        denoise_trd_poisson(raw, GAIN, READ, offset=OFFSET, select="best")
