@@ -494,6 +494,25 @@ def test_photon_counting_data_trained_by_sure(tmp_path):
     assert np.mean((out - truth) ** 2) < 0.5 * np.mean((raws[0] - truth) ** 2)
     with pytest.raises(SystemExit, match="--loss sure"):
         main(["--data", str(folder), "--photons", "--sigma", "25", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="add --photons"):
+        main(["--data", str(folder), "--loss", "sure", "--gain", "2", "--sigma", "25",
+              "--out", str(tmp_path / "x")])
+    rgb = tmp_path / "rgb"
+    rgb.mkdir()
+    imsave(rgb / "c.png", np.zeros((40, 40, 3), np.uint8))
+    with pytest.raises(ValueError, match="colour"):
+        load_image_folder(rgb, raw=True)
+
+
+def test_noise2noise_with_too_high_a_sigma_records_no_psnr():
+    from skimage_trd.train.run import add_noise
+
+    lines = []
+    m = train_model(add_noise(_clean(2), 5, 2), _config(sigma=100, loss="n2n", greedy_iterations=1,
+                                                        joint_iterations=0),
+                    noisy=add_noise(_clean(2), 5, 1), log=lines.append)
+    assert np.isnan(m.metadata["provenance"]["final_train_psnr"])
+    assert any("looks too high" in line for line in lines)
 
 
 def test_noise2noise_pairs_each_acquisition_with_the_other(monkeypatch):

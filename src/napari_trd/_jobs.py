@@ -202,6 +202,8 @@ def train(clean, *, noisy=None, sigma, kernel_size=5, n_stages=3, greedy_iterati
     if min(planes[0].shape) < patch:
         patch = min(planes[0].shape)
     tiles = _tiles([(p - lo) * scale for p in planes], patch)
+    if loss == "sure" and noisy is not None:
+        raise ValueError("SURE trains on the noisy layer alone; pass no second layer")
     if loss == "n2n" and noisy is None:
         raise ValueError("Noise2Noise needs a second noisy layer of the same scene")
     if noisy is not None and loss != "sure":

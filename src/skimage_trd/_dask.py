@@ -7,8 +7,10 @@ keep the symmetric boundary rule of the whole image) reproduces the in-memory
 result to float rounding, for any chunking.
 
 What is decided per plane (the noise level when not given, the model of the
-bank, the intensity centre) is computed up front: the centre as the plane's
-mean (one pass over the input, which also looks for NaN and infinite values), the
+bank, the intensity center) is computed up front: the center as the plane's
+mean, and its minimum and maximum (one pass over the input, which also looks for NaN and
+infinite values; they decide, as in memory, whether a plane is copied and whether its stages
+run in float64), the
 noise estimate and the choice of model from a central crop of at most
 ``SAMPLE`` x ``SAMPLE`` pixels. The result therefore equals the in-memory one
 exactly when planes are no larger than the crop, or when ``sigma`` is given and

@@ -33,6 +33,9 @@ FLOAT32_SPREAD = 1e5
 
 def select_model(bank, sigma_255):
     """The model of ``bank`` whose training sigma is nearest (in ratio) to ``sigma_255``."""
+    if not 0 < sigma_255 < np.inf:  # no intensity range, or no noise: the extremes
+        return max(bank, key=lambda m: (m.sigma, m.n_filters)) if sigma_255 > 0 else \
+            min(bank, key=lambda m: (m.sigma, -m.n_filters))
     return min(bank, key=lambda m: (abs(math.log(m.sigma / sigma_255)), -m.n_filters))
 
 

@@ -138,7 +138,9 @@ def _sure_choice(t, bank, index, kwargs):
     stabilised plane ``t``) with the lower SURE on ``t`` (unit Gaussian noise): one probe,
     drawn from a fixed key unrelated to any seed a user would draw noise with."""
     r = robust_range(t)
-    sigma_255 = 255.0 / r if r > 0 else np.inf
+    if not r > 0:  # a flat plane: denoise_trd copies it (or makes it its mean), no choice
+        return None
+    sigma_255 = 255.0 / r
     ranked = sorted(bank, key=lambda m: (abs(math.log(m.sigma / sigma_255)), -m.n_filters))
     candidates = []
     for m in ranked:  # the nearest, then the nearest of another noise level
@@ -245,6 +247,8 @@ def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channe
     - ``gain`` not positive or not finite, negative ``read_noise``, NaN or infinite pixels,
       and an ``offset`` above 99 % of the data raise ``ValueError``.
     """
+    if select not in ("sure", "range"):
+        raise ValueError(f"select must be 'sure' or 'range', got {select!r}")
     if array_module(image) == "cupy":
         image = image.get()
     image = check_image(np.asarray(image))  # bool, complex, NaN and inf refused
@@ -271,8 +275,6 @@ def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channe
     planes = x.reshape(-1, *x.shape[-2:])
     out = np.empty_like(planes)
     progress = kwargs.pop("progress", None)
-    if select not in ("sure", "range"):
-        raise ValueError(f"select must be 'sure' or 'range', got {select!r}")
     bank = resolve_models(kwargs.pop("model", None), "denoise")
     kwargs["model"] = bank if len(bank) > 1 else bank[0]
     n = len(planes)
@@ -285,8 +287,9 @@ def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channe
             r = er if r is None else r
         t = generalized_anscombe(plane, g, r, offset)
         pick = kwargs
-        if select == "sure" and len(bank) > 1:
-            pick = dict(kwargs, model=_sure_choice(t, bank, i, kwargs))
+        chosen = _sure_choice(t, bank, i, kwargs) if select == "sure" and len(bank) > 1 else None
+        if chosen is not None:
+            pick = dict(kwargs, model=chosen)
         def plane_progress(done, total, i=i):
             reported[:] = [total, done]
             progress(i * total + done, n * total)

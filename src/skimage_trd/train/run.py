@@ -96,6 +96,9 @@ def load_image_folder(folder, *, min_size=None, raw=False) -> tuple[list[np.ndar
         if img.dtype == np.uint16 and not raw:
             img = img / 257.0
         stack_file = path.suffix.lower() in (".tif", ".tiff", ".npy")
+        if raw and img.ndim == 3 and img.shape[-1] in (2, 3, 4) and not stack_file:
+            raise ValueError(f"{path}: a colour image; photon-counting training needs the "
+                             "camera's gray values (one channel per file)")
         if img.ndim == 3 and img.shape[-1] in (3, 4):
             planes = [rgb2gray(img[..., :3]) * (255.0 if img.dtype.kind in "ui" else 1.0)]
         elif img.ndim == 3 and img.shape[-1] == 2 and not stack_file:
@@ -738,6 +741,10 @@ def train_model(
     final_mse = 2 * final_loss / x.size
     if config.loss == "n2n":  # against noisy targets: less their noise, an estimate of the truth
         final_mse -= config.sigma**2
+        if final_mse <= 0:
+            log(f"warning: the loss against the noisy targets is below their noise (sigma "
+                f"{config.sigma:g} looks too high); no training PSNR recorded")
+            final_mse = float("nan")
     provenance = {
         "config": asdict(config),
         "data": data_source,
@@ -747,7 +754,8 @@ def train_model(
         "iterations": {"greedy_per_stage": config.greedy_iterations,
                        "joint": config.joint_iterations},
         "final_loss_per_pixel": final_loss / x.size,
-        "final_train_psnr": 10 * math.log10(255.0**2 / max(final_mse, 1e-300)),
+        "final_train_psnr": (float("nan") if math.isnan(final_mse)
+                             else 10 * math.log10(255.0**2 / max(final_mse, 1e-300))),
         "loss": config.loss,
         "history": state["history"][-50:],
         "initialised_from": state.get("init_model", "plain initialisation (DCT filters, "
@@ -828,10 +836,12 @@ def fit(images, *, sigma, loss="mse", targets=None, init=None, kernel_size=5, n_
     def planes(data):
         if data is None:
             return None
-        if hasattr(data, "__array__") and np.ndim(data) >= 2:  # one array: its 2-D planes
-            arr = np.asarray(data, dtype=np.float64)
-            return list(arr.reshape(-1, *arr.shape[-2:]))
-        return [np.asarray(d, dtype=np.float64) for d in data]
+        if isinstance(data, (list, tuple)) and all(np.ndim(d) == 2 for d in data):
+            return [np.asarray(d, dtype=np.float64) for d in data]  # images of any sizes
+        arr = np.asarray(data, dtype=np.float64)  # one array: its 2-D planes
+        if arr.ndim < 2:
+            raise ValueError(f"fit needs 2-D images, got an array of shape {arr.shape}")
+        return list(arr.reshape(-1, *arr.shape[-2:]))
 
     first, second = planes(images), planes(targets)
     if not first:
@@ -968,6 +978,14 @@ def _parser():
     return ap
 
 
+def _photon_images_or_exit(images, config, args):
+    try:
+        return photon_training_images(images, sigma=config.sigma, gain=args.gain,
+                                      read_noise=args.read_noise, offset=args.offset)
+    except ValueError as exc:  # e.g. a gain that cannot be estimated: one line, no traceback
+        raise SystemExit(f"error: {exc}") from None
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
@@ -979,6 +997,10 @@ def main(argv=None):
                       dtype=args.dtype, chunk=args.chunk, loss=args.loss)
         if args.loss == "sure" and args.noisy:
             raise ValueError("--loss sure trains on the noisy images of --data alone; drop --noisy")
+        if not args.photons and (args.gain is not None or args.read_noise is not None
+                                 or args.offset != 0.0):
+            raise ValueError("--gain, --read-noise and --offset describe photon-counting data: "
+                             "add --photons (with --loss sure)")
         if args.photons and args.loss != "sure":
             raise ValueError("--photons trains with --loss sure (noisy photon-counting images "
                              "alone)")
@@ -1033,8 +1055,7 @@ def main(argv=None):
             validation = (vc, [_jpeg_decoded(c, config.quality) for c in vc])
         elif config.loss != "mse":  # noisy validation images: scored by SURE's estimate
             if args.photons:
-                vc = photon_training_images(vc, sigma=config.sigma, gain=args.gain,
-                                            read_noise=args.read_noise, offset=args.offset)[0]
+                vc = _photon_images_or_exit(vc, config, args)[0]
             validation = (None, vc)
         else:
             validation = (vc, add_noise(vc, config.sigma, args.seed + 1))
@@ -1051,8 +1072,7 @@ def main(argv=None):
     if config.loss == "sure":  # the images of --data are the noisy ones
         clean, noisy = None, clean
         if args.photons:
-            noisy, used = photon_training_images(noisy, sigma=config.sigma, gain=args.gain,
-                                                 read_noise=args.read_noise, offset=args.offset)
+            noisy, used = _photon_images_or_exit(noisy, config, args)
             log("photon counting: generalised Anscombe transform times sigma; (gain, read "
                 "noise) per image: " + ", ".join(f"({g:.3g}, {r:.3g})" for g, r in used[:8])
                 + (" ..." if len(used) > 8 else ""))
