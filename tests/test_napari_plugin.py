@@ -662,3 +662,38 @@ def test_train_widget_noisy_layer_only(make_napari_viewer, qtbot):
     assert train.last_error is None
     path = _jobs.user_models_dir() / "from-noisy.npz"
     assert skimage_trd.load_model(path).metadata["provenance"]["loss"] == "sure"
+
+
+def test_train_job_on_photon_counting_data(user_models):
+    # a raw low-light layer (camera units) trained by SURE through the Anscombe transform; the
+    # model then serves denoise_trd_poisson and improves on the raw data
+    import skimage_trd
+
+    raw, meta = _low_light()
+    clean = low_light_cells()[0][1]["metadata"]["clean"][200:456, 150:406]
+    path = _jobs.train(raw, sigma=25.0, kernel_size=3, n_stages=2, greedy_iterations=3,
+                       joint_iterations=0, patch=128, name="photons", loss="sure",
+                       photons=dict(gain=2.0, read_noise=3.0, offset=100.0))
+    model = skimage_trd.load_model(path)
+    assert model.sigma == 25.0 and model.metadata["provenance"]["loss"] == "sure"
+    out = skimage_trd.denoise_trd_poisson(raw, 2.0, 3.0, offset=100.0, model=model)
+    assert np.mean((out - clean) ** 2) < 0.5 * np.mean((raw - clean) ** 2)
+    with pytest.raises(ValueError, match="SURE"):
+        _jobs.train(raw, sigma=25.0, joint_iterations=1, name="x",
+                    photons=dict(gain=2.0, read_noise=3.0, offset=100.0))
+
+
+@pytest.mark.napari
+def test_train_widget_photon_mode_fields(make_napari_viewer):
+    from napari_trd import TrainWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32)), name="raw")
+    train = TrainWidget(viewer)
+    photon_fields = (train.auto_photons, train.offset)
+    assert not any(_visible_to(f, train) for f in photon_fields)
+    train.data_kind.value = train.PHOTONS
+    assert all(_visible_to(f, train) for f in photon_fields)
+    assert not _visible_to(train.gain, train) and train.sigma.value == train.PHOTON_SIGMA
+    train.auto_photons.value = False
+    assert _visible_to(train.gain, train) and _visible_to(train.read_noise, train)

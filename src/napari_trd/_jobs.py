@@ -175,11 +175,15 @@ def _tiles(planes, size):
 
 def train(clean, *, noisy=None, sigma, kernel_size=5, n_stages=3, greedy_iterations=30,
           joint_iterations=30, patch=64, name="my-trd-model", start_from=None, backend="numba",
-          progress=None, cancel=None, log=None, loss="mse") -> Path:
+          progress=None, cancel=None, log=None, loss="mse", photons=None) -> Path:
     """Train a denoising model from a clean layer (noise added, seed 0) or a clean/noisy pair
     (``loss='mse'``), from a noisy layer alone (``'sure'``: ``clean`` holds the noisy data,
     Gaussian noise of ``sigma``), or from two noisy acquisitions of one scene (``'n2n'``:
-    ``clean`` the first, ``noisy`` the second).
+    ``clean`` the first, ``noisy`` the second). ``photons`` (``loss='sure'``): a dict of
+    ``gain``, ``read_noise`` (None: estimated per plane) and ``offset``: the layer holds
+    photon-counting data in camera units, stabilised by the generalised Anscombe transform
+    (``sigma`` is then the model's noise level on the [0, 255] scale, e.g. 25), and the model
+    is for ``denoise_trd_poisson(..., model=)``, the Denoise widget's photon-counting mode.
 
     Intensities are mapped to the [0, 255] training scale by the first layer's range; ``sigma``
     is in the layer's units. Planes are cut into ``patch`` x ``patch`` tiles. With
@@ -188,17 +192,23 @@ def train(clean, *, noisy=None, sigma, kernel_size=5, n_stages=3, greedy_iterati
     :func:`user_models_dir` as ``<name>.npz`` (``<name>-2.npz``, ... if taken; nothing is
     overwritten) and its path returned.
     """
-    from skimage_trd.train import TrainingConfig, add_noise, train_model
+    from skimage_trd.train import TrainingConfig, add_noise, photon_training_images, train_model
 
     check_model_name(name)
     clean = np.asarray(clean, dtype=np.float64)
     if clean.ndim < 2:
         raise ValueError(f"the clean layer must be an image, got shape {clean.shape}")
+    if photons is not None and loss != "sure":
+        raise ValueError("photon-counting data are trained with SURE (noisy images alone)")
     lo, hi = float(clean.min()), float(clean.max())
     if hi <= lo:
         raise ValueError("the clean layer is constant; it has nothing to learn from")
     scale = 255.0 / (hi - lo)
     planes = list(clean.reshape(-1, *clean.shape[-2:]))
+    if photons is not None:  # stabilised and scaled to the model's noise: no other mapping
+        planes, _ = photon_training_images(planes, sigma=sigma, **photons)
+        lo, scale = 0.0, 1.0
+        sigma = float(sigma)
     if min(planes[0].shape) < patch:
         patch = min(planes[0].shape)
     tiles = _tiles([(p - lo) * scale for p in planes], patch)

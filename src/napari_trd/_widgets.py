@@ -619,10 +619,13 @@ class TrainWidget(_JobWidget):
     PAIR = "clean and noisy images"
     SURE = "noisy image only (SURE)"
     N2N = "two noisy images of one scene (Noise2Noise)"
+    PHOTONS = "photon-counting image only (SURE)"
     # the first and second layer menus' labels, and the training loss, per kind of data
     DATA = {ADDED: ("clean image", None, "mse"), PAIR: ("clean image", "noisy image", "mse"),
             SURE: ("noisy image", None, "sure"),
-            N2N: ("first noisy image", "second noisy image", "n2n")}
+            N2N: ("first noisy image", "second noisy image", "n2n"),
+            PHOTONS: ("photon-counting image", None, "sure")}
+    PHOTON_SIGMA = 25.0  # the model's noise level for stabilised photon-counting data
 
     def __init__(self, napari_viewer):
         self.viewer = napari_viewer  # the menus below read the viewer's layers
@@ -633,6 +636,13 @@ class TrainWidget(_JobWidget):
                                           "acquisitions of the same scene")
         self.clean = ComboBox(label="clean image", choices=self._layer_names)
         self.noisy = ComboBox(label="noisy image", choices=self._layer_names)
+        self.auto_photons = CheckBox(label="estimate gain and read noise", value=True)
+        self.gain = FloatSpinBox(label="gain (camera units / photon)", value=1.0, min=1e-9,
+                                 max=1e9, step=0.01)
+        self.offset = FloatSpinBox(label="offset (dark level)", value=0.0, min=-1e9, max=1e9,
+                                   step=0.01)
+        self.read_noise = FloatSpinBox(label="read noise (camera units)", value=0.0, min=0.0,
+                                       max=1e9, step=0.01)
         self.sigma = FloatSpinBox(label="noise sigma", value=0.1, min=1e-9, max=1e9, step=0.001)
         self.kernel_size = ComboBox(label="filter size", choices=[3, 5, 7], value=5)
         self.n_stages = SpinBox(label="stages", value=3, min=1, max=8)
@@ -640,11 +650,14 @@ class TrainWidget(_JobWidget):
         self.joint = SpinBox(label="joint iterations", value=30, min=0, max=1000)
         self.model_name = LineEdit(label="model name", value="my-trd-model")
         self.start_from = ComboBox(label="start from", choices=self._start_choices)
-        super().__init__(napari_viewer, [self.data_kind, self.clean, self.noisy, self.sigma,
+        super().__init__(napari_viewer, [self.data_kind, self.clean, self.noisy,
+                                         self.auto_photons, self.gain, self.offset,
+                                         self.read_noise, self.sigma,
                                          self.kernel_size, self.n_stages, self.greedy,
                                          self.joint, self.start_from, self.model_name], "Train")
         self.clean.changed.connect(self._fit_sigma_box)
         self.data_kind.changed.connect(self._show_data_fields)
+        self.auto_photons.changed.connect(self._show_data_fields)
         self._refresh_layers()
         self._fit_sigma_box()
         self._show_data_fields()  # (after the container holds the fields: no stray windows)
@@ -655,6 +668,15 @@ class TrainWidget(_JobWidget):
         self.noisy.visible = second is not None
         if second is not None:
             self.noisy.label = second
+        photons = self.data_kind.value == self.PHOTONS
+        for field in (self.auto_photons, self.offset):
+            field.visible = photons
+        for field in (self.gain, self.read_noise):
+            field.visible = photons and not self.auto_photons.value
+        # photon-counting data: the stabilised noise is 1; sigma is the model's (0..255 scale)
+        self.sigma.label = "model sigma (0..255 scale)" if photons else "noise sigma"
+        if photons and self.sigma.value < 1:
+            self.sigma.value = self.PHOTON_SIGMA
 
     def _fit_sigma_box(self, *_):
         """Noise levels down to 1e-4 of the clean layer's contrast range can be set (data in
@@ -693,7 +715,12 @@ class TrainWidget(_JobWidget):
         if noisy is not None and noisy is clean:
             self._notify(f"the {first} and the {second} are the same layer", error=True)
             return None
-        kw = dict(sigma=self.sigma.value, loss=loss,
+        photons = None
+        if self.data_kind.value == self.PHOTONS:
+            auto = self.auto_photons.value
+            photons = dict(gain=None if auto else self.gain.value, offset=self.offset.value,
+                           read_noise=None if auto else self.read_noise.value)
+        kw = dict(sigma=self.sigma.value, loss=loss, photons=photons,
                   kernel_size=int(self.kernel_size.value), n_stages=self.n_stages.value,
                   greedy_iterations=self.greedy.value, joint_iterations=self.joint.value,
                   name=self.model_name.value.strip() or "my-trd-model",
