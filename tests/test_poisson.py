@@ -170,3 +170,18 @@ def test_select_sure_picks_the_model_with_the_lower_risk():
         denoise_trd_poisson(flat, GAIN, READ, offset=OFFSET))
     with pytest.raises(ValueError, match="select"):
         denoise_trd_poisson(raw, GAIN, READ, offset=OFFSET, select="best")
+
+
+def test_read_noise_estimated_for_a_given_gain():
+    # the gain known, only the line's intercept is fitted: the read noise comes out near the
+    # truth where the free fit wanders (it gave 0 for the moon at 20 photons)
+    rng = np.random.default_rng(0)
+    y = data.moon()[:256, :256] / 255.0 * 20 + 0.5
+    z = _observe(y, rng)
+    g, r = estimate_poisson_gaussian(z, offset=OFFSET, gain=GAIN)
+    assert g == GAIN and abs(r - READ) < 0.15 * READ
+    assert abs(estimate_poisson_gaussian(z, offset=OFFSET)[1] - READ) > 0.5 * READ
+    np.testing.assert_array_equal(denoise_trd_poisson(z, GAIN, offset=OFFSET),
+                                  denoise_trd_poisson(z, GAIN, r, offset=OFFSET))
+    with pytest.raises(ValueError, match="gain"):
+        estimate_poisson_gaussian(z, offset=OFFSET, gain=0.0)

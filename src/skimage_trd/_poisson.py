@@ -89,8 +89,9 @@ def inverse_generalized_anscombe(d, gain, read_noise, offset=0.0):
     return (gain * y + offset).reshape(shape)
 
 
-def estimate_poisson_gaussian(image, *, offset=0.0, n_bins=16):
-    """Estimate ``gain`` and ``read_noise`` from one image (2-D), in the image's own units.
+def estimate_poisson_gaussian(image, *, offset=0.0, n_bins=16, gain=None):
+    """Estimate ``gain`` and ``read_noise`` from one image (2-D), in the image's own units
+    (with ``gain`` given, only the read noise: the line's slope is then fixed).
 
     Local means of 8x8 blocks and the noise variance of each block (from the finest diagonal
     wavelet detail, robust to edges) are binned by mean; a straight line
@@ -125,6 +126,11 @@ def estimate_poisson_gaussian(image, *, offset=0.0, n_bins=16):
         raise ValueError(f"cannot estimate a gain: fewer than two of {n_bins} brightness bins "
                          f"hold 8 of the image's {means.size} blocks of 8x8 pixels (image too "
                          "small or too flat); pass gain and read_noise (camera units) instead")
+    if gain is not None:  # the slope known: the intercept alone, robustly
+        if not (np.isfinite(gain) and gain > 0):
+            raise ValueError(f"gain must be a positive number, got {gain!r}")
+        c = float(np.median(np.asarray(vb) - gain * np.asarray(mb)))
+        return float(gain), math.sqrt(max(c + gain * offset, 0.0))
     gain, c = np.polyfit(mb, vb, 1)
     if not gain > 0:
         raise ValueError("cannot estimate a gain: the noise does not grow with brightness (a flat "
@@ -281,8 +287,8 @@ def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channe
     reported = [None, None]  # the steps of a plane as denoise_trd counts them, and done
     for i, plane in enumerate(planes):
         g, r = gain, read_noise
-        if g is None or r is None:
-            eg, er = estimate_poisson_gaussian(plane, offset=offset)
+        if g is None or r is None:  # (with the gain given, the read noise for that gain)
+            eg, er = estimate_poisson_gaussian(plane, offset=offset, gain=g)
             g = eg if g is None else g
             r = er if r is None else r
         t = generalized_anscombe(plane, g, r, offset)
