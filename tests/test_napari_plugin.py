@@ -697,3 +697,17 @@ def test_train_widget_photon_mode_fields(make_napari_viewer):
     assert not _visible_to(train.gain, train) and train.sigma.value == train.PHOTON_SIGMA
     train.auto_photons.value = False
     assert _visible_to(train.gain, train) and _visible_to(train.read_noise, train)
+
+
+@pytest.mark.napari
+def test_qt_thread_pool_keeps_room_for_qt(make_napari_viewer):
+    # on small machines the global pool (napari's workers and Qt's image conversion) is grown
+    # so that our workers cannot take every thread the GUI thread waits on
+    from qtpy.QtCore import QThreadPool
+
+    from napari_trd import DenoiseWidget
+    from napari_trd._widgets import MIN_POOL_THREADS
+
+    QThreadPool.globalInstance().setMaxThreadCount(2)  # as on a 2-core machine
+    DenoiseWidget(make_napari_viewer())
+    assert QThreadPool.globalInstance().maxThreadCount() >= MIN_POOL_THREADS

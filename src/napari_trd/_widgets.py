@@ -55,6 +55,22 @@ def shutdown_workers(msecs=SHUTDOWN_WAIT_MS):
     return True
 
 
+# Qt's global thread pool runs napari's thread workers (ours among them) and Qt's own image
+# conversion, which the GUI thread waits for while it draws (a progress bar, for one). With the
+# pool's default size on a 2-core machine (2 threads), two of our workers waiting for the Python
+# lock can leave no thread for that conversion: napari hangs. Our widgets run at most a job and
+# a noise estimate each; this many threads leave room for Qt beside all of them.
+MIN_POOL_THREADS = 8
+
+
+def _ensure_pool_room():
+    from qtpy.QtCore import QThreadPool
+
+    pool = QThreadPool.globalInstance()
+    if pool.maxThreadCount() < MIN_POOL_THREADS:
+        pool.setMaxThreadCount(MIN_POOL_THREADS)
+
+
 def _hook_shutdown():
     """Register :func:`shutdown_workers` once, at exit and on the application's aboutToQuit
     (atexit handlers run last-registered first: before napari's and Qt's teardown)."""
@@ -116,6 +132,7 @@ class _JobWidget(Container):
         closed, running = self._closed, self._running
         self.native.destroyed.connect(lambda *_: _stand_down(closed, running))
         _hook_shutdown()
+        _ensure_pool_room()
 
     def stop_workers(self):
         """Cancel the running job and drop pending noise estimates (the widget is closing)."""
