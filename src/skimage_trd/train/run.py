@@ -623,6 +623,9 @@ def train_model(
         data_digest += "-from-" + model_fingerprint(init_model)[:12]
     if config.loss == "sure":
         batch = _SureBatch(f, spec, backend, config.sigma, config.seed)
+        if init_model is None:
+            log("note: SURE from the plain initialisation trained 1.5 dB below clean targets "
+                "in docs/models.md's comparison; it is meant to adapt a trained model (--init)")
         if f.size < SURE_MIN_PIXELS:
             message = (f"few pixels for SURE ({f.size}, below {SURE_MIN_PIXELS}): the "
                        "optimiser can fit the probe instead of the noise, and the SURE estimate "
