@@ -7,6 +7,8 @@ where to get it.
 
 from __future__ import annotations
 
+import json
+import platform
 import sys
 from pathlib import Path
 
@@ -44,3 +46,28 @@ def require_images(folder, what, pattern="*.png", option="--data FOLDER"):
     if not files:
         missing(what, folder, option)
     return files
+
+
+def cpu_name():
+    """The processor's model name (Linux), else what the platform module says."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_jsonl(path, key):
+    """Per-item results stored as JSON lines (appended as they are measured), as a dict keyed
+    by ``key(row)``; empty when the file does not exist yet."""
+    done = {}
+    path = Path(path)
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                done[key(row)] = row
+    return done

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import sys
 import time
 
@@ -32,6 +31,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, "1")  # single-threaded peers and BLAS, before numpy loads
 
 import numpy as np  # noqa: E402
+from _data import cpu_name  # noqa: E402  (benchmarks/ is the script's folder)
 
 from skimage_trd import denoise_trd  # noqa: E402
 from skimage_trd._metrics import psnr  # noqa: E402
@@ -64,17 +64,6 @@ def test_image(size, seed=0):
     clean = np.tile(cam, (reps, reps))[:size, :size]
     noise = np.random.default_rng(seed).standard_normal(clean.shape)
     return clean, clean / 255.0 + 25 / 255 * noise
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def speed_table(sizes, repeat, use_bm3d):

@@ -24,6 +24,9 @@ import numpy as np
 PAPER_1T = {256: 1.21, 512: 3.72, 1024: 14.0, 2048: 62.2, 3072: 135.9}
 
 
+from _data import cpu_name  # noqa: E402  (benchmarks/ is the script's folder)
+
+
 def synthetic_model(kernel_size, seed=0):
     from skimage_trd import TRDModel, dct_filter_basis
 
@@ -35,17 +38,6 @@ def synthetic_model(kernel_size, seed=0):
     centers = np.arange(-310.0, 310.1, 10.0)
     return TRDModel(filt, 0.1 * rng.standard_normal((5, m, 63)), centers, 0.01,
                     lambdas=np.full(5, 0.1), sigma=25.0, name=f"synthetic-{kernel_size}")
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 COLD = """

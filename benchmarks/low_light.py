@@ -46,7 +46,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _data import DATA, require_images  # noqa: E402
+from _data import DATA, cpu_name, load_jsonl, require_images  # noqa: E402
 
 GAIN, OFFSET, READ = 2.0, 100.0, 1.0
 SHIPPED = "shipped"
@@ -76,14 +76,8 @@ def load_images(data_dir, n_images):
 
 
 def load_results(path):
-    done = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                # rows without "select" were measured before select='sure' existed: 'range'
-                done[r["bank"], r.get("select", "range"), r["peak"], r["image"]] = r
-    return done
+    # rows without "select" were measured before select='sure' existed: 'range'
+    return load_jsonl(path, lambda r: (r["bank"], r.get("select", "range"), r["peak"], r["image"]))
 
 
 def measure(peaks, images, results_path, bank, use_bm3d, select="range"):
@@ -152,16 +146,6 @@ def _mean(values):
     return float(np.mean(values)) if values else float("nan")
 
 
-def _cpu():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _bm3d_row(done, peak, name):
     """BM3D does not depend on TRD's bank or choice: any row of this peak and image."""
     for key, row in done.items():
@@ -219,7 +203,7 @@ def main(argv=None):
     peaks = [float(p) for p in args.peaks.split(",")]
     images = load_images(args.data, args.images)
     done = measure(peaks, images, args.results, args.model, not args.no_bm3d, args.select)
-    print(f"\n# {platform.platform()}, {_cpu()}; "
+    print(f"\n# {platform.platform()}, {cpu_name()}; "
           f"TRD threads={args.threads}; {datetime.date.today()}; python {' '.join(sys.argv)}")
     print(f"# gain {GAIN:g} units/photon, offset {OFFSET:g}, read noise {READ:g} units; "
           "mean PSNR (dB) against gain * expected photons + offset")

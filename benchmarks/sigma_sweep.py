@@ -43,20 +43,14 @@ import numpy as np  # noqa: E402
 from skimage_trd._metrics import psnr  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _data import DATA, require_images  # noqa: E402
+from _data import DATA, load_jsonl, require_images  # noqa: E402
 
 # Authors' 7x7 5-stage models, one per sigma, on this protocol (docs/protocols.md)
 AUTHORS = {5: 37.74, 10: 33.62, 15: 31.43, 25: 28.92, 35: 27.42, 50: 25.96, 75: 24.43}
 
 
 def load_results(path):
-    done = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                done[r.get("bank", SHIPPED), r["sigma"], r["image"]] = r
-    return done
+    return load_jsonl(path, lambda r: (r.get("bank", SHIPPED), r["sigma"], r["image"]))
 
 
 SHIPPED = "shipped"
