@@ -503,7 +503,7 @@ class _Objective:
 
     def __init__(self, batch, n_px, stages, fixed=None, loss="mse", key=()):
         self.batch, self.stages, self.fixed, self.key = batch, stages, fixed, tuple(key)
-        self.fixed_u = None if fixed is None else batch.forward(fixed)
+        self.fixed_u = None  # the fixed stages' output: computed by the first start_chunk
         self.n_px = n_px
         self.psnr_name = self.PSNR_NAMES[loss]
         self.last_loss_per_px = float("nan")
@@ -511,12 +511,14 @@ class _Objective:
         self.last_time = float("nan")
 
     def start_chunk(self, done):
-        """Before each chunk of L-BFGS iterations: a SURE batch draws its probe for the chunk
-        (and the fixed stages are run again on the new ``y + eps b``)."""
-        if hasattr(self.batch, "draw_probe"):
+        """Before each chunk of L-BFGS iterations: the fixed stages' output, once (a SURE
+        batch draws the chunk's probe, and the fixed stages run again on the new
+        ``y + eps b``)."""
+        new_probe = hasattr(self.batch, "draw_probe")
+        if new_probe:
             self.batch.draw_probe(self.key + (done,))
-            if self.fixed is not None:
-                self.fixed_u = self.batch.forward(self.fixed)
+        if self.fixed is not None and (new_probe or self.fixed_u is None):
+            self.fixed_u = self.batch.forward(self.fixed)
 
     def __call__(self, x):
         t0 = time.perf_counter()
