@@ -488,3 +488,17 @@ def test_console_script_declared():
     text = (ROOT / "pyproject.toml").read_text()
     assert 'skimage-trd = "skimage_trd.cli:main"' in text
     assert os.path.isfile(ROOT / "src" / "skimage_trd" / "__main__.py")
+
+
+def test_select_sure(tmp_path):
+    from skimage import data
+
+    rng = np.random.default_rng(0)
+    img = np.clip(data.camera()[:128, :128] + 20 * rng.standard_normal((128, 128)), 0, 255)
+    img = img.astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "cam.png")
+    out = tmp_path / "out"
+    assert main(["denoise", str(tmp_path / "cam.png"), "-o", str(out), "--sigma", "20",
+                 "--select", "sure", "--float", "--threads", "1", "-q"]) == 0
+    expected = denoise_trd(img, 20, preserve_range=True, select="sure")
+    np.testing.assert_array_equal(tifffile.imread(out / "cam.tif"), expected.astype(np.float32))

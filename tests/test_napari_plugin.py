@@ -711,3 +711,51 @@ def test_qt_thread_pool_keeps_room_for_qt(make_napari_viewer):
     QThreadPool.globalInstance().setMaxThreadCount(2)  # as on a 2-core machine
     DenoiseWidget(make_napari_viewer())
     assert QThreadPool.globalInstance().maxThreadCount() >= MIN_POOL_THREADS
+
+
+def test_denoise_job_reports_the_sure_choice():
+    from skimage import data
+
+    clean = data.page()[:, :256] / 255.0  # the range rule picks sigma 50 here; SURE sigma 25
+    noisy = clean + 0.1 * np.random.default_rng(0).standard_normal(clean.shape)
+    choices = []
+    out = _jobs.denoise(noisy, sigma=0.1, select="sure", choices=choices)
+    expected = __import__("skimage_trd").denoise_trd(noisy, 0.1, select="sure",
+                                                      preserve_range=True)
+    np.testing.assert_array_equal(out, expected)
+    text = _jobs.choice_summary(choices, noisy)
+    assert choices[0]["model"] in text and "estimated PSNR" in text
+    # the estimate against the true PSNR of the result (within 0.5 dB on this image)
+    est = float(text.split("estimated PSNR ")[1].split(" dB")[0])
+    true = 10 * np.log10(1.0 / np.mean((out - clean) ** 2))
+    assert abs(est - true) < 0.5
+    ranged = []
+    _jobs.denoise(noisy, sigma=0.1, choices=ranged)
+    assert "intensity-range rule" in _jobs.choice_summary(ranged, noisy)
+    stack = np.stack([noisy, noisy[::-1]]).astype(np.float32)
+    many = []
+    _jobs.denoise(stack, sigma=0.1, select="sure", choices=many)
+    assert "x2" in _jobs.choice_summary(many, stack) and "mean" in _jobs.choice_summary(many, stack)
+    assert _jobs.choice_summary([{"model": None, "estimated_mse": {}}], stack).startswith("no ")
+
+
+@pytest.mark.napari
+def test_denoise_widget_choose_by_sure(make_napari_viewer, qtbot):
+    from napari_trd import DenoiseWidget
+    from skimage import data
+
+    viewer = make_napari_viewer()
+    clean = data.page()[:, :256] / 255.0
+    noisy = clean + 0.1 * np.random.default_rng(0).standard_normal(clean.shape)
+    viewer.add_image(noisy, name="page")
+    widget = DenoiseWidget(viewer)
+    widget.sigma.value = 0.1
+    widget.select.value = "SURE (estimated error)"
+    widget.run()
+    _wait(qtbot, widget)
+    assert widget.last_error is None
+    assert "trd-gauss-s25-7x7-5st" in widget.chosen.value
+    assert "estimated PSNR" in widget.chosen.value
+    np.testing.assert_array_equal(
+        viewer.layers["page_trd"].data,
+        __import__("skimage_trd").denoise_trd(noisy, 0.1, select="sure", preserve_range=True))

@@ -531,3 +531,31 @@ def test_noise2noise_pairs_each_acquisition_with_the_other(monkeypatch):
                 noisy=first, log=lambda s: None)
     np.testing.assert_array_equal(seen["f"], np.concatenate([first, second]))
     np.testing.assert_array_equal(seen["x"], np.concatenate([second, first]))
+
+
+def test_run_state_is_the_checkpoints_json(tmp_path):
+    import json
+
+    from skimage_trd.train.run import Checkpoint, RunState
+
+    # a checkpoint's state as every earlier version wrote it
+    old = {"phase": "greedy", "stage": 1, "done": 40, "history": [{"phase": "greedy"}],
+           "sessions": [{"git_commit": "abc"}], "config_digest": "x", "config": {},
+           "data_digest": "y"}
+    state = RunState.from_json(old)
+    assert (state.phase, state.stage, state.done, state.init_model) == ("greedy", 1, 40, None)
+    assert state.to_json() == {k: old[k] for k in ("phase", "stage", "done", "history",
+                                                    "sessions")}
+    config = _config()
+    assert state.iterations_done(config) == config.greedy_iterations + 40
+    joint = RunState(phase="joint", stage=config.n_stages - 1, done=3, init_model="m")
+    assert joint.iterations_done(config) == config.n_stages * config.greedy_iterations + 3
+    with pytest.raises(ValueError, match="phase"):
+        RunState.from_json({"phase": "warmup"})
+    # saved and loaded through a checkpoint: the same state
+    ckpt = Checkpoint(tmp_path, config, "digest")
+    ckpt.save(joint, np.arange(3.0))
+    loaded, params = ckpt.load()
+    assert loaded == joint and np.array_equal(params, np.arange(3.0))
+    with np.load(ckpt.path) as z:
+        assert json.loads(str(z["state"]))["init_model"] == "m"

@@ -86,23 +86,66 @@ def estimate_photons(data, *, offset=0.0, channel_axis=None):
                                                  offset=offset)
 
 
+SELECT = {"intensity range": "range", "SURE (estimated error)": "sure"}
+
+
 def denoise(data, *, sigma=None, model=AUTO, backend="auto", channel_axis=None, progress=None,
-            cancel=None, keep_dtype=False):
+            cancel=None, keep_dtype=False, select="range", choices=None):
     """Denoise layer data (NumPy or dask; nD as 2-D planes). ``sigma`` None or 0: estimated.
-    ``keep_dtype``: the result in the layer's dtype (integers rounded and clipped)."""
+    ``keep_dtype``: the result in the layer's dtype (integers rounded and clipped).
+    ``select``: how the bank's model is chosen ('range' or 'sure'); what was chosen for every
+    plane is appended to ``choices`` (a list) when given."""
     if sigma is not None and sigma <= 0:
         sigma = None
-    return skimage_trd.denoise_trd(
+    out, chosen = skimage_trd.denoise_trd(
         data, sigma, model=_model_arg(model), channel_axis=channel_axis,
         backend={"CPU": "numba", "GPU": "cupy"}.get(backend, "auto"), preserve_range=True,
         progress=None if type(data).__module__.startswith("dask") else _ticker(progress, cancel),
-        preserve_dtype=keep_dtype,
+        preserve_dtype=keep_dtype, select=select, return_choices=True,
     )
+    if choices is not None:
+        choices.extend(chosen)
+    return out
+
+
+def _peak(data):
+    """The intensity range a PSNR of ``data`` is stated against: the integer type's (8 bits:
+    255), 1 for (noisy) floats around [0, 1] and 255 on the 8-bit scale (as
+    ``denoise_trd(select='sure')`` judges them), else the data's own extent."""
+    dt = np.dtype(data.dtype)
+    if dt.kind in "ui":
+        return float(np.iinfo(dt).max) - (float(np.iinfo(dt).min) if dt.kind == "i" else 0.0)
+    lo, hi = float(np.min(data)), float(np.max(data))
+    if -0.5 <= lo and hi <= 1.5:
+        return 1.0
+    if -128 <= lo and 1.5 < hi <= 383:
+        return 255.0
+    return max(hi - lo, 1e-300)
+
+
+def choice_summary(choices, data):
+    """One line for the widget: the model(s) chosen and, from SURE, the estimated PSNR of the
+    result (against the range of :func:`_peak`; no clean image involved)."""
+    used = [c for c in choices if c["model"] is not None]
+    if not used:
+        return "no plane needed denoising"
+    names = {}
+    for c in used:
+        names[c["model"]] = names.get(c["model"], 0) + 1
+    text = ", ".join(n if k == 1 and len(used) == 1 else f"{n} x{k}" for n, k in names.items())
+    mses = [c["estimated_mse"][c["model"]] for c in used if c["estimated_mse"]]
+    if not mses:
+        return text + " (intensity-range rule)"
+    mse = float(np.mean(mses))
+    if mse <= 0:  # SURE is unbiased, not positive: a very clean result can come out below 0
+        return text + " (SURE; estimated error below its resolution)"
+    psnr = 10 * np.log10(_peak(data) ** 2 / mse)
+    return text + f" (SURE; estimated PSNR {psnr:.1f} dB{' mean' if len(mses) > 1 else ''})"
 
 
 def denoise_photons(data, *, gain=None, read_noise=None, offset=0.0, model=AUTO,
                     backend="auto", channel_axis=None, progress=None, cancel=None,
-                    keep_dtype=False, estimate_from=None):
+                    keep_dtype=False, estimate_from=None, select="range"):
     """Denoise photon-counting layer data (Poisson-Gaussian noise) in camera units with
     :func:`skimage_trd.denoise_trd_poisson`. ``gain`` or ``read_noise`` None: estimated, per
     plane and channel of ``data``, or, given ``estimate_from`` (a whole 2-D plane, channels
@@ -115,7 +158,7 @@ def denoise_photons(data, *, gain=None, read_noise=None, offset=0.0, model=AUTO,
     data = data.get() if type(data).__module__.startswith("cupy") else np.asarray(data)
     kw = dict(offset=offset, model=_model_arg(model),
               backend={"CPU": "numba", "GPU": "cupy"}.get(backend, "auto"),
-              preserve_dtype=keep_dtype)
+              preserve_dtype=keep_dtype, select=select)
     if estimate_from is None or (gain is not None and read_noise is not None):
         return skimage_trd.denoise_trd_poisson(data, gain, read_noise, channel_axis=channel_axis,
                                                progress=tick, **kw)

@@ -56,6 +56,7 @@ class RestoreOptions:
     backend: str = "auto"
     float32: bool = False
     quality: int | None = None  # deblock of non-JPEG input
+    select: str = "range"  # denoise: how the bank's model is chosen per plane ('range', 'sure')
     chunk: int = 2048  # zarr: largest chunk edge (rows, columns) processed at once
     zarr_threads: int | None = None  # zarr, locally: dask threads (default: CPU count)
 
@@ -175,7 +176,7 @@ def _restore(image, opts: RestoreOptions, channel_axis, color, progress, source=
     out = denoise_trd(image, sigma, model=opts.model, channel_axis=channel_axis,
                       preserve_range=True, preserve_dtype=not opts.float32,
                       backend=opts.backend, num_threads=opts.num_threads,
-                      tile_shape=opts.tile_shape, progress=progress,
+                      tile_shape=opts.tile_shape, progress=progress, select=opts.select,
                       color_transform="opponent" if color else "none")
     return out.astype(np.float32, copy=False) if opts.float32 else out
 

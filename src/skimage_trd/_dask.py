@@ -19,16 +19,21 @@ the bank has one model; otherwise only those estimates may differ. The denoising
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
+from ._choice import choice_record, sure_setting
 from ._planes import denoise_plane, plane_settings
 
 SAMPLE = 1024
 
 
-def denoise_trd_dask(image, sigmas, channel_axis, opts):
+def denoise_trd_dask(image, sigmas, channel_axis, opts, *, choices=None, unit=1.0):
     """A lazy dask array: ``image`` (dask) denoised with ``opts`` (:class:`._planes.PlaneOptions`,
-    validated by ``denoise_trd``), ``sigmas`` one per channel (None: estimated)."""
+    validated by ``denoise_trd``), ``sigmas`` one per channel (None: estimated). The settings
+    of the planes are decided now (eagerly) and appended to ``choices`` when given (``unit``
+    as in ``_denoise._denoise_planes``)."""
     try:
         import dask
         import dask.array as da
@@ -68,8 +73,25 @@ def denoise_trd_dask(image, sigmas, channel_axis, opts):
         s = sigmas[channel or 0]
         # the whole plane's mean and extremes (so that the choice of copying it, and of
         # float64 stages, is the in-memory one); the rest from the sample
+        extent = (float(lows[idx]), float(highs[idx]))
         settings[idx] = plane_settings(plane, s, opts, center=float(means[idx]) * opts.scale,
-                                       extent=(float(lows[idx]), float(highs[idx])))
+                                       extent=extent)
+        if opts.select == "sure":  # SURE on the whole plane or its tiles, read from the input
+            whole = image[tuple(sel)]
+
+            def fetch(rows, cols, whole=whole):
+                return np.asarray(whole[rows, cols].compute())
+
+            # (the whole plane's result, when SURE made one, is not kept: the graph
+            # recomputes it chunk by chunk)
+            settings[idx] = replace(sure_setting(settings[idx], opts, (H, W), extent, fetch),
+                                    output=None)
+        if choices is not None:
+            full = [slice(None)] * image.ndim
+            for ax, i in zip(lead, idx):
+                full[ax] = i
+            choices.append(choice_record(tuple(full), channel_axis, settings[idx],
+                                         unit / opts.scale))
 
     halo = max(m.halo for m in opts.bank)
     depth = {ax: 0 for ax in range(image.ndim)}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -73,6 +73,12 @@ class PlaneSetting:
     model: TRDModel | None = None
     gain: float = 1.0
     wide: bool = False  # the stages in float64 (``exact``, or a spread above FLOAT32_SPREAD)
+    noise: float = 0.0  # the plane's noise level, working units (given or estimated)
+    level: float = float("nan")  # that noise on the model scale by the range rule (sigma_255)
+    # select='sure': (model name, estimated mean squared error in working units) per candidate,
+    # and the chosen model's result on the whole plane when SURE evaluated the whole plane
+    estimates: tuple = ()
+    output: object = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,7 @@ class PlaneOptions:
     n_stages: int | None = None
     data_range: float | None = None  # in the image's own units
     exact: bool = False
+    select: str = "range"  # how a model of the bank is chosen per plane: 'range' or 'sure'
 
     @property
     def scale(self) -> float:
@@ -150,10 +157,11 @@ def plane_settings(plane, sigma, opts, center=None, extent=None):
     if s == 0 or spread == 0 or spread / s > NEGLIGIBLE_NOISE:
         # no noise, a constant plane (which the stage map leaves as it is), or noise
         # too weak to matter (and to rescale onto the model's scale without overflow)
-        return PlaneSetting("copy", center)
+        return PlaneSetting("copy", center, noise=s)
     if spread / s < 1.0 / NEGLIGIBLE_NOISE:
         # noise ten million times the signal: nothing but the mean is left to estimate
-        return PlaneSetting("mean", center)
+        return PlaneSetting("mean", center, noise=s)
+    level = float("nan")
     if len(bank) == 1:
         m = bank[0]
     else:
@@ -161,9 +169,10 @@ def plane_settings(plane, sigma, opts, center=None, extent=None):
             r = data_range * scale
         else:
             r = robust_range(plane) * scale  # (linear in the scale: no scaled copy)
-        m = select_model(bank, 255.0 * s / r if r > 0 else np.inf)
+        level = 255.0 * s / r if r > 0 else np.inf
+        m = select_model(bank, level)
     wide = bool(opts.exact) or spread / s > FLOAT32_SPREAD
-    return PlaneSetting("denoise", center, m, m.sigma / s, wide)
+    return PlaneSetting("denoise", center, m, m.sigma / s, wide, noise=s, level=level)
 
 
 def denoise_plane(plane, setting, opts, progress=None):

@@ -28,7 +28,6 @@ from ._arrays import (
     to_input_dtype,
 )
 from ._denoise import denoise_trd
-from ._planes import robust_range
 from ._registry import resolve_models
 
 __all__ = [
@@ -139,36 +138,6 @@ def estimate_poisson_gaussian(image, *, offset=0.0, n_bins=16, gain=None):
     return float(gain), math.sqrt(max(c + gain * offset, 0.0))
 
 
-def _sure_choice(t, bank, index, kwargs):
-    """The model of ``bank`` (the two nearest, in ratio, to the range rule's noise level for the
-    stabilised plane ``t``) with the lower SURE on ``t`` (unit Gaussian noise): one probe,
-    drawn from a fixed key unrelated to any seed a user would draw noise with."""
-    r = robust_range(t)
-    if not r > 0:  # a flat plane: denoise_trd copies it (or makes it its mean), no choice
-        return None
-    sigma_255 = 255.0 / r
-    ranked = sorted(bank, key=lambda m: (abs(math.log(m.sigma / sigma_255)), -m.n_filters))
-    candidates = []
-    for m in ranked:  # the nearest, then the nearest of another noise level
-        if all(m.sigma != c.sigma for c in candidates):
-            candidates.append(m)
-        if len(candidates) == 2:
-            break
-    if len(candidates) < 2:
-        return candidates[0]
-    eps = 2.0 / t.size**0.3
-    probe = np.random.default_rng([0x5EED, 0x7D, index]).standard_normal(t.shape)
-    run = {k: v for k, v in kwargs.items() if k != "model"}
-
-    def sure(m):
-        f = denoise_trd(t, 1.0, model=m, preserve_range=True, **run)
-        fb = denoise_trd(t + eps * probe, 1.0, model=m, preserve_range=True, **run)
-        divergence = float(np.sum(probe * (fb - f))) / eps
-        return float(np.mean((f - t) ** 2)) - 1.0 + 2.0 * divergence / t.size
-
-    return min(candidates, key=sure)
-
-
 def _warn_saturated(planes):
     """Warn when a plane of integer input (``planes``: (n, H, W)) holds more than 0.1 % of its
     pixels at a full-scale value (2**k - 1 for k = 8 ... 16, or the dtype's maximum): a
@@ -214,12 +183,11 @@ def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channe
         camera units.
     select : {'range', 'sure'}, optional
         How a model of the bank is chosen for each stabilised plane (when ``model`` is not a
-        single model): ``'range'``, :func:`skimage_trd.denoise_trd`'s rule; ``'sure'`` runs
-        the two models nearest to that rule's choice and keeps the one with the lower Stein's
-        unbiased risk estimate on the stabilised plane (Gaussian noise of variance 1 there; one
-        Monte-Carlo probe; five times the work). Measured in docs/microscopy.md: better on
-        Set12 at 20 photons, worse on a microscopy image at 10 (the error SURE estimates is
-        the stabilised domain's, not the inverse's).
+        single model), as in :func:`skimage_trd.denoise_trd`: ``'range'``, the robust-range
+        rule; ``'sure'``, the candidate with the lower Stein's unbiased risk estimate on the
+        stabilised plane (Gaussian noise of variance 1 there; about four times the work).
+        Measured in docs/microscopy.md: better on Set12 at 20 photons, worse on a microscopy
+        image at 10 (the error SURE estimates is the stabilised domain's, not the inverse's).
     **kwargs
         Passed to :func:`skimage_trd.denoise_trd` (``model``, ``backend``, ``num_threads``,
         ``tile_shape``, ...); ``progress(done, total)`` counts over all planes.
@@ -292,17 +260,13 @@ def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channe
             g = eg if g is None else g
             r = er if r is None else r
         t = generalized_anscombe(plane, g, r, offset)
-        pick = kwargs
-        chosen = _sure_choice(t, bank, i, kwargs) if select == "sure" and len(bank) > 1 else None
-        if chosen is not None:
-            pick = dict(kwargs, model=chosen)
         def plane_progress(done, total, i=i):
             reported[:] = [total, done]
             progress(i * total + done, n * total)
 
         reported[1] = None
-        d = denoise_trd(t, 1.0, preserve_range=True,
-                        progress=None if progress is None else plane_progress, **pick)
+        d = denoise_trd(t, 1.0, preserve_range=True, select=select,
+                        progress=None if progress is None else plane_progress, **kwargs)
         out[i] = inverse_generalized_anscombe(d, g, r, offset)
         T = reported[0]
         if progress is not None and T is not None and reported[1] != T:

@@ -100,6 +100,11 @@ def _restore_parser(sub, task):
                        help="noise standard deviation in the data's own units (uint8: grey "
                             "levels; 12-bit camera in uint16: camera units), or one per "
                             "channel (S1,S2,S3); default: estimated for every plane")
+        p.add_argument("--select", choices=("range", "sure"), default="range",
+                       help="how the bank's model is chosen for every plane: 'range' (the "
+                            "plane's intensity range; default) or 'sure' (the candidate with the "
+                            "lowest estimated error by Stein's unbiased risk estimate: often "
+                            "better, about four times the work)")
     else:
         p.add_argument("--quality", type=int, default=None, metavar="Q",
                        help="JPEG quality (1..100) of inputs that are not JPEG files (JPEG files: "
@@ -436,7 +441,8 @@ def _batch_command(args, ap) -> int:
         task=args.task, sigma=getattr(args, "sigma", None), quality=getattr(args, "quality", None),
         channel_axis=args.channel_axis, tile_shape=args.tile, backend=args.backend,
         num_threads=args.threads if args.threads or not args.scheduler else 1,
-        float32=args.float32, chunk=args.chunk, zarr_threads=args.threads)
+        float32=args.float32, chunk=args.chunk, zarr_threads=args.threads,
+        select=getattr(args, "select", "range"))
     if options.quality is not None and not 1 <= options.quality <= 100:
         ap.error(f"--quality must be in 1..100, got {options.quality}")
     if args.model:

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -269,8 +269,44 @@ class TrainingConfig:
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
+@dataclass
+class RunState:
+    """Where a run stands, saved as JSON in its checkpoints (with the configuration and data
+    digests :class:`Checkpoint` adds): the phase, the stage being trained (greedy), the
+    iterations done in that stage or in the joint phase, the history of validation scores,
+    every (re)start of the run, and the model a fine-tuning run started from."""
+
+    phase: str = "greedy"  # 'greedy' or 'joint'
+    stage: int = 0  # greedy: the stage being trained (0-based); joint: n_stages - 1
+    done: int = 0  # iterations done in this stage (greedy) or in the joint phase
+    history: list = field(default_factory=list)
+    sessions: list = field(default_factory=list)
+    init_model: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict) -> RunState:
+        """The state of a checkpoint's JSON (other keys, such as the digests, ignored)."""
+        known = {f.name for f in fields(cls)}
+        state = cls(**{k: v for k, v in data.items() if k in known})
+        if state.phase not in ("greedy", "joint"):
+            raise ValueError(f"checkpoint state with an unknown phase {state.phase!r}")
+        return state
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        if data["init_model"] is None:  # (as checkpoints have always been written)
+            data.pop("init_model")
+        return data
+
+    def iterations_done(self, config: TrainingConfig) -> int:
+        """Iterations of the whole run done (greedy stages, then joint)."""
+        if self.phase == "greedy":
+            return self.stage * config.greedy_iterations + self.done
+        return config.n_stages * config.greedy_iterations + self.done
+
+
 class Checkpoint:
-    """The state of a run: phase, iterations done, parameters; written atomically."""
+    """The state of a run: its :class:`RunState` and parameters; written atomically."""
 
     def __init__(self, directory, config: TrainingConfig, data_digest: str):
         self.dir = Path(directory)
@@ -279,7 +315,7 @@ class Checkpoint:
         self.config = config
         self.data_digest = data_digest
 
-    def load(self):
+    def load(self) -> tuple[RunState, np.ndarray] | None:
         if not self.path.exists():
             return None
         with np.load(self.path, allow_pickle=False) as z:
@@ -303,13 +339,13 @@ class Checkpoint:
                 )
         if state.get("data_digest") != self.data_digest:
             raise ValueError(f"checkpoint {self.path} was made with different training data")
-        return state, params
+        return RunState.from_json(state), params
 
-    def save(self, state: dict, params: np.ndarray):
-        state = {**state, "config_digest": self.config.digest(), "config": asdict(self.config),
-                 "data_digest": self.data_digest}
+    def save(self, state: RunState, params: np.ndarray):
+        data = {**state.to_json(), "config_digest": self.config.digest(),
+                "config": asdict(self.config), "data_digest": self.data_digest}
         buf = io.BytesIO()
-        np.savez(buf, params=params, state=np.array(json.dumps(state)))
+        np.savez(buf, params=params, state=np.array(json.dumps(data)))
         atomic_write_bytes(self.path, buf.getvalue())
 
 
@@ -587,7 +623,31 @@ def train_model(
         With ``metadata['provenance']`` recording configuration, data, seeds,
         iterations, final loss and the git commit of the code.
     """
-    spec = config.spec()
+    data = _prepare_data(clean, noisy, config, names, init_model)
+    batch = _make_batch(data, config, backend, init_model, log)
+    run = _TrainingRun(config, data, batch, checkpoint_dir=checkpoint_dir, validation=validation,
+                       log=log, callback=callback, backend=backend, init_model=init_model)
+    run.greedy_phase()
+    run.joint_phase()
+    provenance = run.provenance(data_source=data_source, command=command, init_model=init_model)
+    return _to_model(run.trained, run.spec, config,
+                     metadata={"provenance": provenance, "source": "skimage_trd.train"})
+
+
+@dataclass
+class _TrainingData:
+    """A run's batch: inputs and targets (N, H, W) in the training dtype, the quantisation
+    constraint of deblocking runs, and the digest that ties checkpoints to the data."""
+
+    inputs: np.ndarray
+    targets: np.ndarray
+    constraint: tuple | None
+    digest: str
+    n_images: int
+
+
+def _prepare_data(clean, noisy, config, names, init_model) -> _TrainingData:
+    """The batch of a run from the images given to :func:`train_model`."""
     deblock = config.task == "deblock"
     if config.loss == "sure":  # noisy images only: they stand in for the targets below
         if noisy is None or clean is not None:
@@ -620,163 +680,199 @@ def train_model(
         f, x = np.concatenate([f, x]), np.concatenate([x, f])
     x = x.astype(dtype)
     f = f.astype(dtype)
-    data_digest = hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:16]
+    digest = hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:16]
     if init_model is not None:  # a fine-tuning checkpoint belongs to its starting model
-        data_digest += "-from-" + model_fingerprint(init_model)[:12]
-    if config.loss == "sure":
-        batch = _SureBatch(f, spec, backend, config.sigma, config.seed)
-        if init_model is None:
-            log("note: SURE from the plain initialisation trained 1.5 dB below clean targets "
-                "in docs/models.md's comparison; it is meant to adapt a trained model (--init)")
-        if f.size < SURE_MIN_PIXELS:
-            message = (f"few pixels for SURE ({f.size}, below {SURE_MIN_PIXELS}): the "
-                       "optimiser can fit the probe instead of the noise, and the SURE estimate "
-                       "then runs far above the true PSNR; train on more or larger images")
-            log("warning: " + message)
-            warnings.warn(message, UserWarning, stacklevel=2)
-    else:
-        batch = _batch(f, x, spec, backend, constraint)
-    ckpt = Checkpoint(checkpoint_dir, config, data_digest) if checkpoint_dir else None
-    T = config.n_stages
-    total = T * config.greedy_iterations + config.joint_iterations
-    state = {"phase": "greedy", "stage": 0, "done": 0, "history": []}
-    trained: list = []
-    current = None
-    if ckpt is not None:
-        loaded = ckpt.load()
-        if loaded is not None:
-            state, params = loaded
-            stages = unpack_params(params, spec) if params.size else []
-            if state["phase"] == "greedy":
-                # a checkpoint taken right after a stage finished holds no next stage yet
-                trained = stages[: state["stage"]]
-                current = stages[state["stage"]] if len(stages) > state["stage"] else None
-            else:
-                trained = stages
-            log(f"resuming from {ckpt.path}: phase {state['phase']}, stage {state['stage'] + 1}, "
-                f"{state['done']} iterations done")
-    if init_model is not None and not trained and current is None:
-        trained = _initial_stages(init_model, spec, config)
-        state.update(phase="joint", stage=T - 1, done=0, init_model=init_model.name)
-        log(f"fine-tuning {init_model.name}: joint training from its parameters")
-    done_before = (
-        state["stage"] * config.greedy_iterations + state["done"]
-        if state["phase"] == "greedy" else T * config.greedy_iterations + state["done"]
-    )
-    reporter = _Reporter(log, total, done_before, callback)
-    # every (re)start of the run is recorded: a resumed run may continue on newer code
-    state.setdefault("sessions", []).append({
-        "git_commit": _git_commit(), "started_at_iteration": done_before,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "backend": backend, "machine": f"{platform.machine()} {platform.node()}",
-    })
-    t_start = time.perf_counter()
+        digest += "-from-" + model_fingerprint(init_model)[:12]
+    return _TrainingData(f, x, constraint, digest, len(clean))
 
-    val_kind = " (SURE)" if validation is not None and validation[0] is None else ""
 
-    def score(stages):
-        if validation is None:
+def _make_batch(data, config, backend, init_model, log):
+    """The object that evaluates the loss and its gradient on the batch, for the backend."""
+    spec = config.spec()
+    if config.loss != "sure":
+        return _batch(data.inputs, data.targets, spec, backend, data.constraint)
+    if init_model is None:
+        log("note: SURE from the plain initialisation trained 1.5 dB below clean targets "
+            "in docs/models.md's comparison; it is meant to adapt a trained model (--init)")
+    if data.inputs.size < SURE_MIN_PIXELS:
+        message = (f"few pixels for SURE ({data.inputs.size}, below {SURE_MIN_PIXELS}): the "
+                   "optimiser can fit the probe instead of the noise, and the SURE estimate "
+                   "then runs far above the true PSNR; train on more or larger images")
+        log("warning: " + message)
+        warnings.warn(message, UserWarning, stacklevel=3)
+    return _SureBatch(data.inputs, spec, backend, config.sigma, config.seed)
+
+
+class _TrainingRun:
+    """One run of :func:`train_model`: its state (resumed from the checkpoint if there is
+    one), the greedy and joint phases, checkpoints, validation and provenance."""
+
+    def __init__(self, config, data, batch, *, checkpoint_dir, validation, log, callback,
+                 backend, init_model):
+        self.config, self.spec, self.data, self.batch = config, config.spec(), data, batch
+        self.validation, self.log = validation, log
+        self.ckpt = Checkpoint(checkpoint_dir, config, data.digest) if checkpoint_dir else None
+        self.state = RunState()
+        self.trained: list = []  # the stages trained so far (all of them in the joint phase)
+        self.current = None  # greedy: the stage being trained, when resumed mid-stage
+        self._resume()
+        T = config.n_stages
+        if init_model is not None and not self.trained and self.current is None:
+            self.trained = _initial_stages(init_model, self.spec, config)
+            self.state.phase, self.state.stage, self.state.done = "joint", T - 1, 0
+            self.state.init_model = init_model.name
+            log(f"fine-tuning {init_model.name}: joint training from its parameters")
+        total = T * config.greedy_iterations + config.joint_iterations
+        self.reporter = _Reporter(log, total, self.state.iterations_done(config), callback)
+        # every (re)start of the run is recorded: a resumed run may continue on newer code
+        self.state.sessions.append({
+            "git_commit": _git_commit(), "started_at_iteration": self.reporter.done,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "backend": backend, "machine": f"{platform.machine()} {platform.node()}",
+        })
+        self.t_start = time.perf_counter()
+        self.val_kind = " (SURE)" if validation is not None and validation[0] is None else ""
+
+    def _resume(self):
+        loaded = self.ckpt.load() if self.ckpt is not None else None
+        if loaded is None:
+            return
+        self.state, params = loaded
+        stages = unpack_params(params, self.spec) if params.size else []
+        if self.state.phase == "greedy":
+            # a checkpoint taken right after a stage finished holds no next stage yet
+            self.trained = stages[: self.state.stage]
+            self.current = stages[self.state.stage] if len(stages) > self.state.stage else None
+        else:
+            self.trained = stages
+        self.log(f"resuming from {self.ckpt.path}: phase {self.state.phase}, stage "
+                 f"{self.state.stage + 1}, {self.state.done} iterations done")
+
+    def save(self, stages):
+        if self.ckpt is not None:
+            self.ckpt.save(self.state, pack_params(stages) if stages else np.zeros(0))
+
+    def score(self, stages):
+        """The validation images' mean PSNR for these stages (SURE's estimate without clean
+        images), or None without validation images."""
+        if self.validation is None:
             return None
-        model = _to_model(stages, spec, config)
-        if deblock:
+        config, dtype = self.config, np.dtype(self.config.dtype)
+        model = _to_model(stages, self.spec, config)
+        if config.task == "deblock":
             vals = [psnr(deblock_trd(n, config.quality, model=model, preserve_range=True), c)
-                    for c, n in zip(*validation)]
-        elif validation[0] is None:  # noisy validation images alone: SURE's estimate
+                    for c, n in zip(*self.validation)]
+        elif self.validation[0] is None:  # noisy validation images alone: SURE's estimate
             def denoiser(y):
                 return run_model(np.asarray(y, dtype), model).astype(np.float64)
 
             vals = [10 * math.log10(255.0**2 / max(sure_mse(denoiser, n, config.sigma), 1e-12))
-                    for n in validation[1]]
+                    for n in self.validation[1]]
         else:
-            vals = [psnr(run_model(np.asarray(n, dtype), model), c) for c, n in zip(*validation)]
+            vals = [psnr(run_model(np.asarray(n, dtype), model), c)
+                    for c, n in zip(*self.validation)]
         return float(np.mean(vals))
 
-    def checkpoint(stages_all, st):
-        if ckpt is not None:
-            ckpt.save(st, pack_params(stages_all) if stages_all else np.zeros(0))
+    def _chunk_done(self, label, stages, loss_per_px, **where):
+        """After a chunk of iterations: score, record, checkpoint, say so."""
+        val = self.score(stages)
+        self.state.history.append({**where, "iteration": self.state.done,
+                                   "loss_per_px": loss_per_px, "val_psnr": val})
+        self.save(stages)
+        self.log(f"{label}: checkpoint at {self.state.done} iterations" +
+                 (f", validation PSNR {val:.3f}{self.val_kind}" if val is not None else ""))
 
-    # ------------------------------------------------------------------ greedy
-    while state["phase"] == "greedy" and state["stage"] < T:
-        t = state["stage"]
-        if current is None:
-            current = plain_initial_stage(spec, strength=config.init_strength,
-                                          log_lambda=0.0 if t == 0 else math.log(0.1))
-            state["done"] = 0
-        obj = _Objective(batch, x.size, "last", fixed=trained, loss=config.loss, key=(t + 1,))
-        label = f"greedy stage {t + 1}/{T}"
+    def greedy_phase(self):
+        """Train the stages one after the other (each on the output of those before)."""
+        config, spec, state, T = self.config, self.spec, self.state, self.config.n_stages
+        while state.phase == "greedy" and state.stage < T:
+            t = state.stage
+            if self.current is None:
+                self.current = plain_initial_stage(spec, strength=config.init_strength,
+                                                   log_lambda=0.0 if t == 0 else math.log(0.1))
+                state.done = 0
+            obj = _Objective(self.batch, self.data.targets.size, "last", fixed=self.trained,
+                             loss=config.loss, key=(t + 1,))
+            label = f"greedy stage {t + 1}/{T}"
 
-        def on_chunk(xv, done, t=t):
-            state["done"] = done
-            val = score(trained + unpack_params(xv, spec))
-            state["history"].append({"phase": "greedy", "stage": t + 1, "iteration": done,
-                                     "loss_per_px": obj.last_loss_per_px, "val_psnr": val})
-            checkpoint(trained + unpack_params(xv, spec), state)
-            log(f"{label}: checkpoint at {done} iterations" +
-                (f", validation PSNR {val:.3f}{val_kind}" if val is not None else ""))
+            def on_chunk(xv, done, t=t, obj=obj, label=label):
+                state.done = done
+                self._chunk_done(label, self.trained + unpack_params(xv, spec),
+                                 obj.last_loss_per_px, phase="greedy", stage=t + 1)
 
-        xv = _lbfgs_chunks(obj, pack_params([current]), state["done"], config.greedy_iterations,
-                           chunk=config.chunk, on_chunk=on_chunk, reporter=reporter, label=label)
-        trained = trained + unpack_params(xv, spec)
-        current = None
-        state["stage"] = t + 1
-        state["done"] = 0
-        if state["stage"] == T:
-            state["phase"] = "joint"
-            state["stage"] = T - 1  # joint: all stages, stage index unused
-        checkpoint(trained, state)
-    # ------------------------------------------------------------------ joint
-    obj = _Objective(batch, x.size, "all", loss=config.loss, key=(0,))
-    if config.joint_iterations > 0 and state["done"] < config.joint_iterations:
+            xv = _lbfgs_chunks(obj, pack_params([self.current]), state.done,
+                               config.greedy_iterations, chunk=config.chunk, on_chunk=on_chunk,
+                               reporter=self.reporter, label=label)
+            self.trained = self.trained + unpack_params(xv, spec)
+            self.current = None
+            state.stage, state.done = t + 1, 0
+            if state.stage == T:
+                state.phase, state.stage = "joint", T - 1  # joint: all stages, index unused
+            self.save(self.trained)
+
+    def joint_phase(self):
+        """Train all stages together."""
+        config, spec, state = self.config, self.spec, self.state
+        if config.joint_iterations <= 0 or state.done >= config.joint_iterations:
+            return
+        obj = _Objective(self.batch, self.data.targets.size, "all", loss=config.loss, key=(0,))
+
         def on_chunk(xv, done):
-            state["done"] = done
-            val = score(unpack_params(xv, spec))
-            state["history"].append({"phase": "joint", "iteration": done,
-                                     "loss_per_px": obj.last_loss_per_px, "val_psnr": val})
-            checkpoint(unpack_params(xv, spec), state)
-            log(f"joint: checkpoint at {done} iterations" +
-                (f", validation PSNR {val:.3f}{val_kind}" if val is not None else ""))
+            state.done = done
+            self._chunk_done("joint", unpack_params(xv, spec), obj.last_loss_per_px,
+                             phase="joint")
 
-        xv = _lbfgs_chunks(obj, pack_params(trained), state["done"], config.joint_iterations,
-                           chunk=config.chunk, on_chunk=on_chunk, reporter=reporter,
-                           label=f"joint {T} stages")
-        trained = unpack_params(xv, spec)
-    if hasattr(batch, "draw_probe"):  # SURE: a probe no chunk was fitted to
-        batch.draw_probe((FINAL_PROBE,))
-    final_loss, _ = obj(pack_params(trained))
-    final_mse = 2 * final_loss / x.size
-    if config.loss == "n2n":  # against noisy targets: less their noise, an estimate of the truth
-        final_mse -= config.sigma**2
-        if final_mse <= 0:
-            log(f"warning: the loss against the noisy targets is below their noise (sigma "
-                f"{config.sigma:g} looks too high); no training PSNR recorded")
-            final_mse = float("nan")
-    provenance = {
-        "config": asdict(config),
-        "data": data_source,
-        "n_images": len(clean),
-        "data_sha256_16": data_digest,
-        "noise_seed": config.seed,
-        "iterations": {"greedy_per_stage": config.greedy_iterations,
-                       "joint": config.joint_iterations},
-        "final_loss_per_pixel": final_loss / x.size,
-        "final_train_psnr": (float("nan") if math.isnan(final_mse)
-                             else 10 * math.log10(255.0**2 / max(final_mse, 1e-300))),
-        "loss": config.loss,
-        "history": state["history"][-50:],
-        "initialised_from": state.get("init_model", "plain initialisation (DCT filters, "
-                                                    "phi(z) = 2z/(1+z^2))"),
-        "git_commit": _git_commit(),
-        "sessions": state["sessions"],
-        **({} if init_model is None else {"initial_model": {
-            "name": init_model.name, "sha1_of_parameters": model_fingerprint(init_model),
-            "provenance": init_model.metadata.get("provenance")}}),
-        "command": command,
-        "machine": f"{platform.machine()} {platform.platform()}",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "seconds_this_session": time.perf_counter() - t_start,
-    }
-    return _to_model(trained, spec, config,
-                     metadata={"provenance": provenance, "source": "skimage_trd.train"})
+        xv = _lbfgs_chunks(obj, pack_params(self.trained), state.done, config.joint_iterations,
+                           chunk=config.chunk, on_chunk=on_chunk, reporter=self.reporter,
+                           label=f"joint {config.n_stages} stages")
+        self.trained = unpack_params(xv, spec)
+
+    def final_loss(self):
+        """The loss of the trained stages (SURE: on a probe no chunk was fitted to) and the
+        mean squared error it stands for (NaN where it cannot be told)."""
+        if hasattr(self.batch, "draw_probe"):
+            self.batch.draw_probe((FINAL_PROBE,))
+        n_px = self.data.targets.size
+        obj = _Objective(self.batch, n_px, "all", loss=self.config.loss, key=(0,))
+        loss, _ = obj(pack_params(self.trained))
+        mse = 2 * loss / n_px
+        if self.config.loss == "n2n":  # against noisy targets: less their noise, the truth's
+            mse -= self.config.sigma**2
+            if mse <= 0:
+                self.log(f"warning: the loss against the noisy targets is below their noise "
+                         f"(sigma {self.config.sigma:g} looks too high); no training PSNR "
+                         "recorded")
+                mse = float("nan")
+        return loss, mse
+
+    def provenance(self, *, data_source, command, init_model):
+        config, state = self.config, self.state
+        final_loss, final_mse = self.final_loss()
+        return {
+            "config": asdict(config),
+            "data": data_source,
+            "n_images": self.data.n_images,
+            "data_sha256_16": self.data.digest,
+            "noise_seed": config.seed,
+            "iterations": {"greedy_per_stage": config.greedy_iterations,
+                           "joint": config.joint_iterations},
+            "final_loss_per_pixel": final_loss / self.data.targets.size,
+            "final_train_psnr": (float("nan") if math.isnan(final_mse)
+                                 else 10 * math.log10(255.0**2 / max(final_mse, 1e-300))),
+            "loss": config.loss,
+            "history": state.history[-50:],
+            "initialised_from": state.init_model or "plain initialisation (DCT filters, "
+                                                    "phi(z) = 2z/(1+z^2))",
+            "git_commit": _git_commit(),
+            "sessions": state.sessions,
+            **({} if init_model is None else {"initial_model": {
+                "name": init_model.name, "sha1_of_parameters": model_fingerprint(init_model),
+                "provenance": init_model.metadata.get("provenance")}}),
+            "command": command,
+            "machine": f"{platform.machine()} {platform.platform()}",
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "seconds_this_session": time.perf_counter() - self.t_start,
+        }
 
 
 def photon_training_images(raw_images, *, sigma, gain=None, read_noise=None, offset=0.0):

@@ -1,0 +1,196 @@
+"""The bank's model for a plane chosen by Stein's unbiased risk estimate (``select='sure'``).
+
+The range rule (:func:`._planes.plane_settings`) maps a plane's noise onto the model scale with
+the plane's robust intensity range and takes the nearest model. Whether a stronger or a weaker
+model does better depends on the image (a text page, a brick texture and a clock face with a
+flat wall want different ones at the same noise), and the clean image that would tell is not
+there. SURE tells without it, for Gaussian noise of known level (:mod:`._sure`):
+
+    SURE(f, y) = ||f(y) - y||^2 / N - s^2 + 2 s^2 / N * div f(y)
+
+with the divergence from one Monte-Carlo probe (random signs ``b``; ``div f ~ b . (f(y + eps b)
+- f(y)) / eps``), common to all candidates so that the comparison does not depend on it.
+
+Candidates: the bank's noise levels that bracket the range rule's level for the plane, and the
+level nearest to the one the dtype's range gives (1.0 for floats in [0, 1] and for integers
+converted by ``img_as_float``; the type's range with ``preserve_range``), each model at the
+intensity scale that matches its training noise to the plane's.
+
+Where SURE is evaluated: the whole plane when it has at most :data:`WHOLE_PIXELS` pixels (the
+chosen candidate's result is then the output: no further run); otherwise :data:`SAMPLE_TILES`
+tiles of :data:`TILE` x :data:`TILE` pixels at pseudo-random places of a grid over the plane,
+each run with its halo so that its pixels equal those of the whole plane's run. The probes and
+tiles are seeded from the plane's shape, minimum and maximum (repeatable for a given input,
+equal for a plane in memory and in dask). Planes below :data:`MIN_PIXELS` pixels keep the range
+rule (SURE from a few thousand pixels is too noisy to choose with).
+
+Measured (docs/sure.md): whole-plane SURE picks the truly better candidate nearly always; a
+sample of a few per cent of a plane does not (its noise is about 0.1 s^2 per pixel, against
+differences of 1e-3 s^2 between candidates on clean-looking images), which is why the sample
+is large and the selection costs more than the denoising at 512 x 512.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import replace
+
+import numpy as np
+
+from ._arrays import _xp
+from ._planes import denoise_plane, select_model
+from ._sure import divergence_epsilon, probe_rng
+
+WHOLE_PIXELS = 1 << 19
+TILE = 192
+SAMPLE_TILES = 5
+MIN_PIXELS = 64 * 64
+
+
+def distinct_levels(bank):
+    """Per noise level of ``bank`` its model with the most filters (the first of equals)."""
+    best = {}
+    for m in bank:
+        if m.sigma not in best or m.n_filters > best[m.sigma].n_filters:
+            best[m.sigma] = m
+    return best
+
+
+def candidates(bank, level, dtype_level=None):
+    """The models SURE chooses between: the bank's levels bracketing ``level`` (the range
+    rule's noise level on the model scale; beyond the bank's span, the extreme and its
+    neighbour), and the level nearest ``dtype_level`` when given."""
+    by_level = distinct_levels(bank)
+    levels = sorted(by_level)
+    if len(levels) < 2 or not 0 < level < math.inf:
+        return [select_model(bank, level)]
+    below = [s for s in levels if s <= level]
+    above = [s for s in levels if s > level]
+    chosen = set(below[-1:] + above[:1])
+    if not below:
+        chosen.add(levels[1])
+    if not above:
+        chosen.add(levels[-2])
+    if dtype_level is not None and 0 < dtype_level < math.inf:
+        chosen.add(min(levels, key=lambda s: abs(math.log(s / dtype_level))))
+    return [by_level[s] for s in sorted(chosen)]
+
+
+def dtype_range(opts, extent):
+    """The intensity range the input's dtype implies, in working units: the type's for
+    integers, 1 for floats in [0, 1] and 255 for floats on the 8-bit scale (judged from the
+    plane's ``extent``, working units, noise included); None for other floats."""
+    dt = np.dtype(opts.in_dtype)
+    if dt.kind in "ui":
+        if opts.preserve_range:
+            info = np.iinfo(dt)
+            return float(info.max) - float(info.min)
+        return 1.0 if dt.kind == "u" else 2.0
+    lo, hi = extent  # (noise reaches beyond the clean range: half the range is allowed)
+    if -0.5 <= lo and hi <= 1.5:
+        return 1.0
+    if -128 <= lo and 1.5 < hi <= 383:  # floats on the 8-bit scale, e.g. image.astype(float)
+        return 255.0
+    return None
+
+
+def plane_seed(shape, extent):
+    """The seed of a plane's probes and tiles: from its shape and extreme values."""
+    key = np.asarray([*shape, *extent], dtype=np.float64).tobytes()
+    return zlib.crc32(key)
+
+
+def sample_regions(shape, halo, rng):
+    """(outer, inner) slice pairs: the whole plane, or SAMPLE_TILES tiles with their halo;
+    ``inner`` is relative to ``outer``."""
+    H, W = shape
+    if H * W <= WHOLE_PIXELS:
+        whole = (slice(0, H), slice(0, W))
+        return [(whole, whole)]
+    th, tw = min(TILE, H), min(TILE, W)
+    gy, gx = H // th, W // tw
+    cells = rng.permutation(gy * gx)[:SAMPLE_TILES]
+    regions = []
+    for c in sorted(int(c) for c in cells):
+        i, j = divmod(c, gx)
+        y0 = i * th + int(rng.integers(0, H - gy * th + 1))
+        x0 = j * tw + int(rng.integers(0, W - gx * tw + 1))
+        oy0, ox0 = max(0, y0 - halo), max(0, x0 - halo)
+        oy1, ox1 = min(H, y0 + th + halo), min(W, x0 + tw + halo)
+        regions.append(((slice(oy0, oy1), slice(ox0, ox1)),
+                        (slice(y0 - oy0, y0 - oy0 + th), slice(x0 - ox0, x0 - ox0 + tw))))
+    return regions
+
+
+def sure_setting(setting, opts, shape, extent, fetch, progress=None):
+    """Refine the range rule's ``setting`` of a plane by SURE.
+
+    ``shape`` and ``extent`` are the plane's (rows, columns) and (minimum, maximum) as stored;
+    ``fetch(rows, columns)`` returns the stored pixels of a rectangle of it (slices) as a NumPy
+    or CuPy array (``plane[rows, columns]``; the dask path reads just those). ``progress(done,
+    total)`` counts model runs. Returns the chosen setting, with the estimates of every
+    candidate and, when the whole plane was evaluated, its result."""
+    if setting.action != "denoise" or opts.select != "sure":
+        return setting
+    H, W = shape
+    if H * W < MIN_PIXELS:
+        return setting
+    scale = opts.scale
+    d = opts.data_range * scale if opts.data_range is not None else dtype_range(
+        opts, (extent[0] * scale, extent[1] * scale))
+    s = setting.noise
+    cands = candidates(opts.bank, setting.level, None if d is None else 255.0 * s / d)
+    if len(cands) < 2:
+        return setting
+    seed = plane_seed((H, W), extent)
+    rng = probe_rng(seed)
+    halo = max(m.halo for m in cands)
+    layout = sample_regions((H, W), halo, rng)
+    settings = [replace(setting, model=m, gain=m.sigma / s) for m in cands]
+    totals = np.zeros(len(cands))
+    n_px = 0
+    runs, total_runs = 0, 2 * len(cands) * len(layout)
+    outputs = [None] * len(cands)
+    for outer, inner in layout:
+        y = fetch(*outer)
+        xp = _xp(y)
+        yw = y.astype(np.float64) * scale
+        ih, iw = inner[0].stop - inner[0].start, inner[1].stop - inner[1].start
+        eps = divergence_epsilon(s, ih * iw)
+        b = np.zeros(y.shape)
+        b[inner] = rng.integers(0, 2, size=(ih, iw)) * 2.0 - 1.0
+        b = xp.asarray(b)
+        probed = y.astype(np.float64) + (eps / scale) * b
+        n_px += ih * iw
+        for k, st in enumerate(settings):
+            f = denoise_plane(y, st, opts)
+            fb = denoise_plane(probed, st, opts)
+            runs += 2
+            if progress is not None:
+                progress(runs, total_runs)
+            fi = f[inner].astype(np.float64)
+            residual = float(((fi - yw[inner]) ** 2).sum())
+            divergence = float((b[inner] * (fb[inner].astype(np.float64) - fi)).sum()) / eps
+            totals[k] += residual - ih * iw * s * s + 2.0 * s * s * divergence
+            if len(layout) == 1:
+                outputs[k] = f
+    mse = totals / n_px
+    best = int(np.argmin(mse))
+    estimates = tuple((m.name, float(v)) for m, v in zip(cands, mse))
+    return replace(settings[best], estimates=estimates, output=outputs[best])
+
+
+def choice_record(index, channel_axis, setting, unit):
+    """What ``denoise_trd(..., return_choices=True)`` reports for one plane: its index (the
+    plane's position in the leading axes, the channel's included), what was done to it, the
+    model, the noise level and, with ``select='sure'``, the estimated mean squared error of
+    every candidate; ``unit`` converts working units to the image's units."""
+    lead = tuple(i for i in index if not isinstance(i, slice))
+    return {
+        "plane": lead,
+        "action": setting.action,
+        "model": None if setting.model is None else setting.model.name,
+        "sigma": setting.noise * unit,
+        "estimated_mse": {name: mse * unit * unit for name, mse in setting.estimates},
+    }
