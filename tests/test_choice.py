@@ -218,3 +218,31 @@ def test_blurred_blobs_texture_microscopy_smoke():
     blobs = gaussian_filter(data.binary_blobs(128, 0.05, rng=0).astype(float), 2.0)
     out = denoise_trd(noisy(blobs), SIGMA, select="sure")
     assert psnr(out, blobs) > psnr(noisy(blobs), blobs) + 5
+
+
+@pytest.mark.parametrize("close, probes", [(-1.0, 1), (1e9, 3)])
+def test_close_decisions_draw_more_probes(monkeypatch, close, probes):
+    from skimage_trd import _planes
+
+    calls = []
+    real = _planes.denoise_plane
+
+    def counting(*args, **kw):
+        calls.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(_choice, "denoise_plane", counting)
+    monkeypatch.setattr(_choice, "CLOSE", close)
+    monkeypatch.setattr(_choice, "MAX_PROBES", 3)
+    y = noisy(data.camera()[:128, :128] / 255.0)
+    _, ch = denoise_trd(y, SIGMA, select="sure", return_choices=True)
+    k = len(ch[0]["estimated_mse"])
+    assert len(calls) == k * (1 + probes)  # each candidate: its run, then one per probe
+
+
+def test_block_standard_error():
+    rng = np.random.default_rng(0)
+    d = [rng.standard_normal((256, 256))]  # white noise of unit variance per pixel
+    total, se = _choice._difference(d, [np.zeros((256, 256))])
+    assert total == pytest.approx(d[0].sum())
+    assert se == pytest.approx(256.0, rel=0.3)  # sqrt(65536 pixels)

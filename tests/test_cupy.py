@@ -178,3 +178,18 @@ def test_plane_settings_on_the_gpu_equal_the_cpu():
         np.float32)
     np.testing.assert_allclose(denoise_trd(cp.asarray(img), 0.1).get(), denoise_trd(img, 0.1),
                                atol=0.01 / 255)
+
+
+def test_select_sure_on_the_gpu_chooses_as_on_the_cpu():
+    from skimage import data
+
+    clean = data.page()[:, :256] / 255.0
+    y = clean + 0.1 * np.random.default_rng(0).standard_normal(clean.shape)
+    ref, ref_choices = denoise_trd(y, 0.1, select="sure", return_choices=True)
+    out, choices = denoise_trd(cp.asarray(y), 0.1, select="sure", return_choices=True)
+    assert isinstance(out, cp.ndarray)
+    assert [c["model"] for c in choices] == [c["model"] for c in ref_choices]
+    for c, r in zip(choices, ref_choices):
+        for name, mse in r["estimated_mse"].items():
+            assert c["estimated_mse"][name] == pytest.approx(mse, rel=0.02)
+    np.testing.assert_allclose(out.get(), ref, atol=0.01 / 255)

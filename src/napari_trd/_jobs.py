@@ -116,9 +116,9 @@ def _peak(data):
     if dt.kind in "ui":
         return float(np.iinfo(dt).max) - (float(np.iinfo(dt).min) if dt.kind == "i" else 0.0)
     lo, hi = float(np.min(data)), float(np.max(data))
-    if -0.5 <= lo and hi <= 1.5:
+    if -7 <= lo and hi <= 8:
         return 1.0
-    if -128 <= lo and 1.5 < hi <= 383:
+    if -128 <= lo and 32 < hi <= 383:
         return 255.0
     return max(hi - lo, 1e-300)
 

@@ -8,8 +8,11 @@ there. SURE tells without it, for Gaussian noise of known level (:mod:`._sure`):
 
     SURE(f, y) = ||f(y) - y||^2 / N - s^2 + 2 s^2 / N * div f(y)
 
-with the divergence from one Monte-Carlo probe (random signs ``b``; ``div f ~ b . (f(y + eps b)
-- f(y)) / eps``), common to all candidates so that the comparison does not depend on it.
+with the divergence from a Monte-Carlo probe (random signs ``b``; ``div f ~ b . (f(y + eps b)
+- f(y)) / eps``), common to all candidates so that the comparison does not depend on it. When
+the two best candidates are within :data:`CLOSE` standard errors of each other (judged from
+the spread of their difference over blocks of the plane), up to :data:`MAX_PROBES` probes are
+averaged.
 
 Candidates: the bank's noise levels that bracket the range rule's level for the plane, and the
 level nearest to the one the dtype's range gives (1.0 for floats in [0, 1] and for integers
@@ -39,13 +42,19 @@ from dataclasses import replace
 import numpy as np
 
 from ._arrays import _xp
-from ._planes import denoise_plane, select_model
+from ._planes import clip_limits, denoise_plane, select_model
 from ._sure import divergence_epsilon, probe_rng
 
 WHOLE_PIXELS = 1 << 19
 TILE = 192
 SAMPLE_TILES = 5
 MIN_PIXELS = 64 * 64
+# a decision is close when the two best candidates' SURE sums differ by less than CLOSE
+# standard errors (judged from blocks of BLOCK x BLOCK pixels, which overstates it: the blocks
+# differ in content too); then more probes are drawn, up to MAX_PROBES
+CLOSE = 1.0
+BLOCK = 64
+MAX_PROBES = 3
 
 
 def distinct_levels(bank):
@@ -80,17 +89,18 @@ def candidates(bank, level, dtype_level=None):
 def dtype_range(opts, extent):
     """The intensity range the input's dtype implies, in working units: the type's for
     integers, 1 for floats in [0, 1] and 255 for floats on the 8-bit scale (judged from the
-    plane's ``extent``, working units, noise included); None for other floats."""
+    plane's ``extent``, working units, noise included: [-7, 8] is a noisy [0, 1] image, a
+    maximum above 32 and below 383 the 8-bit scale); None for other floats."""
     dt = np.dtype(opts.in_dtype)
     if dt.kind in "ui":
         if opts.preserve_range:
             info = np.iinfo(dt)
             return float(info.max) - float(info.min)
         return 1.0 if dt.kind == "u" else 2.0
-    lo, hi = extent  # (noise reaches beyond the clean range: half the range is allowed)
-    if -0.5 <= lo and hi <= 1.5:
+    lo, hi = extent  # (noise reaches beyond the clean range, far beyond at strong noise)
+    if -7 <= lo and hi <= 8:
         return 1.0
-    if -128 <= lo and 1.5 < hi <= 383:  # floats on the 8-bit scale, e.g. image.astype(float)
+    if -128 <= lo and 32 < hi <= 383:  # floats on the 8-bit scale, e.g. image.astype(float)
         return 255.0
     return None
 
@@ -148,37 +158,100 @@ def sure_setting(setting, opts, shape, extent, fetch, progress=None):
     halo = max(m.halo for m in cands)
     layout = sample_regions((H, W), halo, rng)
     settings = [replace(setting, model=m, gain=m.sigma / s) for m in cands]
-    totals = np.zeros(len(cands))
-    n_px = 0
-    runs, total_runs = 0, 2 * len(cands) * len(layout)
-    outputs = [None] * len(cands)
+    K = len(settings)
+    runs, most = 0, K * len(layout) * (1 + MAX_PROBES)
+
+    def ran():
+        nonlocal runs
+        runs += 1
+        if progress is not None:
+            progress(runs, most)
+
+    # per region: the stored pixels, the inner part, and per candidate its result, its
+    # residual term (f - y)^2 - s^2 and the sum of its divergence terms over the probes
+    # Clipped data (integers at their type's limits, or floats piled up at their extremes)
+    # hold clipped, not Gaussian, noise near the limits, where SURE would favour strong
+    # models: pixels whose first candidate's result lies within 2 s of a limit are left out.
+    limits = clip_limits(opts.in_dtype, opts.preserve_range)
+    regions = []
+    kept = 0
     for outer, inner in layout:
         y = fetch(*outer)
-        xp = _xp(y)
         yw = y.astype(np.float64) * scale
-        ih, iw = inner[0].stop - inner[0].start, inner[1].stop - inner[1].start
-        eps = divergence_epsilon(s, ih * iw)
-        b = np.zeros(y.shape)
-        b[inner] = rng.integers(0, 2, size=(ih, iw)) * 2.0 - 1.0
-        b = xp.asarray(b)
-        probed = y.astype(np.float64) + (eps / scale) * b
-        n_px += ih * iw
-        for k, st in enumerate(settings):
+        results, residual = [], []
+        for st in settings:
             f = denoise_plane(y, st, opts)
-            fb = denoise_plane(probed, st, opts)
-            runs += 2
-            if progress is not None:
-                progress(runs, total_runs)
-            fi = f[inner].astype(np.float64)
-            residual = float(((fi - yw[inner]) ** 2).sum())
-            divergence = float((b[inner] * (fb[inner].astype(np.float64) - fi)).sum()) / eps
-            totals[k] += residual - ih * iw * s * s + 2.0 * s * s * divergence
-            if len(layout) == 1:
-                outputs[k] = f
-    mse = totals / n_px
-    best = int(np.argmin(mse))
+            ran()
+            results.append(f)
+        if limits is None and _piled_up(y[inner], extent):
+            limits = (extent[0] * scale, extent[1] * scale)
+        if limits is None:
+            keep = 1.0
+            kept += ih_iw(inner)
+        else:
+            ref = results[0][inner]
+            keep = (ref > limits[0] + 2 * s) & (ref < limits[1] - 2 * s)
+            kept += int(keep.sum())
+        for f in results:
+            residual.append(((f[inner].astype(np.float64) - yw[inner]) ** 2 - s * s) * keep)
+        regions.append((y, inner, results, residual, [0.0] * K, keep))
+    if kept < MIN_PIXELS:  # (mostly clipped: SURE cannot judge it)
+        return setting
+    for n_probes in range(1, MAX_PROBES + 1):
+        for y, inner, results, _, divergence, keep in regions:
+            xp = _xp(y)
+            ih, iw = inner[0].stop - inner[0].start, inner[1].stop - inner[1].start
+            eps = divergence_epsilon(s, ih * iw)
+            b = np.zeros(y.shape)
+            b[inner] = rng.integers(0, 2, size=(ih, iw)) * 2.0 - 1.0
+            b = xp.asarray(b)
+            probed = y.astype(np.float64) + (eps / scale) * b
+            for k, st in enumerate(settings):
+                fb = denoise_plane(probed, st, opts)
+                ran()
+                change = fb[inner].astype(np.float64) - results[k][inner].astype(np.float64)
+                divergence[k] = divergence[k] + b[inner] * change * keep / eps
+        # every pixel's SURE term per candidate (the divergence averaged over the probes)
+        terms = [[res[k] + 2.0 * s * s * div[k] / n_probes for _, _, _, res, div, _ in regions]
+                 for k in range(K)]
+        mse = np.array([sum(float(t.sum()) for t in tk) for tk in terms]) / kept
+        order = np.argsort(mse)
+        gap, spread = _difference(terms[order[1]], terms[order[0]])
+        if gap > CLOSE * spread:
+            break
+    best = int(order[0])
+    if progress is not None and runs < most:
+        progress(most, most)
     estimates = tuple((m.name, float(v)) for m, v in zip(cands, mse))
-    return replace(settings[best], estimates=estimates, output=outputs[best])
+    output = regions[0][2][best] if len(layout) == 1 else None
+    return replace(settings[best], estimates=estimates, output=output)
+
+
+def ih_iw(inner):
+    return (inner[0].stop - inner[0].start) * (inner[1].stop - inner[1].start)
+
+
+def _piled_up(y, extent):
+    """Whether more than 0.1 % of ``y`` sits at one of the plane's extreme values (clipped
+    float data)."""
+    n = y.size
+    return bool(int((y == extent[0]).sum()) > 1e-3 * n or int((y == extent[1]).sum()) > 1e-3 * n)
+
+
+def _difference(worse, better):
+    """The difference of two candidates' SURE sums, and its standard error judged from its
+    spread over blocks of BLOCK x BLOCK pixels (the terms of each region, a list)."""
+    sums = []
+    for a, b in zip(worse, better):
+        d = a - b
+        H, W = d.shape
+        for i in range(0, H, BLOCK):
+            for j in range(0, W, BLOCK):
+                sums.append(float(d[i:i + BLOCK, j:j + BLOCK].sum()))
+    sums = np.asarray(sums)
+    if sums.size < 2:
+        return float(sums.sum()), 0.0
+    return float(sums.sum()), float(np.sqrt(sums.size) * sums.std(ddof=1))
 
 
 def choice_record(index, channel_axis, setting, unit):

@@ -223,10 +223,20 @@ class TrainingConfig:
     quality: int | None = None
     constraint_scale: float = 0.8
     loss: str = "mse"  # 'mse' (clean targets), 'sure' (noisy images only), 'n2n' (noisy pairs)
+    # 'lbfgs' (the paper's: L-BFGS restarted every chunk) or 'adam' (with SURE: a new probe
+    # every step), and Adam's step size
+    optimizer: str = "lbfgs"
+    learning_rate: float = 1e-3
 
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got "
+                             f"{self.optimizer!r}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be a positive number, got "
+                             f"{self.learning_rate!r}")
         if self.loss != "mse" and self.task != "denoise":
             raise ValueError(f"loss {self.loss!r} is for denoising; deblocking trains with 'mse'")
         if self.task == "denoise":
@@ -266,6 +276,9 @@ class TrainingConfig:
                 fields.pop(key)
         if self.loss == "mse":  # ... and the losses without clean images
             fields.pop("loss")
+        if self.optimizer == "lbfgs":  # ... and Adam
+            fields.pop("optimizer")
+            fields.pop("learning_rate")
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -315,12 +328,13 @@ class Checkpoint:
         self.config = config
         self.data_digest = data_digest
 
-    def load(self) -> tuple[RunState, np.ndarray] | None:
+    def load(self) -> tuple[RunState, np.ndarray, tuple | None] | None:
         if not self.path.exists():
             return None
         with np.load(self.path, allow_pickle=False) as z:
             state = json.loads(str(z["state"]))
             params = z["params"].copy()
+            moments = (z["adam_m"].copy(), z["adam_v"].copy()) if "adam_m" in z else None
         if state.get("config_digest") != self.config.digest():
             # the same run with another number of joint iterations: continue it (or refuse to
             # cut it shorter than it already is)
@@ -339,17 +353,21 @@ class Checkpoint:
                 )
         if state.get("data_digest") != self.data_digest:
             raise ValueError(f"checkpoint {self.path} was made with different training data")
-        return RunState.from_json(state), params
+        return RunState.from_json(state), params, moments
 
-    def save(self, state: RunState, params: np.ndarray):
+    def save(self, state: RunState, params: np.ndarray, moments=None):
+        """Write the state and parameters (and Adam's moments mid-phase, for an exact
+        resume)."""
         data = {**state.to_json(), "config_digest": self.config.digest(),
                 "config": asdict(self.config), "data_digest": self.data_digest}
+        extra = {} if moments is None else {"adam_m": moments[0], "adam_v": moments[1]}
         buf = io.BytesIO()
-        np.savez(buf, params=params, state=np.array(json.dumps(data)))
+        np.savez(buf, params=params, state=np.array(json.dumps(data)), **extra)
         atomic_write_bytes(self.path, buf.getvalue())
 
 
 LOSSES = ("mse", "sure", "n2n")
+OPTIMIZERS = ("lbfgs", "adam")
 # below this many training pixels the optimiser fits SURE's probe even within a chunk
 # (tests/test_train.py: 4 images of 40^2 gave an estimate of 3000 dB with one probe per run)
 SURE_MIN_PIXELS = 50_000
@@ -436,6 +454,40 @@ def _lbfgs_chunks(fun, x, done, total, *, chunk, on_chunk, reporter, label):
             reporter.step(label, fun)  # (the callback sees every count, cancels here too)
         done += n
         on_chunk(x, done)
+    return x
+
+
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-12
+
+
+def _adam_chunks(fun, x, done, total, *, chunk, on_chunk, reporter, label, learning_rate,
+                 moments=None):
+    """Run Adam from ``x`` until ``total`` steps, ``on_chunk(x, done, moments)`` every ``chunk``
+    steps. Each step starts with ``fun.start_chunk(done)``: a SURE batch draws a new probe
+    for every step (seeded by the step: a resumed run draws the same), as stochastic SURE
+    training does (Soltanayev & Chun, NeurIPS 2018). ``moments``: Adam's running moments of
+    a resumed phase. Adam's step is invariant to the gradient's scale, so the summed loss
+    needs no normalisation."""
+    b1, b2 = ADAM_BETAS
+    m, v = moments if moments is not None else (np.zeros_like(x), np.zeros_like(x))
+    while done < total:
+        for _ in range(min(chunk, total - done)):
+            fun.start_chunk(done)
+            _, g = fun(x)
+            done += 1
+            m = b1 * m + (1 - b1) * g
+            v = b2 * v + (1 - b2) * g * g
+            x = x - learning_rate * (m / (1 - b1**done)) / (np.sqrt(v / (1 - b2**done))
+                                                             + ADAM_EPS)
+            reporter.done += 1
+            reporter.log(
+                f"{label} step {done:4d}/{total}  loss/px {fun.last_loss_per_px:.4f}  "
+                f"{fun.psnr_name} {fun.last_psnr:.3f}  grad {fun.last_time:.2f} s  "
+                f"ETA {reporter.eta() / 60:.1f} min"
+            )
+            reporter.step(label, fun)
+        on_chunk(x, done, (m, v))
     return x
 
 
@@ -715,6 +767,7 @@ class _TrainingRun:
         self.state = RunState()
         self.trained: list = []  # the stages trained so far (all of them in the joint phase)
         self.current = None  # greedy: the stage being trained, when resumed mid-stage
+        self.moments = None  # Adam's moments in the phase (or stage) under way
         self._resume()
         T = config.n_stages
         if init_model is not None and not self.trained and self.current is None:
@@ -737,7 +790,7 @@ class _TrainingRun:
         loaded = self.ckpt.load() if self.ckpt is not None else None
         if loaded is None:
             return
-        self.state, params = loaded
+        self.state, params, self.moments = loaded
         stages = unpack_params(params, self.spec) if params.size else []
         if self.state.phase == "greedy":
             # a checkpoint taken right after a stage finished holds no next stage yet
@@ -750,7 +803,26 @@ class _TrainingRun:
 
     def save(self, stages):
         if self.ckpt is not None:
-            self.ckpt.save(self.state, pack_params(stages) if stages else np.zeros(0))
+            self.ckpt.save(self.state, pack_params(stages) if stages else np.zeros(0),
+                           self.moments)
+
+    def _optimize(self, obj, x, total, label, on_chunk):
+        """Run the configured optimiser on ``obj`` from ``x`` (``self.state.done`` of ``total``
+        iterations done), calling ``on_chunk(x, done)`` after every chunk."""
+        config = self.config
+        if config.optimizer == "lbfgs":
+            return _lbfgs_chunks(obj, x, self.state.done, total, chunk=config.chunk,
+                                 on_chunk=on_chunk, reporter=self.reporter, label=label)
+
+        def on_adam_chunk(xv, done, moments):
+            self.moments = moments
+            on_chunk(xv, done)
+
+        x = _adam_chunks(obj, x, self.state.done, total, chunk=config.chunk,
+                         on_chunk=on_adam_chunk, reporter=self.reporter, label=label,
+                         learning_rate=config.learning_rate, moments=self.moments)
+        self.moments = None  # (the phase or stage is over: the next starts afresh)
+        return x
 
     def score(self, stages):
         """The validation images' mean PSNR for these stages (SURE's estimate without clean
@@ -800,9 +872,8 @@ class _TrainingRun:
                 self._chunk_done(label, self.trained + unpack_params(xv, spec),
                                  obj.last_loss_per_px, phase="greedy", stage=t + 1)
 
-            xv = _lbfgs_chunks(obj, pack_params([self.current]), state.done,
-                               config.greedy_iterations, chunk=config.chunk, on_chunk=on_chunk,
-                               reporter=self.reporter, label=label)
+            xv = self._optimize(obj, pack_params([self.current]), config.greedy_iterations,
+                                label, on_chunk)
             self.trained = self.trained + unpack_params(xv, spec)
             self.current = None
             state.stage, state.done = t + 1, 0
@@ -822,9 +893,8 @@ class _TrainingRun:
             self._chunk_done("joint", unpack_params(xv, spec), obj.last_loss_per_px,
                              phase="joint")
 
-        xv = _lbfgs_chunks(obj, pack_params(self.trained), state.done, config.joint_iterations,
-                           chunk=config.chunk, on_chunk=on_chunk, reporter=self.reporter,
-                           label=f"joint {config.n_stages} stages")
+        xv = self._optimize(obj, pack_params(self.trained), config.joint_iterations,
+                            f"joint {config.n_stages} stages", on_chunk)
         self.trained = unpack_params(xv, spec)
 
     def final_loss(self):
@@ -897,7 +967,8 @@ def photon_training_images(raw_images, *, sigma, gain=None, read_noise=None, off
 
 def fit(images, *, sigma, loss="mse", targets=None, init=None, kernel_size=5, n_stages=3,
         greedy_iterations=30, iterations=30, crop=None, seed=0, backend="numba",
-        checkpoint_dir=None, chunk=10, callback=None, log=None) -> TRDModel:
+        checkpoint_dir=None, chunk=10, callback=None, log=None, optimizer="lbfgs",
+        learning_rate=1e-3) -> TRDModel:
     """Train or fine-tune a denoising model from Python (scripts, the napari plugin).
 
     Parameters
@@ -924,6 +995,9 @@ def fit(images, *, sigma, loss="mse", targets=None, init=None, kernel_size=5, n_
     seed, backend, checkpoint_dir, chunk
         As in :func:`train_model` and :class:`TrainingConfig` (``checkpoint_dir``: a
         resumable run, checkpointed every ``chunk`` iterations).
+    optimizer : {'lbfgs', 'adam'}, optional
+        L-BFGS (the paper's), or Adam with ``learning_rate`` (with ``loss='sure'``: a new
+        probe every step; what fine-tuning one image by SURE wants, docs/models.md).
     callback : callable(TrainingStep) -> bool or None, optional
         After every iteration; returning False cancels (:class:`TrainingCancelled`).
     log : callable(str), optional
@@ -947,7 +1021,8 @@ def fit(images, *, sigma, loss="mse", targets=None, init=None, kernel_size=5, n_
     first, second = planes(images), planes(targets)
     if not first:
         raise ValueError("fit needs at least one image")
-    common = dict(joint_iterations=iterations, seed=seed, crop=crop, chunk=chunk, loss=loss)
+    common = dict(joint_iterations=iterations, seed=seed, crop=crop, chunk=chunk, loss=loss,
+                  optimizer=optimizer, learning_rate=learning_rate)
     init_model = None
     if init is not None:
         init_model = init if isinstance(init, TRDModel) else load_model(init)
@@ -1059,7 +1134,13 @@ def _parser():
     ap.add_argument("--crop", type=int, default=None,
                     help="centre crop size, 0: no crop (default: 180 for denoising, 176 = 22 "
                          "JPEG blocks for deblocking)")
-    ap.add_argument("--chunk", type=int, default=20, help="L-BFGS iterations per checkpoint")
+    ap.add_argument("--chunk", type=int, default=20,
+                    help="iterations per checkpoint (L-BFGS restarts there; SURE: a new probe)")
+    ap.add_argument("--optimizer", choices=list(OPTIMIZERS), default="lbfgs",
+                    help="lbfgs (the paper's), or adam (with --loss sure: a new probe every "
+                         "step; the better choice for fine-tuning by SURE, docs/models.md)")
+    ap.add_argument("--learning-rate", type=float, default=1e-3,
+                    help="Adam's step size (with --optimizer adam)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                     help="precision of the training computations")
     ap.add_argument("--threads", type=int, default=None,
@@ -1095,7 +1176,8 @@ def main(argv=None):
     init_model = None
     try:
         common = dict(joint_iterations=args.joint_iterations, seed=args.seed,
-                      dtype=args.dtype, chunk=args.chunk, loss=args.loss)
+                      dtype=args.dtype, chunk=args.chunk, loss=args.loss,
+                      optimizer=args.optimizer, learning_rate=args.learning_rate)
         if args.loss == "sure" and args.noisy:
             raise ValueError("--loss sure trains on the noisy images of --data alone; drop --noisy")
         if not args.photons and (args.gain is not None or args.read_noise is not None
