@@ -1,14 +1,16 @@
 """Adapting the shipped model to one noisy image without its clean version (SURE fine-tuning).
 
     python benchmarks/adapt_sure.py [--set set12|microscopy|NAME] [--sigma 25] [--steps 20]
-        [--learning-rate 1e-3] [--optimizer adam|lbfgs] [--chunk N] [--threads 1]
+        [--learning-rate 1e-3] [--optimizer adam|lbfgs] [--chunk N] [--patch N --patches K]
+        [--threads 1]
         [--results FILE] [--table-only]
 
 Every image of the set gets Gaussian noise of ``--sigma`` (0..255 scale; a fresh
 ``default_rng(0)`` per set, images in sorted order, as docs/protocols.md does). The shipped
 7x7 model nearest that sigma is fine-tuned on that noisy image alone with
 ``skimage_trd.train.fit(noisy, sigma=..., loss="sure", init=base, optimizer="adam",
-iterations=--steps)`` (a new Monte-Carlo probe every step), timed, and both models denoise the
+iterations=--steps)`` (a new Monte-Carlo probe every step; with ``--patch``, every step on
+``--patches`` random windows of the image), timed, and both models denoise the
 image (``denoise_trd(noisy, sigma, model=..., data_range=255)``); the true PSNR against the clean
 image (which fine-tuning never sees) is printed per image with the gain and the seconds.
 
@@ -61,7 +63,7 @@ def measure(args, results_path):
 
     names = [n for n in list_models("denoise") if "7x7" in n]
     base = min((load_model(n) for n in names), key=lambda m: abs(np.log(m.sigma / args.sigma)))
-    setting = f"{args.optimizer} steps={args.steps} lr={args.learning_rate:g} chunk={args.chunk}"
+    setting = _setting(args)
     done = load_jsonl(results_path, lambda r: (r["set"], r["image"], r["sigma"], r["setting"]))
     rng = np.random.default_rng(0)
     with results_path.open("a") as log:
@@ -73,7 +75,8 @@ def measure(args, results_path):
             t0 = time.perf_counter()
             tuned = fit([noisy], sigma=args.sigma, loss="sure", init=base, iterations=args.steps,
                         chunk=args.chunk or args.steps, optimizer=args.optimizer,
-                        learning_rate=args.learning_rate)
+                        learning_rate=args.learning_rate, patch=args.patch,
+                        patches=args.patches)
             seconds = time.perf_counter() - t0
             before = psnr(denoise_trd(noisy, args.sigma, model=base, data_range=255.0), clean)
             after = psnr(denoise_trd(noisy, args.sigma, model=tuned, data_range=255.0), clean)
@@ -87,6 +90,11 @@ def measure(args, results_path):
             print(f"{name} {clean.shape[0]}x{clean.shape[1]}: {before:.3f} -> {after:.3f} "
                   f"({after - before:+.3f} dB) in {seconds:.1f} s", flush=True)
     return done, setting
+
+
+def _setting(args):
+    text = f"{args.optimizer} steps={args.steps} lr={args.learning_rate:g} chunk={args.chunk}"
+    return text + (f" patch={args.patch}x{args.patches}" if args.patch else "")
 
 
 def table(done, set_name, sigma, setting):
@@ -113,6 +121,8 @@ def main(argv=None):
     ap.add_argument("--learning-rate", type=float, default=1e-3)
     ap.add_argument("--optimizer", default="adam", choices=["adam", "lbfgs"])
     ap.add_argument("--chunk", type=int, default=0, help="default: --steps (no checkpoints)")
+    ap.add_argument("--patch", type=int, default=None)
+    ap.add_argument("--patches", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--results", type=Path,
                     default=Path(__file__).resolve().parent / "results" / "adapt_sure.jsonl")
@@ -124,8 +134,7 @@ def main(argv=None):
     print(f"# {cpu_name()}; {platform.platform()}; threads={args.threads}; "
           f"{datetime.date.today()}; python {' '.join(sys.argv)}")
     if args.table_only:
-        setting = (f"{args.optimizer} steps={args.steps} lr={args.learning_rate:g} "
-                   f"chunk={args.chunk}")
+        setting = _setting(args)
         done = load_jsonl(args.results, lambda r: (r["set"], r["image"], r["sigma"], r["setting"]))
     else:
         done, setting = measure(args, args.results)

@@ -2,6 +2,7 @@
 
     python benchmarks/losses_compare.py [--images 100] [--crop 64] [--sigma 25]
         [--greedy 30] [--joint 30] [--kernel-size 5] [--stages 3] [--threads 1]
+        [--losses mse,sure,n2n] [--optimizer lbfgs|adam] [--learning-rate 1e-3]
 
 The first ``--images`` images of train400 (../shared/data/train400), their central ``--crop``
 squares, Gaussian noise of ``--sigma`` (0..255 scale) drawn with seed 0 (and a second,
@@ -9,7 +10,9 @@ independent draw with seed 1 for Noise2Noise). Three models of the same size and
 from the paper's plain initialisation: ``loss='mse'`` (clean targets), ``'sure'`` (the noisy
 images alone), ``'n2n'`` (the two noisy draws, each the target of the other). Each denoises
 Set12 (../shared/data/set12) with the noise level given (``default_rng(0)`` noise, model forced,
-``data_range=255``); mean PSNR and training seconds are printed.
+``data_range=255``); mean PSNR and training seconds are printed. ``--optimizer adam`` trains
+with Adam (``--greedy`` and ``--joint`` then count steps; SURE draws a new probe every step)
+instead of the paper's L-BFGS; ``--losses`` picks the runs.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ def main(argv=None):
     ap.add_argument("--kernel-size", type=int, default=5)
     ap.add_argument("--stages", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--losses", default="mse,sure,n2n")
+    ap.add_argument("--optimizer", default="lbfgs", choices=["lbfgs", "adam"])
+    ap.add_argument("--learning-rate", type=float, default=1e-3)
     args = ap.parse_args(argv)
     from skimage.io import imread
 
@@ -56,10 +62,12 @@ def main(argv=None):
     first, second = add_noise(clean, args.sigma, 0), add_noise(clean, args.sigma, 1)
     common = dict(sigma=args.sigma, kernel_size=args.kernel_size, n_stages=args.stages,
                   greedy_iterations=args.greedy, joint_iterations=args.joint, crop=None,
-                  chunk=10)
+                  chunk=10, optimizer=args.optimizer, learning_rate=args.learning_rate)
     runs = {"mse (clean targets)": (clean, dict(noisy=first), "mse"),
             "sure (noisy images alone)": (None, dict(noisy=first), "sure"),
             "n2n (two noisy draws)": (second, dict(noisy=first), "n2n")}
+    wanted = args.losses.split(",")
+    runs = {k: v for k, v in runs.items() if v[2] in wanted}
     test = require_images(DATA / "set12", "set12")
     rng = np.random.default_rng(0)
     test_pairs = []
@@ -80,7 +88,8 @@ def main(argv=None):
           f"python {' '.join(sys.argv)}")
     print(f"# train400: {len(clean)} images, {args.crop}x{args.crop} centre crops, sigma "
           f"{args.sigma:g}; {args.kernel_size}x{args.kernel_size}, {args.stages} stages, "
-          f"{args.greedy} greedy iterations per stage, {args.joint} joint")
+          f"{args.greedy} greedy iterations per stage, {args.joint} joint; {args.optimizer}"
+          + (f" (learning rate {args.learning_rate:g})" if args.optimizer == "adam" else ""))
     print("| training loss | Set12 PSNR (dB) | training seconds |")
     print("|---|---|---|")
     for label, score, seconds in rows:

@@ -196,7 +196,7 @@ def cost(repeats):
     rng = np.random.default_rng(0)
     base = gray(data.astronaut())
     big = transform.resize(gray(data.retina()), (2048, 2048), order=1, anti_aliasing=False)
-    lines = ["| image | model runs | choice | median s (select='sure') | median s (chosen "
+    lines = ["| image | candidates | choice | median s (select='sure') | median s (chosen "
              "model alone) | cost of the choice |", "|---|---|---|---|---|---|"]
     for label, clean in (("astronaut 512x512", base), ("retina resized 2048x2048", big)):
         noisy = clean + 25 / 255 * rng.standard_normal(clean.shape)
@@ -213,7 +213,7 @@ def cost(repeats):
             t_sure.append(t1 - t0)
             t_run.append(t2 - t1)
         a, b = float(np.median(t_sure)), float(np.median(t_run))
-        lines.append(f"| {label} | {len(choices[0]['estimated_mse'])} candidates | {chosen} | "
+        lines.append(f"| {label} | {len(choices[0]['estimated_mse'])} | {chosen} | "
                      f"{a:.2f} | {b:.2f} | {100 * (a - b) / b:.0f} % |")
     return "\n".join(lines)
 

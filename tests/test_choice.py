@@ -246,3 +246,23 @@ def test_block_standard_error():
     total, se = _choice._difference(d, [np.zeros((256, 256))])
     assert total == pytest.approx(d[0].sum())
     assert se == pytest.approx(256.0, rel=0.3)  # sqrt(65536 pixels)
+
+
+def test_clipped_data_keep_the_range_rule():
+    # clipped noise is not Gaussian: SURE favours strong models there, so the range rule stays
+    clean = data.camera()[:128, :128].astype(np.float64)
+    raw = clean + 25 * np.random.default_rng(0).standard_normal(clean.shape)
+    clipped = np.clip(np.rint(raw), 0, 255).astype(np.uint8)
+    assert np.mean((clipped == 0) | (clipped == 255)) > 1e-3
+    out, ch = denoise_trd(clipped, 25, select="sure", return_choices=True)
+    assert ch[0]["estimated_mse"] == {}
+    assert np.array_equal(out, denoise_trd(clipped, 25))
+    # the same clipping converted to float (piled up at its extremes)
+    out, ch = denoise_trd(clipped / 255.0, 25 / 255, select="sure", return_choices=True)
+    assert ch[0]["estimated_mse"] == {}
+    # unclipped integer data are judged by SURE
+    mid = np.clip(np.rint(clean * 0.5 + 64 + 10 * np.random.default_rng(1).standard_normal(
+        clean.shape)), 0, 255).astype(np.uint8)
+    assert mid.min() > 0 and mid.max() < 255
+    _, ch = denoise_trd(mid, 10, select="sure", return_choices=True)
+    assert len(ch[0]["estimated_mse"]) >= 2

@@ -617,3 +617,38 @@ def test_optimizer_validation_and_digest():
     # L-BFGS runs keep the digest they always had (their checkpoints resume)
     assert _config().digest() == _config(learning_rate=5.0).digest()
     assert _config().digest() != _config(optimizer="adam").digest()
+
+
+@pytest.mark.filterwarnings("ignore:few pixels for SURE")
+def test_sure_on_random_windows_resumes_exactly(tmp_path):
+    # every Adam step trains on new random windows with its probe: seeded by the step, so an
+    # interrupted run continues exactly; the loss is per window pixel
+    from skimage_trd.train.run import add_noise
+
+    config = _config(optimizer="adam", learning_rate=1e-2, loss="sure", greedy_iterations=2,
+                     joint_iterations=4, chunk=2, patch=16, patches=3)
+    noisy = add_noise(_clean(), 25, 3)
+    lines = []
+    full = train_model(None, config, noisy=noisy, log=lines.append)
+    # the loss per pixel is that of 3 windows of 16x16, not of the 4 images of 40x40
+    assert full.metadata["provenance"]["final_loss_per_pixel"] < 10 * 25**2
+    seen = []
+
+    def killer(line):
+        seen.append(line)
+        if sum(" step " in x for x in seen) == 5:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train_model(None, config, noisy=noisy, checkpoint_dir=tmp_path, log=killer)
+    resumed = train_model(None, config, noisy=noisy, checkpoint_dir=tmp_path, log=lambda s: None)
+    np.testing.assert_array_equal(resumed.weights, full.weights)
+    other = train_model(None, _config(optimizer="adam", learning_rate=1e-2, loss="sure",
+                                      greedy_iterations=2, joint_iterations=4, chunk=2,
+                                      patch=16, patches=3, seed=1),
+                        noisy=noisy, log=lambda s: None)
+    assert not np.array_equal(other.weights, full.weights)
+    with pytest.raises(ValueError, match="patch"):
+        _config(patch=16)  # windows are for SURE
+    with pytest.raises(ValueError, match="patch"):
+        _config(loss="sure", patch=4)

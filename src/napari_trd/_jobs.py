@@ -271,9 +271,12 @@ def train(clean, *, noisy=None, sigma, kernel_size=5, n_stages=3, greedy_iterati
     init = None
     if start_from not in (None, "", AUTO):
         init = skimage_trd.load_model(start_from)
+        # fine-tuning by SURE: Adam with a new probe every step (docs/models.md: it gains on
+        # every Set12 image where L-BFGS, restarted with each probe, lost on some)
         config = TrainingConfig.for_model(init, sigma=sigma * scale, greedy_iterations=0,
                                           joint_iterations=joint_iterations, crop=None, chunk=10,
-                                          loss=loss)
+                                          loss=loss,
+                                          optimizer="adam" if loss == "sure" else "lbfgs")
     else:
         config = TrainingConfig(sigma=sigma * scale, kernel_size=kernel_size, n_stages=n_stages,
                                 greedy_iterations=greedy_iterations,
@@ -281,7 +284,7 @@ def train(clean, *, noisy=None, sigma, kernel_size=5, n_stages=3, greedy_iterati
                                 loss=loss)
     tick = _ticker(progress, cancel)
 
-    def on_step(step):  # after every L-BFGS iteration (raises Cancelled when asked to stop)
+    def on_step(step):  # after every iteration (raises Cancelled when asked to stop)
         tick(step.iteration, step.total)
 
     def on_log(line):

@@ -135,11 +135,13 @@ def denoise_trd(
         Stein's unbiased risk estimate of the mean squared error wins (no
         clean image needed; Gaussian noise of the given or estimated sigma).
         Evaluated on the whole plane up to 2**19 pixels (the winner's run is
-        the result) and on five 192 x 192 tiles of larger planes; the probes
+        the result) and on four 192 x 192 tiles of larger planes; the probes
         and tiles are seeded from the plane's shape and extreme values, so the
         choice is repeatable (and equal for dask input). Planes under 64 x 64
-        pixels keep the range rule. About four times the work of ``'range'``
-        at 512 x 512 (docs/sure.md, with the measured gains).
+        pixels, and clipped planes (over 0.1 % of the pixels at an integer
+        type's limits, or at a float plane's extremes: their noise is not
+        Gaussian), keep the range rule. About four times the work of
+        ``'range'`` at 512 x 512 (docs/sure.md, with the measured gains).
     return_choices : bool, optional
         Also return, per plane (and colour channel), what was chosen: a list
         of dicts with ``plane`` (its index in the leading axes), ``action``

@@ -227,6 +227,10 @@ class TrainingConfig:
     # every step), and Adam's step size
     optimizer: str = "lbfgs"
     learning_rate: float = 1e-3
+    # SURE: every probe comes with `patches` random `patch` x `patch` windows of the images to
+    # train on (None: the whole batch every time)
+    patch: int | None = None
+    patches: int = 4
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -234,6 +238,10 @@ class TrainingConfig:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got "
                              f"{self.optimizer!r}")
+        if self.patch is not None and (self.loss != "sure" or self.patch < 8 or self.patches < 1):
+            raise ValueError("patch (random windows per probe) is for loss 'sure', at least "
+                             f"8 pixels wide and with patches >= 1; got patch={self.patch!r}, "
+                             f"patches={self.patches!r}, loss={self.loss!r}")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ValueError(f"learning_rate must be a positive number, got "
                              f"{self.learning_rate!r}")
@@ -279,6 +287,9 @@ class TrainingConfig:
         if self.optimizer == "lbfgs":  # ... and Adam
             fields.pop("optimizer")
             fields.pop("learning_rate")
+        if self.patch is None:  # ... and SURE's random windows
+            fields.pop("patch")
+            fields.pop("patches")
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -522,18 +533,36 @@ class _KernelDeblockBatch(_KernelBatch):
 class _SureBatch:
     """The training batch of noisy images alone, with the Monte-Carlo SURE loss
     (:func:`skimage_trd.train.gradients.sure_backprop`), both passes (``y`` and ``y + eps b``)
-    on any backend. A new probe is drawn for every chunk of L-BFGS iterations
-    (:meth:`draw_probe`, seeded by the run's seed and the chunk, so that a resumed run draws
-    the same): with one probe for the whole run the optimiser learns to fit the probe, and the
-    estimate runs away from the true error."""
+    on any backend. A new probe is drawn for every chunk of L-BFGS iterations, or every Adam
+    step (:meth:`draw_probe`, seeded by the run's seed and the key, so that a resumed run
+    draws the same): with one probe for the whole run the optimiser learns to fit the probe,
+    and the estimate runs away from the true error.
 
-    def __init__(self, noisy, spec, backend, sigma, seed):
+    With ``patch``: every draw also picks ``patches`` random ``patch`` x ``patch`` windows of
+    the images, and the loss is that of the windows (a stochastic estimate of the whole
+    batch's, for Adam: fine-tuning on a large image at a fraction of a full step's cost); a
+    batch no larger than the windows is used whole."""
+
+    def __init__(self, noisy, spec, backend, sigma, seed, patch=None, patches=4):
         self.spec, self.sigma, self.seed, self.backend = spec, float(sigma), seed, backend
         self.noisy = noisy
-        self.eps = 2.0 * self.sigma / float(noisy.shape[1] * noisy.shape[2]) ** 0.3
+        if patch is not None:
+            patch = min(int(patch), noisy.shape[1], noisy.shape[2])
+            if int(patches) * patch * patch >= noisy.size:
+                patch = None  # (windows as large as the batch: the batch itself)
+        self.patch, self.patches = patch, int(patches)
+        side = (patch, patch) if patch else noisy.shape[1:]
+        self.eps = 2.0 * self.sigma / float(side[0] * side[1]) ** 0.3
         self.xp = cupy_module() if backend == "cupy" else np
-        self.plain = self._backend(noisy)
+        self.plain = None if patch else self._backend(noisy)
         self.draw_probe(())
+
+    @property
+    def n_px(self):
+        """Pixels the loss is summed over (a draw's windows, or the whole batch)."""
+        if self.patch:
+            return self.patches * self.patch * self.patch
+        return self.noisy.size
 
     def _backend(self, data):
         if self.backend == "cupy":
@@ -541,15 +570,23 @@ class _SureBatch:
         return KernelStages(data, self.spec, backend=self.backend)
 
     def draw_probe(self, key):
-        """Draw the probe ``b`` of the key (a tuple of ints) and move ``y + eps b`` in."""
-        y = self.noisy
+        """Draw the probe ``b`` of the key (a tuple of ints), and the windows with ``patch``,
+        and move ``y + eps b`` in."""
         # (the key's length in the seed: [s, 1, 1, 0] and [s, 1, 2, 0, 0] differ)
-        probe = np.random.default_rng([self.seed, 1, len(key), *key]).standard_normal(y.shape)
-        probe = probe.astype(y.dtype)
+        rng = np.random.default_rng([self.seed, 1, len(key), *key])
+        y, plain = self.noisy, self.plain
+        if self.patch:
+            n, H, W = y.shape
+            k, P = self.patches, self.patch
+            which = rng.integers(0, n, k)
+            rows, cols = rng.integers(0, H - P + 1, k), rng.integers(0, W - P + 1, k)
+            y = np.stack([y[i, r:r + P, c:c + P] for i, r, c in zip(which, rows, cols)])
+            plain = self._backend(np.ascontiguousarray(y))
+        probe = rng.standard_normal(y.shape).astype(y.dtype)
         probed = self._backend((y + y.dtype.type(self.eps) * probe).astype(y.dtype))
-        self.backends = [self.plain, probed]
+        self.backends = [plain, probed]
         self.probe = self.xp.asarray(probe)
-        self.data = (self.plain.f, probed.f)  # (on the backend's device)
+        self.data = (plain.f, probed.f)  # (on the backend's device)
 
     def forward(self, stages, u=None):
         """The fixed stages' outputs on ``y`` and on ``y + eps b`` (a pair)."""
@@ -752,7 +789,8 @@ def _make_batch(data, config, backend, init_model, log):
                    "then runs far above the true PSNR; train on more or larger images")
         log("warning: " + message)
         warnings.warn(message, UserWarning, stacklevel=3)
-    return _SureBatch(data.inputs, spec, backend, config.sigma, config.seed)
+    return _SureBatch(data.inputs, spec, backend, config.sigma, config.seed,
+                      patch=config.patch, patches=config.patches)
 
 
 class _TrainingRun:
@@ -784,6 +822,8 @@ class _TrainingRun:
             "backend": backend, "machine": f"{platform.machine()} {platform.node()}",
         })
         self.t_start = time.perf_counter()
+        # pixels a loss is summed over (SURE with random windows: a draw's)
+        self.n_px = getattr(batch, "n_px", data.targets.size)
         self.val_kind = " (SURE)" if validation is not None and validation[0] is None else ""
 
     def _resume(self):
@@ -863,7 +903,7 @@ class _TrainingRun:
                 self.current = plain_initial_stage(spec, strength=config.init_strength,
                                                    log_lambda=0.0 if t == 0 else math.log(0.1))
                 state.done = 0
-            obj = _Objective(self.batch, self.data.targets.size, "last", fixed=self.trained,
+            obj = _Objective(self.batch, self.n_px, "last", fixed=self.trained,
                              loss=config.loss, key=(t + 1,))
             label = f"greedy stage {t + 1}/{T}"
 
@@ -886,7 +926,7 @@ class _TrainingRun:
         config, spec, state = self.config, self.spec, self.state
         if config.joint_iterations <= 0 or state.done >= config.joint_iterations:
             return
-        obj = _Objective(self.batch, self.data.targets.size, "all", loss=config.loss, key=(0,))
+        obj = _Objective(self.batch, self.n_px, "all", loss=config.loss, key=(0,))
 
         def on_chunk(xv, done):
             state.done = done
@@ -902,7 +942,7 @@ class _TrainingRun:
         mean squared error it stands for (NaN where it cannot be told)."""
         if hasattr(self.batch, "draw_probe"):
             self.batch.draw_probe((FINAL_PROBE,))
-        n_px = self.data.targets.size
+        n_px = self.n_px
         obj = _Objective(self.batch, n_px, "all", loss=self.config.loss, key=(0,))
         loss, _ = obj(pack_params(self.trained))
         mse = 2 * loss / n_px
@@ -926,7 +966,7 @@ class _TrainingRun:
             "noise_seed": config.seed,
             "iterations": {"greedy_per_stage": config.greedy_iterations,
                            "joint": config.joint_iterations},
-            "final_loss_per_pixel": final_loss / self.data.targets.size,
+            "final_loss_per_pixel": final_loss / self.n_px,
             "final_train_psnr": (float("nan") if math.isnan(final_mse)
                                  else 10 * math.log10(255.0**2 / max(final_mse, 1e-300))),
             "loss": config.loss,
@@ -968,7 +1008,7 @@ def photon_training_images(raw_images, *, sigma, gain=None, read_noise=None, off
 def fit(images, *, sigma, loss="mse", targets=None, init=None, kernel_size=5, n_stages=3,
         greedy_iterations=30, iterations=30, crop=None, seed=0, backend="numba",
         checkpoint_dir=None, chunk=10, callback=None, log=None, optimizer="lbfgs",
-        learning_rate=1e-3) -> TRDModel:
+        learning_rate=1e-3, patch=None, patches=4) -> TRDModel:
     """Train or fine-tune a denoising model from Python (scripts, the napari plugin).
 
     Parameters
@@ -998,6 +1038,10 @@ def fit(images, *, sigma, loss="mse", targets=None, init=None, kernel_size=5, n_
     optimizer : {'lbfgs', 'adam'}, optional
         L-BFGS (the paper's), or Adam with ``learning_rate`` (with ``loss='sure'``: a new
         probe every step; what fine-tuning one image by SURE wants, docs/models.md).
+    patch, patches : int, optional
+        ``loss='sure'``: train every step on ``patches`` random ``patch`` x ``patch`` windows
+        of the images (a new draw with every probe) instead of on all of them: steps cost a
+        fraction of a full one on large images.
     callback : callable(TrainingStep) -> bool or None, optional
         After every iteration; returning False cancels (:class:`TrainingCancelled`).
     log : callable(str), optional
@@ -1022,7 +1066,7 @@ def fit(images, *, sigma, loss="mse", targets=None, init=None, kernel_size=5, n_
     if not first:
         raise ValueError("fit needs at least one image")
     common = dict(joint_iterations=iterations, seed=seed, crop=crop, chunk=chunk, loss=loss,
-                  optimizer=optimizer, learning_rate=learning_rate)
+                  optimizer=optimizer, learning_rate=learning_rate, patch=patch, patches=patches)
     init_model = None
     if init is not None:
         init_model = init if isinstance(init, TRDModel) else load_model(init)
@@ -1141,6 +1185,10 @@ def _parser():
                          "step; the better choice for fine-tuning by SURE, docs/models.md)")
     ap.add_argument("--learning-rate", type=float, default=1e-3,
                     help="Adam's step size (with --optimizer adam)")
+    ap.add_argument("--patch", type=int, default=None, metavar="N",
+                    help="--loss sure: train every step on --patches random NxN windows of the "
+                         "images (drawn with each probe) instead of on all of them")
+    ap.add_argument("--patches", type=int, default=4, help="windows per step with --patch")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                     help="precision of the training computations")
     ap.add_argument("--threads", type=int, default=None,
@@ -1177,7 +1225,8 @@ def main(argv=None):
     try:
         common = dict(joint_iterations=args.joint_iterations, seed=args.seed,
                       dtype=args.dtype, chunk=args.chunk, loss=args.loss,
-                      optimizer=args.optimizer, learning_rate=args.learning_rate)
+                      optimizer=args.optimizer, learning_rate=args.learning_rate,
+                      patch=args.patch, patches=args.patches)
         if args.loss == "sure" and args.noisy:
             raise ValueError("--loss sure trains on the noisy images of --data alone; drop --noisy")
         if not args.photons and (args.gain is not None or args.read_noise is not None
