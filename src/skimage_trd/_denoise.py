@@ -252,17 +252,20 @@ def denoise_trd(
                         data_range=data_range, exact=bool(exact), select=select)
     choices = [] if return_choices else None
     if color_transform == "opponent" and n_channels == 3 and len(set(sigmas)) == 1:
-        out = _denoise_opponent(image, kind, sigmas[0], channel_axis, opts, progress, choices)
+        out = _denoise_opponent(image, kind, sigmas[0], channel_axis, opts, progress=progress,
+                                choices=choices)
     elif kind == "dask":
         out = denoise_trd_dask(image, sigmas, channel_axis, opts, choices=choices)
     else:
-        out = _denoise_planes(image, kind, sigmas, channel_axis, opts, progress, choices)
+        out = _denoise_planes(image, kind, sigmas, channel_axis, opts, progress=progress,
+                              choices=choices)
     if preserve_dtype:
         out = to_input_dtype(out, image.dtype, preserve_range)
     return (out, choices) if return_choices else out
 
 
-def _denoise_planes(image, kind, sigmas, channel_axis, opts, progress, choices=None, unit=1.0):
+def _denoise_planes(image, kind, sigmas, channel_axis, opts, *, progress=None, choices=None,
+                    unit=1.0):
     """``denoise_trd`` after its checks, for a NumPy or CuPy image: plane by plane. What was
     chosen for each plane is appended to ``choices`` (a list) when given; ``unit``: the image's
     units per working unit of ``opts`` (the opponent transform's planes are in the input's
@@ -324,7 +327,7 @@ _OPPONENT = np.array([[1, 1, 1], [1, 0, -1], [1, -2, 1]], dtype=np.float64)
 _OPPONENT /= np.sqrt((_OPPONENT**2).sum(axis=1, keepdims=True))
 
 
-def _denoise_opponent(image, kind, sigma, channel_axis, opts, progress, choices=None):
+def _denoise_opponent(image, kind, sigma, channel_axis, opts, *, progress=None, choices=None):
     """Denoise a 3-channel image in the opponent colour space (white noise stays white)."""
     xp = _xp(image)
     work_dtype, scale = opts.out_dtype, opts.scale
@@ -339,8 +342,8 @@ def _denoise_opponent(image, kind, sigma, channel_axis, opts, progress, choices=
     if kind == "dask":
         out = denoise_trd_dask(y, sigmas, y.ndim - 1, inner, choices=choices, unit=1.0 / scale)
     else:
-        out = _denoise_planes(y, kind, sigmas, y.ndim - 1, inner, progress, choices,
-                              unit=1.0 / scale)
+        out = _denoise_planes(y, kind, sigmas, y.ndim - 1, inner, progress=progress,
+                              choices=choices, unit=1.0 / scale)
     out = out @ m
     clip = clip_limits(image.dtype, opts.preserve_range)
     if clip is not None:

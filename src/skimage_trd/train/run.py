@@ -543,7 +543,7 @@ class _SureBatch:
     batch's, for Adam: fine-tuning on a large image at a fraction of a full step's cost); a
     batch no larger than the windows is used whole."""
 
-    def __init__(self, noisy, spec, backend, sigma, seed, patch=None, patches=4):
+    def __init__(self, noisy, spec, backend, sigma, seed, *, patch=None, patches=4):
         self.spec, self.sigma, self.seed, self.backend = spec, float(sigma), seed, backend
         self.noisy = noisy
         if patch is not None:
