@@ -256,10 +256,12 @@ def test_clipped_data_keep_the_range_rule():
     assert np.mean((clipped == 0) | (clipped == 255)) > 1e-3
     out, ch = denoise_trd(clipped, 25, select="sure", return_choices=True)
     assert ch[0]["estimated_mse"] == {}
-    assert np.array_equal(out, denoise_trd(clipped, 25))
+    # without SURE: the model nearest the dtype's level (uint8: 255 grey levels -> sigma 25)
+    assert ch[0]["model"] == "trd-gauss-s25-7x7-5st"
+    assert np.array_equal(out, denoise_trd(clipped, 25, data_range=255))
     # the same clipping converted to float (piled up at its extremes)
     out, ch = denoise_trd(clipped / 255.0, 25 / 255, select="sure", return_choices=True)
-    assert ch[0]["estimated_mse"] == {}
+    assert ch[0]["estimated_mse"] == {} and ch[0]["model"] == "trd-gauss-s25-7x7-5st"
     # unclipped integer data are judged by SURE
     mid = np.clip(np.rint(clean * 0.5 + 64 + 10 * np.random.default_rng(1).standard_normal(
         clean.shape)), 0, 255).astype(np.uint8)

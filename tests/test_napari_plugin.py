@@ -741,8 +741,9 @@ def test_denoise_job_reports_the_sure_choice():
 
 @pytest.mark.napari
 def test_denoise_widget_choose_by_sure(make_napari_viewer, qtbot):
-    from napari_trd import DenoiseWidget
     from skimage import data
+
+    from napari_trd import DenoiseWidget
 
     viewer = make_napari_viewer()
     clean = data.page()[:, :256] / 255.0

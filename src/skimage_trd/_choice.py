@@ -25,8 +25,9 @@ tiles of :data:`TILE` x :data:`TILE` pixels at pseudo-random places of a grid ov
 each run with its halo so that its pixels equal those of the whole plane's run. The probes and
 tiles are seeded from the plane's shape, minimum and maximum (repeatable for a given input,
 equal for a plane in memory and in dask). Planes below :data:`MIN_PIXELS` pixels keep the range
-rule (SURE from a few thousand pixels is too noisy to choose with), and so do clipped planes
-(:func:`_clipped`: their noise is not Gaussian near the limits).
+rule (SURE from a few thousand pixels is too noisy to choose with); clipped planes
+(:func:`_clipped`: their noise is not Gaussian near the limits) take the candidate nearest the
+dtype's level.
 
 Measured (docs/sure.md): whole-plane SURE picks the truly better candidate nearly always; a
 sample of a few per cent of a plane does not (its noise is about 0.1 s^2 per pixel, against
@@ -151,7 +152,8 @@ def sure_setting(setting, opts, shape, extent, fetch, progress=None):
     d = opts.data_range * scale if opts.data_range is not None else dtype_range(
         opts, (extent[0] * scale, extent[1] * scale))
     s = setting.noise
-    cands = candidates(opts.bank, setting.level, None if d is None else 255.0 * s / d)
+    dtype_level = None if d is None else 255.0 * s / d
+    cands = candidates(opts.bank, setting.level, dtype_level)
     if len(cands) < 2:
         return setting
     seed = plane_seed((H, W), extent)
@@ -177,8 +179,13 @@ def sure_setting(setting, opts, shape, extent, fetch, progress=None):
         y = fetch(*outer)
         if r == 0 and _clipped(y[inner], extent, opts):
             # clipped data hold clipped, not Gaussian, noise near the limits, where SURE
-            # would favour strong models (measured: up to 0.45 dB lost on uint8 images)
-            return setting
+            # would favour strong models (measured: up to 0.45 dB lost on uint8 images): the
+            # model nearest the dtype's level instead (on clipped uint8 test images the better
+            # fixed rule on average), or the range rule's without a dtype range
+            if dtype_level is None:
+                return setting
+            m = select_model(cands, dtype_level)
+            return replace(setting, model=m, gain=m.sigma / s)
         yw = y.astype(np.float64) * scale
         results = [denoise_plane(y, st, opts) for st in settings]
         for _ in results:

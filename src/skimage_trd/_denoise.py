@@ -138,10 +138,11 @@ def denoise_trd(
         the result) and on four 192 x 192 tiles of larger planes; the probes
         and tiles are seeded from the plane's shape and extreme values, so the
         choice is repeatable (and equal for dask input). Planes under 64 x 64
-        pixels, and clipped planes (over 0.1 % of the pixels at an integer
-        type's limits, or at a float plane's extremes: their noise is not
-        Gaussian), keep the range rule. About four times the work of
-        ``'range'`` at 512 x 512 (docs/sure.md, with the measured gains).
+        pixels keep the range rule; clipped planes (over 0.1 % of the pixels
+        at an integer type's limits, or at a float plane's extremes: their
+        noise is not Gaussian) take the candidate nearest the dtype's level,
+        without SURE. About four times the work of ``'range'`` at 512 x 512
+        (docs/sure.md, with the measured gains).
     return_choices : bool, optional
         Also return, per plane (and colour channel), what was chosen: a list
         of dicts with ``plane`` (its index in the leading axes), ``action``

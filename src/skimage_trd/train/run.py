@@ -781,8 +781,13 @@ def _make_batch(data, config, backend, init_model, log):
     if config.loss != "sure":
         return _batch(data.inputs, data.targets, spec, backend, data.constraint)
     if init_model is None:
-        log("note: SURE from the plain initialisation trained 1.5 dB below clean targets "
-            "in docs/models.md's comparison; it is meant to adapt a trained model (--init)")
+        if config.optimizer == "adam":
+            log("note: SURE from the plain initialisation with Adam trained 0.3 dB below clean "
+                "targets in docs/models.md's small comparison")
+        else:
+            log("note: SURE from the plain initialisation with L-BFGS trained 1.5 dB below "
+                "clean targets in docs/models.md's comparison; use --optimizer adam (0.3 dB "
+                "below), or adapt a trained model (--init)")
     if data.inputs.size < SURE_MIN_PIXELS:
         message = (f"few pixels for SURE ({data.inputs.size}, below {SURE_MIN_PIXELS}): the "
                    "optimiser can fit the probe instead of the noise, and the SURE estimate "
