@@ -82,7 +82,7 @@ def test_whole_plane_result_is_the_chosen_models_run():
     assert np.array_equal(out, denoise_trd(y, SIGMA, model=choices[0]["model"]))
 
 
-def test_repeatable_and_probes_not_the_users_noise():
+def test_repeatable():
     clean = data.camera()[:160, :160] / 255.0
     y = noisy(clean)
     a = denoise_trd(y, SIGMA, select="sure", return_choices=True)[1]
@@ -248,7 +248,7 @@ def test_block_standard_error():
     assert se == pytest.approx(256.0, rel=0.3)  # sqrt(65536 pixels)
 
 
-def test_clipped_data_keep_the_range_rule():
+def test_clipped_data_take_the_dtype_rule_without_sure():
     # clipped noise is not Gaussian: SURE favours strong models there, so the range rule stays
     clean = data.camera()[:128, :128].astype(np.float64)
     raw = clean + 25 * np.random.default_rng(0).standard_normal(clean.shape)
@@ -267,4 +267,28 @@ def test_clipped_data_keep_the_range_rule():
         clean.shape)), 0, 255).astype(np.uint8)
     assert mid.min() > 0 and mid.max() < 255
     _, ch = denoise_trd(mid, 10, select="sure", return_choices=True)
+    assert len(ch[0]["estimated_mse"]) >= 2
+
+
+def test_clipped_12_bit_data_keep_the_range_rule():
+    # a 12-bit camera in uint16: the type's range says nothing about the data, so a clipped
+    # plane keeps the range rule's model (not the weakest one the type's range would give)
+    clean = np.maximum(data.camera()[:128, :128].astype(np.float64) * 16 - 600, 0)
+    raw = np.clip(np.rint(clean + 400 * np.random.default_rng(0).standard_normal(clean.shape)),
+                  0, 4095).astype(np.uint16)
+    assert np.mean(raw == 0) > 1e-3
+    out, ch = denoise_trd(raw, 400, preserve_range=True, select="sure", return_choices=True)
+    assert ch[0]["estimated_mse"] == {}
+    assert np.array_equal(out, denoise_trd(raw, 400, preserve_range=True))
+
+
+def test_stabilised_photon_counts_are_not_taken_for_clipped():
+    # discrete floats repeat their smallest value often (no photon): not a clipping limit
+    from skimage_trd import generalized_anscombe
+
+    clean = (data.camera()[:128, :128] / 255.0) ** 3 * 20
+    counts = np.random.default_rng(0).poisson(clean).astype(np.float64)
+    t = generalized_anscombe(counts, 1.0, 0.0)
+    assert np.mean(t == t.min()) > 1e-3
+    _, ch = denoise_trd(t, 1.0, preserve_range=True, select="sure", return_choices=True)
     assert len(ch[0]["estimated_mse"]) >= 2

@@ -494,11 +494,15 @@ def test_select_sure(tmp_path):
     from skimage import data
 
     rng = np.random.default_rng(0)
-    img = np.clip(data.camera()[:128, :128] + 20 * rng.standard_normal((128, 128)), 0, 255)
-    img = img.astype(np.uint8)
+    # unclipped (no pixel at 0 or 255), so that SURE itself chooses
+    clean = 40 + 0.6 * data.camera()[:128, :128]
+    img = np.clip(np.rint(clean + 10 * rng.standard_normal((128, 128))), 0, 255).astype(np.uint8)
+    assert img.min() > 0 and img.max() < 255
+    _, choices = denoise_trd(img, 10, preserve_range=True, select="sure", return_choices=True)
+    assert len(choices[0]["estimated_mse"]) >= 2
     Image.fromarray(img).save(tmp_path / "cam.png")
     out = tmp_path / "out"
-    assert main(["denoise", str(tmp_path / "cam.png"), "-o", str(out), "--sigma", "20",
+    assert main(["denoise", str(tmp_path / "cam.png"), "-o", str(out), "--sigma", "10",
                  "--select", "sure", "--float", "--threads", "1", "-q"]) == 0
-    expected = denoise_trd(img, 20, preserve_range=True, select="sure")
+    expected = denoise_trd(img, 10, preserve_range=True, select="sure")
     np.testing.assert_array_equal(tifffile.imread(out / "cam.tif"), expected.astype(np.float32))

@@ -564,7 +564,7 @@ def test_run_state_is_the_checkpoints_json(tmp_path):
 
 @pytest.mark.filterwarnings("ignore:few pixels for SURE")
 @pytest.mark.parametrize("loss", ["mse", "sure"])
-@pytest.mark.parametrize("stop_after", [3, 7])
+@pytest.mark.parametrize("stop_after", [3, 7, 9])
 def test_adam_resumes_exactly(tmp_path, loss, stop_after):
     # Adam's moments are checkpointed with the parameters; SURE draws a probe per step,
     # seeded by the step, so an interrupted run continues exactly as the uninterrupted one
@@ -630,8 +630,14 @@ def test_sure_on_random_windows_resumes_exactly(tmp_path):
     noisy = add_noise(_clean(), 25, 3)
     lines = []
     full = train_model(None, config, noisy=noisy, log=lines.append)
-    # the loss per pixel is that of 3 windows of 16x16, not of the 4 images of 40x40
-    assert full.metadata["provenance"]["final_loss_per_pixel"] < 10 * 25**2
+    # the loss is summed over 3 windows of 16x16 (not the 4 images of 40x40) and said per pixel
+    from skimage_trd.train.run import _SureBatch
+
+    batch = _SureBatch(np.stack(noisy).astype(np.float64), config.spec(), "numba", 25.0, 0,
+                       patch=16, patches=3)
+    assert batch.n_px == 3 * 16 * 16 and batch.data[0].shape == (3, 16, 16)
+    per_px = full.metadata["provenance"]["final_loss_per_pixel"]
+    assert 0.5 * 5**2 < per_px < 0.5 * 25**2  # (loss = half the squared error: below the noise)
     seen = []
 
     def killer(line):

@@ -323,7 +323,7 @@ class DenoiseWidget(_JobWidget):
                                value="intensity range",
                                tooltip="with the model bank: the plane's intensity range (fast), "
                                        "or the lowest error estimated by SURE without a clean "
-                                       "image (often better; about four times the work)")
+                                       "image (often better; four times the work or more)")
         self.chosen = Label(label="chosen", value="-")
         backends = ["auto", "CPU"] + (["GPU"] if _gpu_available() else [])
         self.backend = ComboBox(label="backend", choices=backends, value="auto")
@@ -522,7 +522,7 @@ class DenoiseWidget(_JobWidget):
         backend, channel_axis = self.backend.value, self._channel_axis(layer)
         keep, photons = self.keep_dtype.value, self._photon_params()
         select = _jobs.SELECT[self.select.value]
-        choices = []  # filled by the job, shown when it is done
+        summary = []  # the choices in one line, made by the job (it reads the data), shown after
 
         def job(progress, cancel):
             if photons is not None:
@@ -530,14 +530,18 @@ class DenoiseWidget(_JobWidget):
                                              channel_axis=channel_axis, progress=progress,
                                              cancel=cancel, keep_dtype=keep, select=select,
                                              **photons)
-            return _jobs.denoise(data, sigma=sigma, model=model, backend=backend,
-                                 channel_axis=channel_axis, progress=progress, cancel=cancel,
-                                 keep_dtype=keep, select=select, choices=choices)
+            choices = []
+            out = _jobs.denoise(data, sigma=sigma, model=model, backend=backend,
+                                channel_axis=channel_axis, progress=progress, cancel=cancel,
+                                keep_dtype=keep, select=select, choices=choices)
+            if choices:
+                summary.append(_jobs.choice_summary(choices, data))
+            return out
 
         def done(out):
             self.add_result(out, layer)
-            if choices:
-                self.chosen.value = _jobs.choice_summary(choices, data)
+            if summary:
+                self.chosen.value = summary[0]
 
         what = "photon-counting " if photons is not None else ""
         self.chosen.value = "-"
@@ -577,7 +581,7 @@ class DenoiseWidget(_JobWidget):
         translate = np.asarray(layer.translate, dtype=float)[-2:] + scale * [rows.start, cols.start]
 
         select = _jobs.SELECT[self.select.value]
-        choices = []
+        summary = []
 
         def job(progress, cancel):
             if photons is not None:
@@ -585,15 +589,20 @@ class DenoiseWidget(_JobWidget):
                                              channel_axis=channel_axis, progress=progress,
                                              cancel=cancel, keep_dtype=keep,
                                              estimate_from=whole, select=select, **photons)
-            return _jobs.denoise(np.asarray(data), sigma=sigma, model=model, backend=backend,
-                                 channel_axis=channel_axis, progress=progress, cancel=cancel,
-                                 keep_dtype=keep, select=select, choices=choices)
+            region = np.asarray(data)
+            choices = []
+            out = _jobs.denoise(region, sigma=sigma, model=model, backend=backend,
+                                channel_axis=channel_axis, progress=progress, cancel=cancel,
+                                keep_dtype=keep, select=select, choices=choices)
+            if choices:
+                summary.append(_jobs.choice_summary(choices, region) + " (preview)")
+            return out
 
         def done(out):
             self.add_result(out, layer, name_suffix="_trd_preview", translate=translate,
                             scale=scale, replace=True)
-            if choices:
-                self.chosen.value = _jobs.choice_summary(choices, data) + " (preview)"
+            if summary:
+                self.chosen.value = summary[0]
 
         return self.start(job, done, total=1, desc="TRD preview")
 

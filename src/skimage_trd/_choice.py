@@ -24,10 +24,12 @@ chosen candidate's result is then the output: no further run); otherwise :data:`
 tiles of :data:`TILE` x :data:`TILE` pixels at pseudo-random places of a grid over the plane,
 each run with its halo so that its pixels equal those of the whole plane's run. The probes and
 tiles are seeded from the plane's shape, minimum and maximum (repeatable for a given input,
-equal for a plane in memory and in dask). Planes below :data:`MIN_PIXELS` pixels keep the range
+equal for a plane in memory and in dask whenever the range rule's level is: sigma given, or
+planes within the dask path's sample). Planes below :data:`MIN_PIXELS` pixels keep the range
 rule (SURE from a few thousand pixels is too noisy to choose with); clipped planes
 (:func:`_clipped`: their noise is not Gaussian near the limits) take the candidate nearest the
-dtype's level.
+dtype's level (8-bit data, floats in [0, 1]) or the range rule's model (other types). Clipping
+is judged on the first region: the whole plane, or its first tile.
 
 Measured (docs/sure.md): whole-plane SURE picks the truly better candidate nearly always; a
 sample of a few per cent of a plane does not (its noise is about 0.1 s^2 per pixel, against
@@ -181,9 +183,9 @@ def sure_setting(setting, opts, shape, extent, fetch, progress=None):
             # clipped data hold clipped, not Gaussian, noise near the limits, where SURE
             # would favour strong models (measured: up to 0.45 dB lost on uint8 images): the
             # model nearest the dtype's level instead (on clipped uint8 test images the better
-            # fixed rule on average), or the range rule's without a dtype range
-            if dtype_level is None:
-                return setting
+            # fixed rule on average) for 8-bit data and floats in [0, 1]; else the range rule
+            if dtype_level is None or not _eight_bit(opts, d):
+                return setting  # (a 12-bit camera in uint16: the type's range means nothing)
             m = select_model(cands, dtype_level)
             return replace(setting, model=m, gain=m.sigma / s)
         yw = y.astype(np.float64) * scale
@@ -228,16 +230,29 @@ def _size(inner):
     return (inner[0].stop - inner[0].start) * (inner[1].stop - inner[1].start)
 
 
+def _eight_bit(opts, d):
+    """Whether the dtype range ``d`` (working units) is that of 8-bit data or of floats in
+    [0, 1]: the ranges the fixed dtype rule was measured on."""
+    dt = np.dtype(opts.in_dtype)
+    if dt.kind in "ui":
+        return dt.itemsize == 1
+    return d in (1.0, 255.0)
+
+
 def _clipped(y, extent, opts):
     """Whether more than 0.1 % of the pixels ``y`` (as stored) sit at a clipping limit: an
-    integer type's limits, or for floats the plane's extreme values (data clipped before they
-    were converted)."""
+    integer type's limits, or for floats the limits a conversion clips to (0 and 1 for
+    floats in [0, 1], 0 and 255 on the 8-bit scale; other floats are not judged: their
+    repeated extreme values may be discrete data, such as stabilised photon counts)."""
     dt = np.dtype(opts.in_dtype)
     if dt.kind in "ui" and y.dtype.kind in "ui":
         info = np.iinfo(dt)
         limits = (info.min, info.max)
     else:
-        limits = extent
+        d = dtype_range(opts, (extent[0] * opts.scale, extent[1] * opts.scale))
+        if d is None or opts.scale != 1.0:
+            return False
+        limits = (0.0, d)
     n = y.size
     return bool(int((y == limits[0]).sum()) > 1e-3 * n or int((y == limits[1]).sum()) > 1e-3 * n)
 

@@ -185,9 +185,9 @@ def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channe
         How a model of the bank is chosen for each stabilised plane (when ``model`` is not a
         single model), as in :func:`skimage_trd.denoise_trd`: ``'range'``, the robust-range
         rule; ``'sure'``, the candidate with the lower Stein's unbiased risk estimate on the
-        stabilised plane (Gaussian noise of variance 1 there; about four times the work).
-        Measured in docs/microscopy.md: better on Set12 at 20 photons, worse on a microscopy
-        image at 10 (the error SURE estimates is the stabilised domain's, not the inverse's).
+        stabilised plane (Gaussian noise of variance 1 there; four times the work or more).
+        Measured in docs/microscopy.md: no better than the range rule at 1 to 20 photons
+        (the error SURE estimates is the stabilised domain's, not the inverse's).
     **kwargs
         Passed to :func:`skimage_trd.denoise_trd` (``model``, ``backend``, ``num_threads``,
         ``tile_shape``, ...); ``progress(done, total)`` counts over all planes.

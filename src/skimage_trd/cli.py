@@ -104,7 +104,7 @@ def _restore_parser(sub, task):
                        help="how the bank's model is chosen for every plane: 'range' (the "
                             "plane's intensity range; default) or 'sure' (the candidate with the "
                             "lowest estimated error by Stein's unbiased risk estimate: often "
-                            "better, about four times the work)")
+                            "better, four times the work or more)")
     else:
         p.add_argument("--quality", type=int, default=None, metavar="Q",
                        help="JPEG quality (1..100) of inputs that are not JPEG files (JPEG files: "
