@@ -416,6 +416,17 @@ class _Reporter:
             raise TrainingCancelled(f"cancelled at iteration {self.done} of {self.total} "
                                     f"({label})")
 
+    def iteration(self, label, word, done, total, fun):
+        """One iteration (L-BFGS) or step (Adam) done: count it, log its line, tell the
+        callback (which may cancel)."""
+        self.done += 1
+        self.log(
+            f"{label} {word} {done:4d}/{total}  loss/px {fun.last_loss_per_px:.4f}  "
+            f"{fun.psnr_name} {fun.last_psnr:.3f}  grad {fun.last_time:.2f} s  "
+            f"ETA {self.eta() / 60:.1f} min"
+        )
+        self.step(label, fun)
+
     def eta(self):
         run = self.done - self.done_at_start
         if run <= 0:
@@ -447,13 +458,7 @@ def _lbfgs_chunks(fun, x, done, total, *, chunk, on_chunk, reporter, label):
 
         def callback(intermediate_result):
             iters[0] += 1
-            reporter.done += 1
-            reporter.log(
-                f"{label} iter {done + iters[0]:4d}/{total}  loss/px {fun.last_loss_per_px:.4f}  "
-                f"{fun.psnr_name} {fun.last_psnr:.3f}  grad {fun.last_time:.2f} s  "
-                f"ETA {reporter.eta() / 60:.1f} min"
-            )
-            reporter.step(label, fun)
+            reporter.iteration(label, "iter", done + iters[0], total, fun)
 
         res = minimize(fun, x, jac=True, method="L-BFGS-B", callback=callback,
                        options={"maxiter": n, "maxcor": 10, "gtol": 0, "ftol": 0})
@@ -491,13 +496,7 @@ def _adam_chunks(fun, x, done, total, *, chunk, on_chunk, reporter, label, learn
             v = b2 * v + (1 - b2) * g * g
             x = x - learning_rate * (m / (1 - b1**done)) / (np.sqrt(v / (1 - b2**done))
                                                              + ADAM_EPS)
-            reporter.done += 1
-            reporter.log(
-                f"{label} step {done:4d}/{total}  loss/px {fun.last_loss_per_px:.4f}  "
-                f"{fun.psnr_name} {fun.last_psnr:.3f}  grad {fun.last_time:.2f} s  "
-                f"ETA {reporter.eta() / 60:.1f} min"
-            )
-            reporter.step(label, fun)
+            reporter.iteration(label, "step", done, total, fun)
         on_chunk(x, done, (m, v))
     return x
 
