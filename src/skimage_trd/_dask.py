@@ -87,10 +87,7 @@ def denoise_trd_dask(image, sigmas, channel_axis, opts, *, choices=None, unit=1.
             settings[idx] = replace(sure_setting(settings[idx], opts, (H, W), extent, fetch),
                                     output=None)
         if choices is not None:
-            full = [slice(None)] * image.ndim
-            for ax, i in zip(lead, idx):
-                full[ax] = i
-            choices.append(choice_record(tuple(full), channel_axis, settings[idx],
+            choices.append(choice_record(tuple(sel), channel_axis, settings[idx],
                                          unit / opts.scale))
 
     halo = max(m.halo for m in opts.bank)

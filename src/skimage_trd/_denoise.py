@@ -138,11 +138,12 @@ def denoise_trd(
         the result) and on four 192 x 192 tiles of larger planes; the probes
         and tiles are seeded from the plane's shape and extreme values, so the
         choice is repeatable (and equal for dask input where the range rule's
-        level is: sigma given, or planes within dask's 1024 x 1024 sample). Planes under 64 x 64
-        pixels keep the range rule; clipped planes (over 0.1 % of the pixels
-        at an integer type's limits, or at a float plane's extremes: their
-        noise is not Gaussian) take the candidate nearest the dtype's level,
-        without SURE. About four times the work of ``'range'`` at 512 x 512
+        level is: sigma given, or planes within dask's 1024 x 1024 sample).
+        Planes under 64 x 64 pixels keep the range rule. Clipped planes (over
+        0.1 % of the pixels at an integer type's limits, or floats at 0 and 1,
+        or 0 and 255: their noise is not Gaussian) are not judged by SURE:
+        8-bit data and floats in [0, 1] take the candidate nearest the dtype's
+        level, other types the range rule's model. About four times the work of ``'range'`` at 512 x 512
         with two candidates and one probe (up to twelve runs with three
         candidates and three probes; docs/sure.md, with the measured gains).
         Colour images in the opponent space are judged channel by channel as
