@@ -658,3 +658,40 @@ def test_sure_on_random_windows_resumes_exactly(tmp_path):
         _config(patch=16)  # windows are for SURE
     with pytest.raises(ValueError, match="patch"):
         _config(loss="sure", patch=4)
+
+
+def test_rescaled_model_is_the_model_run_at_the_matching_contrast():
+    from skimage_trd import denoise_trd, load_model
+    from skimage_trd.train import rescale_model
+
+    s50 = load_model("trd-gauss-s50-7x7-5st")
+    m = rescale_model(s50, 150)
+    assert m.sigma == 150 and m.metadata["rescaled_from"]["name"] == s50.name
+    np.testing.assert_allclose(m.centers, 3 * s50.centers)
+    noisy = _clean(1, size=64)[0] + 150 * np.random.default_rng(0).standard_normal((64, 64))
+    # denoise_trd runs the sigma-50 model on the image times 50/150, and scales back
+    expected = denoise_trd(noisy, 150, model=s50, data_range=255, exact=True)
+    got = denoise_trd(noisy, 150, model=m, data_range=255, exact=True)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)
+    assert np.abs(got - noisy).max() > 10  # it did denoise
+    with pytest.raises(ValueError, match="positive"):
+        rescale_model(s50, 0)
+    with pytest.raises(ValueError, match="denoising model"):
+        rescale_model(load_model("trd-jpeg-q10-7x7-4st"), 50)
+
+
+def test_fine_tuning_for_another_noise_level_starts_from_the_rescaled_model():
+    from skimage_trd.train import fit, rescale_model
+
+    base = train_model(_clean(), _config(joint_iterations=0), log=lambda s: None)
+    clean = _clean()
+    start = fit(clean, sigma=50, init=base, iterations=0, crop=40, seed=3)
+    assert start.sigma == 50
+    expected = rescale_model(base, 50)
+    np.testing.assert_allclose(start.centers, expected.centers)
+    np.testing.assert_allclose(start.weights, expected.weights, rtol=1e-12, atol=1e-12)
+    prov = start.metadata["provenance"]
+    assert prov["initial_model"]["name"] == expected.name
+    tuned = fit(clean, sigma=50, init=base, iterations=4, crop=40, seed=3)
+    assert (tuned.metadata["provenance"]["final_loss_per_pixel"]
+            < prov["final_loss_per_pixel"])

@@ -45,6 +45,7 @@ from .run import (
     main,
     photon_training_images,
     plain_initial_stage,
+    rescale_model,
     train_model,
 )
 
@@ -59,5 +60,6 @@ __all__ = [
     "main",
     "photon_training_images",
     "plain_initial_stage",
+    "rescale_model",
     "train_model",
 ]

@@ -58,6 +58,7 @@ __all__ = [
     "photon_training_images",
     "add_noise",
     "plain_initial_stage",
+    "rescale_model",
     "train_model",
     "jpeg_pairs",
     "main",
@@ -1073,7 +1074,7 @@ def fit(images, *, sigma, loss="mse", targets=None, init=None, kernel_size=5, n_
                   optimizer=optimizer, learning_rate=learning_rate, patch=patch, patches=patches)
     init_model = None
     if init is not None:
-        init_model = init if isinstance(init, TRDModel) else load_model(init)
+        init_model = _at_noise(init if isinstance(init, TRDModel) else load_model(init), sigma)
         config = TrainingConfig.for_model(init_model, sigma=sigma, greedy_iterations=0, **common)
     else:
         config = TrainingConfig(sigma=sigma, kernel_size=kernel_size, n_stages=n_stages,
@@ -1089,6 +1090,54 @@ def fit(images, *, sigma, loss="mse", targets=None, init=None, kernel_size=5, n_
     return train_model(clean, config, noisy=noisy, checkpoint_dir=checkpoint_dir,
                        log=log or (lambda line: None), backend=backend, init_model=init_model,
                        callback=callback, data_source="(in memory, skimage_trd.train.fit)")
+
+
+def rescale_model(model: TRDModel, sigma: float) -> TRDModel:
+    """A denoising model trained for noise ``model.sigma``, re-expressed for noise ``sigma``.
+
+    Running ``model`` on an image whose intensities are multiplied by ``s = model.sigma /
+    sigma`` (so that its noise matches the model's) and dividing the result by ``s`` is what
+    :func:`~skimage_trd.denoise_trd` does with a model trained for another noise level. That
+    is a TRD model itself, exactly: the same filters and reaction weights, and influence
+    functions ``phi(s z) / s``, i.e. RBF centres ``mu / s``, precision ``beta s**2`` and
+    weights ``w / s``. Fine-tuning for a new noise level (``python -m skimage_trd.train
+    --init MODEL --sigma S``) starts from it, that is from what the bank already does at
+    that level, rather than from an under- or over-smoothing model.
+
+    Parameters
+    ----------
+    model : TRDModel
+        A denoising model with ``sigma`` set.
+    sigma : float
+        The new noise level, [0, 255] scale.
+
+    Returns
+    -------
+    TRDModel
+        With ``sigma``, the name ``<model.name>-as-s<sigma>`` and ``metadata['rescaled_from']``
+        (the original's name and sigma, and the contrast ``s``).
+    """
+    if model.task != "denoise" or model.sigma is None:
+        raise ValueError(f"rescaling needs a denoising model with its sigma, got {model.name!r}")
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma must be a positive number, got {sigma}")
+    s = float(model.sigma) / float(sigma)
+    meta = dict(model.metadata)
+    meta["rescaled_from"] = {"name": model.name, "sigma": float(model.sigma), "contrast": s}
+    return TRDModel(filters=model.filters.copy(), weights=model.weights / s,
+                    centers=np.asarray(model.centers, dtype=np.float64) / s,
+                    precision=float(model.precision) * s * s, lambdas=model.lambdas.copy(),
+                    task="denoise", sigma=float(sigma),
+                    name=f"{model.name}-as-s{float(sigma):g}", metadata=meta)
+
+
+def _at_noise(model, sigma):
+    """``model`` to fine-tune for noise ``sigma``: :func:`rescaled <rescale_model>` if it was
+    trained for another level."""
+    if (model.task == "denoise" and sigma is not None and model.sigma is not None
+            and not math.isclose(model.sigma, sigma, rel_tol=1e-9)):
+        return rescale_model(model, sigma)
+    return model
 
 
 def _initial_stages(model, spec, config):
@@ -1257,6 +1306,7 @@ def main(argv=None):
                 raise ValueError(f"--init {args.init} is a {init_model.task} model; a --task "
                                  f"{args.task} run fine-tunes a {args.task} model")
             sigma = args.sigma if args.task == "denoise" else None
+            init_model = _at_noise(init_model, sigma)
             config = TrainingConfig.for_model(init_model, sigma=sigma, greedy_iterations=0,
                                               task=args.task, **common)
         else:
