@@ -371,3 +371,16 @@ def test_tiny_noise_beside_a_wide_spread_runs_in_float64(model, monkeypatch):
     monkeypatch.setattr(planes, "FLOAT32_SPREAD", np.inf)  # the check can fail: float32 here
     out32 = denoise_trd(img, sigma, model=model)
     assert np.abs(out32 - exact).max() > 0.05 * sigma
+
+
+def test_progress_ends_at_its_total_when_the_last_plane_is_only_copied(model, noisy):
+    calls = []
+    stack = np.stack([noisy, np.full_like(noisy, 0.5)])  # the constant plane is copied
+    out = denoise_trd(stack, 0.1, model=model, progress=lambda d, t: calls.append((d, t)))
+    np.testing.assert_array_equal(out[1], stack[1])
+    assert calls[-1][0] == calls[-1][1] and len({t for _, t in calls}) == 1
+    assert all(b[0] >= a[0] for a, b in zip(calls, calls[1:]))
+    calls.clear()
+    denoise_trd(np.full((2, 32, 32), 0.5), 0.1, model=model,
+                progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(1, 1)]

@@ -137,7 +137,7 @@ def test_progress_counts_over_all_planes():
     rng = np.random.default_rng(5)
     y = np.full((3, 48, 48), 8.0)
     raw = _observe(y, rng)
-    raw[1] = OFFSET  # a constant plane, which denoise_trd only copies (reporting nothing)
+    raw[1] = OFFSET  # a constant plane, which denoise_trd only copies
     calls = []
     denoise_trd_poisson(raw, GAIN, READ, offset=OFFSET, progress=lambda d, t: calls.append((d, t)))
     done = [d / t for d, t in calls]

@@ -291,6 +291,12 @@ def _denoise_planes(image, kind, sigmas, channel_axis, opts, *, progress=None, c
     total_planes = len(planes)
 
     sure = opts.select == "sure"
+    if progress is not None:  # remember the last report, to end on done == total (below)
+        user_progress, last = progress, [None]
+
+        def progress(done, total):
+            last[0] = (done, total)
+            user_progress(done, total)
     for p_index, (index, channel) in enumerate(planes):
         plane = src[index]
         setting = plane_settings(plane, sigmas[channel or 0], opts)
@@ -321,6 +327,10 @@ def _denoise_planes(image, kind, sigmas, channel_axis, opts, *, progress=None, c
                 cb(1, 1)
         else:
             out[index] = denoise_plane(plane, setting, opts, cb)
+    if progress is not None and (last[0] is None or last[0][0] != last[0][1]):
+        # the last planes were only copied (constant, or no noise): they report nothing
+        total = 1 if last[0] is None else last[0][1]
+        user_progress(total, total)
     if backend == "cupy" and kind != "cupy":
         return out.get()
     if kind == "cupy" and backend != "cupy":

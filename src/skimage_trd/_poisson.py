@@ -253,7 +253,7 @@ def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channe
     bank = resolve_models(kwargs.pop("model", None), "denoise")
     kwargs["model"] = bank if len(bank) > 1 else bank[0]
     n = len(planes)
-    reported = [None, None]  # the steps of a plane as denoise_trd counts them, and done
+    units = 1000  # progress steps per plane (denoise_trd reports each plane to its end)
     for i, plane in enumerate(planes):
         g, r = gain, read_noise
         if g is None or r is None:  # (with the gain given, the read noise for that gain)
@@ -261,19 +261,13 @@ def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channe
             g = eg if g is None else g
             r = er if r is None else r
         t = generalized_anscombe(plane, g, r, offset)
-        def plane_progress(done, total, i=i):
-            reported[:] = [total, done]
-            progress(i * total + done, n * total)
 
-        reported[1] = None
+        def plane_progress(done, total, i=i):
+            progress(i * units + units * done // total, n * units)
+
         d = denoise_trd(t, 1.0, preserve_range=True, select=select,
                         progress=None if progress is None else plane_progress, **kwargs)
         out[i] = inverse_generalized_anscombe(d, g, r, offset)
-        T = reported[0]
-        if progress is not None and T is not None and reported[1] != T:
-            progress((i + 1) * T, n * T)  # a plane denoise_trd only copied reports nothing
-    if progress is not None and reported[0] is None:  # no plane needed denoising
-        progress(1, 1)
     out = out.reshape(x.shape)
     if channel_axis is not None:
         out = np.moveaxis(out, 0, channel_axis)
