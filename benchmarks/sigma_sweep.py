@@ -9,9 +9,10 @@ BM3D needs the ``benchmarks`` extra (``pip install ".[benchmarks]"``) or ``--no-
 Protocol (docs/protocols.md, Gaussian denoising): for each sigma a fresh ``default_rng(0)``, images in
 sorted name order, ``noisy = clean + sigma * N(0, 1)`` (not clipped), PSNR of the output clipped to
 [0, 255], mean over the 68 images. TRD: ``denoise_trd(noisy, sigma)`` with its defaults and the
-shipped bank (7x7 sigma 15/25/50 and 5x5 sigma 25): per image, the model nearest (in ratio) to
-``255 * sigma / r``, r the image's robust intensity range, with the image rescaled so that its
-noise matches the model's (no model is trained at 5, 10, 20, 30, 35, 40, 45 or 55..75). BM3D:
+shipped bank (7x7 sigma 15/25/50/75/100/150 and 5x5 sigma 25): per image, the model whose
+training images' level is nearest (in ratio) to ``255 * sigma / r``, r the image's robust
+intensity range (``_planes.training_sigma``), with the image rescaled so that its noise matches
+the model's (no model is trained at 5, 10, 20, 30, 35, 40, 45 or 55..70). BM3D:
 ``bm3d.bm3d(noisy / 255, sigma_psd=sigma / 255)`` (package ``bm3d``, its default profile).
 
 BM3D takes about 5 s per image, so the sweep takes over an hour on one core. Per-image results
@@ -22,7 +23,10 @@ holds the sigmas for which all 68 images are measured; the authors' dedicated mo
 
 ``--model`` runs TRD with another bank (``denoise_trd(noisy, sigma, model=[...])``: names of
 shipped or registry models, or .npz paths), to try a model before it joins the shipped bank;
-its results are kept apart in ``--results`` under that bank's label.
+its results are kept apart in ``--results`` under that bank's label. ``--earlier FILE`` adds
+the shipped bank's TRD column of an earlier run of this protocol (another results file: a
+previous bank or range rule) and borrows its BM3D figures, which do not depend on TRD, so that
+a new bank is compared on the same noise without rerunning BM3D.
 """
 
 from __future__ import annotations
@@ -92,25 +96,40 @@ def measure(sigmas, files, results_path, use_bm3d, bank=SHIPPED):
     return done
 
 
-def table(done, sigmas, names, bank=SHIPPED):
+def table(done, sigmas, names, bank=SHIPPED, earlier=None):
     label = "shipped bank" if bank == SHIPPED else f"bank {bank}"
-    lines = [f"| sigma | noisy | TRD ({label}) | BM3D | TRD - BM3D | authors' model at this sigma |",
-             "|---|---|---|---|---|---|"]
+    compare = earlier is not None
+    extra = " TRD, earlier run | change |" if compare else ""
+    lines = [f"| sigma | noisy | TRD ({label}) |{extra} BM3D | TRD - BM3D | "
+             "authors' model at this sigma |",
+             "|---|---|---|---|---|---|" + ("---|---|" if compare else "")]
+    earlier = {} if earlier is None else earlier
     for sigma in sigmas:
         rows = [done[bank, sigma, name] for name in names if (bank, sigma, name) in done]
         if len(rows) < len(names):
-            lines.append(f"| {sigma:g} | ({len(rows)}/{len(names)} images measured) | | | | |")
+            lines.append(f"| {sigma:g} | ({len(rows)}/{len(names)} images measured) |"
+                         + " |" * (6 if compare else 4))
             continue
         trd = np.mean([r["trd"] for r in rows])
         noisy = np.mean([r["noisy"] for r in rows])
-        # BM3D does not depend on the bank: a candidate bank's rows borrow the shipped run's
+        # BM3D does not depend on the bank: a candidate bank's rows borrow the shipped run's,
+        # or the earlier run's
         bm = [r["bm3d"] if r["bm3d"] is not None
-              else done.get((SHIPPED, sigma, name), {}).get("bm3d") for r, name in zip(rows, names)]
+              else done.get((SHIPPED, sigma, name), {}).get("bm3d")
+              or earlier.get((SHIPPED, sigma, name), {}).get("bm3d")
+              for r, name in zip(rows, names)]
+        before = [earlier.get((SHIPPED, sigma, name), {}).get("trd") for name in names]
+        change = ""
+        if compare:
+            change = " - | - |"
+            if all(b is not None for b in before):
+                change = f" {np.mean(before):.3f} | {trd - np.mean(before):+.3f} |"
         bm3d_txt, diff_txt = "-", "-"
         if all(b is not None for b in bm):
             bm3d_txt, diff_txt = f"{np.mean(bm):.2f}", f"{trd - np.mean(bm):+.2f}"
         authors = AUTHORS.get(int(sigma)) if float(sigma).is_integer() else None
-        lines.append(f"| {sigma:g} | {noisy:.2f} | {trd:.2f} | {bm3d_txt} | {diff_txt} | "
+        trd_txt = f"{trd:.3f}" if change else f"{trd:.2f}"
+        lines.append(f"| {sigma:g} | {noisy:.2f} | {trd_txt} |{change} {bm3d_txt} | {diff_txt} | "
                      f"{'-' if authors is None else f'{authors:.2f}'} |")
     return "\n".join(lines)
 
@@ -128,6 +147,8 @@ def main(argv=None):
     ap.add_argument("--model", default=SHIPPED,
                     help="comma-separated models (names or .npz paths) to use as the bank "
                          "instead of the shipped one")
+    ap.add_argument("--earlier", type=Path, default=None,
+                    help="results of an earlier run: its shipped TRD beside, its BM3D borrowed")
     args = ap.parse_args(argv)
     from skimage_trd.kernels.numba_cpu import set_threads
 
@@ -140,7 +161,8 @@ def main(argv=None):
         done = measure(sigmas, files, args.results, not args.no_bm3d, args.model)
     print(f"\n# BSD68 ({len(files)} images), PSNR dB; {platform.platform()}; "
           f"{datetime.date.today()}; python {' '.join(sys.argv)}")
-    print(table(done, sigmas, [f.name for f in files], args.model))
+    earlier = None if args.earlier is None else load_results(args.earlier)
+    print(table(done, sigmas, [f.name for f in files], args.model, earlier))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ def test_candidates_bracket_the_rule_and_add_the_dtype_level(bank):
     assert levels(_choice.candidates(bank, 30.0)) == [25, 50]
     assert levels(_choice.candidates(bank, 25.0)) == [25, 50]  # (25 <= level: 25 and the next)
     assert levels(_choice.candidates(bank, 10.0)) == [15, 25]  # below the bank: 15 and 25
-    assert levels(_choice.candidates(bank, 90.0)) == [25, 50]  # above: 50 and 25
+    assert levels(_choice.candidates(bank, 90.0)) == [75, 100]
+    assert levels(_choice.candidates(bank, 300.0)) == [100, 150]  # above: 150 and 100
     assert levels(_choice.candidates(bank, 40.0, dtype_level=14.0)) == [15, 25, 50]
     # per level the model with most filters (7x7 before 5x5)
     assert all(m.kernel_size == 7 for m in _choice.candidates(bank, 30.0))

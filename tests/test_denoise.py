@@ -77,6 +77,37 @@ def test_bank_picks_nearest_sigma(bank, noisy):
     assert np.allclose(out, denoise_trd(noisy, 0.06, model=bank[0]))
 
 
+def test_range_rule_matches_the_level_of_the_training_images(bank, noisy):
+    from skimage_trd._planes import (
+        TRAINING_RANGE_LEVELS,
+        PlaneOptions,
+        plane_settings,
+        robust_range,
+        training_sigma,
+    )
+
+    # the table inverted: each training level maps back to its sigma, monotone in between,
+    # proportional beyond, 0 and inf unchanged
+    for s, level in TRAINING_RANGE_LEVELS:
+        assert training_sigma(level) == pytest.approx(s)
+    grid = np.geomspace(1.0, 1000.0, 200)
+    assert np.all(np.diff([training_sigma(v) for v in grid]) > 0)
+    (s0, l0), (s1, l1) = TRAINING_RANGE_LEVELS[0], TRAINING_RANGE_LEVELS[-1]
+    assert training_sigma(l0 / 2) == pytest.approx(s0 / 2)
+    assert training_sigma(2 * l1) == pytest.approx(2 * s1)
+    assert training_sigma(0.0) == 0.0 and training_sigma(np.inf) == np.inf
+    # a plane is judged by its robust range as the training images were: 0.1 of noise on a
+    # plane whose robust range is r sits at 25.5 / r on the 0..255 scale, which the models'
+    # training data show at a lower training sigma
+    settings = plane_settings(noisy, 0.1, PlaneOptions(bank=tuple(bank), in_dtype=noisy.dtype))
+    level = 255.0 * 0.1 / robust_range(noisy)
+    assert settings.level == pytest.approx(training_sigma(level))
+    assert settings.level < level
+    # data_range= is the clean image's full range, as the training images' 255 was: unmapped
+    given = plane_settings(noisy, 0.1, PlaneOptions(bank=tuple(bank), in_dtype=noisy.dtype, data_range=1.0))
+    assert given.level == pytest.approx(25.5)
+
+
 @pytest.mark.parametrize(
     "dtype, out_dtype",
     [(np.float16, np.float32), (np.float32, np.float32), (np.float64, np.float64),

@@ -73,8 +73,10 @@ def denoise_trd(
         per channel.
     model : str, path, TRDModel or sequence of them, optional
         The model bank. For every plane, the model whose training noise level
-        is nearest to ``sigma`` is chosen and the intensities are rescaled so
-        that the noise matches it. Default: the shipped models.
+        is nearest to ``sigma`` relative to the plane's intensity range is
+        chosen (see ``data_range`` and ``select``) and the intensities are
+        rescaled so that the noise matches it. Default: the shipped models
+        (noise levels 15, 25, 50, 75, 100 and 150 on the 0..255 scale).
     channel_axis : int or None, optional
         If ``None``, the image is assumed to be grayscale (single-channel).
         Otherwise, this parameter indicates which axis of the array
@@ -103,7 +105,10 @@ def denoise_trd(
         the range between the 0.5 and 99.5 percentiles of the lightly
         smoothed plane, which keeps the result equivariant (see Notes) and
         the same with and without ``preserve_range`` (a 12-bit image in
-        uint16 is judged by its own contrast, not by the type's range).
+        uint16 is judged by its own contrast, not by the type's range). That
+        robust range is compared with the training images' own (about 186 of
+        255 for train400, widened by strong noise): the model whose training
+        images had the nearest ``255 * sigma / range`` is chosen.
     exact : bool, optional
         Run the model in float64 arithmetic with the influence functions
         evaluated as exact sums of Gaussians, instead of in float32 with
@@ -128,10 +133,11 @@ def denoise_trd(
         How a model of the bank is chosen for every plane (when the bank has
         models of several noise levels). ``'range'``: the nearest model to the
         noise relative to the plane's intensity range (``data_range``, or the
-        robust range). ``'sure'``: the candidates are the bank's noise levels
-        around that one and the level the dtype's range gives (1 for floats in
-        [0, 1], 255 for uint8 or floats on the 8-bit scale), each model run at
-        the scale that matches its training noise; the one with the lowest
+        robust range judged as the training images' was). ``'sure'``: the
+        candidates are the bank's noise levels around that one and the level
+        the dtype's range gives (1 for floats in [0, 1], 255 for uint8 or
+        floats on the 8-bit scale), each model run at the scale that matches
+        its training noise; the one with the lowest
         Stein's unbiased risk estimate of the mean squared error wins (no
         clean image needed; Gaussian noise of the given or estimated sigma).
         Evaluated on the whole plane up to 2**19 pixels (the winner's run is

@@ -31,6 +31,30 @@ NEGLIGIBLE_NOISE = 1e7
 FLOAT32_SPREAD = 1e5
 
 
+# The range rule's level (``255 * sigma / robust_range``) of the training data: per training noise
+# level s (0..255 scale), the median over train400 of the level of its noisy images, whose robust
+# range is below 255 (about 186 clean, widened by the noise). A model trained at s is at home at
+# that level, not at s. Measured by ``python training/range_levels.py``.
+TRAINING_RANGE_LEVELS = ((5.0, 6.9), (10.0, 13.7), (15.0, 20.5), (25.0, 33.7), (35.0, 46.3),
+                         (50.0, 64.5), (75.0, 91.2), (100.0, 114.6), (150.0, 149.8),
+                         (200.0, 176.1))
+
+
+def training_sigma(range_level):
+    """The training noise level (0..255 scale) whose training images have the range rule's
+    level ``range_level``: :data:`TRAINING_RANGE_LEVELS` inverted, linear in log-log between its
+    entries and proportional beyond them (0 and inf stay)."""
+    if not 0 < range_level < math.inf:
+        return range_level
+    sig, lev = zip(*TRAINING_RANGE_LEVELS)
+    if range_level <= lev[0]:
+        return range_level * sig[0] / lev[0]
+    if range_level >= lev[-1]:
+        return range_level * sig[-1] / lev[-1]
+    x = np.interp(math.log(range_level), np.log(lev), np.log(sig))
+    return float(math.exp(x))
+
+
 def select_model(bank, sigma_255):
     """The model of ``bank`` whose training sigma is nearest (in ratio) to ``sigma_255``."""
     if not 0 < sigma_255 < np.inf:  # no intensity range, or no noise: the extremes
@@ -74,7 +98,7 @@ class PlaneSetting:
     gain: float = 1.0
     wide: bool = False  # the stages in float64 (``exact``, or a spread above FLOAT32_SPREAD)
     noise: float = 0.0  # the plane's noise level, working units (given or estimated)
-    level: float = float("nan")  # that noise on the model scale by the range rule (sigma_255)
+    level: float = float("nan")  # the training noise level the range rule matches it with (0..255)
     # select='sure': (model name, estimated mean squared error in working units) per candidate,
     # and the chosen model's result on the whole plane when SURE evaluated the whole plane
     estimates: tuple = ()
@@ -170,6 +194,8 @@ def plane_settings(plane, sigma, opts, center=None, extent=None):
         else:
             r = robust_range(plane) * scale  # (linear in the scale: no scaled copy)
         level = 255.0 * s / r if r > 0 else np.inf
+        if data_range is None:  # judged like the models' training images were
+            level = training_sigma(level)
         m = select_model(bank, level)
     wide = bool(opts.exact) or spread / s > FLOAT32_SPREAD
     return PlaneSetting("denoise", center, m, m.sigma / s, wide, noise=s, level=level)
