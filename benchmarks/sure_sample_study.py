@@ -5,7 +5,7 @@ picks the wrong model too often.
 
 On the ``outside`` images of benchmarks/sure_select.py (central crops of at most 512x512, float
 in [0, 1], noise
-``default_rng(1)``), each of the bank's 7x7 models (sigma 15, 25, 50) is run on the whole image
+``default_rng(1)``), each of three of the bank's 7x7 models (sigma 15, 25, 50) runs on the whole image
 and on the image plus a Monte-Carlo probe (random signs, ``default_rng(99)``), which gives every
 pixel's SURE term ``(f - y)^2 - s^2 + 2 s^2 b (f(y + eps b) - f(y)) / eps``. Choosing by the
 sum over the whole image is compared with choosing by the sum over ``--tiles`` random tiles of

@@ -58,8 +58,8 @@ def test_dtype_range():
 
 @pytest.mark.parametrize("name", ["page", "phantom", "clock"])
 def test_sure_picks_the_truly_better_candidate(name):
-    # images where the candidates differ by 0.2-0.8 dB and the range rule is wrong on page
-    # (it picks the sigma-50 model) and on the phantom (sigma-25; sigma-15 is better)
+    # images where the candidates differ by 0.2-0.8 dB (SURE's candidates include the dtype
+    # rule's model, which is the worse one on the phantom and on the clock)
     clean = {"page": lambda: data.page()[:, :256] / 255.0,
              "phantom": lambda: data.shepp_logan_phantom()[72:328, 72:328],
              "clock": lambda: data.clock()[:256, 100:356] / 255.0}[name]()

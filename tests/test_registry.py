@@ -16,7 +16,8 @@ from skimage_trd import ModelFileError, TRDModel, denoise_trd, list_models, load
 def test_registry_lists_the_shipped_models():
     names = list_models("denoise")
     for expected in ("trd-gauss-s15-7x7-5st", "trd-gauss-s25-7x7-5st", "trd-gauss-s50-7x7-5st",
-                     "trd-gauss-s25-5x5-5st"):
+                     "trd-gauss-s25-5x5-5st", "trd-gauss-s75-7x7-5st", "trd-gauss-s100-7x7-5st",
+                     "trd-gauss-s150-7x7-5st"):
         assert expected in names
     for name in names:
         m = load_model(name)  # hash-checked, from the wheel: no network

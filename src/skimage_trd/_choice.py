@@ -1,7 +1,9 @@
 """The bank's model for a plane chosen by Stein's unbiased risk estimate (``select='sure'``).
 
 The range rule (:func:`._planes.plane_settings`) maps a plane's noise onto the model scale with
-the plane's robust intensity range and takes the nearest model. Whether a stronger or a weaker
+the plane's robust intensity range, judged against the training images' own
+(:func:`._planes.training_sigma`; ``data_range``, when given, is not mapped), and takes the
+nearest model. Whether a stronger or a weaker
 model does better depends on the image (a text page, a brick texture and a clock face with a
 flat wall want different ones at the same noise), and the clean image that would tell is not
 there. SURE tells without it, for Gaussian noise of known level (:mod:`._sure`):
@@ -72,8 +74,9 @@ def distinct_levels(bank):
 
 def candidates(bank, level, dtype_level=None):
     """The models SURE chooses between: the bank's levels bracketing ``level`` (the range
-    rule's noise level on the model scale; beyond the bank's span, the extreme and its
-    neighbour), and the level nearest ``dtype_level`` when given."""
+    rule's level: the training sigma it matches the plane with; beyond the bank's span, the
+    extreme and its neighbour), and the level nearest ``dtype_level`` when given (``255 *
+    sigma / dtype range``, deliberately not mapped: a full range, like ``data_range``)."""
     by_level = distinct_levels(bank)
     levels = sorted(by_level)
     if len(levels) < 2 or not 0 < level < math.inf:

@@ -185,10 +185,12 @@ def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channe
         How a model of the bank is chosen for each stabilised plane (when ``model`` is not a
         single model), as in :func:`skimage_trd.denoise_trd`: ``'range'``, the robust-range
         rule; ``'sure'``, the candidate with the lower Stein's unbiased risk estimate on the
-        stabilised plane (Gaussian noise of variance 1 there; four times the work or more).
-        Measured in docs/microscopy.md: within 0.03 dB of the range rule at 1 to 20 photons,
-        ahead on Set12 at 20 photons, behind on microscopy-like images at 5 and 20 (the error
-        SURE estimates is the stabilised domain's, not the inverse's).
+        stabilised plane (Gaussian noise of variance 1 there; two to five times the work
+        from 5 photons up). Measured in docs/microscopy.md: neither is better everywhere
+        (SURE -0.09 dB on Set12 at 5 photons, +0.19 on microscopy-like images at 5; the
+        error SURE estimates is the stabilised domain's, not the inverse's); SURE is ahead
+        of BM3D at every peak from 1 to 20 on both sets, the range rule level with it on
+        Set12 at 20 photons.
     **kwargs
         Passed to :func:`skimage_trd.denoise_trd` (``model``, ``backend``, ``num_threads``,
         ``tile_shape``, ...); ``progress(done, total)`` counts over all planes.
@@ -204,9 +206,9 @@ def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channe
     -----
     The generalised Anscombe transform stabilises the variance to 1, the Gaussian model
     denoises with ``sigma = 1`` (the bank's model nearest the stabilised plane's noise
-    relative to its range, as :func:`skimage_trd.denoise_trd` chooses; at a few photons that
-    is the sigma-50 model on a contrast-compressed plane), and the exact unbiased inverse maps
-    the result back.
+    relative to its range, as :func:`skimage_trd.denoise_trd` chooses; at a few photons the
+    sigma-75, 100 or 150 model on a contrast-compressed plane), and the exact unbiased inverse
+    maps the result back.
 
     Input outside the model, and what happens to it:
 
