@@ -24,7 +24,10 @@ Compared on the same noisy images:
 - BM3D with the same transform and inverse: ``bm3d.bm3d(gat(z), sigma_psd=1)``.
 Seconds: per image, TRD (given, after a warm-up) and BM3D, one thread each.
 
-Per-image results are appended to ``--results`` (JSON lines, keyed by bank, peak and image) and
+``--draw K`` repeats the measurement on another noise draw (``default_rng(peak * 1000 + K)``),
+to see how much a figure owes to the draw; its rows carry ``"draw": K``.
+
+Per-image results are appended to ``--results`` (JSON lines, keyed by draw, bank, peak and image) and
 reused on a rerun; ``--model`` runs TRD with another bank (names or .npz paths), whose results
 are kept apart (BM3D borrowed from the shipped run).
 """
@@ -75,12 +78,15 @@ def load_images(data_dir, n_images):
     return dict(list(images.items())[:n_images])
 
 
-def load_results(path):
-    # rows without "select" were measured before select='sure' existed: 'range'
-    return load_jsonl(path, lambda r: (r["bank"], r.get("select", "range"), r["peak"], r["image"]))
+def load_results(path, draw=0):
+    # rows without "select" were measured before select='sure' existed: 'range'; rows without
+    # "draw" are the protocol's draw 0. Only the rows of ``draw`` are kept.
+    done = load_jsonl(path, lambda r: (r.get("draw", 0), r["bank"], r.get("select", "range"),
+                                       r["peak"], r["image"]))
+    return {key[1:]: row for key, row in done.items() if key[0] == draw}
 
 
-def measure(peaks, images, results_path, bank, use_bm3d, select="range"):
+def measure(peaks, images, results_path, bank, use_bm3d, select="range", draw=0):
     from skimage_trd import (
         denoise_trd_poisson,
         estimate_poisson_gaussian,
@@ -98,10 +104,10 @@ def measure(peaks, images, results_path, bank, use_bm3d, select="range"):
     kw = {"select": select} if model is None else {"model": model, "select": select}
     warm = GAIN * np.random.default_rng(0).poisson(5 * np.ones((64, 64))) + OFFSET
     denoise_trd_poisson(warm, GAIN, READ, offset=OFFSET, **kw)  # compile before timing
-    done = load_results(results_path)
+    done = load_results(results_path, draw)
     with results_path.open("a") as log:
         for peak in peaks:
-            rng = np.random.default_rng(int(peak * 1000))
+            rng = np.random.default_rng(int(peak * 1000) + draw)
             for name, clean in images.items():
                 y = peak * clean
                 z = GAIN * rng.poisson(y) + OFFSET + READ * rng.standard_normal(y.shape)
@@ -117,6 +123,7 @@ def measure(peaks, images, results_path, bank, use_bm3d, select="range"):
                 given = denoise_trd_poisson(z, GAIN, READ, offset=OFFSET, **kw)
                 t_trd = time.perf_counter() - t0
                 row = {"bank": bank, "select": select, "peak": peak, "image": name,
+                       **({"draw": draw} if draw else {}),
                        "noisy": score(z),
                        "trd_given": score(given), "seconds_trd": t_trd}
                 try:
@@ -196,13 +203,16 @@ def main(argv=None):
     ap.add_argument("--select", default="range", choices=["range", "sure"],
                     help="denoise_trd_poisson's choice of model per plane")
     ap.add_argument("--data", default=str(DATA / "set12"), help="the Set12 images")
+    ap.add_argument("--draw", type=int, default=0,
+                    help="another noise draw: default_rng(peak * 1000 + DRAW) (0: the protocol's)")
     args = ap.parse_args(argv)
     from skimage_trd.kernels.numba_cpu import set_threads
 
     set_threads(args.threads)
     peaks = [float(p) for p in args.peaks.split(",")]
     images = load_images(args.data, args.images)
-    done = measure(peaks, images, args.results, args.model, not args.no_bm3d, args.select)
+    done = measure(peaks, images, args.results, args.model, not args.no_bm3d, args.select,
+                   args.draw)
     print(f"\n# {platform.platform()}, {cpu_name()}; "
           f"TRD threads={args.threads}; {datetime.date.today()}; python {' '.join(sys.argv)}")
     print(f"# gain {GAIN:g} units/photon, offset {OFFSET:g}, read noise {READ:g} units; "
