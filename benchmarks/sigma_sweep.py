@@ -128,7 +128,7 @@ def table(done, sigmas, names, bank=SHIPPED, earlier=None):
         if all(b is not None for b in bm):
             bm3d_txt, diff_txt = f"{np.mean(bm):.2f}", f"{trd - np.mean(bm):+.2f}"
         authors = AUTHORS.get(int(sigma)) if float(sigma).is_integer() else None
-        trd_txt = f"{trd:.3f}" if change else f"{trd:.2f}"
+        trd_txt = f"{trd:.3f}" if compare else f"{trd:.2f}"
         lines.append(f"| {sigma:g} | {noisy:.2f} | {trd_txt} |{change} {bm3d_txt} | {diff_txt} | "
                      f"{'-' if authors is None else f'{authors:.2f}'} |")
     return "\n".join(lines)

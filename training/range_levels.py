@@ -34,14 +34,14 @@ def main(argv=None):
     if not files:
         sys.exit(f"no .png images in {args.data}")
     print(f"# {len(files)} images from {args.data}")
+    images = []  # read once, for every sigma
+    for f in files:
+        clean = imread(f).astype(np.float64)
+        images.append(clean.mean(axis=-1) if clean.ndim == 3 else clean)
     for s in (float(v) for v in args.sigmas.split(",")):
         rng = np.random.default_rng(0)
-        levels = []
-        for f in files:
-            clean = imread(f).astype(np.float64)
-            if clean.ndim == 3:
-                clean = clean.mean(axis=-1)
-            levels.append(255.0 * s / robust_range(clean + s * rng.standard_normal(clean.shape)))
+        levels = [255.0 * s / robust_range(clean + s * rng.standard_normal(clean.shape))
+                  for clean in images]
         print(f"({s:g}, {np.median(levels):.1f}),")
 
 
