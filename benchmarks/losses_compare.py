@@ -3,14 +3,16 @@
     python benchmarks/losses_compare.py [--images 100] [--crop 64] [--sigma 25]
         [--greedy 30] [--joint 30] [--kernel-size 5] [--stages 3] [--threads 1]
         [--losses mse,sure,n2n] [--optimizer lbfgs|adam] [--learning-rate 1e-3]
+        [--test set12|bsd68]
 
 The first ``--images`` images of train400 (../shared/data/train400), their central ``--crop``
 squares, Gaussian noise of ``--sigma`` (0..255 scale) drawn with seed 0 (and a second,
 independent draw with seed 1 for Noise2Noise). Three models of the same size and iterations,
 from the paper's plain initialisation: ``loss='mse'`` (clean targets), ``'sure'`` (the noisy
 images alone), ``'n2n'`` (the two noisy draws, each the target of the other). Each denoises
-Set12 (../shared/data/set12) with the noise level given (``default_rng(0)`` noise, model forced,
-``data_range=255``); mean PSNR and training seconds are printed. ``--optimizer adam`` trains
+the ``--test`` set (Set12 or BSD68 from ../shared/data) with the noise level given
+(``default_rng(0)`` noise, model forced, ``data_range=255``); mean PSNR and training seconds
+are printed. ``--optimizer adam`` trains
 with Adam (``--greedy`` and ``--joint`` then count steps; SURE draws a new probe every step)
 instead of the paper's L-BFGS; ``--losses`` picks the runs.
 """
@@ -43,6 +45,8 @@ def main(argv=None):
     ap.add_argument("--losses", default="mse,sure,n2n")
     ap.add_argument("--optimizer", default="lbfgs", choices=["lbfgs", "adam"])
     ap.add_argument("--learning-rate", type=float, default=1e-3)
+    ap.add_argument("--test", default="set12", choices=["set12", "bsd68"],
+                    help="the images the trained models denoise")
     args = ap.parse_args(argv)
     from skimage.io import imread
 
@@ -68,7 +72,8 @@ def main(argv=None):
             "n2n (two noisy draws)": (second, dict(noisy=first), "n2n")}
     wanted = args.losses.split(",")
     runs = {k: v for k, v in runs.items() if v[2] in wanted}
-    test = require_images(DATA / "set12", "set12")
+    test = require_images(DATA / args.test, args.test)
+    test_name = {"set12": "Set12", "bsd68": "BSD68"}[args.test]
     rng = np.random.default_rng(0)
     test_pairs = []
     for f in test:
@@ -83,17 +88,17 @@ def main(argv=None):
         score = np.mean([psnr(denoise_trd(y, args.sigma, model=model, data_range=255.0), x)
                          for x, y in test_pairs])
         rows.append((label, score, seconds))
-        print(f"{label}: Set12 {score:.3f} dB, {seconds:.0f} s", flush=True)
+        print(f"{label}: {test_name} {score:.3f} dB, {seconds:.0f} s", flush=True)
     print(f"\n# {platform.platform()}; threads={args.threads}; {datetime.date.today()}; "
           f"python {' '.join(sys.argv)}")
     print(f"# train400: {len(clean)} images, {args.crop}x{args.crop} centre crops, sigma "
           f"{args.sigma:g}; {args.kernel_size}x{args.kernel_size}, {args.stages} stages, "
           f"{args.greedy} greedy iterations per stage, {args.joint} joint; {args.optimizer}"
           + (f" (learning rate {args.learning_rate:g})" if args.optimizer == "adam" else ""))
-    print("| training loss | Set12 PSNR (dB) | training seconds |")
+    print(f"| training loss | {test_name} PSNR (dB) | training seconds |")
     print("|---|---|---|")
     for label, score, seconds in rows:
-        print(f"| {label} | {score:.2f} | {seconds:.0f} |")
+        print(f"| {label} | {score:.3f} | {seconds:.0f} |")
 
 
 if __name__ == "__main__":

@@ -436,6 +436,40 @@ def test_stacks_and_float_arrays_as_training_data(tmp_path):
     np.testing.assert_array_equal(images[0], gray)
 
 
+def test_zarr_arrays_and_single_files_as_training_data(tmp_path):
+    zarr = pytest.importorskip("zarr")
+    rng = np.random.default_rng(1)
+    tzyx = rng.integers(0, 65536, (2, 3, 40, 42)).astype(np.uint16)  # time, z, rows, columns
+    folder = tmp_path / "data"
+    folder.mkdir()
+    z = zarr.create_array(str(folder / "movie.zarr"), shape=tzyx.shape, chunks=(1, 1, 20, 21),
+                          dtype=tzyx.dtype)
+    z[...] = tzyx
+    np.save(folder / "one.npy", tzyx[0, 0] / 257.0)
+    images, names = load_image_folder(folder)
+    # every plane of the zarr array (the last two axes are rows and columns), then the .npy
+    assert names == [f"movie.zarr:{k}" for k in range(6)] + ["one.npy"]
+    np.testing.assert_allclose(images[4], tzyx[1, 1] / 257.0)
+    np.testing.assert_allclose(images[6], images[0])
+    # the zarr array itself, or one file, as the data
+    images, names = load_image_folder(folder / "movie.zarr", raw=True)
+    assert len(images) == 6
+    np.testing.assert_array_equal(images[5], tzyx[1, 2])
+    assert load_image_folder(folder / "one.npy")[1] == ["one.npy"]
+    # a zarr group is refused with the way out
+    zarr.open_group(str(tmp_path / "ome.zarr"), mode="w").create_array("0", shape=(40, 42),
+                                                                        dtype="u1")
+    with pytest.raises(ValueError, match=r"zarr group.*ome.zarr/0"):
+        load_image_folder(tmp_path / "ome.zarr")
+    assert load_image_folder(tmp_path / "ome.zarr" / "0")[0][0].shape == (40, 42)
+    # trained from the zarr array through the command line
+    m = main(["--data", str(folder / "movie.zarr"), "--sigma", "25", "--loss", "sure",
+              "--kernel-size", "3", "--stages", "1", "--greedy-iterations", "2",
+              "--joint-iterations", "0", "--crop", "32", "--threads", "1",
+              "--out", str(tmp_path / "run")])
+    assert m.metadata["provenance"]["n_images"] == 6
+
+
 def test_fit_reports_every_iteration_and_cancels(tmp_path):
     from skimage_trd.train import TrainingCancelled, TrainingStep, fit
     from skimage_trd.train.run import add_noise

@@ -68,39 +68,83 @@ IMAGE_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".pgm", ".np
 
 
 # ------------------------------------------------------------------------------------- data
+def _read_zarr_array(path):
+    """All of a zarr array (a training stack) as a NumPy array."""
+    try:
+        import zarr
+    except ImportError as exc:
+        raise ImportError("zarr training data needs zarr>=3: pip install 'skimage-trd[dask]'") \
+            from exc
+    try:
+        z = zarr.open_array(str(path), mode="r")
+    except Exception as exc:
+        try:
+            group = zarr.open(str(path), mode="r").__class__.__name__.endswith("Group")
+        except Exception:
+            group = False
+        if group:
+            raise ValueError(f"training data {path} is a zarr group (OME-Zarr?), not an array: "
+                             f"give the path of one array in it, e.g. {path}/0") from exc
+        raise ValueError(f"cannot read training image {path}: {exc}") from exc
+    return z[...]
+
+
+def _training_sources(path):
+    """The image files and zarr arrays that ``path`` (a folder, one file or one zarr array)
+    holds, sorted by name."""
+    from .._batch import is_zarr_dir
+
+    def is_zarr(p):
+        return p.is_dir() and (is_zarr_dir(p) or p.suffix.lower() == ".zarr")
+
+    if is_zarr(path) or (path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES):
+        return [path]
+    if not path.is_dir():
+        raise ValueError(f"training data {str(path)!r} does not exist (a folder of images, one "
+                         "image or stack file, or a zarr array)")
+    sources = sorted(p for p in path.iterdir()
+                     if is_zarr(p) or (p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+    if not sources:
+        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}, or zarr arrays) in "
+                         f"{path}")
+    return sources
+
+
 def load_image_folder(folder, *, min_size=None, raw=False) -> tuple[list[np.ndarray], list[str]]:
     """Read every image of ``folder`` (sorted by name) as gray float64 on the [0, 255] scale.
 
-    Colour images are converted with ITU-R 601 luma weights; 16-bit images divided by 257;
-    float images (TIFF, NumPy ``.npy``) taken as they are; with ``raw`` every value as
-    stored (camera units, for photon-counting data). Stacks (multi-page TIFF, 3-D
-    ``.npy`` whose last axis is not 3 or 4 colours) give one image per plane, named
-    ``file:plane``. Unreadable files and images smaller than ``min_size`` (rows and
-    columns) raise ``ValueError`` naming the file.
+    ``folder`` may also be one image or stack file, or one zarr array. Colour images are
+    converted with ITU-R 601 luma weights; 16-bit images divided by 257; float images (TIFF,
+    NumPy ``.npy``, zarr) taken as they are; with ``raw`` every value as stored (camera units,
+    for photon-counting data). Stacks (multi-page TIFF, 3-D ``.npy`` whose last axis is not 3
+    or 4 colours, zarr arrays of any number of axes: the last two are rows and columns) give
+    one image per plane, named ``file:plane``. Unreadable files and images smaller than
+    ``min_size`` (rows and columns) raise ``ValueError`` naming the file.
     """
     from skimage.color import rgb2gray
     from skimage.io import imread
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"training data folder {str(folder)!r} does not exist")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
     images, names = [], []
-    for path in files:
+    for path in _training_sources(Path(folder)):
+        zarr_array = path.is_dir()
         try:
-            img = np.load(path, allow_pickle=False) if path.suffix.lower() == ".npy" \
-                else imread(path)
+            if path.suffix.lower() == ".npy":
+                img = np.load(path, allow_pickle=False)
+            elif not zarr_array:
+                img = imread(path)
         except Exception as exc:
             raise ValueError(f"cannot read training image {path}: {exc}") from exc
+        if zarr_array:
+            img = _read_zarr_array(path)
         if img.dtype == np.uint16 and not raw:
             img = img / 257.0
-        stack_file = path.suffix.lower() in (".tif", ".tiff", ".npy")
+        stack_file = zarr_array or path.suffix.lower() in (".tif", ".tiff", ".npy")
         if raw and img.ndim == 3 and img.shape[-1] in (2, 3, 4) and not stack_file:
             raise ValueError(f"{path}: a colour image; photon-counting training needs the "
                              "camera's gray values (one channel per file)")
-        if img.ndim == 3 and img.shape[-1] in (3, 4):
+        if zarr_array and img.ndim >= 2:
+            planes = list(img.reshape(-1, *img.shape[-2:]))
+        elif img.ndim == 3 and img.shape[-1] in (3, 4):
             planes = [rgb2gray(img[..., :3]) * (255.0 if img.dtype.kind in "ui" else 1.0)]
         elif img.ndim == 3 and img.shape[-1] == 2 and not stack_file:
             planes = [img[..., 0]]  # gray and alpha
@@ -1193,9 +1237,10 @@ def _parser():
     ap = argparse.ArgumentParser(prog="python -m skimage_trd.train", description=package_doc.split("\n\n")[0],
                                  formatter_class=_HelpWithDefaults)
     ap.add_argument("--data", required=True,
-                    help="folder of training images: clean ones (--loss mse), noisy ones "
+                    help="training images (a folder of images, stacks and zarr arrays, or one "
+                         "stack file or zarr array): clean ones (--loss mse), noisy ones "
                          "(--loss sure), or the first noisy acquisitions (--loss n2n)")
-    ap.add_argument("--noisy", help="folder of noisy images matching --data by file name: with "
+    ap.add_argument("--noisy", help="noisy images matching --data by file name (and plane): with "
                                     "--loss mse the noisy versions of the clean images (default: "
                                     "Gaussian noise of --sigma added with --seed); with --loss "
                                     "n2n the second acquisitions of the same scenes")
@@ -1329,7 +1374,7 @@ def main(argv=None):
                 raise ValueError(f"no noisy image for {', '.join(missing[:5])} in {args.noisy}")
             noisy = [lookup[n] for n in names]
         vc = load_image_folder(args.validation, raw=args.photons)[0] if args.validation else None
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, ImportError) as exc:
         hint = ""
         if args.crop and "smaller than" in str(exc):
             hint = (f" (training uses {args.crop}x{args.crop} centre crops: pass a smaller "
