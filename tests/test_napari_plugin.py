@@ -664,6 +664,78 @@ def test_train_widget_noisy_layer_only(make_napari_viewer, qtbot):
     assert skimage_trd.load_model(path).metadata["provenance"]["loss"] == "sure"
 
 
+def test_train_job_on_planes_of_different_sizes_reports_each_step(user_models):
+    # a folder's images (a list of 2-D planes of different sizes) trained by SURE; every
+    # iteration's TrainingStep reaches on_step (the widget's loss plot)
+    from skimage import data
+
+    import skimage_trd
+
+    rng = np.random.default_rng(2)
+    cam = data.camera() / 255.0
+    planes = [cam[:96, :128] + 0.1 * rng.standard_normal((96, 128)),
+              cam[200:280, 100:180] + 0.1 * rng.standard_normal((80, 80))]
+    steps = []
+    path = _jobs.train(planes, sigma=0.1, kernel_size=3, n_stages=2, greedy_iterations=2,
+                       joint_iterations=1, patch=64, name="planes", loss="sure",
+                       on_step=steps.append)
+    assert [s.iteration for s in steps] == [1, 2, 3, 4, 5]
+    assert {s.total for s in steps} == {5} and all(np.isfinite(s.psnr) for s in steps)
+    assert steps[0].phase != steps[-1].phase
+    model = skimage_trd.load_model(path)
+    assert model.metadata["provenance"]["loss"] == "sure"
+    bad = [planes[0], np.full((40, 40), np.nan)]
+    with pytest.raises(ValueError, match="NaN"):
+        _jobs.train(bad, sigma=0.1, joint_iterations=1, name="x", loss="sure")
+
+
+@pytest.mark.napari
+def test_train_widget_folder_of_noisy_images_and_loss_plot(make_napari_viewer, qtbot,
+                                                           tmp_path):
+    from skimage import data
+    from skimage.io import imsave
+
+    import skimage_trd
+    from napari_trd import TrainWidget
+
+    folder = tmp_path / "noisy"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    cam = data.camera().astype(np.float64)
+    for name, crop in (("a.png", cam[:96, :96]), ("b.png", cam[300:380, 200:300])):
+        noisy = np.clip(crop + 20 * rng.standard_normal(crop.shape), 0, 255)
+        imsave(folder / name, noisy.astype(np.uint8), check_contrast=False)
+    viewer = make_napari_viewer()
+    train = TrainWidget(viewer)  # no layer at all: a folder needs none
+    train.data_kind.value = train.FOLDER
+    assert _visible_to(train.folder, train) and not _visible_to(train.clean, train)
+    assert not _visible_to(train.noisy, train)
+    assert train.run() is None and "folder" in train.status.value  # none chosen yet
+    train.folder.value = folder
+    train.sigma.value = 20.0  # the files' own units (uint8)
+    train.kernel_size.value = 3
+    train.n_stages.value = 1
+    train.greedy.value = 3
+    train.joint.value = 0
+    train.model_name.value = "from-folder"
+    train.run()
+    _wait(qtbot, train)
+    assert train.last_error is None
+    model = skimage_trd.load_model(_jobs.user_models_dir() / "from-folder.npz")
+    assert model.metadata["provenance"]["loss"] == "sure"
+    plot = train.loss_plot
+    qtbot.waitUntil(lambda: len(plot.points) == 3, timeout=10_000)
+    assert [p[1] for p in plot.points] == [1, 2, 3] and plot.total == 3
+    assert "iteration 3/3" in plot.caption
+    image = plot.grab().toImage()  # drawn without error, and not blank
+    assert not image.isNull()
+    colours = {image.pixel(x, y) for x in range(0, image.width(), 3)
+               for y in range(0, image.height(), 3)}
+    assert len(colours) > 3
+    train.data_kind.value = train.SURE  # back to layers
+    assert _visible_to(train.clean, train) and not _visible_to(train.folder, train)
+
+
 def test_train_job_on_photon_counting_data(user_models):
     # a raw low-light layer (camera units) trained by SURE through the Anscombe transform; the
     # model then serves denoise_trd_poisson and improves on the raw data

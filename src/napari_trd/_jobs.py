@@ -218,7 +218,8 @@ def _tiles(planes, size):
 
 def train(clean, *, noisy=None, sigma, kernel_size=5, n_stages=3, greedy_iterations=30,
           joint_iterations=30, patch=64, name="my-trd-model", start_from=None, backend="numba",
-          progress=None, cancel=None, log=None, loss="mse", photons=None) -> Path:
+          progress=None, cancel=None, log=None, loss="mse", photons=None,
+          on_step=None) -> Path:
     """Train a denoising model from a clean layer (noise added, seed 0) or a clean/noisy pair
     (``loss='mse'``), from a noisy layer alone (``'sure'``: ``clean`` holds the noisy data,
     Gaussian noise of ``sigma``), or from two noisy acquisitions of one scene (``'n2n'``:
@@ -228,8 +229,11 @@ def train(clean, *, noisy=None, sigma, kernel_size=5, n_stages=3, greedy_iterati
     (``sigma`` is then the model's noise level on the [0, 255] scale, e.g. 25), and the model
     is for ``denoise_trd_poisson(..., model=)``, the Denoise widget's photon-counting mode.
 
-    Intensities are mapped to the [0, 255] training scale by the first layer's range; ``sigma``
-    is in the layer's units. Planes are cut into ``patch`` x ``patch`` tiles. With
+    ``clean`` is a layer's data (a 2-D image or a stack of planes) or a list of 2-D planes of
+    any sizes (a folder's images). Intensities are mapped to the [0, 255] training scale by
+    the range of ``clean`` (all of its planes); ``sigma`` is in its units. ``on_step``
+    receives each iteration's :class:`skimage_trd.train.TrainingStep` (the widget's loss
+    plot). Planes are cut into ``patch`` x ``patch`` tiles. With
     ``start_from`` (a model name or file) the model is fine-tuned: joint training from it for
     ``joint_iterations``, its filter size and stages kept. The model is saved into
     :func:`user_models_dir` as ``<name>.npz`` (``<name>-2.npz``, ... if taken; nothing is
@@ -238,22 +242,29 @@ def train(clean, *, noisy=None, sigma, kernel_size=5, n_stages=3, greedy_iterati
     from skimage_trd.train import TrainingConfig, add_noise, photon_training_images, train_model
 
     check_model_name(name)
-    clean = np.asarray(clean, dtype=np.float64)
-    if clean.ndim < 2:
-        raise ValueError(f"the clean layer must be an image, got shape {clean.shape}")
+    if isinstance(clean, (list, tuple)):  # 2-D planes, possibly of different sizes
+        planes = [np.asarray(p, dtype=np.float64) for p in clean]
+        if not planes or any(p.ndim != 2 for p in planes):
+            raise ValueError("training images must be 2-D planes")
+        shape = None
+    else:
+        clean = np.asarray(clean, dtype=np.float64)
+        if clean.ndim < 2:
+            raise ValueError(f"the clean layer must be an image, got shape {clean.shape}")
+        planes, shape = list(clean.reshape(-1, *clean.shape[-2:])), clean.shape
     if photons is not None and loss != "sure":
         raise ValueError("photon-counting data are trained with SURE (noisy images alone)")
-    lo, hi = float(clean.min()), float(clean.max())
+    if not all(np.isfinite(p).all() for p in planes):
+        raise ValueError("the training data hold NaN or infinite values")
+    lo, hi = min(float(p.min()) for p in planes), max(float(p.max()) for p in planes)
     if hi <= lo:
         raise ValueError("the clean layer is constant; it has nothing to learn from")
     scale = 255.0 / (hi - lo)
-    planes = list(clean.reshape(-1, *clean.shape[-2:]))
     if photons is not None:  # stabilised and scaled to the model's noise: no other mapping
         planes, _ = photon_training_images(planes, sigma=sigma, **photons)
         lo, scale = 0.0, 1.0
         sigma = float(sigma)
-    if min(planes[0].shape) < patch:
-        patch = min(planes[0].shape)
+    patch = min(patch, *(min(p.shape) for p in planes))
     tiles = _tiles([(p - lo) * scale for p in planes], patch)
     if loss == "sure" and noisy is not None:
         raise ValueError("SURE trains on the noisy layer alone; pass no second layer")
@@ -261,8 +272,8 @@ def train(clean, *, noisy=None, sigma, kernel_size=5, n_stages=3, greedy_iterati
         raise ValueError("Noise2Noise needs a second noisy layer of the same scene")
     if noisy is not None and loss != "sure":
         noisy = np.asarray(noisy, dtype=np.float64)
-        if noisy.shape != clean.shape:
-            raise ValueError(f"the two layers differ in shape: {clean.shape} and {noisy.shape}")
+        if noisy.shape != shape:
+            raise ValueError(f"the two layers differ in shape: {shape} and {noisy.shape}")
         noisy_tiles = _tiles([(p - lo) * scale for p in noisy.reshape(-1, *noisy.shape[-2:])], patch)
     elif loss == "mse":
         noisy_tiles = add_noise(tiles, sigma * scale, 0)
@@ -284,7 +295,9 @@ def train(clean, *, noisy=None, sigma, kernel_size=5, n_stages=3, greedy_iterati
                                 loss=loss)
     tick = _ticker(progress, cancel)
 
-    def on_step(step):  # after every iteration (raises Cancelled when asked to stop)
+    def step_done(step):  # after every iteration (raises Cancelled when asked to stop)
+        if on_step is not None:
+            on_step(step)
         tick(step.iteration, step.total)
 
     def on_log(line):
@@ -295,7 +308,7 @@ def train(clean, *, noisy=None, sigma, kernel_size=5, n_stages=3, greedy_iterati
 
     model = train_model(tiles, config, noisy=noisy_tiles, log=on_log, backend=backend,
                         data_source="napari layer", command="napari widget 'Train TRD'",
-                        init_model=init, callback=on_step)
+                        init_model=init, callback=step_done)
     folder = user_models_dir()
     folder.mkdir(parents=True, exist_ok=True)
     path = free_model_path(folder, name)

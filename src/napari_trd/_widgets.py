@@ -21,6 +21,7 @@ from magicgui.widgets import (
     CheckBox,
     ComboBox,
     Container,
+    FileEdit,
     FloatSpinBox,
     Label,
     LineEdit,
@@ -656,19 +657,20 @@ class DeblockWidget(_JobWidget):
 
 class TrainWidget(_JobWidget):
     """Train TRD: learn a denoising model from a clean layer (noise added), a clean/noisy
-    pair of layers, a noisy layer alone (Stein's unbiased risk estimate) or two noisy
-    acquisitions of one scene (Noise2Noise); the model is saved and appears in the Denoise
-    widget's model menu."""
+    pair of layers, a noisy layer alone or a folder of noisy images (Stein's unbiased risk
+    estimate) or two noisy acquisitions of one scene (Noise2Noise), with a live plot of the
+    training loss; the model is saved and appears in the Denoise widget's model menu."""
 
     task = "denoise"
     ADDED = "clean image, noise added"
     PAIR = "clean and noisy images"
     SURE = "noisy image only (SURE)"
+    FOLDER = "folder of noisy images (SURE)"
     N2N = "two noisy images of one scene (Noise2Noise)"
     PHOTONS = "photon-counting image only (SURE)"
     # the first and second layer menus' labels, and the training loss, per kind of data
     DATA = {ADDED: ("clean image", None, "mse"), PAIR: ("clean image", "noisy image", "mse"),
-            SURE: ("noisy image", None, "sure"),
+            SURE: ("noisy image", None, "sure"), FOLDER: (None, None, "sure"),
             N2N: ("first noisy image", "second noisy image", "n2n"),
             PHOTONS: ("photon-counting image", None, "sure")}
     PHOTON_SIGMA = 25.0  # the model's noise level for stabilised photon-counting data
@@ -681,6 +683,10 @@ class TrainWidget(_JobWidget):
                                           "noise Gaussian of the sigma below), or two noisy "
                                           "acquisitions of the same scene")
         self.clean = ComboBox(label="clean image", choices=self._layer_names)
+        self.folder = FileEdit(label="folder", mode="d",
+                               tooltip="noisy images (PNG, TIFF stacks, .npy, zarr arrays), "
+                                       "all with Gaussian noise of the sigma below, in their "
+                                       "stored units")
         self.noisy = ComboBox(label="noisy image", choices=self._layer_names)
         self.auto_photons = CheckBox(label="estimate gain and read noise", value=True)
         self.gain = FloatSpinBox(label="gain (camera units / photon)", value=1.0, min=1e-9,
@@ -696,7 +702,7 @@ class TrainWidget(_JobWidget):
         self.joint = SpinBox(label="joint iterations", value=30, min=0, max=1000)
         self.model_name = LineEdit(label="model name", value="my-trd-model")
         self.start_from = ComboBox(label="start from", choices=self._start_choices)
-        super().__init__(napari_viewer, [self.data_kind, self.clean, self.noisy,
+        super().__init__(napari_viewer, [self.data_kind, self.clean, self.folder, self.noisy,
                                          self.auto_photons, self.gain, self.offset,
                                          self.read_noise, self.sigma,
                                          self.kernel_size, self.n_stages, self.greedy,
@@ -707,10 +713,17 @@ class TrainWidget(_JobWidget):
         self._refresh_layers()
         self._fit_sigma_box()
         self._show_data_fields()  # (after the container holds the fields: no stray windows)
+        from ._lossplot import LossPlot
+
+        self.loss_plot = LossPlot()
+        self.native.layout().addWidget(self.loss_plot)
 
     def _show_data_fields(self, *_):
         first, second, _ = self.DATA[self.data_kind.value]
-        self.clean.label = first
+        self.clean.visible = first is not None
+        self.folder.visible = first is None
+        if first is not None:
+            self.clean.label = first
         self.noisy.visible = second is not None
         if second is not None:
             self.noisy.label = second
@@ -745,6 +758,9 @@ class TrainWidget(_JobWidget):
         self.start_from.reset_choices()
 
     def run(self, *_):
+        first, second, loss = self.DATA[self.data_kind.value]
+        if first is None:  # a folder of noisy images
+            return self._run_folder(loss)
         clean = self.layer(self.clean)
         if not self._guard(clean):
             return None
@@ -752,7 +768,6 @@ class TrainWidget(_JobWidget):
             self._notify("training needs a gray layer (RGB models are not trained here); "
                          "split the channels or convert the layer to gray", error=True)
             return None
-        first, second, loss = self.DATA[self.data_kind.value]
         noisy = None if second is None else self.layer(self.noisy)
         if second is not None and noisy is None:
             self._notify(f"choose the {second} layer, or another kind of training data",
@@ -766,6 +781,37 @@ class TrainWidget(_JobWidget):
             auto = self.auto_photons.value
             photons = dict(gain=None if auto else self.gain.value, offset=self.offset.value,
                            read_noise=None if auto else self.read_noise.value)
+        kw = self._train_options(loss, photons)
+        if kw is None:
+            return None
+        clean_data, noisy_data = clean.data, None if noisy is None else noisy.data
+
+        def job(progress, cancel):  # the layers are read here, off the GUI thread
+            noisy_array = None if noisy_data is None else np.asarray(noisy_data)
+            return _jobs.train(np.asarray(clean_data), noisy=noisy_array, progress=progress,
+                               cancel=cancel, **kw)
+
+        return self._start_training(job, kw)
+
+    def _run_folder(self, loss):
+        folder = self.folder.value
+        if not folder or not folder.is_dir() or str(folder) in ("", "."):
+            self._notify("choose the folder of noisy images", error=True)
+            return None
+        kw = self._train_options(loss, None)
+        if kw is None:
+            return None
+
+        def job(progress, cancel):  # the folder is read here, off the GUI thread
+            from skimage_trd.train import load_image_folder
+
+            planes, _ = load_image_folder(folder, raw=True)  # in their stored units
+            return _jobs.train(planes, progress=progress, cancel=cancel, **kw)
+
+        return self._start_training(job, kw)
+
+    def _train_options(self, loss, photons):
+        """The training options the fields give, or None (refused, said in the status line)."""
         kw = dict(sigma=self.sigma.value, loss=loss, photons=photons,
                   kernel_size=int(self.kernel_size.value), n_stages=self.n_stages.value,
                   greedy_iterations=self.greedy.value, joint_iterations=self.joint.value,
@@ -776,13 +822,9 @@ class TrainWidget(_JobWidget):
         except ValueError as exc:
             self._notify(str(exc), error=True)
             return None
-        clean_data, noisy_data = clean.data, None if noisy is None else noisy.data
+        return kw
 
-        def job(progress, cancel):  # the layers are read here, off the GUI thread
-            noisy_array = None if noisy_data is None else np.asarray(noisy_data)
-            return _jobs.train(np.asarray(clean_data), noisy=noisy_array, progress=progress,
-                               cancel=cancel, **kw)
-
+    def _start_training(self, job, kw):
         def done(path):
             for widget in list(_LIVE):
                 try:
@@ -793,4 +835,6 @@ class TrainWidget(_JobWidget):
 
         greedy = 0 if kw["start_from"] else kw["n_stages"] * kw["greedy_iterations"]
         total = greedy + kw["joint_iterations"]
+        self.loss_plot.clear(total)
+        kw["on_step"] = self.loss_plot.add_step  # (the job reads kw when it runs)
         return self.start(job, done, total=max(total, 1), desc=f"training {kw['name']}")
