@@ -729,3 +729,51 @@ def test_fine_tuning_for_another_noise_level_starts_from_the_rescaled_model():
     tuned = fit(clean, sigma=50, init=base, iterations=4, crop=40, seed=3)
     assert (tuned.metadata["provenance"]["final_loss_per_pixel"]
             < prov["final_loss_per_pixel"])
+
+
+def test_bad_training_input_is_refused_clearly(tmp_path, capsys):
+    from skimage_trd.train.run import add_noise
+
+    clean = _clean(2)
+    noisy = add_noise(clean, 25, 3)
+    quiet = dict(log=lambda s: None)
+    # NaN or infinite pixels, in the clean or the noisy images
+    bad = [clean[0].copy(), clean[1]]
+    bad[0][5, 7] = np.nan
+    with pytest.raises(ValueError, match="image1.*NaN or infinite"):
+        train_model(clean, _config(), noisy=[noisy[0], bad[0]], names=["image0", "image1"],
+                    **quiet)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        train_model(None, _config(loss="sure"), noisy=[noisy[0] * np.inf, noisy[1]], **quiet)
+    # Noise2Noise pairs that are the same acquisition
+    with pytest.raises(ValueError, match="identical.*independent"):
+        train_model([noisy[0], clean[1]], _config(loss="n2n"), noisy=[noisy[0], noisy[1]],
+                    **quiet)
+    # images (or SURE windows) smaller than the receptive field (2 stages of 7x7: 13 pixels)
+    with pytest.raises(ValueError, match="receptive field.*13 pixels"):
+        train_model([c[:12, :30] for c in clean], _config(kernel_size=7, crop=None), **quiet)
+    with pytest.raises(ValueError, match=r"cropped to 16.*receptive field.*19 pixels"):
+        train_model(clean, _config(kernel_size=7, n_stages=3, crop=16), **quiet)
+    with pytest.raises(ValueError, match="patch.*receptive field"):
+        train_model(None, _config(kernel_size=7, loss="sure", optimizer="adam", patch=12,
+                                  crop=None), noisy=noisy, **quiet)
+    # the command line: sigma estimated for noisy images alone (and said), required with clean
+    # images, data errors as one line
+    folder = tmp_path / "noisy"
+    folder.mkdir()
+    for i, img in enumerate(add_noise(_clean(2, 64), 20, 4)):
+        np.save(folder / f"n{i}.npy", img)
+    common = ["--kernel-size", "3", "--stages", "1", "--greedy-iterations", "1",
+              "--joint-iterations", "0", "--crop", "0", "--threads", "1"]
+    m = main(["--data", str(folder), "--loss", "sure", "--out", str(tmp_path / "est"), *common])
+    assert 17 < m.sigma < 23  # the wavelet estimate of sigma 20
+    log = (tmp_path / "est" / "train.log").read_text()
+    assert "--sigma not given" in log and "estimated from the noisy images" in log
+    with pytest.raises(SystemExit, match="--sigma is needed"):
+        main(["--data", str(folder), "--out", str(tmp_path / "mse"), *common])
+    broken = np.load(folder / "n1.npy")
+    broken[0, 0] = np.inf
+    np.save(folder / "n1.npy", broken)
+    with pytest.raises(SystemExit, match="n1.npy has NaN or infinite"):
+        main(["--data", str(folder), "--loss", "sure", "--sigma", "20",
+              "--out", str(tmp_path / "nan"), *common])

@@ -798,6 +798,28 @@ def _prepare_data(clean, noisy, config, names, init_model) -> _TrainingData:
     for c, n, name in zip(clean, noisy, names):
         if np.shape(c) != np.shape(n):
             raise ValueError(f"training pair {name}: clean {np.shape(c)} and noisy {np.shape(n)} differ")
+        for img in (c, n) if n is not c else (c,):
+            if not np.isfinite(img).all():
+                raise ValueError(f"training image {name} has NaN or infinite pixels: mask or "
+                                 "repair them, or leave the image out")
+        if config.loss == "n2n" and np.array_equal(c, n):
+            raise ValueError(f"training pair {name}: the two acquisitions are identical (the "
+                             "same noise); Noise2Noise needs two independent acquisitions of "
+                             "each scene")
+    field = config.n_stages * (config.kernel_size - 1) + 1
+    for c, name in zip(clean, names):
+        side = min(np.shape(c)[-2:]) if not config.crop else min(config.crop, *np.shape(c)[-2:])
+        if side < field:
+            raise ValueError(
+                f"training image {name} is {np.shape(c)[-2]}x{np.shape(c)[-1]}"
+                + (f" (cropped to {config.crop})" if config.crop else "")
+                + f", smaller than the receptive field of {config.n_stages} stages of "
+                f"{config.kernel_size}x{config.kernel_size} filters ({field} pixels): every "
+                "pixel's result would depend on the mirrored border; use larger images, or "
+                "fewer stages or smaller filters")
+    if config.patch and config.patch < field:
+        raise ValueError(f"training windows of {config.patch} pixels (patch) are smaller than "
+                         f"the receptive field ({field} pixels): use a patch of at least {field}")
     dtype = np.dtype(config.dtype)
     if config.crop:
         x = _crop_batch(clean, names, config.crop)
@@ -1314,6 +1336,23 @@ def _photon_images_or_exit(images, config, args):
         raise SystemExit(f"error: {exc}") from None
 
 
+def _estimate_training_sigma(data):
+    """(sigma, what to log) for noisy training images given without ``--sigma``: the median
+    over the images of scikit-image's wavelet noise estimate, on the [0, 255] scale."""
+    from .._planes import estimate_plane_sigma
+
+    images, _ = load_image_folder(data)
+    estimates = [estimate_plane_sigma(img) for img in images]
+    sigma = round(float(np.median(estimates)), 1)  # (it names the model: s24.4)
+    if not sigma > 0:
+        raise ValueError(f"--sigma not given and no noise could be estimated in {data}: pass "
+                         "--sigma (the images' Gaussian noise level on the [0, 255] scale)")
+    lo, hi = min(estimates), max(estimates)
+    return sigma, (f"--sigma not given: {sigma:.3g} estimated from the noisy images (median of "
+                   f"scikit-image's wavelet estimate over {len(images)} images, which range "
+                   f"{lo:.3g} to {hi:.3g}); pass --sigma to set it")
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
@@ -1339,6 +1378,15 @@ def main(argv=None):
                              "scenes in --data, with the same file names")
         if args.quality is not None:
             common["quality"] = args.quality
+        estimated_note = None
+        if (args.sigma is None and args.loss in ("sure", "n2n") and not args.photons
+                and args.task != "deblock"):
+            args.sigma, estimated_note = _estimate_training_sigma(args.data)
+        if (args.sigma is None and args.loss == "mse" and not args.init
+                and args.task != "deblock"):
+            raise ValueError("--sigma is needed: the Gaussian noise level (0..255 scale) "
+                             + ("of the noisy images of --noisy" if args.noisy else
+                                "added to the clean images of --data"))
         if args.init:
             init_model = load_model(args.init)
             args.task = args.task or init_model.task
@@ -1400,6 +1448,8 @@ def main(argv=None):
 
     log(f"training {config} on {len(clean)} images from {args.data}"
         + (f" and {args.noisy}" if args.noisy else ""))
+    if estimated_note:
+        log(estimated_note)
     if config.loss == "sure":  # the images of --data are the noisy ones
         clean, noisy = None, clean
         if args.photons:
@@ -1407,10 +1457,14 @@ def main(argv=None):
             log("photon counting: generalised Anscombe transform times sigma; (gain, read "
                 "noise) per image: " + ", ".join(f"({g:.3g}, {r:.3g})" for g, r in used[:8])
                 + (" ..." if len(used) > 8 else ""))
-    model = train_model(clean, config, noisy=noisy, checkpoint_dir=out, validation=validation,
-                           backend=args.backend, init_model=init_model,
-                           log=log, names=names, data_source=str(args.data),
-                           command=shlex.join(["python", "-m", "skimage_trd.train", *argv]))
+    try:
+        model = train_model(clean, config, noisy=noisy, checkpoint_dir=out,
+                            validation=validation, backend=args.backend, init_model=init_model,
+                            log=log, names=names, data_source=str(args.data),
+                            command=shlex.join(["python", "-m", "skimage_trd.train", *argv]))
+    except ValueError as exc:  # the data refused (NaN, too small, identical pairs, ...)
+        log(f"error: {exc}")
+        raise SystemExit(f"error: {exc}") from None
     target = Path(args.export) if args.export else out / f"{model.name}.npz"
     model.save(target)
     log(f"saved {target} (final training PSNR {model.metadata['provenance']['final_train_psnr']:.3f})")
