@@ -153,7 +153,7 @@ def test_select_sure_picks_the_model_with_the_lower_risk():
     from skimage_trd import load_model
 
     rng = np.random.default_rng(6)
-    y = 20 * data.camera()[100:196, 100:196] / 255.0
+    y = 20 * (data.camera()[100:196, 100:196] / 255.0)
     raw = _observe(y, rng)
     real = load_model("trd-gauss-s50-7x7-5st")
     idle = copy.deepcopy(load_model("trd-gauss-s25-7x7-5st"))
@@ -185,3 +185,42 @@ def test_read_noise_estimated_for_a_given_gain():
                                   denoise_trd_poisson(z, GAIN, r, offset=OFFSET))
     with pytest.raises(ValueError, match="gain"):
         estimate_poisson_gaussian(z, offset=OFFSET, gain=0.0)
+
+
+def test_range_rule_blends_the_two_models_around_the_level():
+    # a stabilised plane whose level lies between two of the bank's models is denoised by
+    # both, blended linearly in log(level) between their noise levels
+    import math
+
+    from skimage_trd import denoise_trd, load_model
+    from skimage_trd._planes import robust_range, training_sigma
+
+    rng = np.random.default_rng(7)
+    y = 20 * (data.camera()[::4, ::4] / 255.0)
+    raw = _observe(y, rng)
+    s25, s50 = load_model("trd-gauss-s25-7x7-5st"), load_model("trd-gauss-s50-7x7-5st")
+    s15 = load_model("trd-gauss-s15-7x7-5st")
+    t = generalized_anscombe(raw, GAIN, READ, offset=OFFSET)
+    level = training_sigma(255.0 / robust_range(t))
+    assert 25 < level < 50  # (20 photons, read noise 3)
+    w = math.log(level / 25) / math.log(2)
+    parts = [denoise_trd(t, 1.0, model=m, preserve_range=True) for m in (s25, s50)]
+    expected = inverse_generalized_anscombe((1 - w) * parts[0] + w * parts[1], GAIN, READ,
+                                            offset=OFFSET)
+    for bank in ([s15, s25, s50], [s50, s25]):
+        out = denoise_trd_poisson(raw, GAIN, READ, offset=OFFSET, model=bank)
+        np.testing.assert_allclose(out, expected, rtol=0, atol=1e-9)
+    # the blend is better than either model alone here
+    truth = GAIN * y + OFFSET
+    err = [np.mean((inverse_generalized_anscombe(p, GAIN, READ, offset=OFFSET) - truth) ** 2)
+           for p in parts]
+    assert np.mean((expected - truth) ** 2) < min(err)
+    # no blend: a single model, a level beyond the bank (all models below it), select='sure'
+    single = denoise_trd_poisson(raw, GAIN, READ, offset=OFFSET, model=s25)
+    np.testing.assert_allclose(single, inverse_generalized_anscombe(parts[0], GAIN, READ,
+                                                                    offset=OFFSET), atol=1e-9)
+    beyond = denoise_trd_poisson(raw, GAIN, READ, offset=OFFSET, model=[s15, s25])
+    np.testing.assert_array_equal(beyond, single)
+    sure = denoise_trd_poisson(raw, GAIN, READ, offset=OFFSET, model=[s25, s50], select="sure")
+    assert any(np.array_equal(sure, denoise_trd_poisson(raw, GAIN, READ, offset=OFFSET,
+                                                        model=m)) for m in (s25, s50))

@@ -159,6 +159,28 @@ def _warn_saturated(planes):
             UserWarning, stacklevel=3)
 
 
+def _bracket(plane, bank):
+    """((model below, model above), weight of the one above) for a stabilised plane whose
+    range rule level (as :func:`skimage_trd.denoise_trd` judges it, noise 1) lies strictly
+    between two of the bank's noise levels, the weight linear in log(level) between them;
+    None where it does not (one model, a flat plane, a level beyond the bank's ends)."""
+    from ._planes import robust_range, select_model, training_sigma
+
+    levels = sorted({m.sigma for m in bank})
+    if len(levels) < 2:
+        return None
+    r = robust_range(plane)
+    if not (r > 0 and math.isfinite(r)):
+        return None
+    level = training_sigma(255.0 / r)
+    if not levels[0] < level < levels[-1]:
+        return None
+    below = max(s for s in levels if s <= level)
+    above = min(s for s in levels if s > level)
+    w = math.log(level / below) / math.log(above / below)
+    return (select_model(bank, below), select_model(bank, above)), w
+
+
 def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channel_axis=None,
                         preserve_dtype=False, select="range", **kwargs):
     """Denoise Poisson-Gaussian data (photon counts plus read noise) with the Gaussian models.
@@ -267,8 +289,21 @@ def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channe
         def plane_progress(done, total, i=i):
             progress(i * units + units * done // total, n * units)
 
-        d = denoise_trd(t, 1.0, preserve_range=True, select=select,
-                        progress=None if progress is None else plane_progress, **kwargs)
+        pair = _bracket(t, bank) if select == "range" and "data_range" not in kwargs else None
+        if pair is None:
+            d = denoise_trd(t, 1.0, preserve_range=True, select=select,
+                            progress=None if progress is None else plane_progress, **kwargs)
+        else:  # between two models: both, blended by where the level lies between them
+            (lo, hi), w = pair
+            parts = []
+            for k, m in enumerate((lo, hi)):
+                def part_progress(done, total, k=k, i=i):
+                    progress(i * units + units * (k * total + done) // (2 * total), n * units)
+
+                parts.append(denoise_trd(t, 1.0, preserve_range=True, **{
+                    **kwargs, "model": m,
+                    "progress": None if progress is None else part_progress}))
+            d = (1.0 - w) * parts[0] + w * parts[1]
         out[i] = inverse_generalized_anscombe(d, g, r, offset)
     out = out.reshape(x.shape)
     if channel_axis is not None:
