@@ -226,11 +226,14 @@ def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channe
 
     Notes
     -----
-    The generalised Anscombe transform stabilises the variance to 1, the Gaussian model
-    denoises with ``sigma = 1`` (the bank's model nearest the stabilised plane's noise
-    relative to its range, as :func:`skimage_trd.denoise_trd` chooses; at a few photons the
-    sigma-75, 100 or 150 model on a contrast-compressed plane), and the exact unbiased inverse
-    maps the result back.
+    The generalised Anscombe transform stabilises the variance to 1, the Gaussian models
+    denoise with ``sigma = 1``, and the exact unbiased inverse maps the result back. With
+    ``select='range'`` and a bank, a plane's level (its noise relative to its range, judged
+    as :func:`skimage_trd.denoise_trd` judges it) that lies between two of the bank's noise
+    levels is denoised by both models, and the two results are blended linearly in
+    log(level) between their levels (twice the work; measured in docs/microscopy.md); a
+    level beyond the bank's ends takes the end model (at a few photons the sigma-150 model
+    on a contrast-compressed plane).
 
     Input outside the model, and what happens to it:
 
