@@ -216,6 +216,14 @@ def _tiles(planes, size):
     return out
 
 
+def read_folder(folder):
+    """The 2-D planes of a folder of training images (stacks and zarr arrays split into
+    planes), each in its stored units (no scaling of 16-bit data)."""
+    from skimage_trd.train import load_image_folder
+
+    return load_image_folder(folder, raw=True)[0]
+
+
 def train(clean, *, noisy=None, sigma, kernel_size=5, n_stages=3, greedy_iterations=30,
           joint_iterations=30, patch=64, name="my-trd-model", start_from=None, backend="numba",
           progress=None, cancel=None, log=None, loss="mse", photons=None,

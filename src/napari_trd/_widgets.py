@@ -30,6 +30,7 @@ from magicgui.widgets import (
 )
 
 from . import _jobs
+from ._lossplot import LossPlot
 
 _LIVE = weakref.WeakSet()  # widgets whose model menus follow newly trained models
 
@@ -713,8 +714,6 @@ class TrainWidget(_JobWidget):
         self._refresh_layers()
         self._fit_sigma_box()
         self._show_data_fields()  # (after the container holds the fields: no stray windows)
-        from ._lossplot import LossPlot
-
         self.loss_plot = LossPlot()
         self.native.layout().addWidget(self.loss_plot)
 
@@ -803,9 +802,7 @@ class TrainWidget(_JobWidget):
             return None
 
         def job(progress, cancel):  # the folder is read here, off the GUI thread
-            from skimage_trd.train import load_image_folder
-
-            planes, _ = load_image_folder(folder, raw=True)  # in their stored units
+            planes = _jobs.read_folder(folder)
             return _jobs.train(planes, progress=progress, cancel=cancel, **kw)
 
         return self._start_training(job, kw)

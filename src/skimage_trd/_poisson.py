@@ -28,6 +28,7 @@ from ._arrays import (
     to_input_dtype,
 )
 from ._denoise import denoise_trd
+from ._planes import robust_range, select_model, training_sigma
 from ._registry import resolve_models
 
 __all__ = [
@@ -164,8 +165,6 @@ def _bracket(plane, bank):
     range rule level (as :func:`skimage_trd.denoise_trd` judges it, noise 1) lies strictly
     between two of the bank's noise levels, the weight linear in log(level) between them;
     None where it does not (one model, a flat plane, a level beyond the bank's ends)."""
-    from ._planes import robust_range, select_model, training_sigma
-
     levels = sorted({m.sigma for m in bank})
     if len(levels) < 2:
         return None

@@ -25,10 +25,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .._batch import is_zarr_dir
 from .._deblock import deblock_trd
 from .._jpeg import QuantizationConstraint, jpeg_roundtrip, quantized_coefficients
 from .._metrics import psnr
 from .._model import TRDModel, atomic_write_bytes
+from .._planes import estimate_plane_sigma
 from .._poisson import estimate_poisson_gaussian, generalized_anscombe
 from .._registry import load_model
 from .._sure import sure_mse
@@ -92,8 +94,6 @@ def _read_zarr_array(path):
 def _training_sources(path):
     """The image files and zarr arrays that ``path`` (a folder, one file or one zarr array)
     holds, sorted by name."""
-    from .._batch import is_zarr_dir
-
     def is_zarr(p):
         return p.is_dir() and (is_zarr_dir(p) or p.suffix.lower() == ".zarr")
 
@@ -1339,8 +1339,6 @@ def _photon_images_or_exit(images, config, args):
 def _estimate_training_sigma(data):
     """(sigma, what to log) for noisy training images given without ``--sigma``: the median
     over the images of scikit-image's wavelet noise estimate, on the [0, 255] scale."""
-    from .._planes import estimate_plane_sigma
-
     images, _ = load_image_folder(data)
     estimates = [estimate_plane_sigma(img) for img in images]
     sigma = round(float(np.median(estimates)), 1)  # (it names the model: s24.4)
