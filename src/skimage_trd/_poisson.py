@@ -203,15 +203,16 @@ def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channe
         Return the result in the input's dtype (integers rounded and clipped), still in
         camera units.
     select : {'range', 'sure'}, optional
-        How a model of the bank is chosen for each stabilised plane (when ``model`` is not a
-        single model), as in :func:`skimage_trd.denoise_trd`: ``'range'``, the robust-range
-        rule; ``'sure'``, the candidate with the lower Stein's unbiased risk estimate on the
+        How the bank's models serve each stabilised plane (when ``model`` is not a single
+        model): ``'range'``, the robust-range rule's level, as in
+        :func:`skimage_trd.denoise_trd`, with the two models around it blended (see Notes);
+        ``'sure'``, the one candidate with the lower Stein's unbiased risk estimate on the
         stabilised plane (Gaussian noise of variance 1 there; two to five times the work
-        from 5 photons up). Measured in docs/microscopy.md: neither is better everywhere
-        (SURE -0.09 dB on Set12 at 5 photons, +0.19 on microscopy-like images at 5; the
-        error SURE estimates is the stabilised domain's, not the inverse's); SURE is ahead
-        of BM3D at every peak from 1 to 20 on both sets, the range rule level with it on
-        Set12 at 20 photons.
+        from 5 photons up). Measured in docs/microscopy.md: with the blend, the default is
+        ahead of BM3D (same transform) at every peak from 1 to 20 photons on Set12 and on
+        microscopy-like images (+0.04 dB and more); ``'sure'`` was 0.04 dB below it on
+        Set12 at 20 photons (the error SURE estimates is the stabilised domain's, not the
+        inverse's).
     **kwargs
         Passed to :func:`skimage_trd.denoise_trd` (``model``, ``backend``, ``num_threads``,
         ``tile_shape``, ...); ``progress(done, total)`` counts over all planes.
