@@ -390,22 +390,35 @@ def _run_npy(job, progress):
 _CHANNEL_NAMES = {"c", "ch", "channel", "channels"}
 
 
+def open_zarr_array(path):
+    """The zarr array at ``path`` (read only); a zarr group (OME-Zarr) is refused with the
+    path of an array in it to give instead. Needs zarr>=3."""
+    try:
+        import zarr
+    except ImportError as exc:
+        raise ImportError("zarr data need zarr>=3: pip install 'skimage-trd[dask]'") from exc
+    try:
+        return zarr.open_array(str(path), mode="r")
+    except Exception as exc:
+        try:
+            group = zarr.open(str(path), mode="r").__class__.__name__.endswith("Group")
+        except Exception:
+            group = False
+        if group:
+            raise ValueError(f"{path} is a zarr group (OME-Zarr?), not an array: give the "
+                             f"path of one array in it, e.g. {path}/0") from exc
+        raise
+
+
 def _open_zarr(path, chunk):
     """(lazy dask array, zarr array) of a zarr array; chunks larger than ``chunk`` along the
     rows and columns (or deeper than one plane when large) are split for processing."""
     try:
         import dask.array as da
-        import zarr
     except ImportError as exc:
         raise ImportError("zarr input needs dask and zarr>=3: pip install 'skimage-trd[dask]'") \
             from exc
-    try:
-        z = zarr.open_array(str(path), mode="r")
-    except Exception as exc:
-        if zarr.open(str(path), mode="r").__class__.__name__.endswith("Group"):
-            raise ValueError("a zarr group (OME-Zarr?): give the path of one array in it, "
-                             "e.g. image.zarr/0") from exc
-        raise
+    z = open_zarr_array(path)
     arr = da.from_zarr(z)
     if arr.ndim >= 2:
         chunks = list(arr.chunksize)

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._batch import is_zarr_dir
+from .._batch import is_zarr_dir, open_zarr_array
 from .._deblock import deblock_trd
 from .._jpeg import QuantizationConstraint, jpeg_roundtrip, quantized_coefficients
 from .._metrics import psnr
@@ -70,27 +70,6 @@ IMAGE_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".pgm", ".np
 
 
 # ------------------------------------------------------------------------------------- data
-def _read_zarr_array(path):
-    """All of a zarr array (a training stack) as a NumPy array."""
-    try:
-        import zarr
-    except ImportError as exc:
-        raise ImportError("zarr training data needs zarr>=3: pip install 'skimage-trd[dask]'") \
-            from exc
-    try:
-        z = zarr.open_array(str(path), mode="r")
-    except Exception as exc:
-        try:
-            group = zarr.open(str(path), mode="r").__class__.__name__.endswith("Group")
-        except Exception:
-            group = False
-        if group:
-            raise ValueError(f"training data {path} is a zarr group (OME-Zarr?), not an array: "
-                             f"give the path of one array in it, e.g. {path}/0") from exc
-        raise ValueError(f"cannot read training image {path}: {exc}") from exc
-    return z[...]
-
-
 def _training_sources(path):
     """The image files and zarr arrays that ``path`` (a folder, one file or one zarr array)
     holds, sorted by name."""
@@ -128,14 +107,18 @@ def load_image_folder(folder, *, min_size=None, raw=False) -> tuple[list[np.ndar
     for path in _training_sources(Path(folder)):
         zarr_array = path.is_dir()
         try:
-            if path.suffix.lower() == ".npy":
+            if zarr_array:
+                img = open_zarr_array(path)[...]
+            elif path.suffix.lower() == ".npy":
                 img = np.load(path, allow_pickle=False)
-            elif not zarr_array:
+            else:
                 img = imread(path)
+        except (ImportError, ValueError) as exc:
+            if zarr_array:  # zarr missing, or a group refused with the path to give
+                raise
+            raise ValueError(f"cannot read training image {path}: {exc}") from exc
         except Exception as exc:
             raise ValueError(f"cannot read training image {path}: {exc}") from exc
-        if zarr_array:
-            img = _read_zarr_array(path)
         if img.dtype == np.uint16 and not raw:
             img = img / 257.0
         stack_file = zarr_array or path.suffix.lower() in (".tif", ".tiff", ".npy")
