@@ -111,6 +111,16 @@ def test_train_job_saves_a_selectable_model(user_models):
 
 
 # ------------------------------------------------------------------------- real viewer
+def _small_training_run(train, name, greedy):
+    """Start a tiny run in a Train widget: 3x3 filters, one stage, ``greedy`` iterations."""
+    train.kernel_size.value = 3
+    train.n_stages.value = 1
+    train.greedy.value = greedy
+    train.joint.value = 0
+    train.model_name.value = name
+    train.run()
+
+
 def _wait(qtbot, widget, timeout=120_000):
     qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=timeout)
 
@@ -255,12 +265,7 @@ def test_train_widget_makes_model_selectable(make_napari_viewer, qtbot):
     viewer.add_image(data.camera()[:96, :96] / 255.0, name="clean")
     denoise = DenoiseWidget(viewer)
     train = TrainWidget(viewer)
-    train.kernel_size.value = 3
-    train.n_stages.value = 1
-    train.greedy.value = 2
-    train.joint.value = 0
-    train.model_name.value = "widget-model"
-    train.run()
+    _small_training_run(train, "widget-model", greedy=2)
     _wait(qtbot, train)
     assert train.last_error is None
     assert any(c.endswith("widget-model.npz") for c in denoise.model.choices)
@@ -652,12 +657,7 @@ def test_train_widget_noisy_layer_only(make_napari_viewer, qtbot):
     assert train.run() is None and "same layer" in train.status.value  # refused at once
     train.data_kind.value = train.SURE
     train.sigma.value = 0.1
-    train.kernel_size.value = 3
-    train.n_stages.value = 1
-    train.greedy.value = 2
-    train.joint.value = 0
-    train.model_name.value = "from-noisy"
-    train.run()
+    _small_training_run(train, "from-noisy", greedy=2)
     _wait(qtbot, train)
     assert train.last_error is None
     path = _jobs.user_models_dir() / "from-noisy.npz"
@@ -713,12 +713,7 @@ def test_train_widget_folder_of_noisy_images_and_loss_plot(make_napari_viewer, q
     assert train.run() is None and "folder" in train.status.value  # none chosen yet
     train.folder.value = folder
     train.sigma.value = 20.0  # the files' own units (uint8)
-    train.kernel_size.value = 3
-    train.n_stages.value = 1
-    train.greedy.value = 3
-    train.joint.value = 0
-    train.model_name.value = "from-folder"
-    train.run()
+    _small_training_run(train, "from-folder", greedy=3)
     _wait(qtbot, train)
     assert train.last_error is None
     model = skimage_trd.load_model(_jobs.user_models_dir() / "from-folder.npz")
