@@ -27,8 +27,9 @@ from ._arrays import (
     normalize_channel_axis,
     to_input_dtype,
 )
+from ._choice import distinct_levels
 from ._denoise import denoise_trd
-from ._planes import robust_range, select_model, training_sigma
+from ._planes import robust_range, training_sigma
 from ._registry import resolve_models
 
 __all__ = [
@@ -165,7 +166,8 @@ def _bracket(plane, bank):
     range rule level (as :func:`skimage_trd.denoise_trd` judges it, noise 1) lies strictly
     between two of the bank's noise levels, the weight linear in log(level) between them;
     None where it does not (one model, a flat plane, a level beyond the bank's ends)."""
-    levels = sorted({m.sigma for m in bank})
+    by_level = distinct_levels(bank)  # (the model SURE's candidates take per level)
+    levels = sorted(by_level)
     if len(levels) < 2:
         return None
     r = robust_range(plane)
@@ -177,7 +179,7 @@ def _bracket(plane, bank):
     below = max(s for s in levels if s <= level)
     above = min(s for s in levels if s > level)
     w = math.log(level / below) / math.log(above / below)
-    return (select_model(bank, below), select_model(bank, above)), w
+    return (by_level[below], by_level[above]), w
 
 
 def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channel_axis=None,
