@@ -371,11 +371,56 @@ def test_warnings_for_likely_mistakes(model):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         denoise_trd(img, 0.5, model=model)  # half a grey level: plausible, no warning
-        denoise_trd(img / 255, 20 / 255, model=model)  # floats: any sigma
+        # floats: any sigma up to the spread of their values (the sky above is flatter than
+        # noise of 20/255 would leave it: that warns, see the next test)
+        denoise_trd(data.camera()[100:148, 200:248] / 255, 20 / 255, model=model)
         denoise_trd(np.zeros((8, 8, 3)), 0.1, model=model, channel_axis=-1)
         denoise_trd(np.zeros((1, 64, 8)), 0.1, model=model, channel_axis=-1)  # 1-row planes
     with pytest.warns(UserWarning, match=r"64 channels of 3x64 planes.*channel_axis=0\."):
         denoise_trd(np.zeros((3, 64, 64)), 0.1, model=model, channel_axis=-1)
+
+
+def test_sigma_on_the_0_255_scale_for_an_image_in_0_1_warns(model):
+    # the opposite of the uint8 mistake above: a float image in [0, 1], sigma in grey levels
+    rng = np.random.default_rng(0)
+    clean = data.camera()[:64, :64] / 255.0
+    noisy = clean + 0.1 * rng.standard_normal(clean.shape)
+    with pytest.warns(UserWarning, match=r"sigma=20 is \S+x the spread of this image's values "
+                                         r".*pass sigma=20/255=0\.0784") as rec:
+        denoise_trd(noisy, 20, model=model)
+    assert len(rec) == 1 and rec[0].filename == __file__  # points at the caller
+    with pytest.warns(UserWarning, match=r"sigma=20 is \S+x .*pass sigma=20/255=0\.0784"):
+        denoise_trd(np.stack([np.clip(noisy, 0, 1)] * 3, -1), [20, 20, 20], model=model,
+                    channel_axis=-1, color_transform="none")  # colour, one sigma per channel
+    with pytest.warns(UserWarning, match=r"sigma=3000 .*0\.\.65535 scale, pass "
+                                         r"sigma=3000/65535=0\.0458"):
+        denoise_trd(noisy, 3000, model=model)
+    u8 = np.clip(np.rint(noisy * 255), 0, 255).astype(np.uint8)
+    with pytest.warns(UserWarning, match=r"sigma=300 is \S+x .*noise's standard deviation"):
+        denoise_trd(u8, 300, model=model)
+
+
+def test_proper_sigma_values_do_not_warn(model):
+    rng = np.random.default_rng(1)
+    clean = data.camera()[:64, :64] / 255.0
+    noisy = clean + 0.1 * rng.standard_normal(clean.shape)
+    u8 = np.clip(np.rint(noisy * 255), 0, 255).astype(np.uint8)
+    u16 = np.clip(np.rint(noisy * 4000 + 100), 0, 65535).astype(np.uint16)  # a 12-bit camera
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        denoise_trd(noisy, 0.1, model=model)  # [0, 1] float, sigma in its units
+        denoise_trd(noisy.astype(np.float32), 0.1, model=model)
+        # the strongest shipped level, clipped to [0, 1] (as an 8-bit image would be)
+        heavy = np.clip(clean + 150 / 255 * rng.standard_normal(clean.shape), 0, 1)
+        denoise_trd(heavy, 150 / 255, model=model)
+        denoise_trd(noisy * 255, 25, model=model)  # a float image on the 0..255 scale
+        denoise_trd(u8, 25, model=model)  # uint8: grey levels, with and without preserve_range
+        denoise_trd(u8, 25, model=model, preserve_range=True, preserve_dtype=True)
+        denoise_trd(u16, 400, model=model)  # uint16: camera units
+        denoise_trd(u16, 400, model=model, preserve_range=True)
+        denoise_trd(np.full((64, 64), 0.5), 0.1, model=model)  # a constant image: no spread
+        denoise_trd(noisy[:6, :6], 1.0, model=model)  # too few values to judge
+        denoise_trd(noisy, model=model)  # estimated
 
 
 def test_tile_shape_forms(model, noisy):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import warnings
 from dataclasses import replace
@@ -185,7 +187,10 @@ def denoise_trd(
     -----
     UserWarning
         Likely mistakes: a sigma below half an integer step of an integer
-        image (given in the wrong units, e.g. ``20/255`` for uint8); an
+        image (given in the wrong units, e.g. ``20/255`` for uint8); a sigma
+        above the spread of the image's values (max - min; noise of that
+        level would spread them wider: e.g. ``20`` for an image in [0, 1],
+        where ``20/255`` was meant; not checked for dask arrays); an
         (M, N, 3) or (M, N, 4) image without ``channel_axis``; a
         ``channel_axis`` that gives many channels of planes only a few
         pixels high or wide.
@@ -247,6 +252,7 @@ def denoise_trd(
         raise ValueError(f"color_transform must be 'opponent' or 'none', got {color_transform!r}")
     backend = resolve_backend(backend, kind)
     _warn_sigma_units(sigmas, image.dtype)
+    _warn_sigma_range(image, kind, sigmas)
     _warn_channel_axis(image.shape, channel_axis)
     bank = tuple(resolve_models(model, "denoise"))
     if n_stages is not None:
@@ -425,6 +431,56 @@ def _warn_sigma_units(sigmas, dtype):
             UserWarning,
             stacklevel=3,
         )
+
+
+# Internal callers that give denoise_trd a sigma of their own making (the Poisson path: 1 after
+# the variance-stabilising transform) turn the sigma range check off for their calls
+# (per thread and task, unlike a module flag).
+_CHECK_SIGMA_RANGE = contextvars.ContextVar("skimage_trd_check_sigma_range", default=True)
+
+
+@contextlib.contextmanager
+def internal_sigma():
+    """Within this block, ``denoise_trd`` does not warn about a sigma above the image's spread."""
+    token = _CHECK_SIGMA_RANGE.set(False)
+    try:
+        yield
+    finally:
+        _CHECK_SIGMA_RANGE.reset(token)
+
+
+# below this many values a noisy image's spread (max - min) can fall short of the noise's sigma
+_RANGE_CHECK_MIN_SIZE = 64
+
+
+def _warn_sigma_range(image, kind, sigmas):
+    """Warn when sigma exceeds the spread (max - min) of the image's values: noise of that level
+    would have spread them several times wider, so sigma is most likely in other units than the
+    image's own (0..255 for an image in [0, 1]). Not for dask arrays (that would read them)."""
+    given = [s for s in sigmas if s is not None]
+    if (not given or kind == "dask" or image.size < _RANGE_CHECK_MIN_SIZE
+            or not _CHECK_SIGMA_RANGE.get()):
+        return
+    sigma = max(given)
+    xp = _xp(image)
+    lo, hi = float(xp.min(image)), float(xp.max(image))
+    spread = hi - lo
+    if not 0 < spread < sigma:
+        return
+    if -1 <= lo and hi <= 2 and 1 <= sigma <= 65535:  # an image in about [0, 1]
+        scale, name = (255, "grey levels on the 0..255 scale") if sigma <= 255 else (
+            65535, "units of the 16-bit 0..65535 scale")
+        hint = (f"for an image in [0, 1] with noise of {sigma:g} {name}, pass "
+                f"sigma={sigma:g}/{scale}={sigma / scale:.3g}")
+    else:
+        hint = "pass the noise's standard deviation in those units"
+    warnings.warn(
+        f"sigma={sigma:g} is {sigma / spread:.3g}x the spread of this image's values "
+        f"({lo:.4g}..{hi:.4g}), but noise of that level would spread them several times wider: "
+        f"sigma is in the image's own units as given; {hint} (or sigma=None to estimate it).",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _warn_channel_axis(shape, channel_axis):

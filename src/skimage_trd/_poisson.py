@@ -28,7 +28,7 @@ from ._arrays import (
     to_input_dtype,
 )
 from ._choice import distinct_levels
-from ._denoise import denoise_trd
+from ._denoise import denoise_trd, internal_sigma
 from ._planes import robust_range, training_sigma
 from ._registry import resolve_models
 
@@ -295,20 +295,21 @@ def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channe
             progress(i * units + units * done // total, n * units)
 
         pair = _bracket(t, bank) if select == "range" and "data_range" not in kwargs else None
-        if pair is None:
-            d = denoise_trd(t, 1.0, preserve_range=True, select=select,
-                            progress=None if progress is None else plane_progress, **kwargs)
-        else:  # between two models: both, blended by where the level lies between them
-            (lo, hi), w = pair
-            parts = []
-            for k, m in enumerate((lo, hi)):
-                def part_progress(done, total, k=k, i=i):
-                    progress(i * units + units * (k * total + done) // (2 * total), n * units)
+        with internal_sigma():  # sigma 1 is the transform's, not the caller's: no units check
+            if pair is None:
+                d = denoise_trd(t, 1.0, preserve_range=True, select=select,
+                                progress=None if progress is None else plane_progress, **kwargs)
+            else:  # between two models: both, blended by where the level lies between them
+                (lo, hi), w = pair
+                parts = []
+                for k, m in enumerate((lo, hi)):
+                    def part_progress(done, total, k=k, i=i):
+                        progress(i * units + units * (k * total + done) // (2 * total), n * units)
 
-                parts.append(denoise_trd(t, 1.0, preserve_range=True, **{
-                    **kwargs, "model": m,
-                    "progress": None if progress is None else part_progress}))
-            d = (1.0 - w) * parts[0] + w * parts[1]
+                    parts.append(denoise_trd(t, 1.0, preserve_range=True, **{
+                        **kwargs, "model": m,
+                        "progress": None if progress is None else part_progress}))
+                d = (1.0 - w) * parts[0] + w * parts[1]
         out[i] = inverse_generalized_anscombe(d, g, r, offset)
     out = out.reshape(x.shape)
     if channel_axis is not None:
