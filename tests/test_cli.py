@@ -225,6 +225,29 @@ def test_output_equal_to_input_refused(mixed, tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["a.png"]
 
 
+@pytest.mark.parametrize("args, message", [
+    (["denoise", "{folder}", "-o", "{folder}"], "refused: the output"),
+    (["denoise", "{folder}", "-o", "{out}", "--model", "nosuch"], "--model: "),
+    (["denoise", "{folder}", "-o", "{folder}/a.png"], "not a folder"),
+    (["deblock", "{folder}", "-o", "{out}", "--quality", "200"], "--quality must be in 1..100"),
+    (["models", "fetch"], "give model names"),
+])
+def test_argument_errors_print_the_command_usage(mixed, tmp_path, capsys, args, message):
+    """A command's argument errors print that command's usage, not the top level's."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.png").write_bytes((mixed / "gray.png").read_bytes())
+    argv = [a.format(folder=folder, out=tmp_path / "out") for a in args]
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "-q"] if argv[0] != "models" else argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    command = " ".join(argv[:2] if argv[0] == "models" else argv[:1])
+    assert err.startswith(f"usage: skimage-trd {command} ")
+    assert f"skimage-trd {command}: error: " in err and message in err
+    assert "COMMAND ..." not in err
+
+
 def test_missing_unsupported_and_colliding_inputs(mixed, tmp_path, capsys):
     out = tmp_path / "out"
     other = tmp_path / "other"

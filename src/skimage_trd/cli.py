@@ -134,7 +134,7 @@ def _restore_parser(sub, task):
     p.add_argument("--scheduler", metavar="ADDRESS", default=None,
                    help="a dask.distributed scheduler (tcp://host:8786) to run on: one task per "
                         "file, zarr arrays as chunk graphs; the workers must see the files")
-    p.set_defaults(task=task)
+    p.set_defaults(task=task, command_parser=p)
     return p
 
 
@@ -167,6 +167,7 @@ def _parser():
     ms = msub.add_parser("show", help="a model's parameters and provenance (JSON)")
     ms.add_argument("name", metavar="NAME|FILE")
     mf = msub.add_parser("fetch", help="download models into the cache (hash checked)")
+    mf.set_defaults(fetch_parser=mf)
     mf.add_argument("names", nargs="*", metavar="NAME")
     mf.add_argument("--all", action="store_true", help="every registered model")
     mv = msub.add_parser("verify", help="check the sha256 of the shipped and cached files")
@@ -197,7 +198,8 @@ def _main(argv) -> int:
             args.models_parser.print_help(sys.stderr)
             return 2
         return _models(args)
-    return _batch_command(args, ap)
+    # errors in a command's arguments print that command's usage (its parser's error())
+    return _batch_command(args, args.command_parser)
 
 
 def _passthrough(name, argv):
@@ -237,8 +239,7 @@ def _models(args) -> int:
     if args.models_command == "fetch":
         names = reg.list_models() if args.all else args.names
         if not names:
-            print("error: give model names (skimage-trd models list) or --all", file=sys.stderr)
-            return 2
+            args.fetch_parser.error("give model names (skimage-trd models list) or --all")
         status = 0
         for name in names:
             file_name = name if name.endswith(".npz") else name + ".npz"
@@ -430,13 +431,14 @@ def _expand(inputs):
     return unique
 
 
-def _batch_command(args, ap) -> int:
+def _batch_command(args, parser) -> int:
+    """``denoise`` and ``deblock``; ``parser``: the command's own, whose error() prints its usage."""
     from ._batch import Job, RestoreOptions, output_name
 
     t_start = time.perf_counter()
     outdir = Path(args.output)
     if outdir.exists() and not outdir.is_dir():
-        ap.error(f"-o {outdir}: not a folder")
+        parser.error(f"-o {outdir}: not a folder")
     options = RestoreOptions(
         task=args.task, sigma=getattr(args, "sigma", None), quality=getattr(args, "quality", None),
         channel_axis=args.channel_axis, tile_shape=args.tile, backend=args.backend,
@@ -444,7 +446,7 @@ def _batch_command(args, ap) -> int:
         float32=args.float32, chunk=args.chunk, zarr_threads=args.threads,
         select=getattr(args, "select", "range"))
     if options.quality is not None and not 1 <= options.quality <= 100:
-        ap.error(f"--quality must be in 1..100, got {options.quality}")
+        parser.error(f"--quality must be in 1..100, got {options.quality}")
     if args.model:
         from ._registry import resolve_models
 
@@ -452,7 +454,7 @@ def _batch_command(args, ap) -> int:
             options.model = resolve_models(args.model if len(args.model) > 1 else args.model[0],
                                            args.task)
         except (ValueError, OSError, TypeError) as exc:
-            ap.error(f"--model: {exc}")
+            parser.error(f"--model: {exc}")
 
     entries = _expand(args.inputs)
     inputs = {os.path.realpath(p) for p, _, _ in entries}
@@ -464,7 +466,7 @@ def _batch_command(args, ap) -> int:
         out = outdir / output_name(path, kind, options)
         real_out = os.path.realpath(out)
         if real_out in inputs:
-            ap.error(f"refused: the output {out} would overwrite the input {path}; "
+            parser.error(f"refused: the output {out} would overwrite the input {path}; "
                      f"choose another -o folder")
         if real_out in used:
             problems.append((str(path), f"its output {out} is also {used[real_out]}'s output; "
