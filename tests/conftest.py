@@ -53,7 +53,7 @@ def require_shared(path=SHARED):
 # process when the first QApplication is made, so whether a usable display exists is decided
 # here, in a subprocess, before any viewer test sets up its fixtures; without one they skip.
 VIEWER_PACKAGES = ("xvfb xauth libgl1-mesa-dri libglx-mesa0 libegl1 libxkbcommon-x11-0 and the "
-                   "libxcb-* libraries listed in .ci/run")
+                   "libxcb-* and other libraries listed in .ci/run")
 _QT_FIXTURES = {"qapp", "qtbot", "make_napari_viewer", "make_napari_viewer_proxy"}
 _PROBE = """
 import sys

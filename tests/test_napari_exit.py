@@ -49,6 +49,6 @@ def test_closing_a_widget_stands_its_workers_down(make_napari_viewer):
     widget.native.deleteLater()
     from qtpy.QtCore import QCoreApplication, QEvent
 
-    QCoreApplication.sendPostedEvents(None, QEvent.DeferredDelete)
+    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
     assert widget._closed.is_set() and cancel.is_set()
     assert shutdown_workers(5000)

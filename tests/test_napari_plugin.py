@@ -34,6 +34,17 @@ def test_manifest_is_valid():
         "Denoise (TRD)", "JPEG deblock (TRD)", "Train TRD"}
 
 
+def test_qt_binding_is_a_current_one():
+    # napari 0.9 says at every start, in a toast on the canvas, that its PyQt5 support is
+    # deprecated: the napari and test extras install PyQt6, and that binding must be the one in
+    # use (qtpy, which napari asks, prefers PyQt5 wherever it is also installed)
+    import qtpy
+
+    assert qtpy.API_NAME in ("PyQt6", "PySide6"), (
+        f"napari runs on {qtpy.API_NAME} {qtpy.QT_VERSION}; uninstall it (the extras bring PyQt6) "
+        "or set QT_API=pyqt6")
+
+
 def test_sample_data():
     for make in (noisy_camera, noisy_cells, jpeg_camera):
         (data, meta, kind), = make()

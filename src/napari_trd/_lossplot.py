@@ -29,10 +29,10 @@ class LossPlot(QWidget):
         self.total = 0
         self.caption = "training loss: no run yet"
         self.setMinimumHeight(110)
-        self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.setToolTip("the training loss per pixel after each iteration (with SURE its "
                         "estimate); colours mark the greedy stages and the joint phase")
-        self.step_added.connect(self._add, Qt.QueuedConnection)
+        self.step_added.connect(self._add, Qt.ConnectionType.QueuedConnection)
 
     def clear(self, total=0):
         self.points, self.total = [], int(total)
@@ -56,7 +56,7 @@ class LossPlot(QWidget):
 
     def paintEvent(self, event):  # noqa: N802 (Qt's name)
         painter = QPainter(self)
-        painter.setRenderHint(QPainter.Antialiasing)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         w, h = self.width(), self.height()
         text_h = painter.fontMetrics().height() + 4
         left, right, top, bottom = 6, w - 6, 4, h - text_h - 2
