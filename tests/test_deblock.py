@@ -215,6 +215,7 @@ def test_shipped_models_improve_jpeg():
     assert err(out) < 0.85 * err(dec)
 
 
+@pytest.mark.shared
 @pytest.mark.slow
 def test_authors_q10_model_on_live1_half():
     """The authors' q=10 model through our projection: LIVE1-half 27.85 dB in docs/protocols.md."""

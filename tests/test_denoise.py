@@ -290,6 +290,7 @@ def test_deblocking_model_refused(model):
 
 
 # ------------------------------------------------------------------ the oracle (../shared)
+@pytest.mark.shared
 @pytest.mark.slow
 def test_bsd68_table1_sigma25_authors_7x7():
     """The authors' 7x7 sigma-25 model over BSD68 gives the paper's 28.92 dB (docs/protocols.md)."""

@@ -129,7 +129,10 @@ def test_numba_equals_reference_float32(shape):
     assert np.abs(out - trd_reference(f, m)).max() < 0.05  # measured 0.004 for shape (205, 23)
 
 
-@pytest.mark.parametrize("kernel_size", [3, 9, 11])  # 3, 9: other unrolled sizes; 11: generic loop
+# 3, 9: other unrolled sizes; 11: the generic loop (9 and 11, no shipped model's size, compile
+# kernels of their own: slow)
+@pytest.mark.parametrize("kernel_size", [3, pytest.param(9, marks=pytest.mark.slow),
+                                         pytest.param(11, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("dtype, exact", [(np.float32, False), (np.float64, False),
                                           (np.float64, True)])
 def test_numba_equals_reference_other_filter_sizes(kernel_size, dtype, exact):

@@ -97,6 +97,7 @@ def test_validation_of_constructor():
 
 
 # ------------------------------------------------------------- authors' models (../shared)
+@pytest.mark.shared
 def test_import_authors_models():
     folder = require_shared(AUTHORS / "denoising")
     m25 = import_matlab_model(folder / "JointTraining_7x7_400_180x180_stage=5_sigma=25.mat")
@@ -113,6 +114,7 @@ def test_import_authors_models():
     assert deb.task == "deblock" and deb.lambdas is None and deb.quality == 10 and deb.n_stages == 4
 
 
+@pytest.mark.shared
 def test_imported_model_roundtrips_through_npz(tmp_path):
     folder = require_shared(AUTHORS / "denoising")
     m = load_model(folder / "JointTraining_5x5_400_180x180_stage=5_sigma=25.mat")

@@ -341,6 +341,7 @@ def _true_psnr(model, noisy, clean):
     return 10 * np.log10(255**2 / mse)
 
 
+@pytest.mark.slow  # training-sized
 def test_training_without_clean_images_sure_and_n2n():
     # SURE on the noisy images alone, and Noise2Noise on two acquisitions, learn nearly what
     # clean targets teach (measured against the clean images, which training never sees)
@@ -626,6 +627,7 @@ def test_adam_resumes_exactly(tmp_path, loss, stop_after):
     np.testing.assert_array_equal(resumed.filters, full.filters)
 
 
+@pytest.mark.slow  # training-sized
 def test_adam_fine_tuning_by_sure_improves_and_stays_close():
     # fine-tuning a trained model on one noisy image by SURE with Adam: the true PSNR rises
     # (measured against the clean image, which training never sees), step by step
