@@ -248,6 +248,14 @@ def test_argument_errors_print_the_command_usage(mixed, tmp_path, capsys, args, 
     assert "COMMAND ..." not in err
 
 
+def test_train_and_demo_usage_name_the_command(capsys):
+    assert main(["train"]) == 2  # --data is required
+    err = capsys.readouterr().err
+    assert err.startswith("usage: skimage-trd train ") and "skimage-trd train: error: " in err
+    assert main(["demo", "--no-such-option"]) == 2
+    assert capsys.readouterr().err.startswith("usage: skimage-trd demo ")
+
+
 def test_missing_unsupported_and_colliding_inputs(mixed, tmp_path, capsys):
     out = tmp_path / "out"
     other = tmp_path / "other"

@@ -208,7 +208,7 @@ def _passthrough(name, argv):
     else:
         from .demo import main as run
     try:
-        status = run(argv)
+        status = run(argv, prog=f"skimage-trd {name}")  # its usage lines name this command
     except SystemExit as exc:
         code = exc.code
         if code is None or isinstance(code, int):

@@ -56,10 +56,11 @@ def before_after_picture(panels, path):
     return path
 
 
-def main(argv=None):
+def main(argv=None, prog="python -m skimage_trd.demo"):
+    """The command line; ``prog``: the name its usage lines give (``skimage-trd demo``)."""
     from skimage import data
 
-    ap = argparse.ArgumentParser(prog="python -m skimage_trd.demo", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     ap.add_argument("--image", default="camera", help="a gray skimage.data image (camera, moon, coins, cell)")
     ap.add_argument("--sigma", type=float, default=None,
                     help="noise level in grey levels (0..255; default 25)")

@@ -1237,9 +1237,9 @@ class _HelpWithDefaults(argparse.HelpFormatter):
         return text
 
 
-def _parser():
+def _parser(prog="python -m skimage_trd.train"):
     package_doc = sys.modules[__package__].__doc__  # the procedure, in skimage_trd.train
-    ap = argparse.ArgumentParser(prog="python -m skimage_trd.train", description=package_doc.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog=prog, description=package_doc.split("\n\n")[0],
                                  formatter_class=_HelpWithDefaults)
     ap.add_argument("--data", required=True,
                     help="training images (a folder of images, stacks and zarr arrays, or one "
@@ -1334,9 +1334,10 @@ def _estimate_training_sigma(data):
                    f"{lo:.3g} to {hi:.3g}); pass --sigma to set it")
 
 
-def main(argv=None):
+def main(argv=None, prog="python -m skimage_trd.train"):
+    """The command line; ``prog``: the name its usage lines give (``skimage-trd train``)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = _parser().parse_args(argv)
+    args = _parser(prog).parse_args(argv)
     if args.threads:
         set_threads(args.threads)
     init_model = None
