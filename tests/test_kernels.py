@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 from conftest import random_model
 
-from skimage_trd.kernels.engine import LINEAR_TABLE_TOLERANCE, iter_tiles, prepare, run_model
+from skimage_trd.kernels import numba_cpu as nk
+from skimage_trd.kernels.engine import (
+    LINEAR_TABLE_TOLERANCE,
+    _run_numba,
+    influence_kind,
+    iter_tiles,
+    prepare,
+    run_model,
+)
 from skimage_trd.kernels.influence import (
     LinearTable,
     build_linear_table,
@@ -85,9 +93,17 @@ def test_engine_rejects_non_finite_images(bad):
         run_model(f, m)
 
 
-def tabled_reference(f, m, dtype, n_stages=None):
-    """The reference with phi from the linear tables the Numba kernel reads."""
-    stages = prepare(m, dtype).stages
+def tabled_reference(f, m, dtype, n_stages=None, kind=None):
+    """The reference with phi from the tables the Numba kernel reads: the linear tables, or with
+    ``kind='p'`` the piecewise polynomials; ``kind='auto'``: those the engine picks for float32
+    input (:func:`influence_kind`)."""
+    prep = prepare(m, dtype)
+    if kind == "auto":
+        n = m.n_stages if n_stages is None else n_stages
+        kind = influence_kind(prep, n, m.kernel_size, np.dtype(dtype), exact=False)
+    stages = prep.stages
+    if kind == "p":
+        return trd_reference(f, m, n_stages, phi=lambda t, i, z: stages[t].poly(z, row=i))
     return trd_reference(f, m, n_stages, phi=lambda t, i, z: stages[t].linear(z, row=i))
 
 
@@ -119,7 +135,8 @@ def test_numba_equals_reference_float32(shape):
     # the kernel computes what its tables say, up to float32 rounding ...
     out = run_model(f.astype(np.float32), m, backend="numba")
     assert out.dtype == np.float32
-    np.testing.assert_allclose(out, tabled_reference(f, m, np.float32), rtol=0, atol=2e-3)
+    np.testing.assert_allclose(out, tabled_reference(f, m, np.float32, kind="auto"), rtol=0,
+                               atol=2e-3)
     out_t = run_model(f, m, backend="numba", exact=False)
     np.testing.assert_allclose(out_t, tabled_reference(f, m, np.float64), rtol=0, atol=1e-8)
     # ... and one stage is as close to the exact one as the tables' tolerance allows
@@ -139,7 +156,7 @@ def test_numba_equals_reference_other_filter_sizes(kernel_size, dtype, exact):
     m = random_model(2, kernel_size, seed=kernel_size)
     # values up to 10x the usual range: responses beyond both ends of the table's grid
     f = np.random.default_rng(kernel_size).uniform(-1000, 2550, (41, 37))
-    ref = trd_reference(f, m) if exact else tabled_reference(f, m, dtype)
+    ref = trd_reference(f, m) if exact else tabled_reference(f, m, dtype, kind="auto")
     out = run_model(f.astype(dtype), m, backend="numba", exact=exact)
     assert out.dtype == dtype
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-8 if dtype == np.float64 else 5e-3)
@@ -157,6 +174,125 @@ def test_table_clamp_stays_inside_the_table(dtype, n_intervals):
                        lam=0.0, linear=LinearTable(pairs, x0=-10.0, inv_h=1.0, max_error=0.0))
     top = st.grid[2]
     assert st.grid.dtype == dtype and top < n_intervals and int(top) == n_intervals - 1
+
+
+# --- the register-blocked float32 kernels (both kinds of influence-function table) ---------------
+
+BLOCK_SHAPES = [(1, 1), (2, 3), (7, 9), (33, 65), (64, 32), (129, 300), (150, 611)]  # 611: 3 tiles
+requires_avx512 = pytest.mark.skipif(not nk.has_avx512(), reason="the 'p' kernels need AVX-512")
+
+
+@pytest.mark.parametrize("shape", BLOCK_SHAPES)
+@pytest.mark.parametrize("kind", [pytest.param("p", marks=requires_avx512), "l"])
+@pytest.mark.parametrize("kernel_size", [3, 5, 7, pytest.param(9, marks=pytest.mark.slow)])
+def test_block_kernels_equal_the_reference_with_their_tables(shape, kind, kernel_size):
+    m = random_model(2, kernel_size, seed=3 * kernel_size)
+    # responses beyond both ends of the tables' grid too
+    f = np.random.default_rng(sum(shape)).uniform(-300, 600, shape)
+    if kind == "p":
+        assert all(st.poly is not None for st in prepare(m, np.float32).stages)
+    out = _run_numba(f.astype(np.float32), m, m.n_stages, False, None, None, kind=kind)
+    assert out.dtype == np.float32 and out.shape == shape
+    np.testing.assert_allclose(out, tabled_reference(f, m, np.float32, kind=kind), rtol=0,
+                               atol=4e-3)
+
+
+def test_block_kernels_fail_on_a_wrong_model():
+    # the comparison above can fail: a changed filter tap changes the output
+    m = random_model(2, 7, seed=2)
+    f = np.random.default_rng(0).uniform(0, 255, (40, 70))
+    m2 = m.copy()
+    m2.filters[1, 5, 6, 6] += 0.05
+    out = run_model(f.astype(np.float32), m2, backend="numba")
+    assert np.abs(out - tabled_reference(f, m, np.float32, kind="auto")).max() > 1e-2
+
+
+def test_block_kernels_give_the_same_result_on_any_number_of_threads():
+    m = random_model(3, 7, seed=1)
+    f = np.random.default_rng(2).uniform(0, 255, (200, 530)).astype(np.float32)
+    with nk.numba_threads(1):
+        one = run_model(f, m, backend="numba")
+    with nk.numba_threads(2):
+        two = run_model(f, m, backend="numba")
+    np.testing.assert_array_equal(one, two)
+    calls = []
+    nk.run_tiles(lambda *a: calls.append(a[-2:]), (), 7, n_threads=3)
+    assert sorted(calls) == [(0, 2), (2, 4), (4, 7)]
+
+
+def test_tile_width_divides_rows_into_nearly_equal_tiles():
+    for W in (1, 17, 255, 256, 300, 511, 512, 2048, 4096, 5000):
+        tw = nk.tile_width(W, 3)
+        n = -(-W // tw)
+        assert 1 <= tw <= max(W, 1) and tw <= 512 and n * tw - W < n
+        assert nk.n_tiles(100, W, tw) == 2 * n
+
+
+def test_influence_kind_picks_polynomials_only_where_they_hold_and_run():
+    m = random_model(2, 7, seed=5)
+    prep = prepare(m, np.float32)
+    assert influence_kind(prep, 2, 7, np.dtype(np.float32), exact=True) is None
+    assert influence_kind(prepare(m, np.float64), 2, 7, np.dtype(np.float64), exact=False) is None
+    assert influence_kind(prepare(random_model(1, 11, seed=1), np.float32), 1, 11,
+                          np.dtype(np.float32), exact=False) is None
+    expected = "p" if nk.has_avx512() else "l"
+    assert influence_kind(prep, 2, 7, np.dtype(np.float32), exact=False) == expected
+
+
+def test_influence_kind_falls_back_to_linear_tables(monkeypatch):
+    from dataclasses import replace
+
+    from skimage_trd.kernels import engine
+    from skimage_trd.kernels.prepare import Prepared
+
+    m = random_model(2, 7, seed=5)
+    prep = prepare(m, np.float32)
+    monkeypatch.setattr(engine.nk, "has_avx512", lambda: False)
+    assert influence_kind(prep, 2, 7, np.dtype(np.float32), exact=False) == "l"
+    monkeypatch.undo()
+    # a stage whose polynomials are not accurate enough (None) sends the image to the tables
+    stages = (prep.stages[0], replace(prep.stages[1], poly=None))
+    partial = Prepared(stages=stages, mu0=prep.mu0, delta=prep.delta, beta=prep.beta,
+                       reach=prep.reach)
+    assert influence_kind(partial, 2, 7, np.dtype(np.float32), exact=False) == "l"
+    assert influence_kind(partial, 1, 7, np.dtype(np.float32), exact=False) in ("p", "l")
+
+
+def test_poly_tables_are_within_the_tolerance_of_phi():
+    from skimage_trd import load_model
+
+    for name in ("trd-gauss-s25-7x7-5st", "trd-gauss-s150-7x7-5st"):
+        m = load_model(name)
+        for t, st in enumerate(prepare(m, np.float32).stages[:2]):
+            assert st.poly is not None and st.poly.max_error < LINEAR_TABLE_TOLERANCE
+            grid_end = st.poly.x0 + 32 / st.poly.inv_h
+            z = np.linspace(st.poly.x0 - 100, grid_end + 100, 20001)
+            for i in (0, 17, m.weights.shape[1] - 1):
+                exact = influence_reference(z, m.weights[t, i], m.centers, m.precision)
+                assert np.abs(st.poly(z, row=i) - exact).max() < LINEAR_TABLE_TOLERANCE
+
+
+def test_poly_tables_are_refused_where_they_cannot_hold_phi():
+    # a kinked influence function (the authors' tables are piecewise linear) is no polynomial
+    from skimage_trd.kernels.influence import InfluenceTable, poly_from_cubic
+
+    x = np.linspace(-100, 100, 2001)
+    kinked = np.abs(x - 3.0)  # a kink inside a segment
+    y = kinked[None, :-1]
+    coef = np.stack([y, np.diff(kinked)[None], 0 * y, 0 * y], axis=-1)
+    cubic = InfluenceTable(coef=coef, x0=-100.0, inv_h=10.0, max_error=0.0)
+    assert poly_from_cubic(cubic, -100.0, 100.0).max_error > LINEAR_TABLE_TOLERANCE
+
+
+def test_blocks_module_is_what_its_generator_writes():
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("gen_blocks", root / "tools" / "gen_simd_blocks.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    assert (root / "src" / "skimage_trd" / "kernels" / "_blocks.py").read_text() == gen.source()
 
 
 def test_unrolled_module_is_what_its_generator_writes():

@@ -57,10 +57,24 @@ def _launch(kernel, *args):
         return result
 
 
-def _run_numba(f, model, n_stages, exact, post_stage, progress):
+def influence_kind(prep, n_stages, kernel_size, dtype, exact):
+    """Which CPU kernel runs the stages: ``'p'`` / ``'l'`` the register-blocked float32 kernels
+    with piecewise polynomials (AVX-512, every stage's polynomials accurate) or linear tables,
+    ``None`` the row kernels (float64, exact RBF sums, other filter sizes)."""
+    if exact or dtype != np.float32 or kernel_size not in nk.BLOCK_SIZES:
+        return None
+    polys = all(st.poly is not None for st in prep.stages[:n_stages])
+    return "p" if polys and nk.has_avx512() else "l"
+
+
+def _run_numba(f, model, n_stages, exact, post_stage, progress, *, kind="auto"):
     prep = prepare(model, f.dtype)
     r = model.radius
     H, W = f.shape
+    if kind == "auto":
+        kind = influence_kind(prep, n_stages, model.kernel_size, f.dtype, exact)
+    if kind is not None:
+        return _run_blocks(f, model, prep, n_stages, kind, post_stage=post_stage, progress=progress)
     padded = np.empty((H + 4 * r, W + 4 * r), dtype=f.dtype)
     u = f
     buffers = [np.empty_like(f), np.empty_like(f)]
@@ -75,6 +89,32 @@ def _run_numba(f, model, n_stages, exact, post_stage, progress):
         else:
             _launch(nk.table_kernel(st.filters.shape[1]), padded, f, st.lam, st.filters, st.flipped,
                     st.linear.pairs, st.grid, strip, out)
+        if post_stage is not None:
+            out = post_stage(out, t)
+        u = out
+        if progress is not None:
+            progress(t + 1)
+    return u
+
+
+def _run_blocks(f, model, prep, n_stages, kind, *, post_stage, progress):
+    r = model.radius
+    H, W = f.shape
+    padded = np.zeros((H + 4 * r, W + 4 * r + nk.PAD_SLACK), dtype=np.float32)
+    kernel = nk.block_kernel(model.kernel_size, kind)
+    tile_w = nk.tile_width(W, r)
+    u = f
+    buffers = [np.empty_like(f), np.empty_like(f)]
+    for t in range(n_stages):
+        st = prep.stages[t]
+        nk.pad_symmetric(u, 2 * r, padded)
+        out = buffers[t % 2]
+        if kind == "p":
+            tables, grid = st.poly.coef, st.poly_grid
+        else:
+            tables, grid = st.linear.pairs, st.grid
+        nk.run_tiles(kernel, (padded, f, np.float32(st.lam), st.filters, st.flipped, tables, grid,
+                              tile_w, out), nk.n_tiles(H, W, tile_w))
         if post_stage is not None:
             out = post_stage(out, t)
         u = out

@@ -238,3 +238,63 @@ def lookup_tables(weights, centers, precision, lut, dtype=np.float64):
                            max_error=0.0)
     linear = LinearTable(pairs=np.ascontiguousarray(pairs), x0=x0, inv_h=1.0 / step, max_error=0.0)
     return cubic, linear
+
+
+# Piecewise polynomials held in two vector registers per coefficient (the AVX-512 CPU kernels).
+POLY_SEGMENTS = 32
+POLY_DEGREE = 9
+
+
+@dataclass(frozen=True)
+class PolyTable:
+    """Piecewise polynomials of every influence function of one stage: ``POLY_SEGMENTS`` equal
+    segments of ``[x0, x0 + POLY_SEGMENTS / inv_h]``, each a polynomial of degree
+    ``POLY_DEGREE`` in the local coordinate ``t`` in [-0.5, 0.5] (``x = (z - x0) * inv_h``
+    clamped into the segments, segment ``s = int(x)``, ``t = x - s - 0.5``).
+
+    ``coef[i, k * POLY_SEGMENTS + s]`` is the coefficient of ``t**k`` of ``phi_i`` on segment s:
+    for one filter and power, the 32 segments' coefficients fill two 16-lane vectors, from which
+    the kernel picks each lane's segment with one two-register permute."""
+
+    coef: np.ndarray  # (N, (POLY_DEGREE + 1) * POLY_SEGMENTS), compute dtype
+    x0: float
+    inv_h: float
+    max_error: float
+
+    def __call__(self, z, row):
+        """phi_row(z) in NumPy (float64), clamped as the kernels clamp."""
+        top = np.nextafter(POLY_SEGMENTS, 0)
+        x = np.clip((np.asarray(z, np.float64) - self.x0) * self.inv_h, 0, top)
+        s = x.astype(np.int64)
+        t = x - s - 0.5
+        c = self.coef[row].astype(np.float64).reshape(POLY_DEGREE + 1, POLY_SEGMENTS)
+        p = np.zeros_like(t)
+        for k in range(POLY_DEGREE, -1, -1):
+            p = p * t + c[k, s]
+        return p
+
+
+def poly_from_cubic(cubic: InfluenceTable, lo, hi, dtype=np.float32) -> PolyTable:
+    """Least-squares polynomials on Chebyshev nodes of each segment of ``[lo, hi]``, fitted to
+    the cubic table (whose own error is added to the reported one); the error is measured, after
+    rounding the coefficients to ``dtype``, at 64 points of every segment and its ends."""
+    coef = np.asarray(cubic.coef, dtype=np.float64)
+
+    def cubic_at(z):
+        x = np.clip((z - cubic.x0) * cubic.inv_h, 0, np.nextafter(cubic.n_intervals, 0))
+        n = x.astype(np.int64)
+        return _eval_hermite(coef[:, n], x - n)  # (N,) + z.shape
+
+    h = (hi - lo) / POLY_SEGMENTS
+    n_nodes = 4 * (POLY_DEGREE + 1)
+    nodes = 0.5 * np.cos(np.pi * (np.arange(n_nodes) + 0.5) / n_nodes)
+    fit = np.linalg.pinv(np.vander(nodes, POLY_DEGREE + 1, increasing=True))  # (deg + 1, nodes)
+    z = lo + (np.arange(POLY_SEGMENTS)[:, None] + 0.5 + nodes[None, :]) * h
+    c = np.einsum("kn,isn->iks", fit, cubic_at(z))  # (N, deg + 1, segments)
+    table = PolyTable(coef=np.ascontiguousarray(c.reshape(len(c), -1), dtype=dtype), x0=float(lo),
+                      inv_h=1.0 / h, max_error=0.0)
+    check = lo + h * np.linspace(0, POLY_SEGMENTS, 64 * POLY_SEGMENTS + 1)
+    exact = cubic_at(check)
+    err = max(float(np.max(np.abs(table(check, i) - exact[i]))) for i in range(len(c)))
+    return PolyTable(coef=table.coef, x0=table.x0, inv_h=table.inv_h,
+                     max_error=err + cubic.max_error)

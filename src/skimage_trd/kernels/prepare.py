@@ -14,7 +14,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .influence import LinearTable, build_table, linear_from_cubic, lookup_tables, rbf_reach_terms
+from .influence import (
+    POLY_SEGMENTS,
+    LinearTable,
+    PolyTable,
+    build_table,
+    linear_from_cubic,
+    lookup_tables,
+    poly_from_cubic,
+    rbf_reach_terms,
+)
 
 __all__ = ["Prepared", "PreparedStage", "prepare", "model_fingerprint", "TABLE_TOLERANCE",
            "LINEAR_TABLE_TOLERANCE"]
@@ -37,6 +46,9 @@ class PreparedStage:
     inv_h: float
     lam: float
     linear: LinearTable  # pairs (N, n_intervals) in the complex compute dtype (CPU kernels)
+    # piecewise polynomials (float32 CPU kernels on AVX-512), None where they are not within
+    # LINEAR_TABLE_TOLERANCE of phi (e.g. the kinks of the authors' lookup tables)
+    poly: PolyTable | None = None
 
     @property
     def grid(self) -> np.ndarray:
@@ -47,6 +59,12 @@ class PreparedStage:
         n, dt = self.linear.n_intervals, self.linear.pairs.real.dtype.type
         top = min(dt(n - 1e-3), np.nextafter(dt(n), dt(0)))
         return np.array([self.linear.x0, self.linear.inv_h, top], dtype=dt)
+
+    @property
+    def poly_grid(self) -> np.ndarray:
+        """(x0, 1/h, top) of the polynomial segments in float32 (``top`` just below 32)."""
+        top = np.nextafter(np.float32(POLY_SEGMENTS), np.float32(0))
+        return np.array([self.poly.x0, self.poly.inv_h, top], dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -89,6 +107,12 @@ def prepare(model, dtype) -> Prepared:
             table, linear = lookup_tables(model.weights[t], model.centers, model.precision,
                                           model.influence_lut, dtype)
         lam = 0.0 if model.lambdas is None else float(model.lambdas[t])
+        poly = None
+        if dtype == np.float32:
+            hi = linear.x0 + linear.n_intervals / linear.inv_h
+            poly = poly_from_cubic(table, linear.x0, hi, dtype)
+            if poly.max_error > LINEAR_TABLE_TOLERANCE:
+                poly = None
         stages.append(
             PreparedStage(
                 filters=np.ascontiguousarray(model.filters[t], dtype=dtype),
@@ -99,6 +123,7 @@ def prepare(model, dtype) -> Prepared:
                 inv_h=table.inv_h,
                 lam=lam,
                 linear=linear,
+                poly=poly,
             )
         )
     prepared = Prepared(
