@@ -220,6 +220,23 @@ def test_block_kernels_give_the_same_result_on_any_number_of_threads():
     assert sorted(calls) == [(0, 2), (2, 4), (4, 7)]
 
 
+@pytest.mark.parametrize("shape, pad", [((1, 1), 6), ((3, 2), 6), ((5, 7), 2), ((40, 33), 12)])
+def test_pad_symmetric_is_numpys_symmetric_padding(shape, pad):
+    u = np.random.default_rng(0).uniform(0, 1, shape).astype(np.float32)
+    out = np.zeros((shape[0] + 2 * pad, shape[1] + 2 * pad + nk.PAD_SLACK), np.float32)
+    nk.pad_symmetric(u, pad, out)
+
+    def mirrored(n):  # the symmetric rule continued periodically (pads wider than the image)
+        i = np.arange(-pad, n + pad) % (2 * n)
+        return np.where(i >= n, 2 * n - 1 - i, i)
+
+    expected = u[np.ix_(mirrored(shape[0]), mirrored(shape[1]))]
+    if pad <= min(shape):
+        np.testing.assert_array_equal(expected, np.pad(u, pad, mode="symmetric"))
+    np.testing.assert_array_equal(out[:, :shape[1] + 2 * pad], expected)
+    assert not out[:, shape[1] + 2 * pad:].any()  # the slack columns stay untouched
+
+
 def test_tile_width_divides_rows_into_nearly_equal_tiles():
     for W in (1, 17, 255, 256, 300, 511, 512, 2048, 4096, 5000):
         tw = nk.tile_width(W, 3)

@@ -55,11 +55,16 @@ def _mirror(i, n):
 
 @njit(cache=True)
 def pad_symmetric(u, p, out):
+    # out[:H + 2p, :W + 2p] = u padded symmetrically by p (out may be wider); rows copied whole
     H, W = u.shape
     for y in range(H + 2 * p):
-        sy = _mirror(y - p, H)
-        for x in range(W + 2 * p):
-            out[y, x] = u[sy, _mirror(x - p, W)]
+        src = u[_mirror(y - p, H)]
+        dst = out[y]
+        for x in range(p):
+            dst[x] = src[_mirror(x - p, W)]
+        dst[p:p + W] = src
+        for x in range(p + W, W + 2 * p):
+            dst[x] = src[_mirror(x - p, W)]
 
 
 @njit(cache=True, inline="always")
