@@ -242,7 +242,7 @@ def test_tile_width_divides_rows_into_nearly_equal_tiles():
         tw = nk.tile_width(W, 3)
         n = -(-W // tw)
         assert 1 <= tw <= max(W, 1) and tw <= 512 and n * tw - W < n
-        assert nk.n_tiles(100, W, tw) == 2 * n
+        assert nk.n_tiles(100, W, 64, tw) == 2 * n
 
 
 def test_influence_kind_picks_polynomials_only_where_they_hold_and_run():

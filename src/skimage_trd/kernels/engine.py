@@ -97,12 +97,13 @@ def _run_numba(f, model, n_stages, exact, post_stage, progress, *, kind="auto"):
     return u
 
 
-def _run_blocks(f, model, prep, n_stages, kind, *, post_stage, progress):
+def _run_blocks(f, model, prep, n_stages, kind, *, post_stage, progress, tile_h=None):
     r = model.radius
     H, W = f.shape
     padded = np.zeros((H + 4 * r, W + 4 * r + nk.PAD_SLACK), dtype=np.float32)
     kernel = nk.block_kernel(model.kernel_size, kind)
     tile_w = nk.tile_width(W, r)
+    tile_h = nk.TILE_ROWS if tile_h is None else tile_h
     u = f
     buffers = [np.empty_like(f), np.empty_like(f)]
     for t in range(n_stages):
@@ -114,7 +115,7 @@ def _run_blocks(f, model, prep, n_stages, kind, *, post_stage, progress):
         else:
             tables, grid = st.linear.pairs, st.grid
         nk.run_tiles(kernel, (padded, f, np.float32(st.lam), st.filters, st.flipped, tables, grid,
-                              tile_w, out), nk.n_tiles(H, W, tile_w))
+                              tile_h, tile_w, out), nk.n_tiles(H, W, tile_h, tile_w))
         if post_stage is not None:
             out = post_stage(out, t)
         u = out
