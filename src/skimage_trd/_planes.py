@@ -73,7 +73,9 @@ def robust_range(plane):
         from cupyx.scipy.ndimage import gaussian_filter
 
     smooth = gaussian_filter(xp.asarray(plane, dtype=xp.float64), 1.5, mode="reflect")
-    lo, hi = xp.percentile(smooth, xp.asarray([0.5, 99.5])).tolist()
+    # (the smoothed copy is ours to reorder: no second copy for the percentiles)
+    lo, hi = xp.percentile(smooth.reshape(-1), xp.asarray([0.5, 99.5]),
+                           overwrite_input=True).tolist()
     return float(hi - lo)
 
 
