@@ -252,11 +252,11 @@ def test_influence_kind_picks_polynomials_only_where_they_hold_and_run():
     assert influence_kind(prepare(m, np.float64), 2, 7, np.dtype(np.float64), exact=False) is None
     assert influence_kind(prepare(random_model(1, 11, seed=1), np.float32), 1, 11,
                           np.dtype(np.float32), exact=False) is None
-    expected = "p" if nk.has_avx512() else "l"
+    expected = "p" if nk.has_avx512() else None
     assert influence_kind(prep, 2, 7, np.dtype(np.float32), exact=False) == expected
 
 
-def test_influence_kind_falls_back_to_linear_tables(monkeypatch):
+def test_influence_kind_falls_back_to_linear_tables_or_row_kernels(monkeypatch):
     from dataclasses import replace
 
     from skimage_trd.kernels import engine
@@ -264,15 +264,15 @@ def test_influence_kind_falls_back_to_linear_tables(monkeypatch):
 
     m = random_model(2, 7, seed=5)
     prep = prepare(m, np.float32)
-    monkeypatch.setattr(engine.nk, "has_avx512", lambda: False)
-    assert influence_kind(prep, 2, 7, np.dtype(np.float32), exact=False) == "l"
-    monkeypatch.undo()
+    monkeypatch.setattr(engine.nk, "has_avx512", lambda: False)  # AVX2: the row kernels
+    assert influence_kind(prep, 2, 7, np.dtype(np.float32), exact=False) is None
+    monkeypatch.setattr(engine.nk, "has_avx512", lambda: True)
     # a stage whose polynomials are not accurate enough (None) sends the image to the tables
     stages = (prep.stages[0], replace(prep.stages[1], poly=None))
     partial = Prepared(stages=stages, mu0=prep.mu0, delta=prep.delta, beta=prep.beta,
                        reach=prep.reach)
     assert influence_kind(partial, 2, 7, np.dtype(np.float32), exact=False) == "l"
-    assert influence_kind(partial, 1, 7, np.dtype(np.float32), exact=False) in ("p", "l")
+    assert influence_kind(partial, 1, 7, np.dtype(np.float32), exact=False) == "p"
 
 
 def test_poly_tables_are_within_the_tolerance_of_phi():

@@ -59,12 +59,13 @@ def _launch(kernel, *args):
 
 def influence_kind(prep, n_stages, kernel_size, dtype, exact):
     """Which CPU kernel runs the stages: ``'p'`` / ``'l'`` the register-blocked float32 kernels
-    with piecewise polynomials (AVX-512, every stage's polynomials accurate) or linear tables,
-    ``None`` the row kernels (float64, exact RBF sums, other filter sizes)."""
-    if exact or dtype != np.float32 or kernel_size not in nk.BLOCK_SIZES:
+    with piecewise polynomials (every stage's polynomials accurate) or linear tables, on AVX-512
+    processors; ``None`` the row kernels (float64, exact RBF sums, other filter sizes, and
+    processors without AVX-512: there the 16-lane blocks, two 8-lane registers each, ran 1.25x
+    slower than the row kernels; docs/performance.md)."""
+    if exact or dtype != np.float32 or kernel_size not in nk.BLOCK_SIZES or not nk.has_avx512():
         return None
-    polys = all(st.poly is not None for st in prep.stages[:n_stages])
-    return "p" if polys and nk.has_avx512() else "l"
+    return "p" if all(st.poly is not None for st in prep.stages[:n_stages]) else "l"
 
 
 def _run_numba(f, model, n_stages, exact, post_stage, progress, *, kind="auto"):
