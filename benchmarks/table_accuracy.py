@@ -4,8 +4,9 @@
 
 For every shipped denoising model and the first --images BSD68 images (sorted names; noise at the
 model's sigma, ``default_rng(0)``), runs the stage map three ways on the [0, 255] scale: float32
-with the CPU kernel's linear tables (the default), float64 with the same tables, and float64 with
-the exact RBF sums (``exact=True``). Prints the largest absolute difference to the exact result
+as the default call runs it (on AVX-512 processors the piecewise polynomials of the block
+kernels, elsewhere the linear tables), float64 with the linear tables, and float64 with the
+exact RBF sums (``exact=True``). Prints the largest absolute difference to the exact result
 over the images and the mean PSNR difference (outputs clipped to [0, 255]). Also prints each
 model's table sizes and their tolerance (``skimage_trd.kernels.prepare.LINEAR_TABLE_TOLERANCE``). Needs
 ``../shared/data/bsd68``.
