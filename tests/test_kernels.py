@@ -237,6 +237,45 @@ def test_pad_symmetric_is_numpys_symmetric_padding(shape, pad):
     assert not out[:, shape[1] + 2 * pad:].any()  # the slack columns stay untouched
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (12, 14), (100, 61), (257, 300)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_smooth_gaussian_is_scipys_gaussian_filter(shape, threads):
+    from scipy.ndimage import gaussian_filter
+
+    u = np.random.default_rng(sum(shape)).standard_normal(shape)
+    with nk.numba_threads(threads):
+        out = nk.smooth_gaussian(u, 1.5)
+    np.testing.assert_allclose(out, gaussian_filter(u, 1.5, mode="reflect"), rtol=0, atol=1e-13)
+    if u.size > 1:  # (a 1x1 plane is its own smoothing)
+        assert not np.allclose(out, gaussian_filter(u, 1.0, mode="reflect"), atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float64])
+def test_scale_maps_equal_the_numpy_steps_exactly(dtype):
+    rng = np.random.default_rng(3)
+    plane = (rng.uniform(0, 1, (37, 53)) * (255 if dtype == np.uint8 else 4095)).astype(dtype)
+    scale, center, gain, mid = 1 / 255, 0.4321, 151.37, 127.5
+    x = plane.astype(np.float64)
+    x *= scale
+    x -= center
+    x *= gain
+    x += mid
+    f = np.empty(plane.shape, np.float32)
+    nk.to_model_scale(plane, scale, center, gain, mid, f)
+    np.testing.assert_array_equal(f, x.astype(np.float32))
+    res = f + rng.standard_normal(f.shape).astype(np.float32)
+    for lo, hi in ((0.0, 1.0), (1.0, 0.0)):  # clipped, and not (lo > hi)
+        y = res.astype(np.float64)
+        y -= mid
+        y /= gain
+        y += center
+        if lo <= hi:
+            np.clip(y, lo, hi, out=y)
+        out = np.empty(plane.shape, np.float64)
+        nk.from_model_scale(res, mid, gain, center, lo, hi, out)
+        np.testing.assert_array_equal(out, y)
+
+
 def test_tile_width_divides_rows_into_nearly_equal_tiles():
     for W in (1, 17, 255, 256, 300, 511, 512, 2048, 4096, 5000):
         tw = nk.tile_width(W, 3)

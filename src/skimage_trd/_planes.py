@@ -15,8 +15,9 @@ import numpy as np
 
 from ._arrays import _xp, float_dtype
 from ._model import TRDModel
+from .kernels import numba_cpu as nk
 from .kernels.engine import run_model
-from .kernels.numba_cpu import numba_threads
+from .kernels.numba_cpu import numba_threads, smooth_gaussian
 
 # Intensity level the model scale is centred on: models see images in [0, 255].
 MODEL_MID = 127.5
@@ -68,11 +69,11 @@ def robust_range(plane):
     (a CuPy plane on its GPU)."""
     xp = _xp(plane)
     if xp is np:
-        from scipy.ndimage import gaussian_filter
+        smooth = smooth_gaussian(plane, 1.5)  # scipy's gaussian_filter, 'reflect', to rounding
     else:
         from cupyx.scipy.ndimage import gaussian_filter
 
-    smooth = gaussian_filter(xp.asarray(plane, dtype=xp.float64), 1.5, mode="reflect")
+        smooth = gaussian_filter(xp.asarray(plane, dtype=xp.float64), 1.5, mode="reflect")
     # (the smoothed copy is ours to reorder: no second copy for the percentiles)
     lo, hi = xp.percentile(smooth.reshape(-1), xp.asarray([0.5, 99.5]),
                            overwrite_input=True).tolist()
@@ -214,6 +215,9 @@ def denoise_plane(plane, setting, opts, progress=None):
     xp = np if backend != "cupy" else _xp(plane)
     cdt = np.dtype(np.float64 if setting.wide else np.float32)
     wdt = np.promote_types(cdt, plane.dtype)
+    if (setting.action == "denoise" and xp is np and wdt == np.float64 and cdt == np.float32
+            and plane.ndim == 2):
+        return _denoise_fused(plane, setting, opts, progress)
     # in place throughout: one plane-sized buffer here (two for a float64 plane computed in
     # float32), plus the engine's three
     x = plane.astype(wdt)
@@ -243,6 +247,24 @@ def denoise_plane(plane, setting, opts, progress=None):
     if clip is not None:
         xp.clip(res, *clip, out=res)
     return res
+
+
+def _denoise_fused(plane, setting, opts, progress):
+    """:func:`denoise_plane` for a NumPy plane computed in float32 with float64 maps: each map
+    one pass (the same float64 steps in the same order, so the same numbers), no float64 copy."""
+    f = np.empty(plane.shape, np.float32)
+    nk.to_model_scale(plane, float(opts.scale), float(setting.center), float(setting.gain),
+                      MODEL_MID, f)
+    backend = opts.backend
+    with numba_threads(opts.num_threads if backend == "numba" else None):
+        res = run_model(f, setting.model, backend=backend, n_stages=opts.n_stages,
+                        tile_shape=opts.tile_shape, exact=bool(opts.exact) and backend != "numpy",
+                        progress=progress)
+    clip = clip_limits(opts.in_dtype, opts.preserve_range)
+    lo, hi = (float(clip[0]), float(clip[1])) if clip is not None else (1.0, 0.0)
+    out = np.empty(plane.shape, np.float64)
+    nk.from_model_scale(res, MODEL_MID, float(setting.gain), float(setting.center), lo, hi, out)
+    return out
 
 
 def check_sigma(sigma, n_channels):

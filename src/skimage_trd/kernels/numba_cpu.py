@@ -523,6 +523,99 @@ def block_kernel(kernel_size, kind):
     return _BLOCK_KERNELS[(kernel_size, kind)]
 
 
+# --- the maps onto the model's scale and back (one pass each, float64 arithmetic) ---------------
+
+
+@njit(cache=True, nogil=True)
+def to_model_scale(plane, scale, center, gain, mid, out):
+    """``out = ((plane * scale - center) * gain + mid)`` computed in float64 in this order (as
+    the in-place NumPy steps it replaces), stored in ``out``'s dtype; 2-D arrays."""
+    for y in range(plane.shape[0]):
+        for x in range(plane.shape[1]):
+            v = np.float64(plane[y, x]) * scale
+            v = (v - center) * gain
+            out[y, x] = v + mid
+
+
+@njit(cache=True, nogil=True)
+def from_model_scale(res, mid, gain, center, lo, hi, out):
+    """``out = clip((res - mid) / gain + center, lo, hi)`` in float64 (no clipping for
+    ``lo > hi``); 2-D arrays."""
+    clip = lo <= hi
+    for y in range(res.shape[0]):
+        for x in range(res.shape[1]):
+            v = (np.float64(res[y, x]) - mid) / gain + center
+            if clip:
+                v = min(max(v, lo), hi)
+            out[y, x] = v
+
+
+# --- the model choice's smoothing ---------------------------------------------------------------
+
+
+def gaussian_weights(sigma, truncate=4.0):
+    """The 1-D Gaussian of ``scipy.ndimage.gaussian_filter``: radius ``int(truncate sigma + 0.5)``,
+    normalised to sum 1."""
+    radius = int(truncate * float(sigma) + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    w = np.exp(-0.5 * x * x / float(sigma) ** 2)
+    return w / w.sum()
+
+
+@njit(cache=True, nogil=True)
+def _smooth_rows(u, w, out, first, last):
+    # rows first .. last - 1 of u correlated with w along x, 'reflect' (symmetric) boundaries
+    W = u.shape[1]
+    R = w.shape[0] // 2
+    n = W - 2 * R
+    for y in range(first, last):
+        src = u[y]
+        dst = out[y]
+        if n > 0:  # the interior tap by tap: loops along the row with non-negative indices
+            inner = dst[R:R + n]
+            inner[:] = 0.0
+            for k in range(2 * R + 1):
+                part = src[k:k + n]
+                wk = w[k]
+                for x in range(n):
+                    inner[x] += wk * part[x]
+        for x in range(W):
+            if R <= x < W - R:
+                continue
+            acc = 0.0
+            for k in range(2 * R + 1):
+                acc += w[k] * src[_mirror(x - R + k, W)]
+            dst[x] = acc
+
+
+@njit(cache=True, nogil=True)
+def _smooth_columns(u, w, out, first, last):
+    # rows first .. last - 1 of u correlated with w along y, 'reflect' boundaries
+    H = u.shape[0]
+    R = w.shape[0] // 2
+    for y in range(first, last):
+        dst = out[y]
+        dst[:] = 0.0
+        for k in range(2 * R + 1):
+            src = u[_mirror(y - R + k, H)]
+            wk = w[k]
+            for x in range(dst.shape[0]):
+                dst[x] += wk * src[x]
+
+
+def smooth_gaussian(plane, sigma):
+    """``scipy.ndimage.gaussian_filter(plane, sigma, mode='reflect')`` of a 2-D NumPy plane in
+    float64 (equal to rounding), rows shared out over Numba's thread count (:func:`run_tiles`)."""
+    u = np.ascontiguousarray(plane, dtype=np.float64)
+    w = gaussian_weights(sigma)
+    tmp = np.empty_like(u)
+    out = np.empty_like(u)
+    H = u.shape[0]
+    run_tiles(_smooth_rows, (u, w, tmp), H)
+    run_tiles(_smooth_columns, (tmp, w, out), H)
+    return out
+
+
 @contextlib.contextmanager
 def numba_threads(n_threads):
     """Run a block with ``n_threads`` Numba threads (``None``: unchanged); restores the setting."""
