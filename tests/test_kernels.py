@@ -276,6 +276,25 @@ def test_scale_maps_equal_the_numpy_steps_exactly(dtype):
         np.testing.assert_array_equal(out, y)
 
 
+def test_block_kernels_run_in_a_forked_child_of_a_process_that_used_them():
+    # the tile threads' pool of the parent does not exist in a forked child: a fresh one is made
+    import multiprocessing
+
+    m = random_model(2, 7, seed=1)
+    f = np.random.default_rng(0).uniform(0, 255, (64, 600)).astype(np.float32)
+    with nk.numba_threads(2):
+        parent = run_model(f, m, backend="numba")
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        child = pool.apply_async(_run_two_threads, (f, m)).get(timeout=60)
+    np.testing.assert_array_equal(child, parent)
+
+
+def _run_two_threads(f, m):
+    with nk.numba_threads(2):
+        return run_model(f, m, backend="numba")
+
+
 def test_tile_width_divides_rows_into_nearly_equal_tiles():
     for W in (1, 17, 255, 256, 300, 511, 512, 2048, 4096, 5000):
         tw = nk.tile_width(W, 3)

@@ -14,6 +14,8 @@ the kernels size their buffers so that whole vectors fit).
 
 from __future__ import annotations
 
+import functools
+
 from llvmlite import binding, ir
 from numba import types
 from numba.core import cgutils, config
@@ -28,6 +30,7 @@ _I32 = ir.IntType(32)
 _IVEC = ir.VectorType(_I32, LANES)
 
 
+@functools.cache
 def has_avx512():
     """Whether Numba compiles for a processor with AVX-512F; ``NUMBA_CPU_FEATURES`` and
     ``NUMBA_CPU_NAME`` are honoured as Numba honours them."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -472,6 +473,15 @@ _BLOCK_KERNELS = {
 
 _pool = None
 _pool_lock = threading.Lock()
+
+
+def _forget_pool():
+    # in a child forked from a process that had the pool, its threads do not exist: a new one
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _worker_pool():
