@@ -365,9 +365,11 @@ def test_integer_model_choice_does_not_depend_on_preserve_range(bank):
 
 def test_warnings_for_likely_mistakes(model):
     img = (data.camera()[:48, :48]).astype(np.uint8)
-    with pytest.warns(UserWarning, match=r"sigma=0.0784.*pass sigma=20, not 20/255") as rec:
+    with pytest.warns(UserWarning, match=r"sigma=0.0784.*pass sigma=20, not 0.0784") as rec:
         out = denoise_trd(img, 20 / 255, model=model)
     assert rec[0].filename == __file__  # points at the caller
+    with pytest.warns(UserWarning, match=r"uint16 image.*pass sigma=90, not 0\.00137331\.$"):
+        denoise_trd(img.astype(np.uint16) * 256, 90 / 65535, model=model)
     np.testing.assert_allclose(out, img / 255, atol=1e-3)  # nearly the input, as it says
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -427,7 +427,8 @@ def _warn_sigma_units(sigmas, dtype):
             f"sigma={small[0]:g} is below half an integer step of this {dtype} image, so the "
             f"result is nearly the input. sigma is in the image's own units as given "
             f"({np.iinfo(dtype).min}..{np.iinfo(dtype).max} for {dtype}), whatever "
-            "preserve_range says: for 20 grey levels of a uint8 image pass sigma=20, not 20/255.",
+            f"preserve_range says: for noise of {small[0]:g} on a [0, 1] scale pass "
+            f"sigma={small[0] * np.iinfo(dtype).max:.4g}, not {small[0]:g}.",
             UserWarning,
             stacklevel=3,
         )
