@@ -203,25 +203,6 @@ def vfloat(typingctx, i):
     return f32x16(i32x16), codegen
 
 
-def _gather(builder, base, idx):
-    """Lanes ``base[idx]`` (``base`` a pointer to 8-byte table entries, ``idx`` int32 lanes) as
-    float32: one ``llvm.masked.gather`` of a vector of addresses built by a vector
-    ``getelementptr`` from one base, which x86 turns into one 32-bit-index gather."""
-    i64 = ir.IntType(64)
-    lanes = builder.sext(idx, ir.VectorType(i64, LANES))
-    # llvmlite types a getelementptr by its indices' element types; a vector index is set after
-    gep = ir.instructions.GEPInstr(builder.block, base, [ir.Constant(i64, 0)], inbounds=True, name="")
-    gep.indices = [lanes]
-    gep.operands = [base, lanes]
-    gep.type = ir.VectorType(base.type, LANES)
-    builder._insert(gep)
-    ptrs = builder.bitcast(gep, ir.VectorType(_F32.as_pointer(), LANES))
-    fnty = ir.FunctionType(_VEC, [ptrs.type, _I32, ir.VectorType(ir.IntType(1), LANES), _VEC])
-    fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.gather.v16f32.v16p0")
-    mask = ir.Constant(ir.VectorType(ir.IntType(1), LANES), [1] * LANES)
-    return builder.call(fn, [ptrs, ir.Constant(_I32, 4), mask, ir.Constant(_VEC, ir.Undefined)])
-
-
 def _gather_pairs(builder, base, idx):
     """The 8-byte entries ``base[idx]`` (``base`` an i64 pointer, ``idx`` 8 int32 lanes): one
     ``llvm.masked.gather`` of 8 lanes (one 32-bit-index qword gather on x86)."""
