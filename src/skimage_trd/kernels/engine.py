@@ -74,49 +74,34 @@ def _run_numba(f, model, n_stages, exact, post_stage, progress, *, kind="auto"):
     H, W = f.shape
     if kind == "auto":
         kind = influence_kind(prep, n_stages, model.kernel_size, f.dtype, exact)
-    if kind is not None:
-        return _run_blocks(f, model, prep, n_stages, kind, post_stage=post_stage, progress=progress)
-    padded = np.empty((H + 4 * r, W + 4 * r), dtype=f.dtype)
-    u = f
-    buffers = [np.empty_like(f), np.empty_like(f)]
-    strip = nk.strip_height(H, nk.numba.get_num_threads())
-    for t in range(n_stages):
-        st = prep.stages[t]
-        nk.pad_symmetric(u, 2 * r, padded)
-        out = buffers[t % 2]
-        if exact:
-            _launch(nk.trd_stage_exact, padded, f, st.lam, st.filters, st.flipped, st.weights,
-                    prep.mu0, prep.delta, prep.beta, prep.reach, strip, out)
-        else:
-            _launch(nk.table_kernel(st.filters.shape[1]), padded, f, st.lam, st.filters, st.flipped,
-                    st.linear.pairs, st.grid, strip, out)
-        if post_stage is not None:
-            out = post_stage(out, t)
-        u = out
-        if progress is not None:
-            progress(t + 1)
-    return u
+    if kind is None:  # the row kernels
+        padded = np.empty((H + 4 * r, W + 4 * r), dtype=f.dtype)
+        strip = nk.strip_height(H, nk.numba.get_num_threads())
 
+        def launch(st, out):
+            if exact:
+                _launch(nk.trd_stage_exact, padded, f, st.lam, st.filters, st.flipped, st.weights,
+                        prep.mu0, prep.delta, prep.beta, prep.reach, strip, out)
+            else:
+                _launch(nk.table_kernel(st.filters.shape[1]), padded, f, st.lam, st.filters,
+                        st.flipped, st.linear.pairs, st.grid, strip, out)
+    else:  # the register-blocked kernels: PAD_SLACK zero columns beyond the padded image
+        padded = np.zeros((H + 4 * r, W + 4 * r + nk.PAD_SLACK), dtype=np.float32)
+        kernel = nk.block_kernel(model.kernel_size, kind)
+        tile_w = nk.tile_width(W, r)
+        n_tiles = nk.n_tiles(H, W, nk.TILE_ROWS, tile_w)
 
-def _run_blocks(f, model, prep, n_stages, kind, *, post_stage, progress, tile_h=None):
-    r = model.radius
-    H, W = f.shape
-    padded = np.zeros((H + 4 * r, W + 4 * r + nk.PAD_SLACK), dtype=np.float32)
-    kernel = nk.block_kernel(model.kernel_size, kind)
-    tile_w = nk.tile_width(W, r)
-    tile_h = nk.TILE_ROWS if tile_h is None else tile_h
+        def launch(st, out):
+            tables, grid = (st.poly.coef, st.poly_grid) if kind == "p" else (st.linear.pairs, st.grid)
+            nk.run_tiles(kernel, (padded, f, np.float32(st.lam), st.filters, st.flipped, tables,
+                                  grid, nk.TILE_ROWS, tile_w, out), n_tiles)
     u = f
     buffers = [np.empty_like(f), np.empty_like(f)]
     for t in range(n_stages):
         st = prep.stages[t]
         nk.pad_symmetric(u, 2 * r, padded)
         out = buffers[t % 2]
-        if kind == "p":
-            tables, grid = st.poly.coef, st.poly_grid
-        else:
-            tables, grid = st.linear.pairs, st.grid
-        nk.run_tiles(kernel, (padded, f, np.float32(st.lam), st.filters, st.flipped, tables, grid,
-                              tile_h, tile_w, out), nk.n_tiles(H, W, tile_h, tile_w))
+        launch(st, out)
         if post_stage is not None:
             out = post_stage(out, t)
         u = out
