@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import platform
 import sys
+import time
 from pathlib import Path
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -71,3 +72,19 @@ def load_jsonl(path, key):
                 row = json.loads(line)
                 done[key(row)] = row
     return done
+
+
+def median_times(fns, repeat):
+    """Median seconds of each of ``fns``, the calls interleaved (one of each per round), so
+    that a change in the machine's load affects them alike; after one warm-up call each."""
+    import numpy as np
+
+    for fn in fns:
+        fn()  # warm-up (compilation, table preparation, caches)
+    times = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [float(np.median(ts)) for ts in times]

@@ -25,13 +25,12 @@ import argparse
 import datetime
 import os
 import sys
-import time
 
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, "1")  # single-threaded peers and BLAS, before numpy loads
 
 import numpy as np  # noqa: E402
-from _data import cpu_name  # noqa: E402  (benchmarks/ is the script's folder)
+from _data import cpu_name, median_times  # noqa: E402  (benchmarks/ is the script's folder)
 
 from skimage_trd import denoise_trd  # noqa: E402
 from skimage_trd._metrics import psnr  # noqa: E402
@@ -40,20 +39,6 @@ from skimage_trd.kernels.numba_cpu import set_threads  # noqa: E402
 
 def median_time(fn, repeat):
     return median_times([fn], repeat)[0]
-
-
-def median_times(fns, repeat):
-    """Median seconds of each of ``fns``, the calls interleaved (one of each per round), so
-    that a change in the machine's load affects them alike; after one warm-up call each."""
-    for fn in fns:
-        fn()  # warm-up (compilation, table preparation, caches)
-    times = [[] for _ in fns]
-    for _ in range(repeat):
-        for fn, ts in zip(fns, times):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-    return [float(np.median(ts)) for ts in times]
 
 
 def test_image(size, seed=0):

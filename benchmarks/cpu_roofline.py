@@ -10,7 +10,8 @@ bank, which picks the 7x7, 5-stage, 48-filter sigma-25 model), the whole call. P
 kernel of ``../shared/perf`` (``FusedTRD(make_params(T=5, nk=48, ks=7))``, the same stage map,
 random weights, register-resident polynomial influence functions) on the same image in
 float32, built with ``g++ -O3 -march=native -fopenmp`` on first use (never shipped). Each
-cell: median of --repeat runs after a warm-up, ours and the peer interleaved.
+cell: median of --repeat runs after a warm-up, ours and the peer interleaved
+(``_data.median_times``).
 
 FLOP per pixel: 5 stages x 48 filters x 2 correlations x 49 taps x 2 (a multiply-add is two
 FLOP) = 47,040 (the influence functions and the update are not counted). The FMA rate is
@@ -37,7 +38,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, "1")
 
 import numpy as np  # noqa: E402
-from _data import cpu_name  # noqa: E402  (benchmarks/ is the script's folder)
+from _data import cpu_name, median_times  # noqa: E402  (benchmarks/ is the script's folder)
 from numba import njit  # noqa: E402
 
 from skimage_trd import denoise_trd, load_model  # noqa: E402
@@ -104,15 +105,6 @@ def image(n):
     return tiled + 25 / 255 * np.random.default_rng(0).standard_normal((n, n))
 
 
-def median_time(fn, repeat):
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="512,2048,4096")
@@ -149,13 +141,8 @@ def main(argv=None):
         for t in threads:
             cpp = FusedTRD(make_params(T=5, nk=48, ks=7), nthreads=t)
             with nk.numba_threads(t):
-                denoise_trd(noisy[:256, :256], sigma=25 / 255)
-                cpp(f32[:256, :256])
-                ours_runs, cpp_runs = [], []
-                for _ in range(args.repeat):  # interleaved
-                    ours_runs.append(median_time(lambda: denoise_trd(noisy, sigma=25 / 255), 1))
-                    cpp_runs.append(median_time(lambda: cpp(f32), 1))
-            ours, theirs = float(np.median(ours_runs)), float(np.median(cpp_runs))
+                ours, theirs = median_times(
+                    [lambda: denoise_trd(noisy, sigma=25 / 255), lambda: cpp(f32)], args.repeat)
             ns = ours / n / n * 1e9
             first.setdefault(t, ns)
             gflops = FLOP_PER_PIXEL * n * n / ours / 1e9
@@ -176,12 +163,10 @@ def main(argv=None):
         for n in (int(s) for s in args.sizes.split(",")):
             f32 = (255 * image(n)).astype(np.float32)
             with nk.numba_threads(1):
-                times = {}
-                for kind in ("p", "l"):
-                    _run_numba(f32[:64, :64].copy(), model, 5, False, None, None, kind=kind)
-                    times[kind] = median_time(
-                        lambda k=kind: _run_numba(f32, model, 5, False, None, None, kind=k),
-                        args.repeat)
+                runs = median_times(
+                    [lambda k=kind: _run_numba(f32, model, 5, False, None, None, kind=k)
+                     for kind in ("p", "l")], args.repeat)
+                times = dict(zip(("p", "l"), runs))
             print(f"| {n}^2 | {times['p']:.3f} | {times['l']:.3f} | "
                   f"{times['l'] / times['p']:.2f} |", flush=True)
 

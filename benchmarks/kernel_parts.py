@@ -18,10 +18,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import time
 
 import numba
 import numpy as np
+from _data import median_times  # (benchmarks/ is the script's folder)
 from numba import njit, prange
 
 from skimage_trd._registry import load_model
@@ -99,13 +99,7 @@ def two_loops(src, k, out, cb, idx):
 
 
 def median_time(fn, repeat):
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return median_times([fn], repeat)[0]
 
 
 def main(argv=None):
