@@ -20,7 +20,7 @@ import numpy as np
 
 from skimage_trd.train import add_noise, load_image_folder, plain_initial_stage
 from skimage_trd.train.gradients import TrainingSpec, pack_params
-from skimage_trd.train.run import _batch
+from skimage_trd.train.objectives import _batch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import DATA, require_images  # noqa: E402

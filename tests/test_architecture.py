@@ -31,12 +31,14 @@ DELIBERATELY_LAZY = {
     ("skimage_trd.cli", "skimage_trd._registry"),
     ("skimage_trd.cli", "skimage_trd._batch"),
     ("skimage_trd.cli", "skimage_trd.demo"),
-    ("skimage_trd.cli", "skimage_trd.train.run"),
+    ("skimage_trd.cli", "skimage_trd.train.cli"),
     # npe2 imports the plugin package to read its manifest; the widgets (Qt, napari) load on use
     ("napari_trd.__init__", "napari_trd._widgets"),
     # the napari plugin loads the library when a widget first needs it
     ("napari_trd._jobs", "skimage_trd"),
     ("napari_trd._jobs", "skimage_trd.train"),
+    # denoise_trd(adapt=True) loads the training package only when asked to adapt
+    ("skimage_trd._adapt", "skimage_trd.train"),
     ("napari_trd._sample_data", "skimage_trd"),
 }
 

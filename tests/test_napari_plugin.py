@@ -99,7 +99,7 @@ def test_train_job_saves_a_selectable_model(user_models):
 
     clean = data.camera()[:96, :128] / 255.0
     path = _jobs.train(clean, sigma=0.1, kernel_size=3, n_stages=1, greedy_iterations=3,
-                       joint_iterations=0, patch=32, name="tiny")
+                       joint_iterations=0, name="tiny")
     assert path.parent == user_models and path.name == "tiny.npz"
     assert str(path) in _jobs.model_choices("denoise")
     out = _jobs.denoise(noisy[:40, :40], sigma=0.1, model=str(path))
@@ -108,10 +108,10 @@ def test_train_job_saves_a_selectable_model(user_models):
     cancel.set()
     with pytest.raises(_jobs.Cancelled):
         _jobs.train(clean, sigma=0.1, kernel_size=3, n_stages=1, greedy_iterations=3,
-                    joint_iterations=0, patch=32, cancel=cancel)
+                    joint_iterations=0, cancel=cancel)
     # the same name again: saved beside the first, which is kept
     again = _jobs.train(clean, sigma=0.1, kernel_size=3, n_stages=1, greedy_iterations=1,
-                        joint_iterations=0, patch=32, name="tiny")
+                        joint_iterations=0, name="tiny")
     assert again.name == "tiny-2.npz" and path.exists()
     assert __import__("skimage_trd").load_model(again).name == "tiny-2"
     # names that are not plain file names are refused before any training
@@ -289,8 +289,8 @@ def test_fine_tune_job(user_models):
 
     clean = data.camera()[:96, :128] / 255.0
     base = _jobs.train(clean, sigma=0.1, kernel_size=3, n_stages=1, greedy_iterations=2,
-                       joint_iterations=0, patch=32, name="base")
-    tuned = _jobs.train(clean[::-1], sigma=0.1, joint_iterations=2, patch=32, name="tuned",
+                       joint_iterations=0, name="base")
+    tuned = _jobs.train(clean[::-1], sigma=0.1, joint_iterations=2, name="tuned",
                         start_from=str(base))
     import skimage_trd
 
@@ -635,11 +635,11 @@ def test_train_jobs_without_clean_images(user_models):
     first = clean + 0.1 * rng.standard_normal(clean.shape)
     second = clean + 0.1 * rng.standard_normal(clean.shape)
     base = _jobs.train(clean, sigma=0.1, kernel_size=3, n_stages=1, greedy_iterations=2,
-                       joint_iterations=0, patch=64, name="base")
+                       joint_iterations=0, name="base")
     steps = []
-    sure = _jobs.train(first, sigma=0.1, joint_iterations=2, patch=64, name="sure",
+    sure = _jobs.train(first, sigma=0.1, joint_iterations=2, name="sure",
                        start_from=str(base), loss="sure", progress=lambda d, t: steps.append(d))
-    n2n = _jobs.train(first, noisy=second, sigma=0.1, joint_iterations=2, patch=64,
+    n2n = _jobs.train(first, noisy=second, sigma=0.1, joint_iterations=2,
                       name="n2n", start_from=str(base), loss="n2n")
     assert steps == [1, 2]
     for path, loss in ((sure, "sure"), (n2n, "n2n")):
@@ -688,10 +688,11 @@ def test_train_job_on_planes_of_different_sizes_reports_each_step(user_models):
               cam[200:280, 100:180] + 0.1 * rng.standard_normal((80, 80))]
     steps = []
     path = _jobs.train(planes, sigma=0.1, kernel_size=3, n_stages=2, greedy_iterations=2,
-                       joint_iterations=1, patch=64, name="planes", loss="sure",
+                       joint_iterations=1, name="planes", loss="sure",
                        on_step=steps.append)
     assert [s.iteration for s in steps] == [1, 2, 3, 4, 5]
-    assert {s.total for s in steps} == {5} and all(np.isfinite(s.psnr) for s in steps)
+    assert {s.total for s in steps} == {5} and all(np.isfinite(s.loss) for s in steps)
+    assert all(np.isnan(s.psnr) for s in steps)  # (SURE's fitted figure is not reported)
     assert steps[0].phase != steps[-1].phase
     model = skimage_trd.load_model(path)
     assert model.metadata["provenance"]["loss"] == "sure"
@@ -750,7 +751,7 @@ def test_train_job_on_photon_counting_data(user_models):
     raw, meta = _low_light()
     clean = low_light_cells()[0][1]["metadata"]["clean"][200:456, 150:406]
     path = _jobs.train(raw, sigma=25.0, kernel_size=3, n_stages=2, greedy_iterations=3,
-                       joint_iterations=0, patch=128, name="photons", loss="sure",
+                       joint_iterations=0, name="photons", loss="sure",
                        photons=dict(gain=2.0, read_noise=3.0, offset=100.0))
     model = skimage_trd.load_model(path)
     assert model.sigma == 25.0 and model.metadata["provenance"]["loss"] == "sure"

@@ -98,7 +98,7 @@ def test_deblock_forward_projects_onto_the_constraint_set():
 def test_numba_deblock_batch_matches_matrix_form(stages):
     """The Numba deblocking trainer (stage kernels + projection adjoint) equals the NumPy
     matrix-form trainer, loss and gradient, in float64."""
-    from skimage_trd.train.run import _KernelDeblockBatch
+    from skimage_trd.train.objectives import _KernelDeblockBatch
 
     spec, params_list, start, clean, constraint = _deblock_problem(B=3, size=24)
     ref = GemmTrainer(start, clean, spec, np, np.float64, constraint=constraint)
@@ -116,7 +116,7 @@ def test_numba_deblock_batch_matches_matrix_form(stages):
 
 
 def test_numba_deblock_gradient_matches_finite_differences():
-    from skimage_trd.train.run import _KernelDeblockBatch
+    from skimage_trd.train.objectives import _KernelDeblockBatch
 
     spec, stages, start, clean, constraint = _deblock_problem(seed=3)
     nb = _KernelDeblockBatch(start, clean, spec, constraint)

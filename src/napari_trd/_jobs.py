@@ -207,15 +207,6 @@ def deblock(data, *, quality=None, qtable=None, model=AUTO, rgb=False, progress=
     return np.rint(out).astype(np.uint8) if data.dtype == np.uint8 else out  # dask: lazily
 
 
-def _tiles(planes, size):
-    out = []
-    for p in planes:
-        for y in range(0, p.shape[0] - size + 1, size):
-            for x in range(0, p.shape[1] - size + 1, size):
-                out.append(p[y : y + size, x : x + size])
-    return out
-
-
 def read_folder(folder):
     """The 2-D planes of a folder of training images (stacks and zarr arrays split into
     planes), each in its stored units (no scaling of 16-bit data)."""
@@ -225,29 +216,33 @@ def read_folder(folder):
 
 
 def train(clean, *, noisy=None, sigma, kernel_size=5, n_stages=3, greedy_iterations=30,
-          joint_iterations=30, patch=64, name="my-trd-model", start_from=None, backend="numba",
+          joint_iterations=None, name="my-trd-model", start_from=None, backend="numba",
           progress=None, cancel=None, log=None, loss="mse", photons=None,
           on_step=None) -> Path:
     """Train a denoising model from a clean layer (noise added, seed 0) or a clean/noisy pair
     (``loss='mse'``), from a noisy layer alone (``'sure'``: ``clean`` holds the noisy data,
     Gaussian noise of ``sigma``), or from two noisy acquisitions of one scene (``'n2n'``:
-    ``clean`` the first, ``noisy`` the second). ``photons`` (``loss='sure'``): a dict of
-    ``gain``, ``read_noise`` (None: estimated per plane) and ``offset``: the layer holds
-    photon-counting data in camera units, stabilised by the generalised Anscombe transform
-    (``sigma`` is then the model's noise level on the [0, 255] scale, e.g. 25), and the model
-    is for ``denoise_trd_poisson(..., model=)``, the Denoise widget's photon-counting mode.
+    ``clean`` the first, ``noisy`` the second), through :func:`skimage_trd.train.fit` (the
+    front door the command line and scripts use, with its defaults). ``photons``
+    (``loss='sure'``): a dict of ``gain``, ``read_noise`` (None: estimated per plane) and
+    ``offset``: the layer holds photon-counting data in camera units, stabilised by the
+    generalised Anscombe transform (``sigma`` is then the model's noise level on the [0, 255]
+    scale, e.g. 25), and the model is for ``denoise_trd_poisson(..., model=)``, the Denoise
+    widget's photon-counting mode.
 
     ``clean`` is a layer's data (a 2-D image or a stack of planes) or a list of 2-D planes of
     any sizes (a folder's images). Intensities are mapped to the [0, 255] training scale by
     the range of ``clean`` (all of its planes); ``sigma`` is in its units. ``on_step``
     receives each iteration's :class:`skimage_trd.train.TrainingStep` (the widget's loss
-    plot). Planes are cut into ``patch`` x ``patch`` tiles. With
-    ``start_from`` (a model name or file) the model is fine-tuned: joint training from it for
-    ``joint_iterations``, its filter size and stages kept. The model is saved into
-    :func:`user_models_dir` as ``<name>.npz`` (``<name>-2.npz``, ... if taken; nothing is
-    overwritten) and its path returned.
+    plot). With ``start_from`` (a model name or file) the model is fine-tuned (``fit``'s
+    defaults for fine-tuning unless ``joint_iterations`` is given: by SURE, Adam with a
+    fifth of the pixels held out, the best parameters kept, the starting model returned
+    unchanged if nothing beats it); ``kernel_size``, ``n_stages`` and ``greedy_iterations``
+    are those of a new model. The model is saved into :func:`user_models_dir` as
+    ``<name>.npz`` (``<name>-2.npz``, ... if taken; nothing is overwritten) and its path
+    returned.
     """
-    from skimage_trd.train import TrainingConfig, add_noise, photon_training_images, train_model
+    from skimage_trd.train import fit  # (the library loads on first use)
 
     check_model_name(name)
     if isinstance(clean, (list, tuple)):  # 2-D planes, possibly of different sizes
@@ -264,43 +259,31 @@ def train(clean, *, noisy=None, sigma, kernel_size=5, n_stages=3, greedy_iterati
         raise ValueError("photon-counting data are trained with SURE (noisy images alone)")
     if not all(np.isfinite(p).all() for p in planes):
         raise ValueError("the training data hold NaN or infinite values")
-    lo, hi = min(float(p.min()) for p in planes), max(float(p.max()) for p in planes)
-    if hi <= lo:
-        raise ValueError("the clean layer is constant; it has nothing to learn from")
-    scale = 255.0 / (hi - lo)
-    if photons is not None:  # stabilised and scaled to the model's noise: no other mapping
-        planes, _ = photon_training_images(planes, sigma=sigma, **photons)
-        lo, scale = 0.0, 1.0
-        sigma = float(sigma)
-    patch = min(patch, *(min(p.shape) for p in planes))
-    tiles = _tiles([(p - lo) * scale for p in planes], patch)
     if loss == "sure" and noisy is not None:
         raise ValueError("SURE trains on the noisy layer alone; pass no second layer")
     if loss == "n2n" and noisy is None:
         raise ValueError("Noise2Noise needs a second noisy layer of the same scene")
+    lo, hi = min(float(p.min()) for p in planes), max(float(p.max()) for p in planes)
+    if hi <= lo:
+        raise ValueError("the clean layer is constant; it has nothing to learn from")
+    init = None if start_from in (None, "", AUTO) else skimage_trd.load_model(start_from)
+    if photons is not None:  # raw camera units: fit stabilises them (sigma: the model's)
+        images, lo, scale, shift = planes, 0.0, 1.0, 0.0
+    else:
+        # onto the training scale: a new model's by the layer's range (0..255); a model to
+        # fine-tune's by its noise level, as denoise_trd maps planes onto it (no rescaled start)
+        shift = 0.0
+        scale = 255.0 / (hi - lo)
+        if init is not None and init.task == "denoise" and init.sigma:
+            scale = float(init.sigma) / float(sigma)
+            lo, shift = float(np.mean([p.mean() for p in planes])), 127.5
+        images = [(p - lo) * scale + shift for p in planes]
+    targets = None
     if noisy is not None and loss != "sure":
         noisy = np.asarray(noisy, dtype=np.float64)
         if noisy.shape != shape:
             raise ValueError(f"the two layers differ in shape: {shape} and {noisy.shape}")
-        noisy_tiles = _tiles([(p - lo) * scale for p in noisy.reshape(-1, *noisy.shape[-2:])], patch)
-    elif loss == "mse":
-        noisy_tiles = add_noise(tiles, sigma * scale, 0)
-    if loss == "sure":  # the layer's own tiles are the noisy data, no target
-        tiles, noisy_tiles = None, tiles
-    init = None
-    if start_from not in (None, "", AUTO):
-        init = skimage_trd.load_model(start_from)
-        # fine-tuning by SURE: Adam with a new probe every step (docs/models.md: it gains on
-        # every Set12 image where L-BFGS, restarted with each probe, lost on some)
-        config = TrainingConfig.for_model(init, sigma=sigma * scale, greedy_iterations=0,
-                                          joint_iterations=joint_iterations, crop=None, chunk=10,
-                                          loss=loss,
-                                          optimizer="adam" if loss == "sure" else "lbfgs")
-    else:
-        config = TrainingConfig(sigma=sigma * scale, kernel_size=kernel_size, n_stages=n_stages,
-                                greedy_iterations=greedy_iterations,
-                                joint_iterations=joint_iterations, crop=None, chunk=10,
-                                loss=loss)
+        targets = [(p - lo) * scale + shift for p in noisy.reshape(-1, *noisy.shape[-2:])]
     tick = _ticker(progress, cancel)
 
     def step_done(step):  # after every iteration (raises Cancelled when asked to stop)
@@ -314,14 +297,23 @@ def train(clean, *, noisy=None, sigma, kernel_size=5, n_stages=3, greedy_iterati
         if log is not None:
             log(line)
 
-    model = train_model(tiles, config, noisy=noisy_tiles, log=on_log, backend=backend,
-                        data_source="napari layer", command="napari widget 'Train TRD'",
-                        init_model=init, callback=step_done)
+    model = fit(images, sigma=float(sigma) * scale, loss=loss, targets=targets, init=init,
+                kernel_size=kernel_size, n_stages=n_stages, greedy_iterations=greedy_iterations,
+                iterations=joint_iterations, photons=photons, backend=backend, log=on_log,
+                callback=step_done, data_source="napari layer",
+                command="napari widget 'Train TRD'")
     folder = user_models_dir()
     folder.mkdir(parents=True, exist_ok=True)
     path = free_model_path(folder, name)
     model.name = path.stem
     return model.save(path)
+
+
+def default_iterations(fine_tuning):
+    """The joint iterations :func:`skimage_trd.train.fit` runs when none are given."""
+    from skimage_trd.train import DEFAULTS
+
+    return DEFAULTS["fine-tune" if fine_tuning else "new"]["iterations"]
 
 
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")

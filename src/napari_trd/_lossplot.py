@@ -12,15 +12,17 @@ from qtpy.QtWidgets import QSizePolicy, QWidget
 
 class LossPlot(QWidget):
     """Training progress: the loss per pixel after each iteration (the squared error on the
-    [0, 255] scale; with SURE its estimate, which can fall below zero when the optimiser fits
-    the probe; with Noise2Noise against the noisy targets), phases (greedy stages, joint)
+    [0, 255] scale; with SURE its estimate on the training pixels, which the optimiser fits;
+    with Noise2Noise against the noisy targets) and, in the caption, the PSNR estimated on the
+    held-out pixels at the last checkpoint (what picks the result), phases (greedy stages, joint)
     marked by a change of colour. The vertical scale leaves out the first iteration (the
     plain initialisation's loss, often several times the rest); points above it are drawn at
     the top edge.
 
     :meth:`add_step` may be called from any thread (the training worker's)."""
 
-    step_added = Signal(str, int, int, float, float)  # phase, iteration, total, loss, psnr
+    # phase, iteration, total, loss, psnr, the held-out (validation) estimate
+    step_added = Signal(str, int, int, float, float, float)
     COLOURS = ("#4e9ad6", "#e8a33d", "#6cbf6c", "#d65f5f", "#a07fd1", "#c9c95c")
 
     def __init__(self, parent=None):
@@ -43,15 +45,20 @@ class LossPlot(QWidget):
         """Record a :class:`skimage_trd.train.TrainingStep` (thread-safe)."""
         try:
             self.step_added.emit(str(step.phase), int(step.iteration), int(step.total),
-                                 float(step.loss), float(step.psnr))
+                                 float(step.loss), float(step.psnr),
+                                 float(getattr(step, "validation", math.nan)))
         except RuntimeError:  # the widget was closed (and deleted) while training ran on
             pass
 
-    def _add(self, phase, iteration, total, loss, psnr):
+    def _add(self, phase, iteration, total, loss, psnr, validation=math.nan):
         self.points.append((phase, iteration, loss))
         self.total = max(self.total, total)
         as_psnr = f" ({psnr:.2f} dB)" if loss > 0 and math.isfinite(psnr) else ""
-        self.caption = f"{phase}: iteration {iteration}/{total}, loss/px {loss:.4g}{as_psnr}"
+        # (SURE's own PSNR is the optimiser's fitted figure and comes as NaN: the estimate on
+        # the held-out pixels is the one that tells)
+        held = f", held-out {validation:.2f} dB" if math.isfinite(validation) else ""
+        self.caption = (f"{phase}: iteration {iteration}/{total}, loss/px {loss:.4g}{as_psnr}"
+                        f"{held}")
         self.update()
 
     def paintEvent(self, event):  # noqa: N802 (Qt's name)

@@ -700,7 +700,10 @@ class TrainWidget(_JobWidget):
         self.kernel_size = ComboBox(label="filter size", choices=[3, 5, 7], value=5)
         self.n_stages = SpinBox(label="stages", value=3, min=1, max=8)
         self.greedy = SpinBox(label="greedy iterations / stage", value=30, min=0, max=1000)
-        self.joint = SpinBox(label="joint iterations", value=30, min=0, max=1000)
+        self.joint = SpinBox(label="joint iterations", value=self.NEW_JOINT, min=0, max=1000,
+                             tooltip="fine-tuning a model: the training front door's default "
+                                     "(skimage_trd.train.fit; by SURE: Adam, a fifth of the "
+                                     "pixels held out, the best step kept, early stop)")
         self.model_name = LineEdit(label="model name", value="my-trd-model")
         self.start_from = ComboBox(label="start from", choices=self._start_choices)
         super().__init__(napari_viewer, [self.data_kind, self.clean, self.folder, self.noisy,
@@ -709,6 +712,7 @@ class TrainWidget(_JobWidget):
                                          self.kernel_size, self.n_stages, self.greedy,
                                          self.joint, self.start_from, self.model_name], "Train")
         self.clean.changed.connect(self._fit_sigma_box)
+        self.start_from.changed.connect(self._joint_default)
         self.data_kind.changed.connect(self._show_data_fields)
         self.auto_photons.changed.connect(self._show_data_fields)
         self._refresh_layers()
@@ -736,6 +740,11 @@ class TrainWidget(_JobWidget):
         if photons and self.sigma.value < 1:
             self.sigma.value = self.PHOTON_SIGMA
 
+    def _joint_default(self, *_):
+        """Joint iterations: the quick default of a new model here, fit's for fine-tuning."""
+        tuning = self.start_from.value not in (None, self.PLAIN)
+        self.joint.value = _jobs.default_iterations(True) if tuning else self.NEW_JOINT
+
     def _fit_sigma_box(self, *_):
         """Noise levels down to 1e-4 of the clean layer's contrast range can be set (data in
         [0, 1]: four decimals); the range is the layer's, no data is read."""
@@ -748,6 +757,7 @@ class TrainWidget(_JobWidget):
         return [self.clean, self.noisy]
 
     PLAIN = "plain initialisation"
+    NEW_JOINT = 30  # a new model's joint iterations (the widget trains small models quickly)
 
     def _start_choices(self, widget=None):
         # fine-tuning: joint training from an existing model (its size and stages are kept)

@@ -33,9 +33,14 @@ def divergence_epsilon(sigma, n):
 _PROBE_KEY = 0x5EED7D
 
 
-def probe_rng(seed):
-    """The random generator of the divergence probes for ``seed``."""
-    return np.random.default_rng([int(seed) & 0xFFFFFFFF, _PROBE_KEY])
+def probe_rng(seed, key=()):
+    """The random generator of the divergence probes for ``seed`` (and ``key``, a tuple of
+    ints: training draws a probe per step, keyed by the phase and the step, so that a resumed
+    run draws the same ones). Every probe of the package comes from here."""
+    key = tuple(int(k) for k in key)
+    # (the key's length in the seed: (1, 1, 0) and (1, 2, 0, 0) differ)
+    extra = [len(key), *key] if key else []
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, _PROBE_KEY, *extra])
 
 
 def sure_mse(denoiser, image, sigma, *, n_probes=1, epsilon=None, seed=None):

@@ -204,7 +204,7 @@ def _main(argv) -> int:
 
 def _passthrough(name, argv):
     if name == "train":
-        from .train.run import main as run
+        from .train.cli import main as run
     else:
         from .demo import main as run
     try:

@@ -27,34 +27,43 @@ Command line::
     python -m skimage_trd.train --data DIR --sigma 25 --out runs/s25 [--kernel-size 7]
         [--stages 5] [--greedy-iterations 200] [--joint-iterations 200] [--seed 0]
         [--validation DIR] [--dtype float32] [--threads N] [--export model.npz]
+    python -m skimage_trd.train --loss sure --data noisy/ --init trd-gauss-s25-7x7-5st --out run
 
 Rerunning the same command resumes from ``--out``; rerunning it with a larger
 ``--joint-iterations`` continues the joint phase of a run, finished or not (as each chunk restarts
 L-BFGS, the longer run takes the same path as if it had been asked for from the start, provided
 the earlier number was a multiple of ``--chunk``). The model's provenance lists every session.
+
+Adapting a model to your own noisy images (no clean image) is ``--loss sure --init MODEL``
+(or :func:`fit` with ``loss="sure", init=...``, or ``denoise_trd(noisy, sigma, adapt=True)``):
+Adam, a fifth of the pixels held out to judge progress, the best parameters by that estimate
+returned, and the starting model unchanged if nothing beats it.
+
+The package's modules, one purpose each: ``fitting`` (:func:`fit`, the one front door: defaults, the roles
+of the data, the starting model), ``data`` (images, noise, held-out pixels), ``config``
+(configuration, checkpoints), ``objectives`` (losses and the held-out estimate),
+``optimizers`` (L-BFGS, Adam), ``loop`` (:func:`train_model`), ``models`` (initial and
+rescaled models), ``cli`` (the command line), ``gradients`` and ``gradients_cupy`` (the
+hand-written gradients).
 """
 
-from .run import (
-    TrainingCancelled,
-    TrainingConfig,
-    TrainingStep,
-    add_noise,
-    fit,
-    jpeg_pairs,
-    load_image_folder,
-    main,
-    photon_training_images,
-    plain_initial_stage,
-    rescale_model,
-    train_model,
-)
+from .cli import main
+from .config import TrainingConfig
+from .data import add_noise, holdout_weights, jpeg_pairs, load_image_folder, photon_training_images
+from .fitting import DEFAULTS, fine_tuning_defaults, fit
+from .loop import train_model
+from .models import plain_initial_stage, rescale_model
+from .optimizers import TrainingCancelled, TrainingStep
 
 __all__ = [
+    "DEFAULTS",
     "TrainingCancelled",
     "TrainingConfig",
     "TrainingStep",
     "fit",
+    "fine_tuning_defaults",
     "add_noise",
+    "holdout_weights",
     "jpeg_pairs",
     "load_image_folder",
     "main",

@@ -1,6 +1,6 @@
 """``python -m skimage_trd.train``: see :mod:`skimage_trd.train`."""
 
-from .run import main
+from .cli import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

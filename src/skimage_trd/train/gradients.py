@@ -89,6 +89,7 @@ from numba import njit, prange
 
 from .._basis import dct_filter_basis, filters_from_coefficients
 from .._model import TRDModel
+from .._sure import divergence_epsilon, probe_rng
 from ..kernels.influence import RBF_REACH, influence_and_derivative
 from ..kernels.numba_cpu import _mirror
 from ..kernels.reference import correlate_valid, diffusion_reference
@@ -1020,7 +1021,7 @@ def stage_gradient(u, f, grad_out, params, spec, *, backend="numba", input_grad=
 
 
 def loss_and_grad(params, noisy, clean, spec, *, stages="all", backend="numba", fixed=None,
-                  u_start=None, rbf_reach=None, projection=None):
+                  u_start=None, rbf_reach=None, projection=None, weights=None):
     """Training loss ``1/2 sum_b ||u_T - u_gt||**2`` and its gradient, for scipy's L-BFGS.
 
     Parameters
@@ -1050,6 +1051,8 @@ def loss_and_grad(params, noisy, clean, spec, *, stages="all", backend="numba", 
         Deblocking: see :func:`forward_batch`; its adjoint is applied before
         each stage's backward pass, and the unused ``log_lambda`` gets a zero
         gradient.
+    weights : ndarray of 0 and 1, shape of ``noisy``, optional
+        The loss of the pixels of weight 1 alone (:func:`mse_loss`).
 
     Returns
     -------
@@ -1085,7 +1088,7 @@ def loss_and_grad(params, noisy, clean, spec, *, stages="all", backend="numba", 
         elif fixed is not None and len(_stage_list(fixed, spec)):
             u0 = forward_batch(f, fixed, spec, backend=backend, rbf_reach=rbf_reach,
                                projection=projection)
-    return backprop(kernels, params, spec, x, u0, stages=stages)
+    return backprop(kernels, params, spec, x, u0, stages=stages, weights=weights)
 
 
 def sure_loss_and_grad(params, noisy, spec, *, sigma, stages="all", backend="numba", fixed=None,
@@ -1105,8 +1108,8 @@ def sure_loss_and_grad(params, noisy, spec, *, sigma, stages="all", backend="num
         raise ValueError(f"sigma must be a positive number (the noise on the [0, 255] scale), "
                          f"got {sigma!r}")
     if eps is None:
-        eps = 2.0 * sigma / float(y.shape[1] * y.shape[2]) ** 0.3
-    probe = np.random.default_rng(seed).standard_normal(y.shape).astype(y.dtype)
+        eps = divergence_epsilon(sigma, y.shape[1] * y.shape[2])
+    probe = probe_rng(seed).standard_normal(y.shape).astype(y.dtype)
     yb = (y + y.dtype.type(eps) * probe).astype(y.dtype)
     kw = dict(backend=backend, rbf_reach=rbf_reach)
     backends = [KernelStages(d, spec, **kw) for d in (y, yb)]
@@ -1148,13 +1151,17 @@ class KernelStages:
         return StageParams(gr.coefficients, gr.weights, d_log_lambda), gr.u
 
 
-def mse_loss(u, clean, xp=np):
-    """``1/2 sum ||u - clean||**2`` (accumulated in float64) and its gradient ``u - clean``.
+def mse_loss(u, clean, xp=np, weights=None):
+    """``1/2 sum ||u - clean||**2`` (accumulated in float64) and its gradient ``u - clean``;
+    with ``weights`` (0 or 1 per pixel: the pixels a fine-tuning run holds out for its
+    validation get 0), ``1/2 sum weights (u - clean)**2`` and its gradient.
 
     With a second noisy acquisition of the same scene as ``clean``, this is the Noise2Noise
     loss (Lehtinen et al., ICML 2018): its expectation differs from the clean-target loss by a
     constant, so its gradient is unbiased."""
     residual = u - clean
+    if weights is not None:
+        residual = residual * weights
     return 0.5 * float(xp.sum(residual.astype(xp.float64) ** 2)), residual
 
 
@@ -1185,22 +1192,24 @@ def _trained_stages(backend, params, spec, stages):
     return trained
 
 
-def backprop(backend, params, spec, clean, u0, *, stages="all"):
+def backprop(backend, params, spec, clean, u0, *, stages="all", weights=None):
     """Loss and gradient of the stages ``params`` (flat vector) run from ``u0``: every stage
     forward (keeping each ``u_t``), the loss on ``u_T`` (:func:`mse_loss` against ``clean``),
     then backpropagation through the stages, the same for every backend
     (:class:`KernelStages`, ``GemmTrainer``).
 
     ``stages='last'``: ``params`` is one stage appended to fixed ones whose output is ``u0``
-    (greedy training, Eq. 4), ``'all'``: joint training (Eq. 11).
+    (greedy training, Eq. 4), ``'all'``: joint training (Eq. 11). ``weights``: see
+    :func:`mse_loss`.
     """
     trained = _trained_stages(backend, params, spec, stages)
     us, saved = _run_forward(backend, trained, u0)
-    loss, g = mse_loss(us[-1], clean, backend.xp)
+    loss, g = mse_loss(us[-1], clean, backend.xp, weights)
     return loss, pack_params(_run_backward(backend, trained, us, saved, g, stages))
 
 
-def sure_backprop(backends, params, spec, noisy, u0s, *, sigma, probe, eps, stages="all"):
+def sure_backprop(backends, params, spec, noisy, u0s, *, sigma, probe, eps, stages="all",
+                  weights=None):
     """Monte-Carlo SURE of the stages ``params`` on noisy images alone, and its exact gradient.
 
     ``SURE/2 = 1/2 ||u(y) - y||**2 - N sigma**2 / 2 + sigma**2 b . (u(y + eps b) - u(y)) / eps``
@@ -1211,17 +1220,21 @@ def sure_backprop(backends, params, spec, noisy, u0s, *, sigma, probe, eps, stag
     backends whose data term is ``y`` and ``y + eps b``, ``u0s`` the two starting points (``y``
     and ``y + eps b`` for joint training; the fixed stages' outputs on them for greedy
     training). Returns ``(loss, gradient)`` as :func:`backprop` does.
+
+    ``weights`` (0 or 1 per pixel): the estimate of the pixels of weight 1 alone (the others
+    are held out for validation); the probe must then be zero where the weight is (the
+    divergence of those pixels alone), and ``N`` counts the pixels of weight 1.
     """
     plain, probed = backends
     xp = plain.xp
     trained = [_trained_stages(b, params, spec, stages) for b in backends]
     us0, saved0 = _run_forward(plain, trained[0], u0s[0])
     us1, saved1 = _run_forward(probed, trained[1], u0s[1])
-    fit, g0 = mse_loss(us0[-1], noisy, xp)
+    fit, g0 = mse_loss(us0[-1], noisy, xp, weights)
     c = sigma * sigma / eps
     diff = (us1[-1] - us0[-1]).astype(xp.float64)
     divergence = float(xp.sum(probe * diff)) / eps
-    n = int(np.prod(noisy.shape))
+    n = int(np.prod(noisy.shape)) if weights is None else float(xp.sum(weights))
     loss = fit - 0.5 * n * sigma * sigma + sigma * sigma * divergence
     cb = (c * probe).astype(g0.dtype)
     grads0 = _run_backward(plain, trained[0], us0, saved0, g0 - cb, stages)

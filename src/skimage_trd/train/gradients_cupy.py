@@ -336,11 +336,13 @@ class GemmTrainer:
             u = self.stage_forward(self.stage(p), u)[0]
         return u
 
-    def loss_and_grad(self, params, *, stages="all", u_start=None):
+    def loss_and_grad(self, params, *, stages="all", u_start=None, weights=None):
         """As :func:`skimage_trd.train.gradients.loss_and_grad`, on the device batch (the
         same driver, :func:`skimage_trd.train.gradients.backprop`)."""
         u0 = self.f if stages != "last" or u_start is None else u_start
-        return backprop(self, params, self.spec, self.x, u0, stages=stages)
+        if weights is not None:
+            weights = self.xp.asarray(weights, dtype=self.dtype)
+        return backprop(self, params, self.spec, self.x, u0, stages=stages, weights=weights)
 
 
 def _to_host(a):

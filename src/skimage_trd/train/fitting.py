@@ -1,0 +1,324 @@
+"""The one front door of training and fine-tuning (:func:`fit`): the command line, the napari
+plugin, ``denoise_trd(..., adapt=True)`` and scripts all call it. It alone maps a loss to the
+roles of the data, rescales a starting model to the noise, chooses the defaults
+(:data:`DEFAULTS`) and checks the input; :func:`skimage_trd.train.train_model` runs what it
+configured."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .._model import TRDModel
+from .._planes import estimate_plane_sigma
+from .._registry import load_model
+from .config import LOSSES, TrainingConfig
+from .data import _check_one_size, photon_training_images
+from .loop import train_model
+from .models import rescale_model
+
+__all__ = ["fit", "DEFAULTS", "fine_tuning_defaults"]
+
+# The defaults of every front door. Training a new model: the paper's (7x7 filters, 5 stages,
+# 200 L-BFGS iterations per greedy stage and 200 joint, 180x180 centre crops of clean images
+# of several sizes). Fine-tuning a model (``init``): the settings
+# benchmarks/adapt_sure.py found best for SURE on one noisy image (docs/models.md, issue 33),
+# with a fifth of the pixels held out to judge progress; the run returns the parameters that
+# score best there, or the starting model unchanged if nothing beats it.
+DEFAULTS = {
+    "new": {"kernel_size": 7, "n_stages": 5, "greedy_iterations": 200, "iterations": 200,
+            "chunk": 20, "holdout": 0.0, "patience": 0},
+    "fine-tune": {"iterations": 100, "chunk": 5, "holdout": 0.2, "patience": 4},
+    "optimizer": {("fine-tune", "sure"): "adam"},  # else "lbfgs"
+    "learning_rate": 1e-3,
+    # SURE: random windows per step (drawn with each probe); a batch no larger is used whole
+    "patch": 128, "patches": 4,
+    # centre crops for clean targets (the paper's 180x180; deblocking 176 = 22 JPEG blocks)
+    "crop": {"denoise": 180, "deblock": 176},
+}
+
+
+def fine_tuning_defaults(loss="sure"):
+    """The settings :func:`fit` uses to fine-tune a model by ``loss`` when none are given (a
+    dict: optimizer, learning_rate, iterations, chunk, holdout, patience, patch, patches)."""
+    d = DEFAULTS["fine-tune"]
+    return {"optimizer": DEFAULTS["optimizer"].get(("fine-tune", loss), "lbfgs"),
+            "learning_rate": DEFAULTS["learning_rate"], "iterations": d["iterations"],
+            "chunk": d["chunk"], "holdout": d["holdout"], "patience": d["patience"],
+            "patch": DEFAULTS["patch"] if loss == "sure" else None,
+            "patches": DEFAULTS["patches"]}
+
+
+def _planes(data, what):
+    """A list of 2-D float64 planes from a list of 2-D images (any sizes) or an array."""
+    if data is None:
+        return None
+    if isinstance(data, (list, tuple)):
+        planes = [np.asarray(d, dtype=np.float64) for d in data]
+        if not planes or any(p.ndim != 2 for p in planes):
+            raise ValueError(f"{what}: a list of 2-D images, or an array of 2-D planes")
+        return planes
+    arr = np.asarray(data, dtype=np.float64)  # one array: its 2-D planes
+    if arr.ndim < 2:
+        raise ValueError(f"{what}: 2-D images needed, got an array of shape {arr.shape}")
+    return list(arr.reshape(-1, *arr.shape[-2:]))
+
+
+def estimate_training_sigma(images):
+    """(sigma, what to log) for noisy training images given without ``sigma``: the median
+    over the images of scikit-image's wavelet noise estimate, on the [0, 255] scale."""
+    estimates = [estimate_plane_sigma(img) for img in images]
+    sigma = round(float(np.median(estimates)), 1)  # (it names the model: s24.4)
+    if not sigma > 0:
+        raise ValueError("sigma not given and no noise could be estimated in the images: give "
+                         "sigma (the images' Gaussian noise level on the [0, 255] scale)")
+    lo, hi = min(estimates), max(estimates)
+    return sigma, (f"sigma not given: {sigma:.3g} estimated from the noisy images (median of "
+                   f"scikit-image's wavelet estimate over {len(images)} images, which range "
+                   f"{lo:.3g} to {hi:.3g})")
+
+
+def _at_noise(model, sigma):
+    """``model`` to fine-tune for noise ``sigma``: :func:`rescaled <rescale_model>` if it was
+    trained for another level."""
+    if (model.task == "denoise" and sigma is not None and model.sigma is not None
+            and not math.isclose(model.sigma, sigma, rel_tol=1e-9)):
+        return rescale_model(model, sigma)
+    return model
+
+
+def _square_tiles(planes, size):
+    """Non-overlapping ``size`` x ``size`` tiles of every plane (images of several sizes
+    stacked for training)."""
+    out = []
+    for p in planes:
+        for y in range(0, p.shape[0] - size + 1, size):
+            for x in range(0, p.shape[1] - size + 1, size):
+                out.append(p[y:y + size, x:x + size])
+    return out
+
+
+def fit(images, *, sigma=None, loss="mse", targets=None, init=None, task="denoise",
+        quality=None, kernel_size=None, n_stages=None, greedy_iterations=None, iterations=None,
+        optimizer=None, learning_rate=None, patch=None, patches=None, holdout=None,
+        patience=None, crop="auto", chunk=None, seed=0, dtype="float32", photons=None, validation=None,
+        backend="numba", checkpoint_dir=None, callback=None, log=None, names=None,
+        data_source=None, command=None) -> TRDModel:
+    """Train a model, or adapt one to your data: the one front door of training.
+
+    Parameters
+    ----------
+    images : sequence of 2-D arrays, or an array of 2-D planes (..., H, W)
+        On the [0, 255] scale. ``loss='mse'``: clean images (Gaussian noise of ``sigma`` is
+        added with ``seed``, unless ``targets`` holds noisy versions); ``'sure'``: noisy images
+        with Gaussian noise of ``sigma`` (with ``photons``: raw photon-counting images in
+        camera units); ``'n2n'``: first noisy acquisitions, ``targets`` the second ones.
+        Deblocking (``task='deblock'``): clean images, JPEG-compressed at ``quality``.
+    sigma : float, optional
+        The noise level on the [0, 255] scale. Default: that of ``init``; for noisy images
+        alone (``'sure'``, ``'n2n'``), estimated from them (logged). With ``photons``: the
+        model's noise level (the stabilised images are scaled to it; default 25).
+    loss : {'mse', 'sure', 'n2n'}
+    targets : like ``images``, optional
+        ``'n2n'``: the second acquisitions of the same scenes; ``'mse'``: noisy versions of
+        ``images`` to train on instead of added noise.
+    init : str, path or TRDModel, optional
+        Fine-tune this model (a shipped name, a file, or a model; rescaled to ``sigma`` if it
+        was trained for another level): joint training from it, its filter size, stages and
+        RBF grid kept. The result is named ``<init>-<loss>-<data digest>``; if no iteration
+        beats the starting model on the held-out pixels, the starting model comes back
+        unchanged (said in the log and in ``metadata['provenance']['result']``).
+    task, quality : optional
+        ``'deblock'`` with a JPEG ``quality`` trains a deblocking model (``loss='mse'``).
+    kernel_size, n_stages, greedy_iterations : int, optional
+        A new model's filter size and stages, and L-BFGS iterations per greedy stage
+        (:data:`DEFAULTS`: the paper's 7, 5 and 200). Ignored with ``init``.
+    iterations : int, optional
+        Joint iterations (Adam steps with Adam). Default: 200 for a new model, 100 fine-tuning
+        (with early stopping, ``patience``).
+    optimizer, learning_rate : optional
+        ``'lbfgs'`` (the paper's, restarted every ``chunk``) or ``'adam'`` with its step size.
+        Default: Adam fine-tuning by SURE (a new probe every step), L-BFGS otherwise (SURE
+        from scratch: Adam trained closer to clean targets at 60 + 60 iterations,
+        docs/models.md, but L-BFGS learns more in the few iterations of a quick model).
+    patch, patches : int, optional
+        SURE: every step on ``patches`` random ``patch`` x ``patch`` windows of the images
+        (default 4 of 128; images no larger than the windows are used whole; images of several
+        sizes are fine). Not used by the other losses.
+    holdout : float, optional
+        The fraction of pixels held out of the loss (32x32 blocks spread over each image) to
+        judge progress after every ``chunk``: the run returns the best parameters by that
+        estimate (SURE's on those pixels, without clean images), never a model worse than
+        its start by it. Default: 0.2 fine-tuning a denoising model, 0 otherwise.
+    patience : int, optional
+        Stop the joint phase after this many checkpoints in a row without a better held-out
+        (or validation) score (0: run every iteration). Default: 4 fine-tuning, else 0.
+    crop : int, None or 'auto', optional
+        Centre crops of this size (None or 0: whole images, all of one size). 'auto': whole
+        images if they are of one size; else 180x180 centre crops (deblocking 176) of clean
+        images at least that large (the paper's train400 convention), and otherwise squares
+        of the smallest side cut from every image (SURE's random windows need neither);
+        deblocking: 176x176 (whole JPEG blocks), or the most whole blocks that fit.
+    chunk : int, optional
+        Iterations between checkpoints (and held-out estimates; L-BFGS restarts there).
+    seed, dtype, backend, checkpoint_dir
+        As in :func:`train_model` (``checkpoint_dir``: a resumable run).
+    photons : dict, optional
+        ``loss='sure'`` on raw photon-counting images: ``gain``, ``read_noise`` (None:
+        estimated per image) and ``offset``; the images are stabilised by the generalised
+        Anscombe transform times ``sigma``; the model is for
+        :func:`skimage_trd.denoise_trd_poisson` (``model=``).
+    validation : (list of clean, list of noisy) or (None, list of noisy), optional
+        Images scored after every chunk (SURE's estimate without clean images): monitoring,
+        and the judge of the result when nothing is held out.
+    callback : callable(TrainingStep) -> bool or None, optional
+        After every iteration; returning False cancels (:class:`TrainingCancelled`).
+    log : callable(str), optional
+        Progress lines (as the command line prints them).
+    names, data_source, command : optional
+        Recorded in the provenance (image names, where the data came from, the command that
+        reproduces the run).
+
+    Returns
+    -------
+    TRDModel
+        With its provenance in ``metadata['provenance']`` (configuration, data digest, seeds,
+        iterations, the held-out scores, the starting model, the git commit).
+
+    Examples
+    --------
+    Adapt the shipped sigma-25 model to one noisy image, without its clean version:
+
+    >>> tuned = fit([noisy], sigma=25, loss="sure", init="trd-gauss-s25-7x7-5st")  # doctest: +SKIP
+    >>> denoise_trd(noisy, 25, model=tuned, data_range=255)                        # doctest: +SKIP
+    """
+    log = log or (lambda line: None)
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    if task not in ("denoise", "deblock"):
+        raise ValueError(f"task must be 'denoise' or 'deblock', got {task!r}")
+    first, second = _planes(images, "images"), _planes(targets, "targets")
+    if not first:
+        raise ValueError("fit needs at least one image")
+    if loss == "sure" and second is not None:
+        raise ValueError("loss 'sure' trains on the noisy images alone: pass no targets")
+    if loss == "n2n" and second is None:
+        raise ValueError("loss 'n2n' needs targets=: the second noisy acquisitions of the "
+                         "scenes of images")
+    if photons is not None and loss != "sure":
+        raise ValueError("photon-counting images are trained with loss 'sure' (noisy images "
+                         "alone)")
+    if task == "deblock" and loss != "mse":
+        raise ValueError(f"loss {loss!r} is for denoising; deblocking trains with 'mse'")
+    if second is not None and len(second) != len(first):
+        raise ValueError(f"{len(first)} images and {len(second)} targets")
+
+    init_model = None
+    if init is not None:
+        init_model = init if isinstance(init, TRDModel) else load_model(init)
+        if init_model.task != task:
+            raise ValueError(f"init {init_model.name!r} is a {init_model.task} model; a "
+                             f"{task} run fine-tunes a {task} model")
+    if photons is not None:
+        sigma = 25.0 if sigma is None else float(sigma)
+        first, used = photon_training_images(first, sigma=sigma, **photons)
+        log("photon counting: generalised Anscombe transform times sigma; (gain, read noise) "
+            "per image: " + ", ".join(f"({g:.3g}, {r:.3g})" for g, r in used[:8])
+            + (" ..." if len(used) > 8 else ""))
+    if task == "denoise" and sigma is None:
+        if loss in ("sure", "n2n"):
+            sigma, note = estimate_training_sigma(first)
+            log(note + "; give sigma to set it")
+        elif init_model is not None:
+            sigma = init_model.sigma
+        else:
+            raise ValueError("sigma is needed: the Gaussian noise level (0..255 scale) "
+                             + ("of the noisy targets" if second is not None else
+                                "added to the clean images"))
+    if task == "denoise":
+        sigma = float(sigma)
+        if not (math.isfinite(sigma) and sigma > 0):
+            raise ValueError(f"sigma must be a positive number, got {sigma!r}")
+    if task == "deblock" and quality is None:
+        if init_model is None:
+            raise ValueError("deblocking needs the JPEG quality")
+        quality = init_model.quality
+
+    # the defaults, in one place
+    kind = "fine-tune" if init_model is not None else "new"
+    d = DEFAULTS[kind]
+    if optimizer is None:
+        optimizer = DEFAULTS["optimizer"].get((kind, loss), "lbfgs")
+    if iterations is None:
+        iterations = d["iterations"]
+    if chunk is None:
+        chunk = d["chunk"]
+    if holdout is None:
+        holdout = d["holdout"] if task == "denoise" else 0.0
+    if patience is None:
+        patience = d["patience"] if holdout or validation is not None else 0
+    if learning_rate is None:
+        learning_rate = DEFAULTS["learning_rate"]
+    if loss == "sure":
+        patch = DEFAULTS["patch"] if patch is None else patch
+        patches = DEFAULTS["patches"] if patches is None else patches
+    elif patch is not None:
+        raise ValueError("patch (random windows per step) is for loss 'sure'")
+    patches = 4 if patches is None else patches
+    clean_targets = loss == "mse"
+    if crop == "auto" and task == "deblock":  # whole JPEG blocks: 176, or what fits
+        crop = min(DEFAULTS["crop"]["deblock"], 8 * (min(min(p.shape) for p in first) // 8))
+    elif crop == "auto":  # whole images of one size; else crops, squares or SURE's windows
+        crop = None
+        if len({p.shape for p in first}) > 1 and not (loss == "sure" and patch):
+            size = DEFAULTS["crop"][task]
+            crop = size if clean_targets and all(min(p.shape) >= size for p in first) else "tiles"
+    if crop == "tiles":
+        crop = None
+        side = min(min(p.shape) for p in first)
+        first = _square_tiles(first, side)
+        second = None if second is None else _square_tiles(second, side)
+        log(f"images of several sizes: cut into {len(first)} squares of {side} pixels")
+        names = None
+    crop = crop or None
+    if crop is None and not (loss == "sure" and patch):
+        _check_one_size(first)
+    for i, p in enumerate(first if crop else []):
+        if min(p.shape) < crop:
+            name = names[i] if names else f"image{i}"
+            raise ValueError(f"training image {name} is {p.shape[0]}x{p.shape[1]}, smaller "
+                             f"than the crop size {crop}")
+
+    common = dict(joint_iterations=int(iterations), seed=seed, crop=crop, chunk=int(chunk),
+                  loss=loss, optimizer=optimizer, learning_rate=float(learning_rate),
+                  patch=patch, patches=int(patches), holdout=float(holdout), patience=int(patience),
+                  dtype=dtype)
+    if task == "deblock":
+        common.update(task="deblock", quality=int(quality))
+    if init_model is not None:
+        init_model = _at_noise(init_model, sigma if task == "denoise" else None)
+        config = TrainingConfig.for_model(init_model, sigma=sigma if task == "denoise" else None,
+                                          greedy_iterations=0, **common)
+    else:
+        config = TrainingConfig(
+            sigma=sigma if task == "denoise" else None,
+            kernel_size=int(kernel_size or DEFAULTS["new"]["kernel_size"]),
+            n_stages=int(n_stages or DEFAULTS["new"]["n_stages"]),
+            greedy_iterations=int(DEFAULTS["new"]["greedy_iterations"]
+                                  if greedy_iterations is None else greedy_iterations),
+            **common)
+
+    log(f"training on {len(first)} images from {data_source or 'memory'}: {config}")
+    if loss == "sure":
+        clean, noisy = None, first
+    elif loss == "n2n":
+        clean, noisy = second, first
+    else:
+        clean, noisy = first, second
+    return train_model(clean, config, noisy=noisy, checkpoint_dir=checkpoint_dir,
+                       validation=validation, log=log, backend=backend, init_model=init_model,
+                       callback=callback, names=names,
+                       data_source=data_source or "(in memory, skimage_trd.train.fit)",
+                       command=command)
+

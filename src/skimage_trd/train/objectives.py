@@ -1,0 +1,291 @@
+"""What a run minimises and how it judges progress: the training batch with its loss and
+gradient (clean targets, Noise2Noise pairs, deblocking, or SURE on noisy images alone), the
+objective the optimisers call, and the estimate on the held-out pixels (:class:`HeldOut`)."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+
+import numpy as np
+
+from .._sure import divergence_epsilon, probe_rng
+from ..kernels.cuda import cupy_module
+from ..kernels.engine import run_model
+from .gradients import KernelStages, forward_batch, loss_and_grad, sure_backprop
+from .gradients_cupy import BatchProjection, GemmTrainer
+from .models import _to_model
+
+# below this many training pixels the optimiser fits SURE's probe even within a chunk
+# (tests/test_train.py: 4 images of 40^2 gave an estimate of 3000 dB with one probe per run)
+SURE_MIN_PIXELS = 50_000
+FINAL_PROBE = 2**31 - 1  # the key of the probe of the final SURE evaluation
+HELD_OUT_PROBES = 4  # probes of the held-out SURE estimate (the same for every candidate)
+HELD_OUT_KEY = 2**31 - 2  # their key
+HELD_OUT_EPS_FACTOR = 0.01  # their finite-difference step, relative to the training step's
+
+
+class _KernelBatch:
+    """The training batch with the Numba (or NumPy reference) gradient kernels; with a
+    ``projection``, deblocking (Eq. 9); with ``weights``, the loss of the pixels of weight 1
+    (the others are held out)."""
+
+    def __init__(self, noisy, clean, spec, backend, projection=None, weights=None):
+        self.f, self.x, self.spec, self.backend = noisy, clean, spec, backend
+        self.projection, self.weights = projection, weights
+
+    def forward(self, stages, u=None):
+        if not stages:
+            return self.f if u is None else u
+        return forward_batch(self.f, stages, self.spec, backend=self.backend,
+                             projection=self.projection)
+
+    def loss_and_grad(self, params, *, stages, u_start=None):
+        return loss_and_grad(params, self.f, self.x, self.spec, stages=stages,
+                             backend=self.backend, u_start=u_start, projection=self.projection,
+                             weights=self.weights)
+
+
+class _KernelDeblockBatch(_KernelBatch):
+    """Deblocking with the Numba stage kernels: the projection's adjoint is applied between
+    the kernels' backward passes (:func:`skimage_trd.train.gradients.loss_and_grad`)."""
+
+    def __init__(self, start, clean, spec, constraint):
+        super().__init__(start, clean, spec, "numba",
+                         BatchProjection(*constraint, start.shape, np, start.dtype))
+
+
+class _GemmBatch:
+    """The matrix-form trainer (the GPU, or the NumPy reference of deblocking) with held-out
+    pixels."""
+
+    def __init__(self, trainer, weights):
+        self.trainer, self.weights = trainer, weights
+
+    def forward(self, stages, u=None):
+        return self.trainer.forward(stages, u)
+
+    def loss_and_grad(self, params, *, stages, u_start=None):
+        return self.trainer.loss_and_grad(params, stages=stages, u_start=u_start,
+                                          weights=self.weights)
+
+
+class _SureBatch:
+    """The training batch of noisy images alone, with the Monte-Carlo SURE loss
+    (:func:`skimage_trd.train.gradients.sure_backprop`), both passes (``y`` and ``y + eps b``)
+    on any backend. A new probe is drawn for every chunk of L-BFGS iterations, or every Adam
+    step (:meth:`draw_probe`, seeded by the run's seed and the key, so that a resumed run
+    draws the same): with one probe for the whole run the optimiser learns to fit the probe,
+    and the estimate runs away from the true error.
+
+    ``noisy``: an (N, H, W) array, or with ``patch`` a list of 2-D images of any sizes.
+    With ``patch``: every draw also picks ``patches`` random ``patch`` x ``patch`` windows of
+    the images, and the loss is that of the windows (a stochastic estimate of the whole
+    batch's, for Adam: fine-tuning on a large image at a fraction of a full step's cost); a
+    batch no larger than the windows is used whole. ``weights`` (like ``noisy``, 0 or 1): the
+    pixels of weight 0 are held out of the loss (and of the probe)."""
+
+    def __init__(self, noisy, spec, backend, sigma, seed, *, patch=None, patches=4,
+                 weights=None):
+        self.spec, self.sigma, self.seed, self.backend = spec, float(sigma), seed, backend
+        images = list(noisy)
+        self.weights = None if weights is None else list(weights)
+        size = sum(im.size for im in images)
+        if patch is not None:
+            patch = min(int(patch), *(min(im.shape) for im in images))
+            if int(patches) * patch * patch >= size and not isinstance(noisy, list):
+                patch = None  # (windows as large as the batch: the batch itself)
+        if patch is None and isinstance(noisy, list):
+            noisy = np.stack(noisy)  # (one size: checked by the caller)
+        self.noisy, self.images = noisy, images
+        self.patch, self.patches = patch, int(patches)
+        side = patch * patch if patch else images[0].size
+        self.eps = divergence_epsilon(self.sigma, side)
+        self.xp = cupy_module() if backend == "cupy" else np
+        self.plain = None if patch else self._backend(noisy)
+        self.draw_probe(())
+
+    @property
+    def n_px(self):
+        """Pixels the loss is summed over (a draw's windows, or the whole batch)."""
+        if self.patch:
+            return self.patches * self.patch * self.patch
+        return self.noisy.size
+
+    def _backend(self, data):
+        if self.backend == "cupy":
+            return GemmTrainer(data, data, self.spec, xp=self.xp, dtype=data.dtype)
+        return KernelStages(data, self.spec, backend=self.backend)
+
+    def draw_probe(self, key):
+        """Draw the probe ``b`` of the key (a tuple of ints), and the windows with ``patch``,
+        and move ``y + eps b`` in."""
+        rng = probe_rng(self.seed, key)
+        y, plain = self.noisy, self.plain
+        w = None if self.weights is None else np.stack(self.weights) if not self.patch else None
+        if self.patch:
+            k, P = self.patches, self.patch
+            which = rng.integers(0, len(self.images), k)
+            at = [(rng.integers(0, self.images[i].shape[0] - P + 1),
+                   rng.integers(0, self.images[i].shape[1] - P + 1)) for i in which]
+            y = np.stack([self.images[i][r:r + P, c:c + P] for i, (r, c) in zip(which, at)])
+            if self.weights is not None:
+                w = np.stack([self.weights[i][r:r + P, c:c + P] for i, (r, c) in zip(which, at)])
+            plain = self._backend(np.ascontiguousarray(y))
+        probe = rng.standard_normal(y.shape).astype(y.dtype)
+        if w is not None:
+            probe *= w  # (the divergence of the training pixels alone)
+        probed = self._backend((y + y.dtype.type(self.eps) * probe).astype(y.dtype))
+        self.backends = [plain, probed]
+        self.probe = self.xp.asarray(probe)
+        self.window_weights = None if w is None else self.xp.asarray(w.astype(y.dtype))
+        self.data = (plain.f, probed.f)  # (on the backend's device)
+
+    def forward(self, stages, u=None):
+        """The fixed stages' outputs on ``y`` and on ``y + eps b`` (a pair)."""
+        return tuple(_run_stages(b, stages, d) for b, d in zip(self.backends, self.data))
+
+    def loss_and_grad(self, params, *, stages, u_start=None):
+        return sure_backprop(self.backends, params, self.spec, self.data[0],
+                             u_start or self.data, sigma=self.sigma, probe=self.probe,
+                             eps=self.eps, stages=stages, weights=self.window_weights)
+
+
+def _run_stages(backend, stages, u):
+    for p in stages:
+        u = backend.stage_forward(backend.stage(p), u)[0]
+    return u
+
+
+def _batch(noisy, clean, spec, backend, constraint=None, weights=None):
+    if backend not in ("numba", "numpy", "cupy"):
+        raise ValueError(f"unknown training backend {backend!r}; choose 'numba', 'cupy' or 'numpy'")
+    if constraint is not None and backend == "numba":
+        return _KernelDeblockBatch(noisy, clean, spec, constraint)
+    if backend == "cupy" or constraint is not None:
+        # matrix-form trainer: the GPU, or the NumPy reference of the deblocking gradient
+        xp = cupy_module() if backend == "cupy" else np
+        trainer = GemmTrainer(noisy, clean, spec, xp=xp, dtype=noisy.dtype,
+                              constraint=constraint)
+        return trainer if weights is None else _GemmBatch(trainer, weights)
+    return _KernelBatch(noisy, clean, spec, backend, weights=weights)
+
+
+class _Objective:
+    """loss_and_grad with bookkeeping (timing, loss per pixel, training PSNR)."""
+
+    # what the PSNR computed from the loss means, per loss (SURE: none, as the optimiser
+    # fits its estimate on the training pixels; the held-out estimate is what tells)
+    PSNR_NAMES = {"mse": "train PSNR", "sure": None, "n2n": "PSNR to the noisy targets"}
+
+    def __init__(self, batch, n_px, stages, fixed=None, loss="mse", key=()):
+        self.batch, self.stages, self.fixed, self.key = batch, stages, fixed, tuple(key)
+        self.fixed_u = None  # the fixed stages' output: computed by the first start_chunk
+        self.n_px = n_px
+        self.psnr_name = self.PSNR_NAMES[loss]
+        self.last_loss_per_px = float("nan")
+        self.last_psnr = float("nan")
+        self.last_time = float("nan")
+
+    def start_chunk(self, done):
+        """Before each chunk of L-BFGS iterations: the fixed stages' output, once (a SURE
+        batch draws the chunk's probe, and the fixed stages run again on the new
+        ``y + eps b``)."""
+        new_probe = hasattr(self.batch, "draw_probe")
+        if new_probe:
+            self.batch.draw_probe(self.key + (done,))
+        if self.fixed is not None and (new_probe or self.fixed_u is None):
+            self.fixed_u = self.batch.forward(self.fixed)
+
+    def __call__(self, x):
+        t0 = time.perf_counter()
+        loss, grad = self.batch.loss_and_grad(x, stages=self.stages, u_start=self.fixed_u)
+        self.last_time = time.perf_counter() - t0
+        self.last_loss_per_px = loss / self.n_px
+        if self.psnr_name:
+            self.last_psnr = 10 * math.log10(255.0**2 / max(2 * loss / self.n_px, 1e-300))
+        return loss, grad
+
+
+class HeldOut:
+    """The estimate a run judges its progress by: the PSNR on the pixels held out of the loss
+    (``held`` 1: the held-out blocks, less the pixels near a clipping bound with SURE), which
+    the optimiser never fitted. Without clean images (SURE) it is
+    SURE's estimate on those pixels with :data:`HELD_OUT_PROBES` fixed probes (zero on the
+    training pixels, the same for every candidate, so that candidates are compared on equal
+    terms); with clean targets the true PSNR there; with Noise2Noise pairs the PSNR to the
+    other acquisition less its noise. Each image is denoised whole, by the float64 kernels.
+
+    The divergence's finite difference is :data:`HELD_OUT_EPS_FACTOR` times the training
+    step, in float64: an optimiser can learn influence functions whose finite differences at
+    the training step understate the divergence (the training SURE then runs above the true
+    PSNR by several dB after enough Adam steps), and a much smaller step measures the
+    derivative itself."""
+
+    def __init__(self, inputs, targets, held, config, *, loss):
+        self.config, self.loss = config, loss
+        self.dtype = np.dtype(np.float64)
+        self.inputs = [np.asarray(y, dtype=np.float64) for y in inputs]
+        self.targets = None if targets is None else [np.asarray(t, np.float64) for t in targets]
+        self.held = [np.asarray(h, dtype=np.float64) for h in held]
+        self.n = float(sum(h.sum() for h in self.held))
+        self.sigma = float(config.sigma)
+        self.probes = []
+        if loss == "sure":
+            rng = probe_rng(config.seed, (HELD_OUT_KEY,))
+            for y, h in zip(self.inputs, self.held):
+                eps = HELD_OUT_EPS_FACTOR * divergence_epsilon(self.sigma, y.size)
+                probes = [rng.standard_normal(y.shape) * h for _ in range(HELD_OUT_PROBES)]
+                self.probes.append((eps, probes))
+
+    def _run(self, model, y):
+        return run_model(y.astype(self.dtype), model, exact=False)
+
+    def mse(self, model):
+        """The estimated mean squared error on the held-out pixels ([0, 255] scale)."""
+        total = 0.0
+        for i, (y, h) in enumerate(zip(self.inputs, self.held)):
+            u = self._run(model, y)
+            if self.loss == "sure":
+                eps, probes = self.probes[i]
+                div = np.mean([np.sum(b * (self._run(model, y + eps * b) - u)) / eps
+                               for b in probes])
+                total += np.sum(h * (u - y) ** 2) - h.sum() * self.sigma**2 \
+                    + 2 * self.sigma**2 * div
+            else:
+                total += np.sum(h * (u - self.targets[i]) ** 2)
+                if self.loss == "n2n":  # against the other acquisition: less its noise
+                    total -= h.sum() * self.sigma**2
+        return total / self.n
+
+    def psnr(self, stages, spec):
+        """The held-out PSNR of the stages (inf if the estimate is not positive)."""
+        mse = self.mse(_to_model(stages, spec, self.config))
+        return 10 * math.log10(255.0**2 / mse) if mse > 0 else float("inf")
+
+
+def _make_batch(data, config, backend, init_model, log):
+    """The object that evaluates the loss and its gradient on the batch, for the backend."""
+    spec = config.spec()
+    if config.loss != "sure":
+        weights = None if data.weights is None else np.stack(data.weights).astype(
+            data.inputs.dtype)
+        return _batch(data.inputs, data.targets, spec, backend, data.constraint, weights)
+    if init_model is None:
+        if config.optimizer == "adam":
+            log("note: SURE from the plain initialisation with Adam trained 0.3 dB below clean "
+                "targets in docs/models.md's small comparison")
+        else:
+            log("note: SURE from the plain initialisation with L-BFGS trained 1.5 dB below "
+                "clean targets in docs/models.md's comparison; use --optimizer adam (0.3 dB "
+                "below), or adapt a trained model (--init)")
+    n_px = sum(np.size(y) for y in data.inputs)
+    if n_px < SURE_MIN_PIXELS and not config.holdout:  # (held-out pixels catch it)
+        message = (f"few pixels for SURE ({n_px}, below {SURE_MIN_PIXELS}): the "
+                   "optimiser can fit the probe instead of the noise, and the SURE estimate "
+                   "then runs far above the true PSNR; train on more or larger images")
+        log("warning: " + message)
+        warnings.warn(message, UserWarning, stacklevel=3)
+    return _SureBatch(data.inputs, spec, backend, config.sigma, config.seed,
+                      patch=config.patch, patches=config.patches, weights=data.weights)
