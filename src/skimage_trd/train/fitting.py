@@ -7,6 +7,7 @@ configured."""
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 
 import numpy as np
 
@@ -14,8 +15,14 @@ from .._model import TRDModel
 from .._planes import estimate_plane_sigma
 from .._registry import load_model
 from .config import LOSSES, TrainingConfig
-from .data import _check_one_size, photon_training_images
-from .loop import train_model
+from .data import (
+    CLIP_MARGIN,
+    MIN_UNCLIPPED,
+    _check_one_size,
+    photon_training_images,
+    unclipped_weights,
+)
+from .loop import replace_model, train_model
 from .models import rescale_model
 
 __all__ = ["fit", "DEFAULTS", "fine_tuning_defaults"]
@@ -309,6 +316,20 @@ def fit(images, *, sigma=None, loss="mse", targets=None, init=None, task="denois
                                   if greedy_iterations is None else greedy_iterations),
             **common)
 
+    if loss == "sure" and init_model is not None and photons is None:
+        usable = sum(float(unclipped_weights(p, sigma).sum()) for p in first) / sum(
+            p.size for p in first)
+        if usable < MIN_UNCLIPPED:
+            log(f"the images are clipped (8-bit limits or saturation) and only {usable:.0%} of "
+                f"their pixels lie {CLIP_MARGIN:g} sigmas or more from the clipping bound, where "
+                "SURE's estimate holds: nothing to fine-tune on safely; the starting model "
+                f"{init_model.name} is the result, unchanged")
+            meta = dict(init_model.metadata)
+            meta["provenance"] = {"result": {"unchanged": True, "reason": "clipped",
+                                             "usable_fraction": usable},
+                                  "initial_model": {"name": init_model.name},
+                                  "config": asdict(config), "data": data_source}
+            return replace_model(init_model, metadata=meta)
     log(f"training on {len(first)} images from {data_source or 'memory'}: {config}")
     if loss == "sure":
         clean, noisy = None, first

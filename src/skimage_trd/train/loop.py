@@ -30,6 +30,14 @@ from .optimizers import _adam_chunks, _lbfgs_chunks, _Reporter
 __all__ = ["train_model"]
 
 
+def replace_model(model, *, metadata):
+    """``model``'s parameters and name with other metadata (a run that changed nothing)."""
+    return TRDModel(filters=model.filters, weights=model.weights, centers=model.centers,
+                    precision=model.precision, lambdas=model.lambdas, task=model.task,
+                    sigma=model.sigma, quality=model.quality, name=model.name,
+                    metadata=metadata)
+
+
 class _StopEarly(Exception):
     """The joint phase's patience ran out (raised after the checkpoint is written)."""
 
@@ -118,11 +126,7 @@ def train_model(
         # nothing beat the starting model on the held-out pixels: it is handed back as it was
         meta = dict(init_model.metadata)  # (its own provenance is in provenance's
         meta.update(metadata)                #  initial_model)
-        return TRDModel(filters=init_model.filters, weights=init_model.weights,
-                        centers=init_model.centers, precision=init_model.precision,
-                        lambdas=init_model.lambdas, task=init_model.task,
-                        sigma=init_model.sigma, quality=init_model.quality,
-                        name=init_model.name, metadata=meta)
+        return replace_model(init_model, metadata=meta)
     name = None
     if init_model is not None:  # its own name: the start's, the loss and the data
         name = f"{init_model.name}-{config.loss}-{data.digest[:6]}"
