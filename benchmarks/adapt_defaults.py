@@ -19,8 +19,8 @@ sorted order), ``skimage_trd.train.fit([noisy], sigma=25, loss="sure",
 init="trd-gauss-s25-7x7-5st")``. ``napari``: the same noisy images as layers on the [0, 1]
 scale through the Train widget's job with its defaults (``napari_trd._jobs.train(noisy / 255,
 sigma=25 / 255, loss="sure", start_from="trd-gauss-s25-7x7-5st")``). ``overfit``: a 128x128
-crop, overfitting made easy: ``fit(..., optimizer="lbfgs", iterations=30)`` (8-bit noisy
-images). ``adapt``: ``denoise_trd(noisy_uint8, 25, adapt=True)`` against the default call
+crop, overfitting made easy: ``fit(..., optimizer="lbfgs", iterations=30)`` (float noisy
+images, not clipped, so that no image is refused for clipping). ``adapt``: ``denoise_trd(noisy_uint8, 25, adapt=True)`` against the default call
 (the 8-bit images of ``cli``).
 
 Every result is judged by the true PSNR against the clean image (never seen by the
@@ -92,7 +92,7 @@ def psnr_of(model, noisy, clean):
     from skimage_trd._metrics import psnr
 
     if noisy.dtype == np.uint8:  # the user's call on the 8-bit file: a [0, 1] result
-        return psnr(denoise_trd(noisy, SIGMA, model=model), clean / 255.0, data_range=1.0)
+        return psnr(denoise_trd(noisy, SIGMA, model=model), clean / 255.0, 1.0)
     return psnr(denoise_trd(noisy, SIGMA, model=model, data_range=255.0), clean)
 
 
@@ -155,6 +155,10 @@ def measure(args):
         size = 128 if args.door == "overfit" else 256
         images = eight_bit_images(args.images.split(","), size)
         set_name = f"skimage.data {size}x{size} 8-bit"
+        if args.door == "overfit":  # unclipped noise: nothing refused, the optimiser runs
+            images = [(n, c, c + SIGMA * np.random.default_rng(0).standard_normal(c.shape))
+                      for n, c, _ in images]
+            set_name = f"skimage.data {size}x{size} float"
     done = load_jsonl(args.results, lambda r: (r["door"], r["set"], r["image"]))
     with tempfile.TemporaryDirectory() as tmp, args.results.open("a") as out:
         for name, clean, noisy in images:
@@ -166,7 +170,7 @@ def measure(args):
                 t0 = time.perf_counter()
                 result, choices = denoise_trd(noisy, SIGMA, adapt=True, return_choices=True)
                 seconds = time.perf_counter() - t0
-                after = psnr(result, clean / 255.0, data_range=1.0)
+                after = psnr(result, clean / 255.0, 1.0)
                 extra = {"model": choices[0]["model"]}
             else:
                 model, seconds, extra = adapt_one(args.door, name, clean, noisy, Path(tmp),

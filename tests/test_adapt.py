@@ -106,7 +106,13 @@ def test_held_out_sure_estimates_the_true_error_of_fixed_models():
 def _scripted_scores(monkeypatch, scores):
     """Make the held-out estimate return ``scores`` in turn (the start's first)."""
     it = iter(scores)
-    monkeypatch.setattr(objectives_module.HeldOut, "psnr", lambda self, stages, spec: next(it))
+
+    def psnr(self, stages, spec):
+        self.last_maps = None
+        return next(it)
+
+    monkeypatch.setattr(objectives_module.HeldOut, "psnr", psnr)
+    monkeypatch.setattr(objectives_module.HeldOut, "gain_z", lambda self, a, b: 10.0)
 
 
 def test_a_run_that_never_beats_its_start_returns_the_start_unchanged(monkeypatch, small_base):
@@ -145,6 +151,38 @@ def test_the_best_checkpoint_is_the_result_and_patience_stops_early(monkeypatch,
     four = fit([noisy], sigma=25, loss="sure", init=small_base, iterations=4, chunk=2,
                patience=0)
     np.testing.assert_array_equal(tuned.weights, four.weights)
+
+
+def test_a_gain_within_the_estimates_noise_is_no_gain(monkeypatch, small_base):
+    # a checkpoint that scores higher but not by two standard errors is not the result
+    clean, noisy = _noisy(96)
+    it = iter([30.0, 30.3, 30.6])
+
+    def psnr(self, stages, spec):
+        self.last_maps = None
+        return next(it)
+
+    monkeypatch.setattr(objectives_module.HeldOut, "psnr", psnr)
+    zs = iter([1.5, 2.5])
+    monkeypatch.setattr(objectives_module.HeldOut, "gain_z", lambda self, a, b: next(zs))
+    tuned = fit([noisy], sigma=25, loss="sure", init=small_base, iterations=4, chunk=2,
+                patience=0)
+    result = tuned.metadata["provenance"]["result"]
+    assert result["best_joint_iteration"] == 4  # (iteration 2 scored higher than the start,
+    gains = [h.get("gain_z") for h in tuned.metadata["provenance"]["history"]]  # by 1.5 SE)
+    assert gains[-2:] == [1.5, 2.5]
+
+
+def test_gain_z_of_a_paired_difference():
+    held = [np.ones((64, 64))]
+    judge = HeldOut.__new__(HeldOut)
+    judge.held = held
+    rng = np.random.default_rng(0)
+    before = [100 + rng.standard_normal((64, 64))]
+    assert abs(judge.gain_z(before, [before[0] - 0.001])) > 10  # tiny but exact: certain
+    noise = [before[0] + 0.5 + 5 * rng.standard_normal((64, 64))]
+    z = judge.gain_z(before, noise)  # worse by 0.5, noise 5 per pixel over 4096 pixels
+    assert -8 < z < -3
 
 
 def test_overfitting_made_easy_hands_back_no_worse_model(small_base):
@@ -248,3 +286,23 @@ def test_denoise_trd_adapt(monkeypatch):
     da = pytest.importorskip("dask.array")
     with pytest.raises(ValueError, match="NumPy"):
         skimage_trd.denoise_trd(da.from_array(noisy01), 0.1, adapt=True)
+
+
+def test_command_line_and_napari_job_adapt(monkeypatch, tmp_path):
+    from skimage.io import imread
+
+    from napari_trd import _jobs
+    from skimage_trd.cli import main
+
+    monkeypatch.setitem(DEFAULTS["fine-tune"], "iterations", 2)
+    monkeypatch.setitem(DEFAULTS["fine-tune"], "chunk", 1)
+    clean, noisy = _noisy(96)
+    noisy8 = np.clip(np.round(noisy), 0, 255).astype(np.uint8)
+    imsave(tmp_path / "a.png", noisy8, check_contrast=False)
+    assert main(["denoise", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--sigma",
+                 "25", "--adapt", "-q"]) == 0
+    out = imread(tmp_path / "out" / "a.png")
+    assert out.shape == noisy8.shape and out.dtype == np.uint8
+    choices = []
+    layer = _jobs.denoise(noisy8, sigma=25, adapt=True, keep_dtype=True, choices=choices)
+    assert layer.dtype == np.uint8 and choices[0]["model"].startswith("trd-gauss-s25")

@@ -90,18 +90,24 @@ SELECT = {"intensity range": "range", "SURE (estimated error)": "sure"}
 
 
 def denoise(data, *, sigma=None, model=AUTO, backend="auto", channel_axis=None, progress=None,
-            cancel=None, keep_dtype=False, select="range", choices=None):
+            cancel=None, keep_dtype=False, select="range", choices=None, adapt=False):
     """Denoise layer data (NumPy or dask; nD as 2-D planes). ``sigma`` None or 0: estimated.
     ``keep_dtype``: the result in the layer's dtype (integers rounded and clipped).
     ``select``: how the bank's model is chosen ('range' or 'sure'); what was chosen for every
-    plane is appended to ``choices`` (a list) when given."""
+    plane is appended to ``choices`` (a list) when given. ``adapt``: the model is first
+    fine-tuned on the layer by SURE (``denoise_trd(..., adapt=True)``; a dask layer is read
+    into memory for it; colour layers are denoised channel by channel then)."""
     if sigma is not None and sigma <= 0:
         sigma = None
+    extra = {}
+    if adapt:
+        data = np.asarray(data)  # (adapting trains on the whole layer)
+        extra = dict(adapt=True, color_transform="none")
     out, chosen = skimage_trd.denoise_trd(
         data, sigma, model=_model_arg(model), channel_axis=channel_axis,
         backend={"CPU": "numba", "GPU": "cupy"}.get(backend, "auto"), preserve_range=True,
         progress=None if type(data).__module__.startswith("dask") else _ticker(progress, cancel),
-        preserve_dtype=keep_dtype, select=select, return_choices=True,
+        preserve_dtype=keep_dtype, select=select, return_choices=True, **extra,
     )
     if choices is not None:
         choices.extend(chosen)

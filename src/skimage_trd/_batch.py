@@ -57,6 +57,7 @@ class RestoreOptions:
     float32: bool = False
     quality: int | None = None  # deblock of non-JPEG input
     select: str = "range"  # denoise: how the bank's model is chosen per plane ('range', 'sure')
+    adapt: bool = False  # denoise: fine-tune the models on each image first (SURE)
     chunk: int = 2048  # zarr: largest chunk edge (rows, columns) processed at once
     zarr_threads: int | None = None  # zarr, locally: dask threads (default: CPU count)
 
@@ -177,7 +178,8 @@ def _restore(image, opts: RestoreOptions, channel_axis, color, progress, source=
                       preserve_range=True, preserve_dtype=not opts.float32,
                       backend=opts.backend, num_threads=opts.num_threads,
                       tile_shape=opts.tile_shape, progress=progress, select=opts.select,
-                      color_transform="opponent" if color else "none")
+                      color_transform="opponent" if color and not opts.adapt else "none",
+                      adapt=opts.adapt)
     return out.astype(np.float32, copy=False) if opts.float32 else out
 
 
@@ -439,6 +441,10 @@ def _zarr_dims(z):
 
 
 def _run_zarr(job, progress_factory, client=None):
+    if job.options.adapt:
+        raise ValueError("--adapt trains on the whole image in memory: not for zarr arrays "
+                         "(adapt a model with skimage-trd train --loss sure --init MODEL on a "
+                         "part of it, then pass --model)")
     import dask
     import dask.array as da
     import zarr

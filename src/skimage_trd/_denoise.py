@@ -168,15 +168,19 @@ def denoise_trd(
         First adapt the models the call would use to this image, without a
         clean image: each is fine-tuned by Stein's unbiased risk estimate on
         the planes it would denoise (:func:`skimage_trd.train.fit` with
-        ``loss='sure'`` and its defaults: 60 Adam steps on four random
-        128 x 128 windows, a fifth of the pixels held out to judge progress,
-        the best parameters kept), then the image is denoised with them. A
-        model that no step improves on the held-out pixels is used unchanged.
-        Costs about two seconds per step on one core (two minutes for a
-        256 x 256 or 512 x 512 gray image, as much again for every further
-        model a stack's planes use); progress is reported for it (90 % of
-        the call's). NumPy images only, gray, stacks or channels denoised one
-        by one (``color_transform='none'``). To keep the adapted model, call
+        ``loss='sure'`` and its defaults: up to 100 Adam steps on four random
+        128 x 128 windows, a fifth of the pixels held out to judge progress
+        every 5 steps, the best parameters kept, stopped after 20 steps
+        without progress), then the image is denoised with them. A model
+        that no step improves on the held-out pixels is used unchanged, and
+        so is one for images clipped at their limits (8-bit data at 0 or 255,
+        saturation) where fewer than a quarter of the pixels lie 3 sigmas or
+        more from the limit (SURE's estimate does not hold near it). About
+        2.3 s per step on one core (one to four minutes for a 256 x 256 or
+        512 x 512 gray image; as much again for every further model a
+        stack's planes use); progress is reported for it (90 % of the
+        call's). NumPy images only, gray, stacks or channels denoised one by
+        one (``color_transform='none'``). To keep the adapted model, call
         :func:`skimage_trd.train.fit` yourself (``docs/models.md``).
 
     Returns

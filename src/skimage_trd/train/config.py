@@ -179,6 +179,7 @@ class Checkpoint:
         self.config = config
         self.data_digest = data_digest
         self.best_params = None  # the best parameters of the loaded checkpoint, if it has them
+        self.start_params = None  # ... and those of the joint phase's starting point
 
     def load(self) -> tuple[RunState, np.ndarray, tuple | None] | None:
         if not self.path.exists():
@@ -188,6 +189,7 @@ class Checkpoint:
             params = z["params"].copy()
             moments = (z["adam_m"].copy(), z["adam_v"].copy()) if "adam_m" in z else None
             self.best_params = z["best_params"].copy() if "best_params" in z else None
+            self.start_params = z["start_params"].copy() if "start_params" in z else None
         if state.get("config_digest") != self.config.digest():
             # the same run with another number of joint iterations: continue it (or refuse to
             # cut it shorter than it already is)
@@ -208,7 +210,8 @@ class Checkpoint:
             raise ValueError(f"checkpoint {self.path} was made with different training data")
         return RunState.from_json(state), params, moments
 
-    def save(self, state: RunState, params: np.ndarray, moments=None, best_params=None):
+    def save(self, state: RunState, params: np.ndarray, moments=None, best_params=None,
+             start_params=None):
         """Write the state and parameters (and Adam's moments mid-phase, for an exact
         resume, and the best parameters on the held-out pixels)."""
         data = {**state.to_json(), "config_digest": self.config.digest(),
@@ -216,6 +219,8 @@ class Checkpoint:
         extra = {} if moments is None else {"adam_m": moments[0], "adam_v": moments[1]}
         if best_params is not None:
             extra["best_params"] = best_params
+        if start_params is not None:
+            extra["start_params"] = start_params
         buf = io.BytesIO()
         np.savez(buf, params=params, state=np.array(json.dumps(data)), **extra)
         atomic_write_bytes(self.path, buf.getvalue())

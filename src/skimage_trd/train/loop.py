@@ -24,7 +24,7 @@ from .config import Checkpoint, RunState, TrainingConfig
 from .data import _prepare_data
 from .gradients import pack_params, unpack_params
 from .models import _initial_stages, _to_model, plain_initial_stage
-from .objectives import FINAL_PROBE, HeldOut, _make_batch, _Objective
+from .objectives import FINAL_PROBE, SIGNIFICANCE, HeldOut, _make_batch, _Objective
 from .optimizers import _adam_chunks, _lbfgs_chunks, _Reporter
 
 __all__ = ["train_model"]
@@ -174,6 +174,8 @@ class _TrainingRun:
                                                           else "")
         self.reporter.validation_name = "validation PSNR" + self.val_kind
         self.best_params = self.ckpt.best_params if self.ckpt is not None else None
+        self.start_params = self.ckpt.start_params if self.ckpt is not None else None
+        self.start_maps = None  # the starting point's held-out estimates, per pixel
         self.unchanged = False  # the result is the starting point (nothing beat it)
 
     def _resume(self):
@@ -194,7 +196,7 @@ class _TrainingRun:
     def save(self, stages):
         if self.ckpt is not None:
             self.ckpt.save(self.state, pack_params(stages) if stages else np.zeros(0),
-                           self.moments, self.best_params)
+                           self.moments, self.best_params, self.start_params)
 
     def _optimize(self, obj, x, total, label, on_chunk):
         """Run the configured optimiser on ``obj`` from ``x`` (``self.state.done`` of ``total``
@@ -287,8 +289,18 @@ class _TrainingRun:
             self.save(self.trained)
 
     def _consider(self, stages, score, iteration):
-        """Keep ``stages`` as the best so far if they score higher than the best."""
+        """Keep ``stages`` as the best so far if they score higher than the best (with
+        held-out pixels: and beat the starting point by :data:`SIGNIFICANCE` standard
+        errors)."""
         best = self.state.best
+        if iteration and self.held_out is not None:
+            if self.start_maps is None:  # (a resumed run: the starting point's, again)
+                self.start_maps = self.held_out.maps(_to_model(
+                    unpack_params(self.start_params, self.spec), self.spec, self.config))
+            z = self.held_out.gain_z(self.start_maps, self.held_out.last_maps)
+            self.state.history[-1]["gain_z"] = z
+            if z < SIGNIFICANCE:
+                return
         if best is None or score > best["score"]:
             self.state.best = {"score": float(score), "iteration": int(iteration)}
             self.best_params = pack_params(stages)
@@ -303,6 +315,9 @@ class _TrainingRun:
             self.reporter.validation = start
             self.log(f"starting point: validation PSNR{self.val_kind} {start:.3f}")
             state.history.append({"phase": "joint-start", "iteration": 0, "val_psnr": start})
+            self.start_params = pack_params(self.trained)
+            if self.held_out is not None:
+                self.start_maps = self.held_out.last_maps
             self._consider(self.trained, start, 0)
             self.save(self.trained)
         if (config.joint_iterations > 0 and state.done < config.joint_iterations
