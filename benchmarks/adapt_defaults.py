@@ -20,8 +20,9 @@ init="trd-gauss-s25-7x7-5st")``. ``napari``: the same noisy images as layers on 
 scale through the Train widget's job with its defaults (``napari_trd._jobs.train(noisy / 255,
 sigma=25 / 255, loss="sure", start_from="trd-gauss-s25-7x7-5st")``). ``overfit``: a 128x128
 crop, overfitting made easy: ``fit(..., optimizer="lbfgs", iterations=30)`` (float noisy
-images, not clipped, so that no image is refused for clipping). ``adapt``: ``denoise_trd(noisy_uint8, 25, adapt=True)`` against the default call
-(the 8-bit images of ``cli``).
+images, not clipped, so that no image is refused for clipping). ``adapt``:
+``denoise_trd(noisy_uint8, 25, adapt=True)`` against the default call (the 8-bit images of
+``cli``).
 
 Every result is judged by the true PSNR against the clean image (never seen by the
 adaptation): the shipped model's ``denoise_trd(noisy, 25, model=...)`` against the adapted
