@@ -244,7 +244,7 @@ def test_every_front_door_fine_tunes_with_the_same_defaults(monkeypatch, tmp_pat
             d["optimizer"], d["learning_rate"], d["iterations"], d["chunk"], d["holdout"],
             d["patience"], d["patch"], d["patches"], None)
         assert c.sigma == 25 and c.loss == "sure" and c.greedy_iterations == 0
-    assert d["optimizer"] == "adam" and DEFAULTS["fine-tune"]["holdout"] > 0
+    assert d["optimizer"] == "adam" and DEFAULTS["adapt"]["holdout"] > 0
 
 
 def test_the_console_script_exits_0_on_success_and_1_on_failure(tmp_path):
@@ -264,8 +264,8 @@ def test_the_console_script_exits_0_on_success_and_1_on_failure(tmp_path):
 
 
 def test_denoise_trd_adapt(monkeypatch):
-    monkeypatch.setitem(DEFAULTS["fine-tune"], "iterations", 4)
-    monkeypatch.setitem(DEFAULTS["fine-tune"], "chunk", 2)
+    monkeypatch.setitem(DEFAULTS["adapt"], "iterations", 4)
+    monkeypatch.setitem(DEFAULTS["adapt"], "chunk", 2)
     clean, noisy = _noisy(128)
     noisy01 = noisy / 255.0
     reports = []
@@ -294,8 +294,8 @@ def test_command_line_and_napari_job_adapt(monkeypatch, tmp_path):
     from napari_trd import _jobs
     from skimage_trd.cli import main
 
-    monkeypatch.setitem(DEFAULTS["fine-tune"], "iterations", 2)
-    monkeypatch.setitem(DEFAULTS["fine-tune"], "chunk", 1)
+    monkeypatch.setitem(DEFAULTS["adapt"], "iterations", 2)
+    monkeypatch.setitem(DEFAULTS["adapt"], "chunk", 1)
     clean, noisy = _noisy(96)
     noisy8 = np.clip(np.round(noisy), 0, 255).astype(np.uint8)
     imsave(tmp_path / "a.png", noisy8, check_contrast=False)

@@ -319,7 +319,7 @@ def default_iterations(fine_tuning):
     """The joint iterations :func:`skimage_trd.train.fit` runs when none are given."""
     from skimage_trd.train import DEFAULTS
 
-    return DEFAULTS["fine-tune" if fine_tuning else "new"]["iterations"]
+    return DEFAULTS["adapt" if fine_tuning else "new"]["iterations"]
 
 
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")

@@ -31,7 +31,7 @@ class _HelpWithDefaults(argparse.HelpFormatter):
 
 def _parser(prog="python -m skimage_trd.train"):
     package_doc = sys.modules[__package__].__doc__  # the procedure, in skimage_trd.train
-    new, tune = DEFAULTS["new"], DEFAULTS["fine-tune"]
+    new, tune = DEFAULTS["new"], DEFAULTS["adapt"]
     ap = argparse.ArgumentParser(prog=prog, description=package_doc.split("\n\n")[0],
                                  formatter_class=_HelpWithDefaults)
     ap.add_argument("--data", required=True,
@@ -73,14 +73,15 @@ def _parser(prog="python -m skimage_trd.train"):
                          f"{new['greedy_iterations']}; skipped with --init)")
     ap.add_argument("--joint-iterations", type=int,
                     help=f"iterations (Adam: steps) of the joint phase (default: "
-                         f"{new['iterations']}, fine-tuning with --init {tune['iterations']})")
+                         f"{new['iterations']}; --loss sure with --init {tune['iterations']})")
     ap.add_argument("--seed", type=int, default=0, help="seed of the added noise and the probes")
     ap.add_argument("--crop", type=int,
                     help="centre crop size, 0: no crop (default: 180 (deblocking 176) for clean "
                          "images at least that large, none for noisy images alone)")
     ap.add_argument("--chunk", type=int,
                     help="iterations per checkpoint and held-out estimate (L-BFGS restarts "
-                         f"there) (default: {new['chunk']}, fine-tuning {tune['chunk']})")
+                         f"there) (default: {new['chunk']}; --loss sure with --init "
+                         f"{tune['chunk']})")
     ap.add_argument("--optimizer", choices=list(OPTIMIZERS),
                     help="lbfgs (the paper's), or adam (with --loss sure: a new probe every "
                          "step) (default: adam for --loss sure with --init, else lbfgs)")
@@ -94,10 +95,11 @@ def _parser(prog="python -m skimage_trd.train"):
     ap.add_argument("--holdout", type=float,
                     help="fraction of the pixels held out to judge progress; the result is the "
                          "best by that estimate, never worse than the --init model (default: "
-                         f"{tune['holdout']} with --init, else 0)")
+                         f"{tune['holdout']} for --loss sure with --init, else 0)")
     ap.add_argument("--patience", type=int,
                     help="stop after this many checkpoints without a better held-out score, 0: "
-                         f"never (default: {tune['patience']} with --init, else 0)")
+                         f"never (default: {tune['patience']} for --loss sure with --init, "
+                         "else 0)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                     help="precision of the training computations")
     ap.add_argument("--threads", type=int, default=None,

@@ -29,15 +29,16 @@ __all__ = ["fit", "DEFAULTS", "fine_tuning_defaults"]
 
 # The defaults of every front door. Training a new model: the paper's (7x7 filters, 5 stages,
 # 200 L-BFGS iterations per greedy stage and 200 joint, 180x180 centre crops of clean images
-# of several sizes). Fine-tuning a model (``init``): the settings
-# benchmarks/adapt_sure.py found best for SURE on one noisy image (docs/models.md, issue 33),
-# with a fifth of the pixels held out to judge progress; the run returns the parameters that
-# score best there, or the starting model unchanged if nothing beats it.
+# of several sizes); fine-tuning with targets (``init``, clean images or Noise2Noise pairs)
+# the same, less the greedy phase. Adapting a model to noisy images alone (``init`` with SURE):
+# the settings benchmarks/adapt_sure.py found best on one noisy image (docs/models.md, issue
+# 33), with a fifth of the pixels held out to judge progress; the run returns the parameters
+# that score best there, or the starting model unchanged if nothing beats it.
 DEFAULTS = {
     "new": {"kernel_size": 7, "n_stages": 5, "greedy_iterations": 200, "iterations": 200,
             "chunk": 20, "holdout": 0.0, "patience": 0},
-    "fine-tune": {"iterations": 100, "chunk": 5, "holdout": 0.2, "patience": 4},
-    "optimizer": {("fine-tune", "sure"): "adam"},  # else "lbfgs"
+    "adapt": {"iterations": 100, "chunk": 5, "holdout": 0.2, "patience": 4},
+    "optimizer": {"adapt": "adam"},  # else "lbfgs"
     "learning_rate": 1e-3,
     # SURE: random windows per step (drawn with each probe); a batch no larger is used whole
     "patch": 128, "patches": 4,
@@ -49,8 +50,8 @@ DEFAULTS = {
 def fine_tuning_defaults(loss="sure"):
     """The settings :func:`fit` uses to fine-tune a model by ``loss`` when none are given (a
     dict: optimizer, learning_rate, iterations, chunk, holdout, patience, patch, patches)."""
-    d = DEFAULTS["fine-tune"]
-    return {"optimizer": DEFAULTS["optimizer"].get(("fine-tune", loss), "lbfgs"),
+    d = DEFAULTS["adapt" if loss == "sure" else "new"]
+    return {"optimizer": DEFAULTS["optimizer"].get("adapt" if loss == "sure" else "new", "lbfgs"),
             "learning_rate": DEFAULTS["learning_rate"], "iterations": d["iterations"],
             "chunk": d["chunk"], "holdout": d["holdout"], "patience": d["patience"],
             "patch": DEFAULTS["patch"] if loss == "sure" else None,
@@ -142,11 +143,11 @@ def fit(images, *, sigma=None, loss="mse", targets=None, init=None, task="denois
         A new model's filter size and stages, and L-BFGS iterations per greedy stage
         (:data:`DEFAULTS`: the paper's 7, 5 and 200). Ignored with ``init``.
     iterations : int, optional
-        Joint iterations (Adam steps with Adam). Default: 200 for a new model, 100 fine-tuning
+        Joint iterations (Adam steps with Adam). Default: 200; 100 adapting a model by SURE
         (with early stopping, ``patience``).
     optimizer, learning_rate : optional
         ``'lbfgs'`` (the paper's, restarted every ``chunk``) or ``'adam'`` with its step size.
-        Default: Adam fine-tuning by SURE (a new probe every step), L-BFGS otherwise (SURE
+        Default: Adam adapting a model by SURE (a new probe every step), L-BFGS otherwise (SURE
         from scratch: Adam trained closer to clean targets at 60 + 60 iterations,
         docs/models.md, but L-BFGS learns more in the few iterations of a quick model).
     patch, patches : int, optional
@@ -157,10 +158,12 @@ def fit(images, *, sigma=None, loss="mse", targets=None, init=None, task="denois
         The fraction of pixels held out of the loss (32x32 blocks spread over each image) to
         judge progress after every ``chunk``: the run returns the best parameters by that
         estimate (SURE's on those pixels, without clean images), never a model worse than
-        its start by it. Default: 0.2 fine-tuning a denoising model, 0 otherwise.
+        its start by it. Default: 0.2 adapting a model by SURE, 0 otherwise (fine-tuning with
+        clean targets or Noise2Noise pairs can be judged so too: give it).
     patience : int, optional
         Stop the joint phase after this many checkpoints in a row without a better held-out
-        (or validation) score (0: run every iteration). Default: 4 fine-tuning, else 0.
+        (or validation) score (0: run every iteration). Default: 4 adapting a model by SURE,
+        else 0.
     crop : int, None or 'auto', optional
         Centre crops of this size (None or 0: whole images, all of one size). 'auto': whole
         images if they are of one size; else 180x180 centre crops (deblocking 176) of clean
@@ -253,10 +256,12 @@ def fit(images, *, sigma=None, loss="mse", targets=None, init=None, task="denois
         quality = init_model.quality
 
     # the defaults, in one place
-    kind = "fine-tune" if init_model is not None else "new"
+    # adapting a model to noisy images alone (SURE) has its own defaults; training a new model
+    # and fine-tuning with targets (clean images, Noise2Noise pairs) keep the paper's
+    kind = "adapt" if init_model is not None and loss == "sure" else "new"
     d = DEFAULTS[kind]
     if optimizer is None:
-        optimizer = DEFAULTS["optimizer"].get((kind, loss), "lbfgs")
+        optimizer = DEFAULTS["optimizer"].get(kind, "lbfgs")
     if iterations is None:
         iterations = d["iterations"]
     if chunk is None:
