@@ -274,10 +274,9 @@ def fit(images, *, sigma=None, loss="mse", targets=None, init=None, task="denois
         learning_rate = DEFAULTS["learning_rate"]
     if loss == "sure":
         patch = DEFAULTS["patch"] if patch is None else patch
-        patches = DEFAULTS["patches"] if patches is None else patches
     elif patch is not None:
         raise ValueError("patch (random windows per step) is for loss 'sure'")
-    patches = 4 if patches is None else patches
+    patches = DEFAULTS["patches"] if patches is None else patches
     clean_targets = loss == "mse"
     if crop == "auto" and task == "deblock":  # whole JPEG blocks: 176, or what fits
         crop = min(DEFAULTS["crop"]["deblock"], 8 * (min(min(p.shape) for p in first) // 8))
