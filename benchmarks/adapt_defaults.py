@@ -161,6 +161,8 @@ def measure(args):
                       for n, c, _ in images]
             set_name = f"skimage.data {size}x{size} float"
     done = load_jsonl(args.results, lambda r: (r["door"], r["set"], r["image"]))
+    if args.only:
+        images = [im for im in images if im[0] in args.only.split(",")]
     with tempfile.TemporaryDirectory() as tmp, args.results.open("a") as out:
         for name, clean, noisy in images:
             key = (args.door, set_name, name)
@@ -188,7 +190,8 @@ def measure(args):
             out.flush()
             print(f"{args.door} {name}: {before:.3f} -> {after:.3f} ({after - before:+.3f} dB) "
                   f"in {seconds:.1f} s  [{row.get('model', '')}]", flush=True)
-    return [r for k, r in done.items() if k[0] == args.door and k[1] == set_name]
+    return [r for k, r in done.items() if k[0] == args.door and k[1] == set_name
+            and (not args.only or k[2] in args.only.split(","))]
 
 
 def table(rows):
@@ -211,6 +214,7 @@ def main(argv=None):
                     choices=["cli", "fit", "napari", "overfit", "adapt"])
     ap.add_argument("--images", default=None, help="skimage.data names (cli, overfit, adapt)")
     ap.add_argument("--set", default="set12", help="fit, napari: a set of ../shared/data")
+    ap.add_argument("--only", default=None, help="these images of the set (comma-separated)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--results", type=Path,
                     default=Path(__file__).resolve().parent / "results" / "adapt_defaults.jsonl")
