@@ -329,8 +329,8 @@ class DenoiseWidget(_JobWidget):
         self.adapt = CheckBox(label="adapt the model to this layer", value=False,
                               tooltip="first fine-tune the model on this layer itself by SURE "
                                       "(no clean image; a fifth of the pixels held out, never "
-                                      "worse than the model there): about two minutes per "
-                                      "model on one core, then denoise")
+                                      "worse than the model there): one to six minutes per "
+                                      "512x512 plane's model on one core, then denoise")
         self.chosen = Label(label="chosen", value="-")
         backends = ["auto", "CPU"] + (["GPU"] if _gpu_available() else [])
         self.backend = ComboBox(label="backend", choices=backends, value="auto")

@@ -176,10 +176,10 @@ def denoise_trd(
         so is one for images clipped at their limits (8-bit data at 0 or 255,
         saturation) where fewer than a quarter of the pixels lie 3 sigmas or
         more from the limit (SURE's estimate does not hold near it). About
-        2.3 s per step on one core (one to four minutes for a 256 x 256 or
-        512 x 512 gray image; as much again for every further model a
-        stack's planes use); progress is reported for it (90 % of the
-        call's). NumPy images only, gray, stacks or channels denoised one by
+        2.3 s per step on one core: one to six minutes for a 256 x 256 or
+        512 x 512 gray image (Set12 on one thread: 60 to 340 s), as much
+        again for every further model a stack's planes use; progress is
+        reported for it (90 % of the call's). NumPy images only, gray, stacks or channels denoised one by
         one (``color_transform='none'``). To keep the adapted model, call
         :func:`skimage_trd.train.fit` yourself (``docs/models.md``).
 

@@ -108,7 +108,7 @@ def _restore_parser(sub, task):
         p.add_argument("--adapt", action="store_true",
                        help="first fine-tune the model(s) on each image itself by SURE (no clean "
                             "image; a fifth of the pixels held out, never worse than the model "
-                            "there; about two minutes per image on one core); colour images are "
+                            "there; one to six minutes per image on one core); colour images are "
                             "then denoised channel by channel; not for zarr")
     else:
         p.add_argument("--quality", type=int, default=None, metavar="Q",

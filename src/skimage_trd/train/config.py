@@ -145,9 +145,6 @@ class RunState:
     # iterations done, or 0 for the starting point} (its parameters in the checkpoint)
     best: dict | None = None
     stopped_early: bool = False  # the joint phase stopped (patience ran out)
-    # the joint iteration of the highest score so far, significant or not (what patience
-    # counts from: a run still improving is not stopped for want of a significant gain)
-    best_seen: dict | None = None
 
     @classmethod
     def from_json(cls, data: dict) -> RunState:
@@ -160,8 +157,8 @@ class RunState:
 
     def to_json(self) -> dict:
         data = asdict(self)
-        for key in ("init_model", "best", "stopped_early", "best_seen"):  # (as checkpoints
-            if not data[key]:  # have always been written)
+        for key in ("init_model", "best", "stopped_early"):  # (as checkpoints have always
+            if not data[key]:                                 #  been written)
                 data.pop(key)
         return data
 

@@ -250,7 +250,7 @@ class _TrainingRun:
             if where.get("phase") == "joint":
                 self._consider(stages, val, self.state.done)
                 patience = self.config.patience
-                since = self.state.done - self.state.best_seen["iteration"]
+                since = self.state.done - self.state.best["iteration"]
                 if patience and since >= patience * self.config.chunk:
                     self.state.stopped_early = stop = True
         self.save(stages)
@@ -258,7 +258,7 @@ class _TrainingRun:
                  (f", validation PSNR {val:.3f}{self.val_kind}" if val is not None else ""))
         if stop:
             self.log(f"{label}: stopped early: no better validation PSNR in the last "
-                     f"{self.state.done - self.state.best_seen['iteration']} iterations")
+                     f"{self.state.done - self.state.best['iteration']} iterations")
             raise _StopEarly
 
     def greedy_phase(self):
@@ -293,9 +293,6 @@ class _TrainingRun:
         held-out pixels: and beat the starting point by :data:`SIGNIFICANCE` standard
         errors)."""
         best = self.state.best
-        seen = self.state.best_seen
-        if seen is None or score > seen["score"]:
-            self.state.best_seen = {"score": float(score), "iteration": int(iteration)}
         if iteration and self.held_out is not None:
             if self.start_maps is None:  # (a resumed run: the starting point's, again)
                 self.start_maps = self.held_out.maps(_to_model(
