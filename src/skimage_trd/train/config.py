@@ -226,4 +226,3 @@ class Checkpoint:
         atomic_write_bytes(self.path, buf.getvalue())
 
 
-

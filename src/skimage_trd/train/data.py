@@ -332,7 +332,6 @@ def _loss_weights(inputs, config):
     return weights, held
 
 
-
 def photon_training_images(raw_images, *, sigma, gain=None, read_noise=None, offset=0.0):
     """Photon-counting data (camera units) made fit for SURE training: the generalised
     Anscombe transform (noise of variance 1, :func:`skimage_trd.generalized_anscombe`) times

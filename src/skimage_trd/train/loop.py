@@ -55,7 +55,6 @@ def _git_commit():
         return os.environ.get("SKIMAGE_TRD_COMMIT", "unknown")
 
 
-
 def train_model(
     clean,
     config: TrainingConfig,
@@ -131,7 +130,6 @@ def train_model(
     if init_model is not None:  # its own name: the start's, the loss and the data
         name = f"{init_model.name}-{config.loss}-{data.digest[:6]}"
     return _to_model(run.trained, run.spec, config, metadata=metadata, name=name)
-
 
 
 class _TrainingRun:

@@ -53,8 +53,6 @@ def plain_initial_stage(spec: TrainingSpec, *, width=10.0, strength=0.05, log_la
     return StageParams(coefficients, weights, float(log_lambda))
 
 
-
-
 def rescale_model(model: TRDModel, sigma: float) -> TRDModel:
     """A denoising model trained for noise ``model.sigma``, re-expressed for noise ``sigma``.
 
