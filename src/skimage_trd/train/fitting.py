@@ -23,7 +23,7 @@ from .data import (
     unclipped_weights,
 )
 from .loop import replace_model, train_model
-from .models import rescale_model
+from .models import _at_noise
 
 __all__ = ["fit", "DEFAULTS", "fine_tuning_defaults"]
 
@@ -85,15 +85,6 @@ def estimate_training_sigma(images):
     return sigma, (f"sigma not given: {sigma:.3g} estimated from the noisy images (median of "
                    f"scikit-image's wavelet estimate over {len(images)} images, which range "
                    f"{lo:.3g} to {hi:.3g})")
-
-
-def _at_noise(model, sigma):
-    """``model`` to fine-tune for noise ``sigma``: :func:`rescaled <rescale_model>` if it was
-    trained for another level."""
-    if (model.task == "denoise" and sigma is not None and model.sigma is not None
-            and not math.isclose(model.sigma, sigma, rel_tol=1e-9)):
-        return rescale_model(model, sigma)
-    return model
 
 
 def _square_tiles(planes, size):
