@@ -74,6 +74,24 @@ def load_jsonl(path, key):
     return done
 
 
+def gain_table(rows, after="adapted"):
+    """A markdown table of per-image PSNR before and after (rows with ``image``, ``shape``,
+    ``before``, ``after``, ``seconds``), in the given order, and their mean and least gain."""
+    import numpy as np
+
+    lines = [f"| image | size | shipped model | {after} | gain (dB) | seconds |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['image']} | {r['shape'][0]}x{r['shape'][1]} | {r['before']:.3f} | "
+                     f"{r['after']:.3f} | {r['after'] - r['before']:+.3f} | {r['seconds']:.1f} |")
+    if rows:
+        gains = [r["after"] - r["before"] for r in rows]
+        lines.append(f"| mean | | {np.mean([r['before'] for r in rows]):.3f} | "
+                     f"{np.mean([r['after'] for r in rows]):.3f} | {np.mean(gains):+.3f} "
+                     f"(min {min(gains):+.3f}) | {np.mean([r['seconds'] for r in rows]):.1f} |")
+    return "\n".join(lines)
+
+
 def median_times(fns, repeat):
     """Median seconds of each of ``fns``, the calls interleaved (one of each per round), so
     that a change in the machine's load affects them alike; after one warm-up call each."""

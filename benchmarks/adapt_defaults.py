@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _data import DATA, cpu_name, load_jsonl  # noqa: E402
+from _data import DATA, cpu_name, gain_table, load_jsonl  # noqa: E402
 
 BASE = "trd-gauss-s25-7x7-5st"
 SIGMA = 25.0
@@ -196,17 +196,7 @@ def measure(args):
 
 
 def table(rows):
-    lines = ["| image | size | shipped model | adapted | gain (dB) | seconds |",
-             "|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: r["image"]):
-        lines.append(f"| {r['image']} | {r['shape'][0]}x{r['shape'][1]} | {r['before']:.3f} | "
-                     f"{r['after']:.3f} | {r['after'] - r['before']:+.3f} | {r['seconds']:.1f} |")
-    if rows:
-        gains = [r["after"] - r["before"] for r in rows]
-        lines.append(f"| mean | | {np.mean([r['before'] for r in rows]):.3f} | "
-                     f"{np.mean([r['after'] for r in rows]):.3f} | {np.mean(gains):+.3f} "
-                     f"(min {min(gains):+.3f}) | {np.mean([r['seconds'] for r in rows]):.1f} |")
-    return "\n".join(lines)
+    return gain_table(sorted(rows, key=lambda r: r["image"]))
 
 
 def main(argv=None):

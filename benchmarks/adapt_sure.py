@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _data import DATA, cpu_name, load_jsonl  # noqa: E402
+from _data import DATA, cpu_name, gain_table, load_jsonl  # noqa: E402
 
 
 def load_set(name):
@@ -103,17 +103,7 @@ def _setting(args):
 def table(done, set_name, sigma, setting):
     rows = [r for k, r in sorted(done.items()) if k[0] == set_name and k[2] == sigma
             and k[3] == setting]
-    lines = ["| image | size | shipped model | fine-tuned by SURE | gain (dB) | seconds |",
-             "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['image']} | {r['shape'][0]}x{r['shape'][1]} | {r['before']:.3f} | "
-                     f"{r['after']:.3f} | {r['after'] - r['before']:+.3f} | {r['seconds']:.1f} |")
-    if rows:
-        gains = [r["after"] - r["before"] for r in rows]
-        lines.append(f"| mean | | {np.mean([r['before'] for r in rows]):.3f} | "
-                     f"{np.mean([r['after'] for r in rows]):.3f} | {np.mean(gains):+.3f} "
-                     f"(min {min(gains):+.3f}) | {np.mean([r['seconds'] for r in rows]):.1f} |")
-    return "\n".join(lines)
+    return gain_table(rows, "fine-tuned by SURE")
 
 
 def main(argv=None):
