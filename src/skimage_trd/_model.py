@@ -62,7 +62,9 @@ class TRDModel:
     Parameters
     ----------
     filters : ndarray, shape (n_stages, n_filters, kernel_size, kernel_size)
-        Filters ``k_ti`` (row, column), used by correlation.
+        Filters ``k_ti`` (row, column), used by correlation. A volume model (3-D filters,
+        denoising only) has shape (n_stages, n_filters, depth, kernel_size, kernel_size):
+        ``depth`` planes (z) of ``kernel_size x kernel_size`` taps (y, x).
     weights : ndarray, shape (n_stages, n_filters, n_rbf)
         Gaussian RBF weights ``w_tij`` of the influence functions.
     centers : ndarray, shape (n_rbf,)
@@ -114,17 +116,43 @@ class TRDModel:
 
     @property
     def kernel_size(self) -> int:
-        return self.filters.shape[2]
+        """In-plane filter size (y and x)."""
+        return self.filters.shape[-1]
+
+    @property
+    def ndim(self) -> int:
+        """Spatial dimensions the filters span: 2 (images) or 3 (volumes, z first)."""
+        return self.filters.ndim - 2
+
+    @property
+    def filter_shape(self) -> tuple:
+        """``(kernel_size, kernel_size)``, or ``(depth, kernel_size, kernel_size)`` in 3-D."""
+        return tuple(self.filters.shape[2:])
+
+    @property
+    def depth(self) -> int:
+        """Filter taps along z: 1 for a 2-D model."""
+        return self.filters.shape[2] if self.ndim == 3 else 1
 
     @property
     def radius(self) -> int:
-        """Filter radius r; one stage reads ``2 r`` pixels around each output pixel."""
+        """In-plane filter radius r; one stage reads ``2 r`` pixels around each output pixel."""
         return self.kernel_size // 2
 
     @property
+    def radii(self) -> tuple:
+        """Filter radius along each spatial axis (z first for a volume model)."""
+        return tuple(n // 2 for n in self.filter_shape)
+
+    @property
     def halo(self) -> int:
-        """Pixels of context the whole model needs: ``n_stages * 2 r``."""
+        """Pixels of context the whole model needs in-plane: ``n_stages * 2 r``."""
         return self.n_stages * 2 * self.radius
+
+    @property
+    def halos(self) -> tuple:
+        """Context the whole model needs along each spatial axis: ``n_stages * 2 r_axis``."""
+        return tuple(self.n_stages * 2 * r for r in self.radii)
 
     @property
     def influence_lut(self) -> tuple[float, float, int] | None:
@@ -146,10 +174,11 @@ class TRDModel:
 
     def __repr__(self):
         level = f"sigma={self.sigma:g}" if self.sigma is not None else f"quality={self.quality}"
+        size = (f"kernel_size={self.kernel_size}" if self.ndim == 2
+                else f"filter_shape={self.filter_shape}")
         return (
             f"TRDModel(name={self.name!r}, task={self.task!r}, {level}, "
-            f"n_stages={self.n_stages}, n_filters={self.n_filters}, "
-            f"kernel_size={self.kernel_size})"
+            f"n_stages={self.n_stages}, n_filters={self.n_filters}, {size})"
         )
 
     # ------------------------------------------------------------- validation
@@ -161,14 +190,17 @@ class TRDModel:
 
         if self.task not in TASKS:
             fail(f"task must be one of {TASKS}, got {self.task!r}")
-        if self.filters.ndim != 4 or self.filters.shape[2] != self.filters.shape[3]:
+        if self.filters.ndim not in (4, 5) or self.filters.shape[-2] != self.filters.shape[-1]:
             fail(
-                "filters must have shape (n_stages, n_filters, kernel_size, kernel_size), "
+                "filters must have shape (n_stages, n_filters, kernel_size, kernel_size), or "
+                "(n_stages, n_filters, depth, kernel_size, kernel_size) for volumes, "
                 f"got {self.filters.shape}"
             )
-        T, N, f, _ = self.filters.shape
-        if T < 1 or N < 1 or f % 2 == 0:
-            fail(f"need at least one stage and filter and an odd kernel_size, got {self.filters.shape}")
+        T, N = self.filters.shape[:2]
+        if T < 1 or N < 1 or any(n % 2 == 0 for n in self.filters.shape[2:]):
+            fail(f"need at least one stage and filter and odd filter sizes, got {self.filters.shape}")
+        if self.ndim == 3 and self.task != "denoise":
+            fail("volume (3-D) models are denoising models")
         J = self.centers.shape[0] if self.centers.ndim == 1 else -1
         if J < 2:
             fail(f"centers must be a 1-D array of at least 2 RBF centres, got shape {self.centers.shape}")
@@ -211,7 +243,8 @@ class TRDModel:
     # -------------------------------------------------------------------- I/O
     def to_dict(self) -> dict:
         """Metadata as stored in the file's JSON entry."""
-        return {
+        extra = {"filter_shape": list(self.filter_shape)} if self.ndim == 3 else {}
+        return extra | {
             "format_version": FORMAT_VERSION,
             "name": self.name,
             "task": self.task,

@@ -32,7 +32,8 @@ from .._arrays import BACKENDS, _xp, normalize_tile_shape
 from . import numba_cpu as nk
 from .cuda import run_cupy
 from .prepare import LINEAR_TABLE_TOLERANCE, TABLE_TOLERANCE, model_fingerprint, prepare
-from .reference import diffusion_reference, lookup_phi
+from .reference import diffusion_reference, lookup_phi, stage_reference
+from .volume import run_volume
 
 __all__ = ["run_model", "BACKENDS", "iter_tiles", "prepare", "model_fingerprint",
            "TABLE_TOLERANCE", "LINEAR_TABLE_TOLERANCE"]
@@ -160,11 +161,12 @@ def run_model(
     post_stage=None,
     progress=None,
 ):
-    """Run ``model`` on the 2-D image ``f`` (model scale) and return the result.
+    """Run ``model`` on the 2-D image ``f`` (model scale) and return the result; a volume
+    model (3-D filters) on the volume ``f`` (z, y, x).
 
     Parameters
     ----------
-    f : ndarray (2-D, float32 or float64) or cupy.ndarray
+    f : ndarray (2-D, or 3-D for a volume model; float32 or float64) or cupy.ndarray
     model : TRDModel
     backend : {'numpy', 'numba', 'cupy'}
     n_stages : int, optional
@@ -193,6 +195,11 @@ def run_model(
         exact = f.dtype == np.float64
     if model.influence_lut is not None:
         exact = False  # the kernels' tables hold the model's own table exactly
+    if model.ndim == 3:
+        return _run_volume(f, model, backend, n_stages, exact=exact, tile_shape=tile_shape,
+                           post_stage=post_stage, progress=progress)
+    if f.ndim != 2:
+        raise ValueError(f"a 2-D model runs on 2-D images, got shape {f.shape}")
     runner = _RUNNERS[backend]
     tile_shape = normalize_tile_shape(tile_shape)
     if tile_shape is None or (tile_shape[0] >= f.shape[0] and tile_shape[1] >= f.shape[1]):
@@ -213,3 +220,23 @@ def run_model(
         res = runner(tile, model, n_stages, exact, None, cb)
         out[inner] = res[crop]
     return out
+
+
+def _run_volume(f, model, backend, n_stages, *, exact, tile_shape, post_stage, progress):
+    """:func:`run_model` for a volume model: the matrix-form CPU stages of ``volume.py`` (the
+    NumPy reference with ``backend='numpy'``)."""
+    if f.ndim != 3:
+        raise ValueError(f"a volume model (3-D filters) runs on volumes (z, y, x), got shape "
+                         f"{f.shape}")
+    if post_stage is not None or tile_shape is not None:
+        raise ValueError("volume models run on whole volumes here (no tiles, no projection)")
+    if backend == "cupy":
+        raise NotImplementedError("volume models have no GPU kernel yet: pass a NumPy array")
+    if backend == "numpy":
+        u = f
+        for t in range(n_stages):
+            u = stage_reference(u, f, model, t)
+            if progress is not None:
+                progress(t + 1, n_stages)
+        return u
+    return run_volume(f, model, f.dtype, n_stages=n_stages, progress=progress, exact=exact)

@@ -38,8 +38,8 @@ LINEAR_TABLE_TOLERANCE = 2e-4
 
 @dataclass(frozen=True)
 class PreparedStage:
-    filters: np.ndarray  # (N, F, F), compute dtype
-    flipped: np.ndarray  # filters rotated by 180 degrees
+    filters: np.ndarray  # (N, F, F) or (N, Fz, F, F), compute dtype
+    flipped: np.ndarray  # filters rotated by 180 degrees (flipped along every axis)
     weights: np.ndarray  # (N, J), compute dtype
     coef: np.ndarray  # (N, n_intervals, 4) cubic table (GPU kernels), compute dtype
     x0: float  # start and 1 / spacing of the cubic table's grid (the linear one's: ``grid``)
@@ -116,7 +116,8 @@ def prepare(model, dtype) -> Prepared:
         stages.append(
             PreparedStage(
                 filters=np.ascontiguousarray(model.filters[t], dtype=dtype),
-                flipped=np.ascontiguousarray(model.filters[t, :, ::-1, ::-1], dtype=dtype),
+                flipped=np.ascontiguousarray(np.flip(model.filters[t], axis=tuple(range(1, model.ndim + 1))),
+                                             dtype=dtype),
                 weights=np.ascontiguousarray(model.weights[t], dtype=dtype),
                 coef=table.coef.astype(dtype),
                 x0=table.x0,

@@ -7,6 +7,8 @@ authors' code::
 
 * ``k * u`` is correlation; ``kbar`` is ``k`` rotated by 180 degrees, so
   ``kbar * v`` is convolution with ``k`` (the adjoint of correlation).
+* Volumes (3-D filters, shape ``(depth, F, F)``) follow the same formulas with 3-D
+  correlation; the padding is ``2 r`` per axis, ``r`` the radius along that axis.
 * Each stage pads ``u_{t-1}`` symmetrically (edge pixel repeated) by ``2 r``,
   correlates 'valid' with ``k`` (giving an image ``2 r`` larger than ``u``
   on every side minus ``r``), applies ``phi`` and correlates 'valid' with
@@ -66,13 +68,11 @@ def lookup_phi(model):
 
 
 def correlate_valid(image, kernel):
-    """2-D correlation keeping only outputs whose window lies inside ``image``."""
-    kh, kw = kernel.shape
-    h, w = image.shape[0] - kh + 1, image.shape[1] - kw + 1
-    out = np.zeros((h, w), dtype=np.result_type(image, kernel))
-    for a in range(kh):
-        for b in range(kw):
-            out += kernel[a, b] * image[a : a + h, b : b + w]
+    """Correlation (2-D or 3-D) keeping only outputs whose window lies inside ``image``."""
+    shape = tuple(n - k + 1 for n, k in zip(image.shape, kernel.shape, strict=True))
+    out = np.zeros(shape, dtype=np.result_type(image, kernel))
+    for tap in np.ndindex(kernel.shape):
+        out += kernel[tap] * image[tuple(slice(a, a + n) for a, n in zip(tap, shape, strict=True))]
     return out
 
 
@@ -81,13 +81,14 @@ def diffusion_reference(u, filters, weights, centers, precision, phi=None):
 
     ``phi(i, z)``, if given, evaluates ``phi_i`` instead of the RBF sum (the kernels' tables,
     in tests)."""
-    r = filters.shape[-1] // 2
-    padded = np.pad(u, 2 * r, mode="symmetric")
+    pads = [2 * (n // 2) for n in filters.shape[1:]]  # per axis: z (volumes), y, x
+    padded = np.pad(u, [(p, p) for p in pads], mode="symmetric")
     out = np.zeros_like(u)
+    flip = (slice(None, None, -1),) * (filters.ndim - 1)
     for i, (k, w) in enumerate(zip(filters, weights, strict=False)):
         z = correlate_valid(padded, k.astype(u.dtype))
         v = influence_reference(z, w, centers, precision) if phi is None else phi(i, z)
-        out += correlate_valid(v, k[::-1, ::-1].astype(u.dtype))
+        out += correlate_valid(v, k[flip].astype(u.dtype))
     return out
 
 
@@ -103,7 +104,8 @@ def stage_reference(u, f, model, t, phi=None):
 
 
 def trd_reference(f, model, n_stages=None, phi=None):
-    """Run the first ``n_stages`` (default all) denoising stages on ``f`` (2-D, [0, 255] scale);
+    """Run the first ``n_stages`` (default all) denoising stages on ``f`` (an image, or a volume
+    for a model with 3-D filters; [0, 255] scale);
     ``phi(t, i, z)`` as in :func:`diffusion_reference`."""
     f = np.asarray(f)
     phi = lookup_phi(model) if phi is None else phi

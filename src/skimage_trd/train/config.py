@@ -58,6 +58,8 @@ class TrainingConfig:
     # the joint phase stops after this many checkpoints in a row without a better score on
     # the held-out pixels (0: it runs its iterations)
     patience: int = 0
+    # volume models: filter taps along z (filters depth x kernel_size x kernel_size); None: 2-D
+    depth: int | None = None
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -88,6 +90,10 @@ class TrainingConfig:
                 raise ValueError(f"deblocking crops must be whole 8x8 blocks, got {self.crop}")
         else:
             raise ValueError(f"task must be 'denoise' or 'deblock', got {self.task!r}")
+        if self.depth is not None and (self.task != "denoise" or self.depth < 1 or
+                                       self.depth % 2 == 0):
+            raise ValueError(f"depth (volume models) must be odd and positive and the task "
+                             f"'denoise', got depth={self.depth!r}, task={self.task!r}")
         if not self.centers:
             c, p = default_rbf_grid(self.sigma or 0)
             self.centers, self.precision = [float(x) for x in c], float(p)
@@ -100,13 +106,20 @@ class TrainingConfig:
             kw.setdefault("task", "deblock")
             kw.setdefault("quality", model.quality)
             kw.setdefault("constraint_scale", model.constraint_scale)
+        if model.ndim == 3:
+            kw.setdefault("depth", model.depth)
         return cls(sigma=model.sigma if sigma is None else sigma, kernel_size=model.kernel_size,
                    n_stages=model.n_stages, n_filters=model.n_filters,
                    centers=[float(c) for c in model.centers], precision=model.precision, **kw)
 
     def spec(self) -> TrainingSpec:
         return TrainingSpec(self.kernel_size, np.array(self.centers), self.precision,
-                            self.n_filters)
+                            self.n_filters, self.depth)
+
+    @property
+    def filter_shape(self) -> tuple:
+        f = self.kernel_size
+        return (f, f) if self.depth is None else (self.depth, f, f)
 
     def digest(self) -> str:
         fields = asdict(self)
@@ -125,6 +138,8 @@ class TrainingConfig:
             fields.pop("holdout")
         if not self.patience:  # ... and early stopping
             fields.pop("patience")
+        if self.depth is None:  # ... and volume models
+            fields.pop("depth")
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -274,6 +274,14 @@ def _prepare_data(clean, noisy, config, names, init_model) -> _TrainingData:
                 f"{config.kernel_size}x{config.kernel_size} filters ({field} pixels): every "
                 "pixel's result would depend on the mirrored border; use larger images, or "
                 "fewer stages or smaller filters")
+    if config.depth is not None:
+        zfield = config.n_stages * (config.depth - 1) + 1
+        for c, name in zip(clean, names):
+            if np.ndim(c) != 3 or np.shape(c)[0] < zfield:
+                raise ValueError(
+                    f"training volume {name} has shape {np.shape(c)}: a volume model trains on "
+                    f"volumes (z, y, x) of at least {zfield} planes (the receptive field of "
+                    f"{config.n_stages} stages of {config.depth}-plane filters)")
     if config.patch and config.patch < field:
         raise ValueError(f"training windows of {config.patch} pixels (patch) are smaller than "
                          f"the receptive field ({field} pixels): use a patch of at least {field}")
@@ -318,7 +326,11 @@ def _loss_weights(inputs, config):
     if not config.holdout:
         return (None if all(c.all() for c in clip) else clip), None
     reach = config.n_stages * (config.kernel_size - 1) // 2
-    split = [holdout_weights(np.shape(im), config.holdout, reach=reach) for im in inputs]
+    # (volumes: the blocks of a plane's pattern held out through every plane, columns whose
+    # voxels' receptive fields stay inside them in z too)
+    split = [tuple(np.broadcast_to(a, np.shape(im)).copy() for a in
+                   holdout_weights(np.shape(im)[-2:], config.holdout, reach=reach))
+             for im in inputs]
     if all(w.all() for w, _ in split):
         shape = np.shape(inputs[0])
         raise ValueError(

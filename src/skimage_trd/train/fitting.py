@@ -23,7 +23,7 @@ from .data import (
     unclipped_weights,
 )
 from .loop import replace_model, train_model
-from .models import _at_noise
+from .models import _at_noise, lift_to_volume
 
 __all__ = ["fit", "DEFAULTS", "fine_tuning_defaults"]
 
@@ -73,6 +73,21 @@ def _planes(data, what):
     return list(arr.reshape(-1, *arr.shape[-2:]))
 
 
+def _volumes(data, what):
+    """A list of 3-D float64 volumes (z, y, x) from a list of volumes or an array of them."""
+    if data is None:
+        return None
+    if isinstance(data, (list, tuple)):
+        vols = [np.asarray(d, dtype=np.float64) for d in data]
+    else:
+        arr = np.asarray(data, dtype=np.float64)
+        vols = list(arr.reshape(-1, *arr.shape[-3:])) if arr.ndim >= 3 else [arr]
+    if not vols or any(v.ndim != 3 for v in vols):
+        raise ValueError(f"{what}: a volume model trains on volumes (z, y, x): a list of 3-D "
+                         "arrays, or an array of them")
+    return vols
+
+
 def estimate_training_sigma(images):
     """(sigma, what to log) for noisy training images given without ``sigma``: the median
     over the images of scikit-image's wavelet noise estimate, on the [0, 255] scale."""
@@ -103,13 +118,14 @@ def fit(images, *, sigma=None, loss="mse", targets=None, init=None, task="denois
         optimizer=None, learning_rate=None, patch=None, patches=None, holdout=None,
         patience=None, crop="auto", chunk=None, seed=0, dtype="float32", photons=None, validation=None,
         backend="numba", checkpoint_dir=None, callback=None, log=None, names=None,
-        data_source=None, command=None) -> TRDModel:
+        data_source=None, command=None, depth=None) -> TRDModel:
     """Train a model, or adapt one to your data: the one front door of training.
 
     Parameters
     ----------
     images : sequence of 2-D arrays, or an array of 2-D planes (..., H, W)
-        On the [0, 255] scale. ``loss='mse'``: clean images (Gaussian noise of ``sigma`` is
+        On the [0, 255] scale. Volume models (``init`` a 3-D model, or ``depth``): volumes
+        (z, y, x), a list or an array of them. ``loss='mse'``: clean images (Gaussian noise of ``sigma`` is
         added with ``seed``, unless ``targets`` holds noisy versions); ``'sure'``: noisy images
         with Gaussian noise of ``sigma`` (with ``photons``: raw photon-counting images in
         camera units); ``'n2n'``: first noisy acquisitions, ``targets`` the second ones.
@@ -173,6 +189,11 @@ def fit(images, *, sigma=None, loss="mse", targets=None, init=None, task="denois
     validation : (list of clean, list of noisy) or (None, list of noisy), optional
         Images scored after every chunk (SURE's estimate without clean images): monitoring,
         and the judge of the result when nothing is held out.
+    depth : int, optional
+        Train a volume model with ``depth x F x F`` filters, starting from ``init``: a 2-D
+        model is lifted (its filters in the centre plane: the start gives exactly its
+        plane-by-plane result, :func:`~skimage_trd.train.lift_to_volume`), a volume model must
+        have this depth. Default: that of ``init`` (2-D for a 2-D model).
     callback : callable(TrainingStep) -> bool or None, optional
         After every iteration; returning False cancels (:class:`TrainingCancelled`).
     log : callable(str), optional
@@ -199,7 +220,27 @@ def fit(images, *, sigma=None, loss="mse", targets=None, init=None, task="denois
         raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     if task not in ("denoise", "deblock"):
         raise ValueError(f"task must be 'denoise' or 'deblock', got {task!r}")
-    first, second = _planes(images, "images"), _planes(targets, "targets")
+    init_model = None
+    if init is not None:
+        init_model = init if isinstance(init, TRDModel) else load_model(init)
+        if init_model.task != task:
+            raise ValueError(f"init {init_model.name!r} is a {init_model.task} model; a "
+                             f"{task} run fine-tunes a {task} model")
+    if depth is not None:
+        if init_model is None:
+            raise ValueError("a volume model (depth) starts from a model: give init (a 2-D "
+                             "model is lifted to depth x F x F filters)")
+        if init_model.ndim == 2:
+            init_model = lift_to_volume(init_model, int(depth))
+        elif init_model.depth != int(depth):
+            raise ValueError(f"init {init_model.name!r} has filters of depth "
+                             f"{init_model.depth}, not {depth}")
+    volumes = init_model is not None and init_model.ndim == 3
+    if volumes and (task != "denoise" or photons is not None):
+        raise ValueError("volume models are trained for Gaussian denoising (photon counting: "
+                         "stabilise the volumes first)")
+    split = _volumes if volumes else _planes
+    first, second = split(images, "images"), split(targets, "targets")
     if not first:
         raise ValueError("fit needs at least one image")
     if loss == "sure" and second is not None:
@@ -215,12 +256,6 @@ def fit(images, *, sigma=None, loss="mse", targets=None, init=None, task="denois
     if second is not None and len(second) != len(first):
         raise ValueError(f"{len(first)} images and {len(second)} targets")
 
-    init_model = None
-    if init is not None:
-        init_model = init if isinstance(init, TRDModel) else load_model(init)
-        if init_model.task != task:
-            raise ValueError(f"init {init_model.name!r} is a {init_model.task} model; a "
-                             f"{task} run fine-tunes a {task} model")
     if photons is not None:
         sigma = 25.0 if sigma is None else float(sigma)
         first, used = photon_training_images(first, sigma=sigma, **photons)
@@ -269,6 +304,12 @@ def fit(images, *, sigma=None, loss="mse", targets=None, init=None, task="denois
         raise ValueError("patch (random windows per step) is for loss 'sure'")
     patches = DEFAULTS["patches"] if patches is None else patches
     clean_targets = loss == "mse"
+    if volumes:
+        if crop not in ("auto", None, 0):
+            raise ValueError("volume models train on whole volumes (crop='auto' or None)")
+        crop = None
+        if len({p.shape for p in first}) > 1 and not (loss == "sure" and patch):
+            raise ValueError("volumes of several shapes: cut them to one shape (z, y, x)")
     if crop == "auto" and task == "deblock":  # whole JPEG blocks: 176, or what fits
         crop = min(DEFAULTS["crop"]["deblock"], 8 * (min(min(p.shape) for p in first) // 8))
     elif crop == "auto":  # whole images of one size; else crops, squares or SURE's windows

@@ -136,12 +136,16 @@ class TrainingSpec:
         RBF precision ``beta``.
     n_filters : int, optional
         Filters per stage ``N``; defaults to ``m`` (the paper's choice).
+    depth : int, optional
+        Volume models: filter taps along z (odd); filters are ``depth x F x F`` and have
+        ``m = depth F**2 - 1`` coefficients. None (default): 2-D filters.
     """
 
     kernel_size: int
     centers: np.ndarray
     precision: float
     n_filters: int | None = None
+    depth: int | None = None
 
     def __post_init__(self):
         f = int(self.kernel_size)
@@ -153,7 +157,12 @@ class TrainingSpec:
         ) or centers[1] <= centers[0]:
             raise ValueError("centers must be at least 2 increasing, equidistant values")
         centers.setflags(write=False)
-        n = f * f - 1 if self.n_filters is None else int(self.n_filters)
+        if self.depth is not None:
+            depth = int(self.depth)
+            if depth < 1 or depth % 2 == 0:
+                raise ValueError(f"depth must be odd and positive, got {self.depth}")
+            object.__setattr__(self, "depth", depth)
+        n = f * f * (self.depth or 1) - 1 if self.n_filters is None else int(self.n_filters)
         if n < 1:
             raise ValueError(f"n_filters must be positive, got {self.n_filters}")
         if not (np.isfinite(self.precision) and self.precision > 0):
@@ -164,9 +173,19 @@ class TrainingSpec:
         object.__setattr__(self, "n_filters", n)
 
     @property
+    def filter_shape(self) -> tuple:
+        """``(F, F)``, or ``(depth, F, F)`` for volume models."""
+        f = self.kernel_size
+        return (f, f) if self.depth is None else (self.depth, f, f)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.filter_shape)
+
+    @property
     def n_coefficients(self) -> int:
-        """DCT coefficients per filter, ``kernel_size**2 - 1``."""
-        return self.kernel_size**2 - 1
+        """DCT coefficients per filter, ``kernel_size**2 - 1`` (``depth F**2 - 1`` in 3-D)."""
+        return int(np.prod(self.filter_shape)) - 1
 
     @property
     def n_rbf(self) -> int:
@@ -184,8 +203,9 @@ class TrainingSpec:
 
     @classmethod
     def from_model(cls, model: TRDModel) -> TrainingSpec:
-        """The spec of ``model`` (kernel size, filter count and RBF grid)."""
-        return cls(model.kernel_size, model.centers, model.precision, model.n_filters)
+        """The spec of ``model`` (filter shape and count, RBF grid)."""
+        return cls(model.kernel_size, model.centers, model.precision, model.n_filters,
+                   model.depth if model.ndim == 3 else None)
 
 
 class StageParams(NamedTuple):
@@ -280,7 +300,7 @@ def params_to_model(params, spec: TrainingSpec, *, sigma, name="unnamed", metada
     """
     stages = _stage_list(params, spec)
     return TRDModel(
-        filters=np.stack([filters_from_coefficients(s.coefficients, spec.kernel_size)
+        filters=np.stack([filters_from_coefficients(s.coefficients, spec.filter_shape)
                           for s in stages]),
         weights=np.stack([s.weights for s in stages]),
         centers=spec.centers,
@@ -327,14 +347,15 @@ def model_to_params(model: TRDModel, *, atol=1e-8):
     if model.task == "denoise" and (lambdas is None or np.any(lambdas <= 0)):
         raise ValueError(f"lambdas must be positive to take their log, got {model.lambdas}")
     spec = TrainingSpec.from_model(model)
-    basis = dct_filter_basis(spec.kernel_size)
+    basis = dct_filter_basis(spec.filter_shape)
+    axes = tuple(range(1, spec.ndim + 1))
     stages = []
     for t in range(model.n_stages):
         k = model.filters[t]
-        norm = np.sqrt(np.sum(k**2, axis=(1, 2)))
-        a = np.tensordot(k, basis, axes=([1, 2], [1, 2]))  # (N, m)
+        norm = np.sqrt(np.sum(k**2, axis=axes))
+        a = np.tensordot(k, basis, axes=(axes, axes))  # (N, m)
         residual = k - np.tensordot(a, basis, axes=([1], [0]))
-        bad = np.sqrt(np.sum(residual**2, axis=(1, 2))) > atol * np.maximum(norm, 1e-300)
+        bad = np.sqrt(np.sum(residual**2, axis=axes)) > atol * np.maximum(norm, 1e-300)
         if np.any(bad):
             raise ValueError(
                 f"stage {t}: filters {np.flatnonzero(bad).tolist()} are not zero-mean, so they "
@@ -374,19 +395,24 @@ def pad_symmetric_adjoint(padded_grad, pad, shape):
 
 
 def _filters_and_norms(coefficients, kernel_size):
+    """Unit-norm filters ``k = c / ||c||`` and the norms; ``kernel_size`` an int (2-D) or the
+    filter shape."""
     c = filters_from_coefficients(np.asarray(coefficients, np.float64), kernel_size,
                                   normalize=False)
-    norm = np.sqrt(np.sum(c**2, axis=(1, 2)))
-    return c / norm[:, None, None], norm
+    axes = tuple(range(1, c.ndim))
+    norm = np.sqrt(np.sum(c**2, axis=axes))
+    return c / norm.reshape((-1,) + (1,) * len(axes)), norm
 
 
 def _filter_grad_to_coefficients(filter_grad, coefficients, kernel_size):
     """Chain rule through ``k = c / ||c||``, ``c = sum_c a_c B_c``: dL/dk -> dL/da."""
     k, norm = _filters_and_norms(coefficients, kernel_size)
-    dk = np.asarray(filter_grad, dtype=np.float64)
-    proj = np.sum(k * dk, axis=(1, 2))
-    dc = (dk - k * proj[:, None, None]) / norm[:, None, None]
-    return np.tensordot(dc, dct_filter_basis(kernel_size), axes=([1, 2], [1, 2]))
+    dk = np.asarray(filter_grad, dtype=np.float64).reshape(k.shape)
+    axes = tuple(range(1, k.ndim))
+    expand = (-1,) + (1,) * len(axes)
+    proj = np.sum(k * dk, axis=axes)
+    dc = (dk - k * proj.reshape(expand)) / norm.reshape(expand)
+    return np.tensordot(dc, dct_filter_basis(kernel_size), axes=(axes, axes))
 
 
 def stage_forward_reference(u, f, params, spec):

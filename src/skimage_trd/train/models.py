@@ -4,6 +4,7 @@ another noise level and checked against a run's configuration, and the trained p
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -17,7 +18,7 @@ from .gradients import (
     unpack_params,
 )
 
-__all__ = ["default_rbf_grid", "plain_initial_stage", "rescale_model"]
+__all__ = ["default_rbf_grid", "plain_initial_stage", "rescale_model", "lift_to_volume"]
 
 
 # ------------------------------------------------------------------------------ initialisation
@@ -101,6 +102,26 @@ def _at_noise(model, sigma):
     return model
 
 
+def lift_to_volume(model: TRDModel, depth: int = 3) -> TRDModel:
+    """A 2-D denoising model as a volume model with ``depth x F x F`` filters: each filter in
+    the centre plane, zeros above and below. On a volume it gives exactly the 2-D model's
+    result plane by plane (the cheap start of a 3-D model: fine-tuning from it starts where
+    plane-by-plane denoising is)."""
+    if model.ndim != 2 or model.task != "denoise":
+        raise ValueError(f"lift_to_volume takes a 2-D denoising model, got {model!r}")
+    if depth < 1 or depth % 2 == 0:
+        raise ValueError(f"depth must be odd and positive, got {depth}")
+    filters = np.zeros(model.filters.shape[:2] + (depth,) + model.filters.shape[2:])
+    filters[:, :, depth // 2] = model.filters
+    meta = json.loads(json.dumps(model.metadata))
+    meta.pop("provenance", None)
+    meta["lifted_from"] = {"name": model.name, "depth": int(depth)}
+    return TRDModel(filters=filters, weights=model.weights, centers=model.centers,
+                    precision=model.precision, lambdas=model.lambdas, sigma=model.sigma,
+                    name=f"{model.name}-lifted-{depth}x{model.kernel_size}x{model.kernel_size}",
+                    metadata=meta)
+
+
 def _initial_stages(model, spec, config):
     """The parameters of ``model`` for fine-tuning, after checking it fits ``config``."""
     if model.task != config.task:
@@ -109,8 +130,8 @@ def _initial_stages(model, spec, config):
     params, mspec = model_to_params(model)
     same_grid = (mspec.centers.shape == spec.centers.shape
                  and np.allclose(mspec.centers, spec.centers) and mspec.precision == spec.precision)
-    if (mspec.kernel_size, mspec.n_filters, model.n_stages) != (
-            spec.kernel_size, spec.n_filters, config.n_stages) or not same_grid:
+    if (mspec.filter_shape, mspec.n_filters, model.n_stages) != (
+            spec.filter_shape, spec.n_filters, config.n_stages) or not same_grid:
         raise ValueError(
             f"model {model.name!r} ({model.n_stages} stages of {model.n_filters} "
             f"{model.kernel_size}x{model.kernel_size} filters) does not fit this run's "
@@ -121,9 +142,10 @@ def _initial_stages(model, spec, config):
 def _to_model(stages, spec, config, metadata=None, name=None):
     """The TRDModel of a parameter set, named ``name`` or after the task and its level."""
     f, T = config.kernel_size, len(stages)
+    size = f"{f}x{f}" if config.depth is None else f"{config.depth}x{f}x{f}"
     if config.task == "denoise":
         return params_to_model(stages, spec, sigma=config.sigma,
-                               name=name or f"trd-gauss-s{config.sigma:g}-{f}x{f}-{T}st",
+                               name=name or f"trd-gauss-s{config.sigma:g}-{size}-{T}st",
                                metadata=metadata)
     m = params_to_model(stages, spec, sigma=1.0)
     meta = dict(metadata or {})

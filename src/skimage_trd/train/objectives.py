@@ -15,6 +15,7 @@ from ..kernels.cuda import cupy_module
 from ..kernels.engine import run_model
 from .gradients import KernelStages, forward_batch, loss_and_grad, sure_backprop
 from .gradients_cupy import BatchProjection, GemmTrainer
+from .gradients_volume import VolumeStages, VolumeTrainer
 from .models import _to_model
 
 # below this many training pixels the optimiser fits SURE's probe even within a chunk
@@ -28,6 +29,7 @@ HELD_OUT_EPS_FACTOR = 0.01  # their finite-difference step, relative to the trai
 # this many standard errors (a gain within the estimate's noise is no gain: without this rule
 # the best checkpoint by the estimate on Set12's airplane was 0.042 dB worse in truth)
 SIGNIFICANCE = 2.0
+VOLUME_WINDOW_PLANES = 16  # SURE's random windows in volumes: this many planes by patch^2
 
 
 class _KernelBatch:
@@ -96,15 +98,19 @@ class _SureBatch:
         images = list(noisy)
         self.weights = None if weights is None else list(weights)
         size = sum(im.size for im in images)
+        self.window = None
         if patch is not None:
-            patch = min(int(patch), *(min(im.shape) for im in images))
-            if int(patches) * patch * patch >= size and not isinstance(noisy, list):
-                patch = None  # (windows as large as the batch: the batch itself)
+            patch = min(int(patch), *(min(im.shape[-2:]) for im in images))
+            # volumes: windows of VOLUME_WINDOW_PLANES planes (or the volume's) by patch^2
+            self.window = (patch, patch) if spec.ndim == 2 else (
+                min(VOLUME_WINDOW_PLANES, *(im.shape[0] for im in images)), patch, patch)
+            if int(patches) * math.prod(self.window) >= size and not isinstance(noisy, list):
+                patch = self.window = None  # (windows as large as the batch: the batch itself)
         if patch is None and isinstance(noisy, list):
             noisy = np.stack(noisy)  # (one size: checked by the caller)
         self.noisy, self.images = noisy, images
         self.patch, self.patches = patch, int(patches)
-        side = patch * patch if patch else images[0].size
+        side = math.prod(self.window) if patch else images[0].size
         self.eps = divergence_epsilon(self.sigma, side)
         self.xp = cupy_module() if backend == "cupy" else np
         self.plain = None if patch else self._backend(noisy)
@@ -114,10 +120,12 @@ class _SureBatch:
     def n_px(self):
         """Pixels the loss is summed over (a draw's windows, or the whole batch)."""
         if self.patch:
-            return self.patches * self.patch * self.patch
+            return self.patches * math.prod(self.window)
         return self.noisy.size
 
     def _backend(self, data):
+        if self.spec.ndim == 3:
+            return VolumeStages(data, self.spec)
         if self.backend == "cupy":
             return GemmTrainer(data, data, self.spec, xp=self.xp, dtype=data.dtype)
         return KernelStages(data, self.spec, backend=self.backend)
@@ -129,13 +137,14 @@ class _SureBatch:
         y, plain = self.noisy, self.plain
         w = None if self.weights is None else np.stack(self.weights) if not self.patch else None
         if self.patch:
-            k, P = self.patches, self.patch
-            which = rng.integers(0, len(self.images), k)
-            at = [(rng.integers(0, self.images[i].shape[0] - P + 1),
-                   rng.integers(0, self.images[i].shape[1] - P + 1)) for i in which]
-            y = np.stack([self.images[i][r:r + P, c:c + P] for i, (r, c) in zip(which, at)])
+            win = self.window
+            which = rng.integers(0, len(self.images), self.patches)
+            at = [tuple(slice(o, o + n) for o, n in zip(
+                      [rng.integers(0, self.images[i].shape[a] - win[a] + 1)
+                       for a in range(len(win))], win)) for i in which]
+            y = np.stack([self.images[i][s] for i, s in zip(which, at)])
             if self.weights is not None:
-                w = np.stack([self.weights[i][r:r + P, c:c + P] for i, (r, c) in zip(which, at)])
+                w = np.stack([self.weights[i][s] for i, s in zip(which, at)])
             plain = self._backend(np.ascontiguousarray(y))
         probe = rng.standard_normal(y.shape).astype(y.dtype)
         if w is not None:
@@ -165,6 +174,9 @@ def _run_stages(backend, stages, u):
 def _batch(noisy, clean, spec, backend, constraint=None, weights=None):
     if backend not in ("numba", "numpy", "cupy"):
         raise ValueError(f"unknown training backend {backend!r}; choose 'numba', 'cupy' or 'numpy'")
+    if spec.ndim == 3:  # volumes: the matrix-form CPU trainer
+        trainer = VolumeTrainer(noisy, clean, spec)
+        return trainer if weights is None else _GemmBatch(trainer, weights)
     if constraint is not None and backend == "numba":
         return _KernelDeblockBatch(noisy, clean, spec, constraint)
     if backend == "cupy" or constraint is not None:
@@ -281,6 +293,8 @@ class HeldOut:
         correlated; tiles are far less so)."""
         sums, counts = [], []
         for b, a, h in zip(before, after, self.held):
+            # (volumes: their planes one under the other)
+            b, a, h = (x.reshape(-1, x.shape[-1]) for x in (b, a, h))
             H, W = h.shape
             Hc, Wc = -(-H // tile) * tile, -(-W // tile) * tile
             d = np.zeros((Hc, Wc))

@@ -1,0 +1,237 @@
+"""Volumes: 3-D models, their kernels and gradients, the volume generator, training by fit."""
+
+import numpy as np
+import pytest
+from scipy.ndimage import correlate
+
+from skimage_trd import TRDModel, dct_filter_basis
+from skimage_trd._model import ModelFileError
+from skimage_trd._volumes import fluorescence_volume
+from skimage_trd.kernels.engine import run_model
+from skimage_trd.kernels.reference import correlate_valid, trd_reference
+from skimage_trd.kernels.volume import GridRBF, run_volume
+from skimage_trd.train import fit
+from skimage_trd.train.gradients import (
+    StageParams,
+    TrainingSpec,
+    model_to_params,
+    pack_params,
+    params_to_model,
+)
+from skimage_trd.train.gradients_volume import (
+    VolumeStages,
+    VolumeTrainer,
+    pad_symmetric_adjoint_nd,
+    stage_backward_volume_reference,
+    stage_forward_volume_reference,
+)
+from skimage_trd.train.models import default_rbf_grid, lift_to_volume
+
+CENTERS, PRECISION = default_rbf_grid(25)
+
+
+def small_2d_model(rng, n_filters=4, f=5, n_stages=2):
+    filters = rng.standard_normal((n_stages, n_filters, f, f))
+    filters -= filters.mean(axis=(2, 3), keepdims=True)
+    filters /= np.sqrt((filters**2).sum(axis=(2, 3), keepdims=True))
+    return TRDModel(filters=filters, weights=rng.normal(0, 5, (n_stages, n_filters, CENTERS.size)),
+                    centers=CENTERS, precision=PRECISION, lambdas=np.full(n_stages, 0.2),
+                    sigma=25, name="small")
+
+
+def random_volume_model(rng, shape=(3, 5, 5), n_filters=3, n_stages=2):
+    filters = rng.standard_normal((n_stages, n_filters) + shape)
+    filters -= filters.mean(axis=(2, 3, 4), keepdims=True)
+    filters /= np.sqrt((filters**2).sum(axis=(2, 3, 4), keepdims=True))
+    return TRDModel(filters=filters, weights=rng.normal(0, 5, (n_stages, n_filters, CENTERS.size)),
+                    centers=CENTERS, precision=PRECISION, lambdas=np.full(n_stages, 0.2),
+                    sigma=25, name="vol")
+
+
+# ------------------------------------------------------------------------------- the model
+def test_volume_model_shape_save_load(tmp_path):
+    m = random_volume_model(np.random.default_rng(0))
+    assert (m.ndim, m.depth, m.kernel_size, m.filter_shape) == (3, 3, 5, (3, 5, 5))
+    assert m.radii == (1, 2, 2) and m.halos == (4, 8, 8)
+    m.save(tmp_path / "v.npz")
+    back = TRDModel.load(tmp_path / "v.npz")
+    assert back.filter_shape == (3, 5, 5)
+    np.testing.assert_array_equal(back.filters, m.filters)
+    with pytest.raises(ModelFileError, match="odd"):
+        TRDModel(filters=np.zeros((1, 2, 2, 5, 5)), weights=np.zeros((1, 2, 63)),
+                 centers=CENTERS, precision=PRECISION, lambdas=[1.0], sigma=25)
+    with pytest.raises(ModelFileError, match="denoising"):
+        TRDModel(filters=m.filters, weights=m.weights, centers=CENTERS, precision=PRECISION,
+                 task="deblock", quality=10)
+
+
+def test_dct_basis_3d_orthonormal_zero_mean():
+    b = dct_filter_basis((3, 5, 5))
+    assert b.shape == (74, 3, 5, 5)
+    M = b.reshape(len(b), -1)
+    np.testing.assert_allclose(M @ M.T, np.eye(len(b)), atol=1e-12)
+    np.testing.assert_allclose(M.sum(axis=1), 0, atol=1e-12)
+    np.testing.assert_array_equal(dct_filter_basis(5), dct_filter_basis((5, 5)))
+
+
+def test_correlate_valid_3d_matches_scipy():
+    rng = np.random.default_rng(1)
+    a, k = rng.random((7, 9, 10)), rng.random((3, 5, 5))
+    np.testing.assert_allclose(correlate_valid(a, k),
+                               correlate(a, k, mode="constant")[1:-1, 2:-2, 2:-2], atol=1e-12)
+
+
+# ------------------------------------------------------------------------------- the stages
+def test_lifted_model_is_plane_by_plane_exactly():
+    rng = np.random.default_rng(2)
+    m2 = small_2d_model(rng)
+    m3 = lift_to_volume(m2, 3)
+    vol = rng.uniform(0, 255, (5, 14, 16))
+    planes = np.stack([trd_reference(p, m2) for p in vol])
+    np.testing.assert_array_equal(trd_reference(vol, m3), planes)
+    np.testing.assert_allclose(run_model(vol, m3), planes, atol=1e-9)
+    assert m3.metadata["lifted_from"]["name"] == "small"
+    with pytest.raises(ValueError, match="odd"):
+        lift_to_volume(m2, 2)
+
+
+@pytest.mark.parametrize("dtype, atol", [(np.float64, 1e-9), (np.float32, 2e-2)])
+def test_volume_kernel_matches_reference(dtype, atol):
+    rng = np.random.default_rng(3)
+    m = random_volume_model(rng)
+    vol = rng.uniform(0, 255, (6, 11, 13))
+    ref = trd_reference(vol, m)
+    np.testing.assert_allclose(run_volume(vol, m, dtype), ref, atol=atol)
+    np.testing.assert_allclose(run_model(vol.astype(dtype), m, backend="numpy"), ref, atol=atol)
+
+
+def test_run_model_refuses_mismatched_dimensions():
+    rng = np.random.default_rng(4)
+    with pytest.raises(ValueError, match="volumes"):
+        run_model(rng.random((8, 9)), random_volume_model(rng))
+    with pytest.raises(ValueError, match="2-D images"):
+        run_model(rng.random((4, 8, 9)), small_2d_model(rng))
+
+
+# ------------------------------------------------------------------------------- gradients
+def test_pad_symmetric_adjoint_nd_is_the_adjoint():
+    rng = np.random.default_rng(5)
+    u = rng.random((3, 4, 5))
+    pads = (2, 3, 6)  # (6 > 5: repeated reflection)
+    v = rng.random(tuple(n + 2 * p for n, p in zip(u.shape, pads)))
+    lhs = np.sum(np.pad(u, [(p, p) for p in pads], mode="symmetric") * v)
+    rhs = np.sum(u * pad_symmetric_adjoint_nd(v, pads, u.shape))
+    assert lhs == pytest.approx(rhs, rel=1e-12)
+
+
+def volume_spec(n_filters=3):
+    return TrainingSpec(3, CENTERS, PRECISION, n_filters=n_filters, depth=3)
+
+
+def random_params(rng, spec, n_stages=2):
+    return [StageParams(rng.standard_normal((spec.n_filters, spec.n_coefficients)),
+                        rng.normal(0, 5, (spec.n_filters, spec.n_rbf)), float(np.log(0.2)))
+            for _ in range(n_stages)]
+
+
+def test_volume_stage_matches_numpy_reference():
+    """The matrix form against the plain formulas, whose phi is the exact RBF sum (the cubic
+    interpolant of training differs from it by GridRBF.max_error; the finite-difference test
+    below checks that the gradient is the interpolant's exactly)."""
+    rng = np.random.default_rng(6)
+    spec = volume_spec()
+    p = random_params(rng, spec, 1)[0]
+    u = rng.uniform(0, 255, (1, 5, 8, 9))
+    f = u + rng.normal(0, 20, u.shape)
+    g = rng.standard_normal(u.shape)
+    st = VolumeStages(f, spec, np.float64)
+    out = st.stage_forward(st.stage(p), u)[0]
+    np.testing.assert_allclose(out[0], stage_forward_volume_reference(u[0], f[0], p, spec),
+                               atol=1e-4)
+    grad, du = st.stage_backward(st.stage(p), u, None, g, True)
+    ref = stage_backward_volume_reference(u[0], f[0], g[0], p, spec)
+    for a, b in ((grad.coefficients, ref.coefficients), (grad.weights, ref.weights),
+                 (du[0], ref.u)):
+        assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max()
+    assert grad.log_lambda == pytest.approx(ref.log_lambda, rel=1e-9)
+    assert GridRBF(CENTERS, PRECISION).max_error(p.weights) < 1e-4
+
+
+def test_volume_loss_gradient_finite_differences():
+    rng = np.random.default_rng(7)
+    spec = volume_spec()
+    params = pack_params(random_params(rng, spec, 2))
+    clean = rng.uniform(20, 235, (2, 5, 8, 9))
+    noisy = clean + rng.normal(0, 20, clean.shape)
+    tr = VolumeTrainer(noisy, clean, spec, np.float64)
+    _, grad = tr.loss_and_grad(params)
+    size = spec.stage_size
+    picks = list(rng.choice(params.size, 10, replace=False)) + [size - 1, 2 * size - 1]
+    for i in picks:  # (the log-lambdas of both stages among them)
+        h = 1e-5 * max(1.0, abs(params[i]))
+        e = np.zeros_like(params)
+        e[i] = h
+        fd = (tr.loss_and_grad(params + e)[0] - tr.loss_and_grad(params - e)[0]) / (2 * h)
+        assert grad[i] == pytest.approx(fd, rel=1e-6, abs=1e-7 * np.abs(grad).max())
+    _, grad_last = tr.loss_and_grad(params[size:], stages="last",
+                                    u_start=tr.forward([random_params(rng, spec, 1)[0]]))
+    assert grad_last.shape == (size,)
+
+
+def test_params_round_trip_3d():
+    rng = np.random.default_rng(8)
+    m = random_volume_model(rng)
+    params, spec = model_to_params(m)
+    assert spec.filter_shape == (3, 5, 5) and spec.n_coefficients == 74
+    back = params_to_model(params, spec, sigma=25)
+    np.testing.assert_allclose(back.filters, m.filters, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------- generator
+def test_fluorescence_volume_is_reproducible_and_varied():
+    a = fluorescence_volume((8, 40, 44), seed=3)
+    b = fluorescence_volume((8, 40, 44), seed=3)
+    c = fluorescence_volume((8, 40, 44), psf="widefield", z_step=2.5, seed=4)
+    np.testing.assert_array_equal(a, b)
+    for v in (a, c):
+        assert v.shape == (8, 40, 44) and v.min() >= 0 and v.max() <= 1
+        assert v.std() > 0.02
+    assert np.abs(a - c).mean() > 0.01
+    with pytest.raises(ValueError, match="psf"):
+        fluorescence_volume((4, 8, 8), psf="sted")
+    with pytest.raises(ValueError, match="structures"):
+        fluorescence_volume((4, 8, 8), structures=("cells",))
+
+
+# ------------------------------------------------------------------------------- training
+def test_fit_trains_a_volume_model_from_a_lifted_2d_model():
+    rng = np.random.default_rng(9)
+    m2 = small_2d_model(rng, n_filters=3, f=3, n_stages=2)
+    vols = [fluorescence_volume((8, 24, 24), seed=s) * 255 for s in (0, 1)]
+    lines = []
+    m = fit(vols, sigma=25, init=m2, depth=3, iterations=3, chunk=3, log=lines.append)
+    assert m.filter_shape == (3, 3, 3) and m.name.startswith("small-lifted-3x3x3-mse-")
+    hist = m.metadata["provenance"]
+    assert hist["config"]["depth"] == 3
+    # the start gives the 2-D result; training moved the filters out of the centre plane
+    assert np.abs(m.filters[:, :, [0, 2]]).max() > 0
+    noisy = vols[0] + 25 * np.random.default_rng(0).standard_normal(vols[0].shape)
+    assert np.isfinite(run_model(noisy, m)).all()
+    with pytest.raises(ValueError, match="volumes"):
+        fit([np.zeros((24, 24))], sigma=25, init=m2, depth=3)
+    with pytest.raises(ValueError, match="starts from a model"):
+        fit(vols, sigma=25, depth=3)
+
+
+def test_fit_adapts_a_volume_model_by_sure_with_held_out_pixels():
+    rng = np.random.default_rng(10)
+    m3 = lift_to_volume(small_2d_model(rng, n_filters=3, f=3, n_stages=2), 3)
+    vol = fluorescence_volume((12, 64, 64), seed=5) * 200 + 20
+    noisy = vol + 25 * rng.standard_normal(vol.shape)
+    lines = []
+    m = fit([noisy], sigma=25, loss="sure", init=m3, iterations=4, chunk=2, patch=32,
+            log=lines.append)
+    assert m.filter_shape == (3, 3, 3)
+    result = m.metadata["provenance"]["result"]
+    assert "unchanged" in result or result.get("iteration", 0) > 0
+    assert any("held-out" in line for line in lines)
