@@ -235,3 +235,68 @@ def test_fit_adapts_a_volume_model_by_sure_with_held_out_pixels():
     result = m.metadata["provenance"]["result"]
     assert "unchanged" in result or result.get("iteration", 0) > 0
     assert any("held-out" in line for line in lines)
+
+
+# ------------------------------------------------------------------------------- the API
+def noisy_volume(shape=(6, 40, 44), sigma=0.1, seed=0):
+    clean = fluorescence_volume(shape, seed=seed)
+    return clean, clean + sigma * np.random.default_rng(seed).standard_normal(shape)
+
+
+@pytest.fixture(scope="module")
+def volume_model():
+    return lift_to_volume(small_2d_model(np.random.default_rng(11), n_filters=4, f=5), 3)
+
+
+def test_denoise_trd_axes_zyx_runs_the_volume_model(volume_model):
+    from skimage_trd import denoise_trd
+
+    clean, noisy = noisy_volume()
+    out, choices = denoise_trd(noisy, 0.1, axes="ZYX", model=volume_model, return_choices=True)
+    assert out.shape == noisy.shape and out.dtype == np.float64
+    assert choices[0]["model"] == volume_model.name and choices[0]["volume"] == ()
+    # the lifted model is its 2-D model plane by plane: the volume call equals the plane call
+    # with the 2-D model (the stage map commutes with the planes' and the volume's means)
+    flat = small_2d_model(np.random.default_rng(11), n_filters=4, f=5)
+    np.testing.assert_allclose(out, denoise_trd(noisy, 0.1, model=flat), atol=2e-5)
+    # a time series of volumes, channels, uint8 in and out
+    ts = np.stack([noisy, noisy])
+    out_t = denoise_trd(ts, 0.1, axes="TZYX", model=volume_model)
+    np.testing.assert_allclose(out_t[1], out, atol=1e-6)
+    out_c = denoise_trd(np.stack([noisy, noisy], -1), [0.1, 0.1], axes="ZYXC",
+                        model=volume_model)
+    np.testing.assert_allclose(out_c[..., 0], out, atol=1e-6)
+    u8 = np.clip(noisy * 255, 0, 255).astype(np.uint8)
+    assert denoise_trd(u8, 25, axes="ZYX", model=volume_model, preserve_range=True,
+                       preserve_dtype=True).dtype == np.uint8
+    progress = []
+    denoise_trd(ts, 0.1, axes="TZYX", model=volume_model,
+                progress=lambda d, t: progress.append((d, t)))
+    assert progress[-1][0] == progress[-1][1] and progress == sorted(progress)
+
+
+def test_denoise_trd_axes_bad_input_is_refused(volume_model):
+    from skimage_trd import denoise_trd
+
+    _, noisy = noisy_volume()
+    cases = [
+        (dict(axes="YX"), "letters"),
+        (dict(axes="ZYX", model="trd-gauss-s25-7x7-5st"), "2-D models"),
+        (dict(axes="ZXY", model=volume_model), "Y and X"),
+        (dict(axes="ZZX", model=volume_model), "twice"),
+        (dict(axes="QYX", model=volume_model), "unknown"),
+        (dict(model=volume_model), "axes with a Z"),
+        (dict(axes="ZYX", model=volume_model, tile_shape=64), "whole"),
+        (dict(spacing=(2, 1, 1)), "axes"),
+        (dict(axes="ZYX", model=volume_model, spacing=(2, 1)), "three"),
+    ]
+    for kw, match in cases:
+        with pytest.raises((ValueError, TypeError), match=match):
+            denoise_trd(noisy, 0.1, **kw)
+    with pytest.raises(ValueError, match="no Z"):
+        denoise_trd(noisy[0], 0.1, axes="ZYX", model=volume_model)
+    with pytest.raises(ValueError, match="fewer than the 3 planes"):
+        denoise_trd(noisy[:2], 0.1, axes="ZYX", model=volume_model)
+    with pytest.warns(UserWarning, match="plane by plane"):
+        out = denoise_trd(noisy, 0.1, axes="ZYX", spacing=(8, 1, 1))
+    np.testing.assert_array_equal(out, denoise_trd(noisy, 0.1))

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from skimage_trd.train.config import TrainingConfig
 from skimage_trd.train.gradients import unpack_params
-from skimage_trd.train.run import TrainingConfig, _git_commit, _to_model
+from skimage_trd.train.loop import _git_commit
+from skimage_trd.train.models import _to_model
 
 
 def main(run, target):

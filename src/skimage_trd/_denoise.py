@@ -22,6 +22,7 @@ from ._arrays import (
     resolve_backend,
     to_input_dtype,
 )
+from ._axes import check_volume_spacing, iter_volumes, parse_axes
 from ._choice import choice_record, sure_setting
 from ._dask import denoise_trd_dask
 from ._planes import (
@@ -60,6 +61,8 @@ def denoise_trd(
     select="range",
     return_choices=False,
     adapt=False,
+    axes=None,
+    spacing=None,
 ):
     """Remove Gaussian noise with a trained nonlinear reaction diffusion (TRD) model.
 
@@ -182,6 +185,19 @@ def denoise_trd(
         reported for it (90 % of the call's). NumPy images only, gray, stacks or channels denoised one by
         one (``color_transform='none'``). To keep the adapted model, call
         :func:`skimage_trd.train.fit` yourself (``docs/models.md``).
+    axes : str, optional
+        What the axes of ``image`` are, in OME/tifffile letters: ``T`` (time), ``S`` (any
+        stack), ``C`` (channel), ``Z``, ``Y``, ``X`` (e.g. ``'ZYX'``, ``'TZYX'``,
+        ``'TZCYX'``, ``'YX'``, ``'TYX'``). With a ``Z`` (right before ``Y`` and ``X``),
+        every (z, y, x) volume is denoised as one volume with the volume models (3-D
+        filters, ``model`` must be such models; default: the shipped ones); without, plane
+        by plane as without ``axes``. ``C`` sets the channel axis (as ``channel_axis``).
+        Volumes need at least 3 planes; NumPy arrays (not yet CuPy or dask); no
+        ``tile_shape``, ``adapt`` or colour transform (channels one by one).
+    spacing : (float, float, float), optional
+        Volumes: the voxel size ``(dz, dy, dx)`` in any one unit. The volume models are
+        trained for z-steps of 1 to 4 pixels; a z-step beyond 6 pixels is denoised plane by
+        plane with the 2-D models (with a warning). Default: not checked.
 
     Returns
     -------
@@ -264,8 +280,18 @@ def denoise_trd(
     """
     kind = array_module(image)
     image = check_image(image)
+    layout = None
+    if axes is not None:
+        layout = parse_axes(axes, image.shape, normalize_channel_axis(image, channel_axis))
+        channel_axis = layout.channel_axis
+        if layout.volume and check_volume_spacing(spacing, image.shape) is None:
+            # (z-step beyond the models': plane by plane, said in the warning)
+            layout = replace(layout, volume=False, far_planes=True)
+    elif spacing is not None:
+        raise ValueError("spacing is the voxel size of volumes: give axes (e.g. 'ZYX') too")
     channel_axis = normalize_channel_axis(image, channel_axis)
-    check_spatial(image, channel_axis)
+    if layout is None or not layout.volume:
+        check_spatial(image, channel_axis)
     n_channels = 1 if channel_axis is None else image.shape[channel_axis]
     sigmas = check_sigma(sigma, n_channels)
     if color_transform not in ("opponent", "none"):
@@ -273,8 +299,20 @@ def denoise_trd(
     backend = resolve_backend(backend, kind)
     _warn_sigma_units(sigmas, image.dtype)
     _warn_sigma_range(image, kind, sigmas)
+    if layout is not None and layout.volume:
+        return _volume_call(image, kind, sigmas, layout, model=model, backend=backend,
+                            num_threads=num_threads, tile_shape=tile_shape, n_stages=n_stages,
+                            data_range=data_range, exact=exact, progress=progress,
+                            preserve_range=preserve_range, preserve_dtype=preserve_dtype,
+                            return_choices=return_choices, adapt=adapt)
     _warn_channel_axis(image.shape, channel_axis)
     bank = tuple(resolve_models(model, "denoise"))
+    if any(m.ndim == 3 for m in bank):
+        if layout is not None and layout.far_planes:
+            raise ValueError("the z-step (spacing) is beyond what the volume models cover, so "
+                             "the planes are denoised one by one: give 2-D models (or none)")
+        raise ValueError("volume models (3-D filters) denoise volumes: give axes with a Z "
+                         "(e.g. axes='ZYX')")
     if n_stages is not None:
         n_stages = int(n_stages)
         shortest = min(m.n_stages for m in bank)
@@ -389,6 +427,61 @@ def _denoise_planes(image, kind, sigmas, channel_axis, opts, *, progress=None, c
     if kind == "cupy" and backend != "cupy":
         return cupy_module().asarray(out)
     return out
+
+
+def _volume_call(image, kind, sigmas, layout, *, model, backend, num_threads, tile_shape,
+                 n_stages, data_range, exact, progress, preserve_range, preserve_dtype,
+                 return_choices, adapt):
+    """``denoise_trd`` with ``axes`` holding a Z: every (z, y, x) volume as one volume."""
+    if kind != "numpy":
+        raise ValueError(f"volumes (axes with Z) are denoised from NumPy arrays for now, got a "
+                         f"{kind} array (np.asarray(...), or .get() for CuPy)")
+    if backend == "cupy":
+        raise ValueError("volume models have no GPU kernel yet: use backend='auto' or 'numba'")
+    if tile_shape is not None or adapt:
+        raise ValueError("volumes are denoised whole: tile_shape and adapt are for planes")
+    z = layout.axes.index("Z")
+    bank = tuple(resolve_models(model, "denoise", ndim=3))
+    flat = [m.name for m in bank if m.ndim != 3]
+    if flat:
+        raise ValueError(f"axes {layout.axes!r} asks for volumes, but {flat} are 2-D models: "
+                         "give volume models (3-D filters), or drop the Z from axes to "
+                         "denoise plane by plane")
+    depth = max(m.depth for m in bank)
+    if image.shape[z] < depth:
+        raise ValueError(f"the volumes have {image.shape[z]} planes (axis Z of shape "
+                         f"{image.shape}), fewer than the {depth} planes of the volume "
+                         "models' filters: denoise them plane by plane (axes without Z)")
+    if n_stages is not None:
+        n_stages = int(n_stages)
+        shortest = min(m.n_stages for m in bank)
+        if not 1 <= n_stages <= shortest:
+            raise ValueError(f"n_stages must be in 1..{shortest}, got {n_stages}")
+    if data_range is not None and not (np.isfinite(data_range) and data_range > 0):
+        raise ValueError(f"data_range must be a positive number, got {data_range!r}")
+    opts = PlaneOptions(bank=bank, in_dtype=image.dtype, preserve_range=bool(preserve_range),
+                        backend=resolve_backend(backend, kind), num_threads=num_threads,
+                        n_stages=n_stages, data_range=data_range, exact=bool(exact))
+    choices = [] if return_choices else None
+    out = np.empty(image.shape, dtype=opts.out_dtype)
+    volumes = list(iter_volumes(image.shape, layout))
+    for k, (index, channel) in enumerate(volumes):
+        vol = image[index]
+        setting = plane_settings(vol, sigmas[channel or 0], opts)
+        cb = None
+        if progress is not None:
+            def cb(done, total, k=k):
+                progress(k * total + done, len(volumes) * total)
+        if choices is not None:
+            record = choice_record(index, layout.channel_axis, setting, 1.0 / opts.scale)
+            record["volume"] = record.pop("plane")
+            choices.append(record)
+        out[index] = denoise_plane(vol, setting, opts, cb)
+        if cb is not None and setting.action != "denoise":
+            cb(1, 1)
+    if preserve_dtype:
+        out = to_input_dtype(out, image.dtype, preserve_range)
+    return (out, choices) if return_choices else out
 
 
 # Orthonormal opponent colour transform: luminance and two colour differences.

@@ -68,7 +68,11 @@ def robust_range(plane):
     """Spread of intensities (0.5 to 99.5 percentile) of a plane smoothed against noise
     (a CuPy plane on its GPU)."""
     xp = _xp(plane)
-    if xp is np:
+    if xp is np and plane.ndim != 2:  # (a volume)
+        from scipy.ndimage import gaussian_filter
+
+        smooth = gaussian_filter(np.asarray(plane, dtype=np.float64), 1.5, mode="reflect")
+    elif xp is np:
         smooth = smooth_gaussian(plane, 1.5)  # scipy's gaussian_filter, 'reflect', to rounding
     else:
         from cupyx.scipy.ndimage import gaussian_filter

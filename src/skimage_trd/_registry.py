@@ -22,6 +22,7 @@ deblocking), and checked against the file once it is loaded (:func:`resolve_mode
 from __future__ import annotations
 
 import json
+import re
 import os
 import threading
 from collections.abc import Sequence
@@ -176,21 +177,34 @@ def model_task(name: str) -> str | None:
     return _registered_task(file_name, table[file_name][0])
 
 
-def list_models(task=None) -> list[str]:
-    """Names of the registered pretrained models (optionally only for ``task``).
+def model_ndim(name: str) -> int:
+    """2 or 3: the filters' dimensions a registered name says (``-3x7x7-``: a volume model)."""
+    return 3 if re.search(r"-\d+x\d+x\d+-", name) else 2
+
+
+def list_models(task=None, ndim=None) -> list[str]:
+    """Names of the registered pretrained models (optionally only for ``task``, or only the
+    image (``ndim=2``) or volume (``ndim=3``) models).
 
     Parameters
     ----------
     task : {'denoise', 'deblock'}, optional
         Only the models whose file records this task (read from the file's metadata; for a
         model not downloaded yet, from its registered name).
+    ndim : {2, 3}, optional
+        Only the models with 2-D filters (images, planes) or 3-D filters (volumes), by their
+        registered names (``trd-gauss-s25-3x7x7-5st``: a volume model).
     """
     if task is not None and task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose 'denoise' or 'deblock'")
+    if ndim not in (None, 2, 3):
+        raise ValueError(f"ndim must be 2, 3 or None, got {ndim!r}")
     table = registry()
     names = sorted(table)
     if task is not None:
         names = [n for n in names if _registered_task(n, table[n][0]) == task]
+    if ndim is not None:
+        names = [n for n in names if model_ndim(n) == ndim]
     return [_model_name(n) for n in names]
 
 
@@ -262,13 +276,15 @@ def load_model(model) -> TRDModel:
     )
 
 
-def resolve_models(model, task) -> list[TRDModel]:
-    """The model bank of a public function: the shipped models of ``task`` for ``None``, else
-    the model(s) given (names, paths or TRDModel, one or a sequence), checked to be ``task``'s."""
+def resolve_models(model, task, ndim=2) -> list[TRDModel]:
+    """The model bank of a public function: the shipped models of ``task`` (with ``ndim``-D
+    filters) for ``None``, else the model(s) given (names, paths or TRDModel, one or a
+    sequence), checked to be ``task``'s."""
     if model is None:
-        names = list_models(task)
+        names = list_models(task, ndim)
         if not names:
-            raise ValueError(f"no pretrained {task} models are installed; pass model= a "
+            what = "volume " if ndim == 3 else ""
+            raise ValueError(f"no pretrained {what}{task} models are installed; pass model= a "
                              "TRDModel, a .npz file or an authors' .mat file")
         bank = [load_model(n) for n in names]
     elif isinstance(model, (str, TRDModel)) or hasattr(model, "__fspath__"):
