@@ -22,8 +22,8 @@ deblocking), and checked against the file once it is loaded (:func:`resolve_mode
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import threading
 from collections.abc import Sequence
 from importlib import resources
