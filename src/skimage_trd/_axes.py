@@ -14,8 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._arrays import array_module, check_image, check_spatial, normalize_channel_axis
+
 __all__ = ["parse_axes", "AxesLayout", "iter_volumes", "check_volume_spacing",
-           "MAX_ANISOTROPY"]
+           "MAX_ANISOTROPY", "InputSetup", "setup_input"]
 
 LETTERS = "TSCZYX"
 # z-steps beyond this many pixels: the planes share too little for the volume models (trained
@@ -100,3 +102,41 @@ def iter_volumes(shape, layout: AxesLayout):
             full[ax] = i
         channel = idx[lead.index(layout.channel_axis)] if layout.channel_axis is not None else None
         yield tuple(full), channel
+
+
+@dataclass(frozen=True)
+class InputSetup:
+    """An image checked by :func:`setup_input`: the array (of its own module), its kind
+    (``'numpy'``, ``'cupy'``, ``'dask'``), the channel axis (non-negative, or None) and the
+    axes layout (None without ``axes``; ``layout.volume``: denoise (z, y, x) volumes)."""
+
+    image: object
+    kind: str
+    channel_axis: int | None
+    layout: AxesLayout | None
+
+    @property
+    def volume(self) -> bool:
+        return self.layout is not None and self.layout.volume
+
+
+def setup_input(image, channel_axis=None, axes=None, spacing=None, *, what="denoise_trd"):
+    """The one input setup of the public functions: refuse what cannot be restored
+    (:func:`skimage_trd._arrays.check_image`), read ``axes`` (and the volumes' ``spacing``)
+    and ``channel_axis``, and check that planes have two spatial dimensions. ``axes`` with a
+    ``Z`` whose z-step is beyond :data:`MAX_ANISOTROPY` pixels falls back to planes (warned,
+    ``layout.far_planes``)."""
+    kind = array_module(image)
+    image = check_image(image)
+    layout = None
+    if axes is not None:
+        layout = parse_axes(axes, image.shape, normalize_channel_axis(image, channel_axis))
+        channel_axis = layout.channel_axis
+        if layout.volume and check_volume_spacing(spacing, image.shape) is None:
+            layout = AxesLayout(layout.axes, layout.channel_axis, False, far_planes=True)
+    elif spacing is not None:
+        raise ValueError("spacing is the voxel size of volumes: give axes (e.g. 'ZYX') too")
+    channel_axis = normalize_channel_axis(image, channel_axis)
+    if layout is None or not layout.volume:
+        check_spatial(image, channel_axis, what=what)
+    return InputSetup(image, kind, channel_axis, layout)

@@ -8,14 +8,12 @@ import warnings
 import numpy as np
 
 from ._arrays import (
-    array_module,
     check_image,
-    check_spatial,
     float_dtype,
     iter_planes,
-    normalize_channel_axis,
     resolve_backend,
 )
+from ._axes import setup_input
 from ._jpeg import (
     QuantizationConstraint,
     estimate_quality,
@@ -213,10 +211,8 @@ def deblock_trd(
     .. [1] Y. Chen, W. Yu and T. Pock, "On learning optimized reaction
            diffusion processes for effective image restoration", CVPR 2015.
     """
-    kind = array_module(image)
-    image = check_image(image)
-    channel_axis = normalize_channel_axis(image, channel_axis)
-    check_spatial(image, channel_axis, what="deblock_trd")
+    setup = setup_input(image, channel_axis, what="deblock_trd")
+    image, kind, channel_axis = setup.image, setup.kind, setup.channel_axis
     if channel_axis is not None and image.shape[channel_axis] != 3:
         raise ValueError(f"colour deblocking needs 3 channels (RGB) on channel_axis, got "
                          f"{image.shape[channel_axis]}")

@@ -13,16 +13,12 @@ import numpy as np
 from ._adapt import ADAPT_SHARE, adapt_bank
 from ._arrays import (
     _xp,
-    array_module,
-    check_image,
-    check_spatial,
     iter_planes,
-    normalize_channel_axis,
     normalize_tile_shape,
     resolve_backend,
     to_input_dtype,
 )
-from ._axes import check_volume_spacing, iter_volumes, parse_axes
+from ._axes import iter_volumes, setup_input
 from ._choice import choice_record, sure_setting
 from ._dask import denoise_trd_dask
 from ._planes import (
@@ -278,20 +274,8 @@ def denoise_trd(
     >>> denoised.shape
     (128, 128)
     """
-    kind = array_module(image)
-    image = check_image(image)
-    layout = None
-    if axes is not None:
-        layout = parse_axes(axes, image.shape, normalize_channel_axis(image, channel_axis))
-        channel_axis = layout.channel_axis
-        if layout.volume and check_volume_spacing(spacing, image.shape) is None:
-            # (z-step beyond the models': plane by plane, said in the warning)
-            layout = replace(layout, volume=False, far_planes=True)
-    elif spacing is not None:
-        raise ValueError("spacing is the voxel size of volumes: give axes (e.g. 'ZYX') too")
-    channel_axis = normalize_channel_axis(image, channel_axis)
-    if layout is None or not layout.volume:
-        check_spatial(image, channel_axis)
+    setup = setup_input(image, channel_axis, axes, spacing, what="denoise_trd")
+    image, kind, channel_axis, layout = setup.image, setup.kind, setup.channel_axis, setup.layout
     n_channels = 1 if channel_axis is None else image.shape[channel_axis]
     sigmas = check_sigma(sigma, n_channels)
     if color_transform not in ("opponent", "none"):

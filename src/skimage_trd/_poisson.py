@@ -22,11 +22,9 @@ import numpy as np
 
 from ._arrays import (
     array_module,
-    check_image,
-    check_spatial,
-    normalize_channel_axis,
     to_input_dtype,
 )
+from ._axes import iter_volumes, setup_input
 from ._choice import distinct_levels
 from ._denoise import denoise_trd, internal_sigma
 from ._planes import robust_range, training_sigma
@@ -183,7 +181,8 @@ def _bracket(plane, bank):
 
 
 def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channel_axis=None,
-                        preserve_dtype=False, select="range", **kwargs):
+                        preserve_dtype=False, select="range", axes=None, spacing=None,
+                        **kwargs):
     """Denoise Poisson-Gaussian data (photon counts plus read noise) with the Gaussian models.
 
     Parameters
@@ -215,6 +214,10 @@ def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channe
         microscopy-like images (+0.04 dB and more); ``'sure'`` was 0.04 dB below it on
         Set12 at 20 photons (the error SURE estimates is the stabilised domain's, not the
         inverse's).
+    axes, spacing : optional
+        As in :func:`skimage_trd.denoise_trd`: with a ``Z`` in ``axes`` (e.g. ``'ZYX'``,
+        ``'TZYX'``), every (z, y, x) volume is stabilised as a whole (gain and read noise
+        estimated on the volume when not given) and denoised with the volume models.
     **kwargs
         Passed to :func:`skimage_trd.denoise_trd` (``model``, ``backend``, ``num_threads``,
         ``tile_shape``, ...); ``progress(done, total)`` counts over all planes.
@@ -255,9 +258,10 @@ def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channe
         raise ValueError(f"select must be 'sure' or 'range', got {select!r}")
     if array_module(image) == "cupy":
         image = image.get()
-    image = check_image(np.asarray(image))  # bool, complex, NaN and inf refused
-    channel_axis = normalize_channel_axis(image, channel_axis)
-    check_spatial(image, channel_axis, what="denoise_trd_poisson")
+    # bool, complex, NaN and inf refused
+    setup = setup_input(np.asarray(image), channel_axis, axes, spacing,
+                        what="denoise_trd_poisson")
+    image, channel_axis = setup.image, setup.channel_axis
     if gain is not None and not (np.isfinite(gain) and gain > 0):
         raise ValueError(f"gain must be a positive number (camera units per photon), got {gain!r}")
     if read_noise is not None and not (np.isfinite(read_noise) and read_noise >= 0):
@@ -274,6 +278,9 @@ def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channe
             f"{x.min():g}..{x.max():g}): it should be the camera's dark level, the value of no "
             "light, at or below the darkest pixels' mean"
         )
+    if setup.volume:
+        out = _poisson_volumes(x, setup.layout, gain, read_noise, offset, **kwargs)
+        return to_input_dtype(out, image.dtype, True) if preserve_dtype else out
     if channel_axis is not None:
         x = np.moveaxis(x, channel_axis, 0)
     planes = x.reshape(-1, *x.shape[-2:])
@@ -315,3 +322,29 @@ def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channe
     if channel_axis is not None:
         out = np.moveaxis(out, 0, channel_axis)
     return to_input_dtype(out, image.dtype, True) if preserve_dtype else out
+
+
+def _poisson_volumes(x, layout, gain, read_noise, offset, **kwargs):
+    """:func:`denoise_trd_poisson` for volumes (``axes`` with a Z): each (z, y, x) volume
+    stabilised whole, denoised with the volume models, and mapped back."""
+    out = np.empty_like(x)
+    progress = kwargs.pop("progress", None)
+    volumes = list(iter_volumes(x.shape, layout))
+    for k, (index, _) in enumerate(volumes):
+        vol = x[index]
+        g, r = gain, read_noise
+        if g is None or r is None:  # (the estimator reads 2-D data: the planes one under another)
+            eg, er = estimate_poisson_gaussian(vol.reshape(-1, vol.shape[-1]), offset=offset,
+                                               gain=g)
+            g = eg if g is None else g
+            r = er if r is None else r
+        t = generalized_anscombe(vol, g, r, offset)
+
+        def vol_progress(done, total, k=k):
+            progress(k * total + done, len(volumes) * total)
+
+        with internal_sigma():  # sigma 1 is the transform's, not the caller's
+            d = denoise_trd(t, 1.0, axes="ZYX", preserve_range=True,
+                            progress=None if progress is None else vol_progress, **kwargs)
+        out[index] = inverse_generalized_anscombe(d, g, r, offset)
+    return out
