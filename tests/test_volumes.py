@@ -320,3 +320,40 @@ def test_denoise_trd_poisson_volumes():
     np.testing.assert_allclose(two[1], out, atol=1e-9)
     with pytest.raises(ValueError, match="letters"):
         denoise_trd_poisson(raw, 2, 3, offset=100, axes="YX")
+
+
+# ------------------------------------------------------------------------------- the CLI
+def test_cli_denoises_an_ome_tiff_volume_with_its_own_axes(volume_model, tmp_path, capsys):
+    tifffile = pytest.importorskip("tifffile")
+    from skimage_trd import denoise_trd
+    from skimage_trd.cli import main
+
+    _, noisy = noisy_volume()
+    raw = np.clip(noisy * 4095, 0, 4095).astype(np.uint16)
+    src = tmp_path / "stack.ome.tif"
+    tifffile.imwrite(src, raw, ome=True, metadata={"axes": "ZYX", "PhysicalSizeZ": 0.5,
+                                                   "PhysicalSizeY": 0.2, "PhysicalSizeX": 0.2})
+    np.save(tmp_path / "stack.npy", raw)
+    volume_model.save(tmp_path / "m3.npz")
+    out = tmp_path / "out"
+    common = ["--model", str(tmp_path / "m3.npz"), "--sigma", "409.5", "-o", str(out), "-q"]
+    assert main(["denoise", str(src), "--axes", "file", *common]) == 0
+    assert main(["denoise", str(tmp_path / "stack.npy"), "--axes", "ZYX", *common]) == 0
+    with tifffile.TiffFile(out / "stack.ome.tif") as tif:
+        assert tif.series[0].axes == "ZYX" and tif.series[0].dtype == np.uint16
+        got = tif.series[0].asarray()
+    expected = denoise_trd(raw, 409.5, axes="ZYX", model=volume_model, preserve_range=True,
+                           preserve_dtype=True)
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(np.load(out / "stack.npy"), expected)
+    # a z-step far beyond the models' (OME sizes): plane by plane, with the 2-D bank
+    far = tmp_path / "far.ome.tif"
+    tifffile.imwrite(far, raw, ome=True, metadata={"axes": "ZYX", "PhysicalSizeZ": 5.0,
+                                                   "PhysicalSizeY": 0.2, "PhysicalSizeX": 0.2})
+    capsys.readouterr()
+    assert main(["denoise", str(far), "--axes", "file", "--sigma", "409.5", "-o", str(out)]) == 0
+    assert "denoised plane by plane" in capsys.readouterr().err
+    np.testing.assert_array_equal(tifffile.imread(out / "far.ome.tif"), denoise_trd(
+        raw, 409.5, preserve_range=True, preserve_dtype=True))
+    with pytest.raises(SystemExit):
+        main(["denoise", str(src), "--axes", "ZYX", "--channel-axis", "0", *common])

@@ -89,17 +89,34 @@ def estimate_photons(data, *, offset=0.0, channel_axis=None):
 SELECT = {"intensity range": "range", "SURE (estimated error)": "sure"}
 
 
+def volume_axes(ndim, channel_axis=None):
+    """The ``axes`` of a layer denoised as volumes: its last three spatial axes are (z, y, x),
+    any before them time points (``'TZYX'``), channels last for RGB layers."""
+    spatial = ndim - (channel_axis is not None)
+    if spatial < 3:
+        raise ValueError("a volume needs three spatial axes (z, y, x): this layer is 2-D")
+    axes = "S" * max(0, spatial - 4) + "T" * (spatial > 3) + "ZYX"
+    return axes + ("C" if channel_axis is not None else "")
+
+
 def denoise(data, *, sigma=None, model=AUTO, backend="auto", channel_axis=None, progress=None,
-            cancel=None, keep_dtype=False, select="range", choices=None, adapt=False):
+            cancel=None, keep_dtype=False, select="range", choices=None, adapt=False,
+            volume=False, spacing=None):
     """Denoise layer data (NumPy or dask; nD as 2-D planes). ``sigma`` None or 0: estimated.
     ``keep_dtype``: the result in the layer's dtype (integers rounded and clipped).
     ``select``: how the bank's model is chosen ('range' or 'sure'); what was chosen for every
     plane is appended to ``choices`` (a list) when given. ``adapt``: the model is first
     fine-tuned on the layer by SURE (``denoise_trd(..., adapt=True)``; a dask layer is read
-    into memory for it; colour layers are denoised channel by channel then)."""
+    into memory for it; colour layers are denoised channel by channel then). ``volume``: the
+    last three axes are (z, y, x) volumes denoised with the volume models (:func:`volume_axes`),
+    ``spacing`` their voxel size (dz, dy, dx), e.g. the layer's scale."""
     if sigma is not None and sigma <= 0:
         sigma = None
     extra = {}
+    if volume:
+        data = np.asarray(data)  # (volumes are denoised from memory)
+        extra = dict(axes=volume_axes(data.ndim, channel_axis), spacing=spacing)
+        channel_axis = None  # (the axes say where the channels are)
     if adapt:
         data = np.asarray(data)  # (adapting trains on the whole layer)
         extra = dict(adapt=True, color_transform="none")
@@ -151,7 +168,8 @@ def choice_summary(choices, data):
 
 def denoise_photons(data, *, gain=None, read_noise=None, offset=0.0, model=AUTO,
                     backend="auto", channel_axis=None, progress=None, cancel=None,
-                    keep_dtype=False, estimate_from=None, select="range"):
+                    keep_dtype=False, estimate_from=None, select="range", axes=None,
+                    spacing=None):
     """Denoise photon-counting layer data (Poisson-Gaussian noise) in camera units with
     :func:`skimage_trd.denoise_trd_poisson`. ``gain`` or ``read_noise`` None: estimated, per
     plane and channel of ``data``, or, given ``estimate_from`` (a whole 2-D plane, channels
@@ -165,6 +183,9 @@ def denoise_photons(data, *, gain=None, read_noise=None, offset=0.0, model=AUTO,
     kw = dict(offset=offset, model=_model_arg(model),
               backend={"CPU": "numba", "GPU": "cupy"}.get(backend, "auto"),
               preserve_dtype=keep_dtype, select=select)
+    if axes is not None:  # volumes (axes with a Z): estimated per volume by the library
+        return skimage_trd.denoise_trd_poisson(data, gain, read_noise, axes=axes,
+                                               spacing=spacing, progress=tick, **kw)
     if estimate_from is None or (gain is not None and read_noise is not None):
         return skimage_trd.denoise_trd_poisson(data, gain, read_noise, channel_axis=channel_axis,
                                                progress=tick, **kw)

@@ -280,6 +280,9 @@ def _stand_down(closed, running):
         cancel.set()
 
 
+PREVIEW_SLAB = 16  # planes of the volume preview around the displayed one
+
+
 class DenoiseWidget(_JobWidget):
     """Denoise (TRD): image layer, noise model, noise level (auto-estimated and shown, or
     set), model, backend, and a preview of the visible region.
@@ -331,6 +334,10 @@ class DenoiseWidget(_JobWidget):
                                       "(no clean image; a fifth of the pixels held out, never "
                                       "worse than the model there): one to six minutes per "
                                       "512x512 plane's model on one core, then denoise")
+        self.volume = CheckBox(label="denoise as a volume (3-D)", value=False,
+                               tooltip="filter the last three axes (z, y, x) as one volume "
+                                       "with the volume models (3-D filters) instead of plane "
+                                       "by plane; the layer's scale gives the voxel size")
         self.chosen = Label(label="chosen", value="-")
         backends = ["auto", "CPU"] + (["GPU"] if _gpu_available() else [])
         self.backend = ComboBox(label="backend", choices=backends, value="auto")
@@ -341,10 +348,12 @@ class DenoiseWidget(_JobWidget):
         super().__init__(napari_viewer, [self.image, self.noise, self.sigma, self.estimate,
                                          self.auto_photons, self.gain, self.offset,
                                          self.read_noise, self.photon_estimate, self.model,
-                                         self.select, self.adapt, self.chosen, self.backend,
+                                         self.select, self.adapt, self.volume, self.chosen,
+                                         self.backend,
                                          self.keep_dtype, self.preview_button],
                          "Denoise")
         self.image.changed.connect(self._layer_chosen)
+        self.volume.changed.connect(self._show_mode)
         self.noise.changed.connect(self._show_mode)
         self.auto_photons.changed.connect(self._show_mode)
         self.offset.changed.connect(self._update_photon_estimate)
@@ -367,8 +376,11 @@ class DenoiseWidget(_JobWidget):
     def _show_fields(self):
         """Show the fields of the chosen noise model (the sigma ones, or the camera's)."""
         photons = self._photon_mode()
-        for field in (self.sigma, self.estimate, self.adapt):
+        for field in (self.sigma, self.estimate):
             field.visible = not photons
+        self.adapt.visible = not photons and not self.volume.value  # (planes only, for now)
+        layer = self.layer(self.image) if hasattr(self, "image") else None
+        self.volume.enabled = layer is not None and layer.data.ndim - layer.rgb >= 3
         for field in (self.auto_photons, self.gain, self.offset, self.read_noise,
                       self.photon_estimate):
             field.visible = photons
@@ -384,7 +396,19 @@ class DenoiseWidget(_JobWidget):
         layer = self.layer(self.image)
         if layer is not None:
             self._fill_camera_fields(layer)
+            # z-stacks (three or more spatial axes) are denoised as volumes by default
+            with self.volume.changed.blocked():
+                self.volume.value = layer.data.ndim - layer.rgb >= 3
+            self._show_fields()
         self._update_estimate()
+
+    def _volume_options(self, layer):
+        """``volume``, ``spacing`` for :func:`_jobs.denoise` (the layer's scale as the voxel
+        size), or {} plane by plane."""
+        if not (self.volume.value and layer.data.ndim - layer.rgb >= 3):
+            return {}
+        nd = layer.data.ndim - layer.rgb
+        return dict(volume=True, spacing=tuple(float(s) for s in layer.scale[nd - 3:nd]))
 
     def _fill_camera_fields(self, layer):
         """Take gain, offset and read noise from the layer's metadata where it has them (the
@@ -529,25 +553,33 @@ class DenoiseWidget(_JobWidget):
         backend, channel_axis = self.backend.value, self._channel_axis(layer)
         keep, photons = self.keep_dtype.value, self._photon_params()
         select = _jobs.SELECT[self.select.value]
-        adapt = self.adapt.value and photons is None
+        volume = self._volume_options(layer)
+        adapt = self.adapt.value and photons is None and not volume
+        if volume and photons is not None:
+            volume = dict(volume, axes=_jobs.volume_axes(data.ndim, channel_axis))
         summary = []  # the choices in one line, made by the job (it reads the data), shown after
 
         def job(progress, cancel):
             if photons is not None:
+                extra = {} if not volume else dict(axes=volume["axes"],
+                                                   spacing=volume["spacing"])
                 return _jobs.denoise_photons(data, model=model, backend=backend,
-                                             channel_axis=channel_axis, progress=progress,
-                                             cancel=cancel, keep_dtype=keep, select=select,
-                                             **photons)
+                                             channel_axis=None if volume else channel_axis,
+                                             progress=progress, cancel=cancel,
+                                             keep_dtype=keep, select=select, **photons, **extra)
             choices = []
             out = _jobs.denoise(data, sigma=sigma, model=model, backend=backend,
                                 channel_axis=channel_axis, progress=progress, cancel=cancel,
-                                keep_dtype=keep, select=select, choices=choices, adapt=adapt)
+                                keep_dtype=keep, select=select, choices=choices, adapt=adapt,
+                                **volume)
             if choices:
                 summary.append(_jobs.choice_summary(choices, data))
             return out
 
         def done(out):
             self.add_result(out, layer)
+            if volume:  # the result beside the input, in 3-D
+                self.viewer.dims.ndisplay = 3
             if summary:
                 self.chosen.value = summary[0]
 
@@ -578,30 +610,45 @@ class DenoiseWidget(_JobWidget):
         if not self._guard(layer):
             return None
         lead, (rows, cols) = self.visible_region(layer)
-        data = layer.data[lead + (rows, cols)]  # read in the job (lazy layers: off the GUI)
+        volume = self._volume_options(layer)
+        if volume:  # a slab of planes around the displayed one, as a volume
+            nz = layer.data.shape[len(lead) - 1]
+            z = lead[-1]
+            z0 = max(0, min(z - PREVIEW_SLAB // 2, nz - PREVIEW_SLAB))
+            slab = slice(z0, min(nz, z0 + PREVIEW_SLAB))
+            data = layer.data[lead[:-1] + (slab, rows, cols)]
+        else:
+            data = layer.data[lead + (rows, cols)]  # read in the job (lazy layers: off the GUI)
         sigma, model, backend = self._sigma(), self.model.value, self.backend.value
         channel_axis, keep = self._channel_axis(layer), self.keep_dtype.value
         photons = self._photon_params()
+        if volume and photons is not None:
+            volume = dict(volume, axes=_jobs.volume_axes(data.ndim, channel_axis))
         # estimated gain and read noise: from the whole displayed plane, as a run would
-        whole = layer.data[lead] if photons and photons["gain"] is None else None
-        # the preview is the displayed plane's visible part, placed where it is shown
-        scale = np.asarray(layer.scale, dtype=float)[-2:]
-        translate = np.asarray(layer.translate, dtype=float)[-2:] + scale * [rows.start, cols.start]
+        whole = layer.data[lead] if photons and photons["gain"] is None and not volume else None
+        # the preview is the displayed plane's visible part (the slab's), placed where it is
+        nd = 3 if volume else 2
+        start = ([slab.start] if volume else []) + [rows.start, cols.start]
+        scale = np.asarray(layer.scale, dtype=float)[-nd:]
+        translate = np.asarray(layer.translate, dtype=float)[-nd:] + scale * start
 
         select = _jobs.SELECT[self.select.value]
         summary = []
 
         def job(progress, cancel):
             if photons is not None:
+                extra = {} if not volume else dict(axes=volume["axes"],
+                                                   spacing=volume["spacing"])
                 return _jobs.denoise_photons(data, model=model, backend=backend,
-                                             channel_axis=channel_axis, progress=progress,
-                                             cancel=cancel, keep_dtype=keep,
-                                             estimate_from=whole, select=select, **photons)
+                                             channel_axis=None if volume else channel_axis,
+                                             progress=progress, cancel=cancel,
+                                             keep_dtype=keep, estimate_from=whole,
+                                             select=select, **photons, **extra)
             region = np.asarray(data)
             choices = []
             out = _jobs.denoise(region, sigma=sigma, model=model, backend=backend,
                                 channel_axis=channel_axis, progress=progress, cancel=cancel,
-                                keep_dtype=keep, select=select, choices=choices)
+                                keep_dtype=keep, select=select, choices=choices, **volume)
             if choices:
                 summary.append(_jobs.choice_summary(choices, region) + " (preview)")
             return out

@@ -60,6 +60,7 @@ class RestoreOptions:
     adapt: bool = False  # denoise: fine-tune the models on each image first (SURE)
     chunk: int = 2048  # zarr: largest chunk edge (rows, columns) processed at once
     zarr_threads: int | None = None  # zarr, locally: dask threads (default: CPU count)
+    axes: str | None = None  # denoise: OME letters ('ZYX': volumes), 'file' (a TIFF's), None
 
 
 @dataclass
@@ -167,13 +168,22 @@ def _writing(final: Path):
 
 
 # ------------------------------------------------------------------------------ restoring
-def _restore(image, opts: RestoreOptions, channel_axis, color, progress, source=None):
-    """The restored array, in the input's dtype (float32 with ``opts.float32``)."""
+def _restore(image, opts: RestoreOptions, channel_axis, color, progress, *, source=None,
+             axes=None, spacing=None):
+    """The restored array, in the input's dtype (float32 with ``opts.float32``); ``axes``
+    (and the voxel ``spacing``): as :func:`denoise_trd` reads them."""
     if opts.task == "deblock":
         return _deblock(image, opts, channel_axis, progress, source)
     sigma = opts.sigma
     if sigma is not None and len(sigma) == 1:
         sigma = sigma[0]
+    if axes is not None:
+        out = denoise_trd(image, sigma, model=opts.model, axes=axes, spacing=spacing,
+                          preserve_range=True, preserve_dtype=not opts.float32,
+                          backend=opts.backend, num_threads=opts.num_threads,
+                          tile_shape=opts.tile_shape, progress=progress,
+                          color_transform="none", adapt=opts.adapt)
+        return out.astype(np.float32, copy=False) if opts.float32 else out
     out = denoise_trd(image, sigma, model=opts.model, channel_axis=channel_axis,
                       preserve_range=True, preserve_dtype=not opts.float32,
                       backend=opts.backend, num_threads=opts.num_threads,
@@ -256,7 +266,8 @@ def _run_pillow(job, progress):
     source = job.source if (job.kind == "jpeg" and opts.task == "deblock") else None
     axis = _channel_axis(opts, axis_from_file)
     color = axis is not None and arr.ndim == 3 and arr.shape[axis] == 3
-    out = _restore(arr, opts, axis, color, progress, source=source)
+    axes = None if opts.axes is None or opts.axes.lower() == "file" else opts.axes
+    out = _restore(arr, opts, axis, color, progress, source=source, axes=axes)
     final = Path(job.output)
     with _writing(final) as tmp:
         if opts.float32:
@@ -373,9 +384,49 @@ def _run_tiff(job, progress):
             break
     axis = _channel_axis(opts, axis_from_file)
     color = (info.photometric == 2 or opts.channel_axis != "auto") and axis is not None
-    out = _restore(data, opts, axis, color, progress)
+    axes, spacing = _tiff_axes(opts.axes, info, data.shape)
+    out = _restore(data, opts, axis, color, progress, axes=axes, spacing=spacing)
     with _writing(Path(job.output)) as tmp:
         _write_tiff(tmp, out, info, data.dtype)
+
+
+# tifffile's axis letters -> ours: S (samples: colour) is a channel; I, Q (sequences, unknown)
+# are stacks
+_TIFF_LETTERS = {"S": "C", "I": "S", "Q": "S", "R": "S", "A": "S", "P": "S", "H": "S",
+                 "E": "S", "L": "S", "V": "S", "O": "S", "M": "S"}
+
+
+def _tiff_axes(asked, info: _TiffInfo, shape):
+    """``(axes, spacing)`` for :func:`_restore`: ``--axes`` as given, or with ``file`` the
+    TIFF's own axes (tifffile's letters mapped onto ours), with the voxel size from the OME
+    Pixels element (PhysicalSizeZ/Y/X) or the ImageJ spacing and resolution when known."""
+    if asked is None:
+        return None, None
+    if asked.lower() != "file":
+        return asked, _tiff_spacing(info) if "Z" in asked.upper() else None
+    axes = "".join(_TIFF_LETTERS.get(a, a) for a in info.axes.upper())
+    if len(axes) != len(shape):
+        raise ValueError(f"the TIFF's axes {info.axes!r} do not match its shape {shape}")
+    if axes.count("S") > 1:  # (several unknown sequences: one stack)
+        raise ValueError(f"the TIFF's axes {info.axes!r} are ambiguous: give --axes")
+    return axes, _tiff_spacing(info) if "Z" in axes else None
+
+
+def _tiff_spacing(info: _TiffInfo):
+    """(dz, dy, dx) of an OME-TIFF's Pixels element or an ImageJ hyperstack, else None."""
+    if info.ome:
+        sizes = {}
+        for key in ("Z", "Y", "X"):
+            m = re.search(rf'<(?:\w+:)?Pixels\b[^>]*\sPhysicalSize{key}="([^"]+)"', info.ome)
+            if m:
+                sizes[key] = float(m.group(1))
+        if len(sizes) == 3:
+            return sizes["Z"], sizes["Y"], sizes["X"]
+    if info.imagej and info.imagej.get("spacing") and info.resolution:
+        (xn, xd), (yn, yd) = info.resolution
+        if xn and yn:
+            return float(info.imagej["spacing"]), yd / yn, xd / xn
+    return None
 
 
 # ------------------------------------------------------------------------------ NumPy
@@ -383,7 +434,9 @@ def _run_npy(job, progress):
     opts = job.options
     data = np.load(job.source, mmap_mode="r", allow_pickle=False)
     axis = _channel_axis(opts, None)
-    out = _restore(np.asarray(data), opts, axis, axis is not None, progress)
+    if opts.axes is not None and opts.axes.lower() == "file":
+        raise ValueError("--axes file reads a TIFF's axes: give the letters for .npy files")
+    out = _restore(np.asarray(data), opts, axis, axis is not None, progress, axes=opts.axes)
     with _writing(Path(job.output)) as tmp, open(tmp, "wb") as fh:
         np.save(fh, out, allow_pickle=False)
 
@@ -441,6 +494,9 @@ def _zarr_dims(z):
 
 
 def _run_zarr(job, progress_factory, client=None):
+    if job.options.axes is not None and "Z" in job.options.axes.upper():
+        raise ValueError("volumes (--axes with Z) are denoised from TIFF and .npy files for "
+                         "now; zarr arrays plane by plane (leave out --axes)")
     if job.options.adapt:
         raise ValueError("--adapt trains on the whole image in memory: not for zarr arrays "
                          "(adapt a model with skimage-trd train --loss sure --init MODEL on a "

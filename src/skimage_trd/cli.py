@@ -110,6 +110,12 @@ def _restore_parser(sub, task):
                             "image; a fifth of the pixels held out, never worse than the model "
                             "there; one to six minutes per image on one core); colour images are "
                             "then denoised channel by channel; not for zarr")
+        p.add_argument("--axes", default=None, metavar="AXES|file",
+                       help="what the array's axes are (T, S, C, Z, Y, X; e.g. ZYX, TZYX, "
+                            "TZCYX): with a Z, every (z, y, x) volume is denoised as one with "
+                            "the volume models (3-D filters); 'file': a TIFF's own axes "
+                            "(OME-TIFF, ImageJ hyperstack), with its voxel size; default: "
+                            "plane by plane")
     else:
         p.add_argument("--quality", type=int, default=None, metavar="Q",
                        help="JPEG quality (1..100) of inputs that are not JPEG files (JPEG files: "
@@ -449,7 +455,16 @@ def _batch_command(args, parser) -> int:
         channel_axis=args.channel_axis, tile_shape=args.tile, backend=args.backend,
         num_threads=args.threads if args.threads or not args.scheduler else 1,
         float32=args.float32, chunk=args.chunk, zarr_threads=args.threads,
-        select=getattr(args, "select", "range"), adapt=getattr(args, "adapt", False))
+        select=getattr(args, "select", "range"), adapt=getattr(args, "adapt", False),
+        axes=getattr(args, "axes", None))
+    if options.axes is not None and options.axes.lower() != "file":
+        from ._axes import LETTERS
+
+        if set(options.axes.upper()) - set(LETTERS) or "Y" not in options.axes.upper():
+            parser.error(f"--axes {options.axes!r}: letters of T, S, C, Z, Y, X (e.g. ZYX), "
+                         "or 'file'")
+        if args.channel_axis != "auto":
+            parser.error("--axes names the channel axis (C): leave out --channel-axis")
     if options.quality is not None and not 1 <= options.quality <= 100:
         parser.error(f"--quality must be in 1..100, got {options.quality}")
     if args.model:
