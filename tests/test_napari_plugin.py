@@ -839,3 +839,47 @@ def test_denoise_widget_choose_by_sure(make_napari_viewer, qtbot):
     np.testing.assert_array_equal(
         viewer.layers["page_trd"].data,
         __import__("skimage_trd").denoise_trd(noisy, 0.1, select="sure", preserve_range=True))
+
+
+@pytest.mark.napari
+@pytest.mark.slow
+def test_denoise_widget_volume(make_napari_viewer, qtbot, user_models):
+    """A z-stack layer is denoised as a volume by default (the layer's scale as the voxel
+    size), its preview is a slab around the displayed plane, the view turns 3-D."""
+    from napari_trd import DenoiseWidget
+    from napari_trd._sample_data import noisy_volume
+
+    from skimage_trd import denoise_trd, load_model
+    from skimage_trd.train.models import lift_to_volume
+
+    user_models.mkdir(parents=True, exist_ok=True)
+    model = lift_to_volume(load_model("trd-gauss-s25-7x7-5st"), 3)
+    model.save(user_models / "volume.npz")
+    (data, meta, _), = noisy_volume()
+    data = data[:20, :64, :80]
+    viewer = make_napari_viewer(show=True)
+    layer = viewer.add_image(data, name="vol", scale=(2.0, 0.5, 0.5))
+    widget = DenoiseWidget(viewer)
+    assert widget.volume.value and widget.volume.enabled and not widget.adapt.visible
+    widget.model.value = str(user_models / "volume.npz")
+    widget.sigma.value = 0.1
+    widget.run()
+    _wait(qtbot, widget)
+    assert widget.last_error is None
+    result = viewer.layers["vol_trd"]
+    np.testing.assert_allclose(result.data, denoise_trd(data, 0.1, axes="ZYX", model=model,
+                                                        spacing=(2.0, 0.5, 0.5)), atol=1e-6)
+    np.testing.assert_array_equal(result.scale, layer.scale)
+    assert viewer.dims.ndisplay == 3
+    # preview: 16 planes around the displayed one, placed where they are
+    viewer.dims.ndisplay = 2
+    viewer.dims.set_point(0, 2.0 * 10)
+    widget.preview()
+    _wait(qtbot, widget)
+    preview = viewer.layers["vol_trd_preview"]
+    assert preview.data.shape[0] == 16 and widget.last_error is None
+    assert preview.translate[0] == pytest.approx(2.0 * 2)  # planes 2..17
+    # a 2-D layer: the option is off and disabled
+    viewer.add_image(data[0], name="plane")
+    widget.image.value = "plane"
+    assert not widget.volume.value and not widget.volume.enabled
