@@ -78,6 +78,8 @@ def main(argv=None):
     ap.add_argument("--volumes", default=",".join(VOLUMES))
     ap.add_argument("--model", default=None)
     ap.add_argument("--no-bm4d", action="store_true")
+    ap.add_argument("--methods", default=None, help="only these (comma-separated), e.g. "
+                    "trd-planes,bm4d to measure the peers before a volume model exists")
     ap.add_argument("--results", default=str(Path(__file__).parent / "results" /
                                              "volumes_bm4d.jsonl"))
     args = ap.parse_args(argv)
@@ -85,6 +87,7 @@ def main(argv=None):
     sigmas = [float(s) for s in args.sigmas.split(",")]
     names = args.volumes.split(",")
     methods = ["trd-3d", "trd-planes"] + ([] if args.no_bm4d else ["bm4d"])
+    measure = methods if args.methods is None else args.methods.split(",")
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
     done = {}
@@ -92,7 +95,9 @@ def main(argv=None):
         for line in results.read_text().splitlines():
             r = json.loads(line)
             done[(r["method"], r["model"], r["volume"], r["sigma"], tuple(r["shape"]))] = r
-    denoise_trd(np.random.default_rng(0).random((8, 32, 32)), 0.1, axes="ZYX", model=args.model)
+    if "trd-3d" in measure:
+        denoise_trd(np.random.default_rng(0).random((8, 32, 32)), 0.1, axes="ZYX",
+                    model=args.model)
     denoise_trd(np.random.default_rng(0).random((8, 32, 32)), 0.1)  # (warm-up: compile)
     rows = []
     for sigma in sigmas:
@@ -100,7 +105,7 @@ def main(argv=None):
             clean = volume(name, shape)
             rng = np.random.default_rng(round(sigma * 1000) + k)
             noisy = clean + sigma * rng.standard_normal(clean.shape)
-            for method in methods:
+            for method in measure:
                 model = args.model if method == "trd-3d" else None
                 key = (method, model, name, sigma, shape)
                 if key not in done:
@@ -118,6 +123,8 @@ def main(argv=None):
                     print(f"  {method:10s} {name:8s} sigma {sigma:g}: {r['psnr']:.2f} dB "
                           f"{r['seconds']:.1f} s", flush=True)
                 rows.append(done[key])
+    if measure != methods:
+        return
     print(f"\n{cpu_name()}, one thread, {datetime.date.today().isoformat()}, volumes of "
           f"{shape}\ncommand: python benchmarks/volumes_bm4d.py " + " ".join(argv or sys.argv[1:]))
     head = "| sigma | volume | noisy | " + " | ".join(methods) + " | 3-D - planes | 3-D - BM4D |"

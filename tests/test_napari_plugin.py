@@ -848,7 +848,6 @@ def test_denoise_widget_volume(make_napari_viewer, qtbot, user_models):
     size), its preview is a slab around the displayed plane, the view turns 3-D."""
     from napari_trd import DenoiseWidget
     from napari_trd._sample_data import noisy_volume
-
     from skimage_trd import denoise_trd, load_model
     from skimage_trd.train.models import lift_to_volume
 
