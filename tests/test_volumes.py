@@ -357,3 +357,21 @@ def test_cli_denoises_an_ome_tiff_volume_with_its_own_axes(volume_model, tmp_pat
         raw, 409.5, preserve_range=True, preserve_dtype=True))
     with pytest.raises(SystemExit):
         main(["denoise", str(src), "--axes", "ZYX", "--channel-axis", "0", *common])
+
+
+def test_dask_volumes_chunked_in_z_equal_the_whole_volume():
+    da = pytest.importorskip("dask.array")
+    from skimage_trd import denoise_trd
+
+    rng = np.random.default_rng(12)
+    model = random_volume_model(rng, shape=(3, 3, 3), n_filters=3, n_stages=2)
+    model.filters *= 0.5  # (a gentle map: the result stays near the data)
+    _, noisy = noisy_volume((14, 36, 40))
+    whole = denoise_trd(noisy, 0.1, axes="ZYX", model=model)
+    for chunks in ((5, 36, 40), (4, 13, 17), (14, 20, 40)):
+        lazy = denoise_trd(da.from_array(noisy, chunks=chunks), 0.1, axes="ZYX", model=model)
+        assert isinstance(lazy, da.Array)
+        np.testing.assert_allclose(lazy.compute(), whole, atol=1e-6)
+    two = da.from_array(np.stack([noisy, noisy]), chunks=(1, 5, 18, 20))
+    np.testing.assert_allclose(denoise_trd(two, 0.1, axes="TZYX", model=model)[1].compute(),
+                               whole, atol=1e-6)

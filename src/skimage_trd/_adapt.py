@@ -10,10 +10,11 @@ from dataclasses import replace
 import numpy as np
 
 from ._arrays import iter_planes
+from ._axes import iter_volumes
 from ._choice import sure_setting
 from ._planes import MODEL_MID, plane_settings
 
-__all__ = ["adapt_bank", "ADAPT_SHARE"]
+__all__ = ["adapt_bank", "adapt_volume_bank", "ADAPT_SHARE"]
 
 logger = logging.getLogger("skimage_trd.adapt")
 
@@ -38,24 +39,20 @@ def _model_scale_planes(image, sigmas, channel_axis, opts):
     return groups
 
 
-def adapt_bank(image, sigmas, channel_axis, opts, progress=None):
-    """``opts`` with each model of its bank that some plane of ``image`` would use replaced
-    by that model fine-tuned by SURE on those planes (or kept, where fine-tuning did not beat
-    it on the held-out pixels). Progress is reported as ``progress(done, total)`` over the
-    fine-tuning iterations of all models."""
-    from .train import fine_tuning_defaults, fit  # (training loads only when asked for)
+def _tune(groups, progress, what):
+    """Each group's model fine-tuned by SURE on its data (planes or volumes) through fit."""
+    from .train import fit  # (training loads only when asked for)
 
-    groups = _model_scale_planes(image, sigmas, channel_axis, opts)
-    steps = fine_tuning_defaults("sure")["iterations"]
+    steps = max(1, max((_steps(model) for model, _ in groups.values()), default=1))
     total = max(1, steps * len(groups))
     tuned = {}
-    for k, (name, (model, planes)) in enumerate(groups.items()):
+    for k, (name, (model, data)) in enumerate(groups.items()):
         def callback(step, k=k):
             if progress is not None:
-                progress(k * steps + step.iteration, total)
+                progress(k * steps + min(step.iteration, steps), total)
 
-        logger.info("adapting %s to %d plane(s) by SURE", name, len(planes))
-        tuned[name] = fit(planes, sigma=model.sigma, loss="sure", init=model,
+        logger.info("adapting %s to %d %s by SURE", name, len(data), what)
+        tuned[name] = fit(data, sigma=model.sigma, loss="sure", init=model,
                           callback=callback, log=logger.info,
                           data_source="denoise_trd(..., adapt=True)")
         result = tuned[name].metadata["provenance"].get("result", {})
@@ -63,5 +60,36 @@ def adapt_bank(image, sigmas, channel_axis, opts, progress=None):
                     result.get("start_score", float("nan")),
                     result.get("best_score", float("nan")),
                     " (unchanged)" if result.get("unchanged") else "")
-    bank = tuple(tuned.get(m.name, m) for m in opts.bank)
-    return replace(opts, bank=bank)
+    return tuned
+
+
+def _steps(model):
+    from .train import DEFAULTS
+
+    d = DEFAULTS["adapt"] | (DEFAULTS["adapt_volume"] if model.ndim == 3 else {})
+    return d["iterations"]
+
+
+def adapt_volume_bank(image, sigmas, layout, opts, progress=None):
+    """:func:`adapt_bank` for volumes (``axes`` with a Z): each volume model the call would
+    use, fine-tuned by SURE on the volumes it would denoise (on its scale)."""
+    groups = {}
+    for index, channel in iter_volumes(image.shape, layout):
+        vol = np.asarray(image[index])
+        setting = plane_settings(vol, sigmas[channel or 0], opts)
+        if setting.action != "denoise":
+            continue
+        x = (vol.astype(np.float64) * opts.scale - setting.center) * setting.gain + MODEL_MID
+        groups.setdefault(setting.model.name, (setting.model, []))[1].append(x)
+    tuned = _tune(groups, progress, "volume(s)")
+    return replace(opts, bank=tuple(tuned.get(m.name, m) for m in opts.bank))
+
+
+def adapt_bank(image, sigmas, channel_axis, opts, progress=None):
+    """``opts`` with each model of its bank that some plane of ``image`` would use replaced
+    by that model fine-tuned by SURE on those planes (or kept, where fine-tuning did not beat
+    it on the held-out pixels). Progress is reported as ``progress(done, total)`` over the
+    fine-tuning iterations of all models."""
+    groups = _model_scale_planes(image, sigmas, channel_axis, opts)
+    tuned = _tune(groups, progress, "plane(s)")
+    return replace(opts, bank=tuple(tuned.get(m.name, m) for m in opts.bank))

@@ -27,13 +27,16 @@ from ._choice import choice_record, sure_setting
 from ._planes import denoise_plane, plane_settings
 
 SAMPLE = 1024
+SAMPLE_PLANES = 32  # volumes: the sample's planes (around the middle one)
 
 
-def denoise_trd_dask(image, sigmas, channel_axis, opts, *, choices=None, unit=1.0):
+def denoise_trd_dask(image, sigmas, channel_axis, opts, *, choices=None, unit=1.0,
+                     layout=None):
     """A lazy dask array: ``image`` (dask) denoised with ``opts`` (:class:`._planes.PlaneOptions`,
     validated by ``denoise_trd``), ``sigmas`` one per channel (None: estimated). The settings
     of the planes are decided now (eagerly) and appended to ``choices`` when given (``unit``
-    as in ``_denoise._denoise_planes``)."""
+    as in ``_denoise._denoise_planes``). ``layout`` (``_axes.AxesLayout`` with ``volume``):
+    the (z, y, x) volumes are the units, with the halo of the volume models along z too."""
     try:
         import dask
         import dask.array as da
@@ -42,13 +45,21 @@ def denoise_trd_dask(image, sigmas, channel_axis, opts, *, choices=None, unit=1.
     out_dtype = opts.out_dtype
 
     # planes: every index of the axes other than the last two spatial ones
-    spatial = [ax for ax in range(image.ndim) if ax != channel_axis][-2:]
+    volume = layout is not None and layout.volume
+    if volume:
+        spatial = [layout.axes.index(a) for a in "ZYX"]
+    else:
+        spatial = [ax for ax in range(image.ndim) if ax != channel_axis][-2:]
     lead = [ax for ax in range(image.ndim) if ax not in spatial]
-    H, W = image.shape[spatial[0]], image.shape[spatial[1]]
+    H, W = image.shape[spatial[-2]], image.shape[spatial[-1]]
     y0, x0 = max(0, (H - SAMPLE) // 2), max(0, (W - SAMPLE) // 2)
     crop = [slice(None)] * image.ndim
-    crop[spatial[0]] = slice(y0, y0 + SAMPLE)
-    crop[spatial[1]] = slice(x0, x0 + SAMPLE)
+    crop[spatial[-2]] = slice(y0, y0 + SAMPLE)
+    crop[spatial[-1]] = slice(x0, x0 + SAMPLE)
+    if volume:
+        Z = image.shape[spatial[0]]
+        z0 = max(0, (Z - SAMPLE_PLANES) // 2)
+        crop[spatial[0]] = slice(z0, z0 + SAMPLE_PLANES)
     finite = da.isfinite(image).all() if image.dtype.kind == "f" else True
     axes = tuple(spatial)
     sample, means, lows, highs, finite = dask.compute(
@@ -76,7 +87,7 @@ def denoise_trd_dask(image, sigmas, channel_axis, opts, *, choices=None, unit=1.
         extent = (float(lows[idx]), float(highs[idx]))
         settings[idx] = plane_settings(plane, s, opts, center=float(means[idx]) * opts.scale,
                                        extent=extent)
-        if opts.select == "sure":  # SURE on the whole plane or its tiles, read from the input
+        if opts.select == "sure" and not volume:  # SURE on the plane or its tiles, read
             whole = image[tuple(sel)]
 
             def fetch(rows, cols, whole=whole):
@@ -90,9 +101,12 @@ def denoise_trd_dask(image, sigmas, channel_axis, opts, *, choices=None, unit=1.
             choices.append(choice_record(tuple(sel), channel_axis, settings[idx],
                                          unit / opts.scale))
 
-    halo = max(m.halo for m in opts.bank)
     depth = {ax: 0 for ax in range(image.ndim)}
-    depth[spatial[0]] = depth[spatial[1]] = halo
+    if volume:  # per axis: z, y, x
+        for ax, k in zip(spatial, range(3)):
+            depth[ax] = max(m.halos[k] for m in opts.bank)
+    else:
+        depth[spatial[0]] = depth[spatial[1]] = max(m.halo for m in opts.bank)
 
     def block(x, block_info=None):
         loc = block_info[0]["array-location"]

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from ._adapt import ADAPT_SHARE, adapt_bank
+from ._adapt import ADAPT_SHARE, adapt_bank, adapt_volume_bank
 from ._arrays import (
     _xp,
     iter_planes,
@@ -417,13 +417,13 @@ def _volume_call(image, kind, sigmas, layout, *, model, backend, num_threads, ti
                  n_stages, data_range, exact, progress, preserve_range, preserve_dtype,
                  return_choices, adapt):
     """``denoise_trd`` with ``axes`` holding a Z: every (z, y, x) volume as one volume."""
-    if kind != "numpy":
-        raise ValueError(f"volumes (axes with Z) are denoised from NumPy arrays for now, got a "
-                         f"{kind} array (np.asarray(...), or .get() for CuPy)")
+    if kind == "cupy":
+        raise ValueError("volumes (axes with Z) are denoised from NumPy or dask arrays for "
+                         "now, got a CuPy array (.get() it)")
     if backend == "cupy":
         raise ValueError("volume models have no GPU kernel yet: use backend='auto' or 'numba'")
-    if tile_shape is not None or adapt:
-        raise ValueError("volumes are denoised whole: tile_shape and adapt are for planes")
+    if tile_shape is not None:
+        raise ValueError("volumes are denoised whole: tile_shape is for planes")
     z = layout.axes.index("Z")
     bank = tuple(resolve_models(model, "denoise", ndim=3))
     flat = [m.name for m in bank if m.ndim != 3]
@@ -446,6 +446,27 @@ def _volume_call(image, kind, sigmas, layout, *, model, backend, num_threads, ti
     opts = PlaneOptions(bank=bank, in_dtype=image.dtype, preserve_range=bool(preserve_range),
                         backend=resolve_backend(backend, kind), num_threads=num_threads,
                         n_stages=n_stages, data_range=data_range, exact=bool(exact))
+    choices = [] if return_choices else None
+    if kind == "dask":
+        if adapt:
+            raise ValueError("adapt=True trains on the volume in memory: pass a NumPy array")
+        out = denoise_trd_dask(image, sigmas, layout.channel_axis, opts, choices=choices,
+                               layout=layout)
+        if preserve_dtype:
+            out = to_input_dtype(out, image.dtype, preserve_range)
+        return (out, choices) if return_choices else out
+    if adapt:  # the volume models fine-tuned on these volumes first (90 % of the progress)
+        share = None
+        if progress is not None:
+            user_progress, units = progress, 1000
+            adapt_units = int(units * ADAPT_SHARE)
+
+            def share(done, total):
+                user_progress(adapt_units * done // total, units)
+
+            def progress(done, total):
+                user_progress(adapt_units + (units - adapt_units) * done // total, units)
+        opts = adapt_volume_bank(image, sigmas, layout, opts, progress=share)
     choices = [] if return_choices else None
     out = np.empty(image.shape, dtype=opts.out_dtype)
     volumes = list(iter_volumes(image.shape, layout))

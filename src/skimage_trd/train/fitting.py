@@ -38,6 +38,9 @@ DEFAULTS = {
     "new": {"kernel_size": 7, "n_stages": 5, "greedy_iterations": 200, "iterations": 200,
             "chunk": 20, "holdout": 0.0, "patience": 0},
     "adapt": {"iterations": 100, "chunk": 5, "holdout": 0.2, "patience": 4},
+    # adapting a volume model: fewer, smaller windows (each step is a volume's: 4 windows of
+    # 16 x 64 x 64 voxels) and fewer steps
+    "adapt_volume": {"iterations": 40, "patch": 64},
     "optimizer": {"adapt": "adam"},  # else "lbfgs"
     "learning_rate": 1e-3,
     # SURE: random windows per step (drawn with each probe); a batch no larger is used whole
@@ -286,6 +289,8 @@ def fit(images, *, sigma=None, loss="mse", targets=None, init=None, task="denois
     # and fine-tuning with targets (clean images, Noise2Noise pairs) keep the paper's
     kind = "adapt" if init_model is not None and loss == "sure" else "new"
     d = DEFAULTS[kind]
+    if kind == "adapt" and volumes:
+        d = d | DEFAULTS["adapt_volume"]
     if optimizer is None:
         optimizer = DEFAULTS["optimizer"].get(kind, "lbfgs")
     if iterations is None:
@@ -299,7 +304,7 @@ def fit(images, *, sigma=None, loss="mse", targets=None, init=None, task="denois
     if learning_rate is None:
         learning_rate = DEFAULTS["learning_rate"]
     if loss == "sure":
-        patch = DEFAULTS["patch"] if patch is None else patch
+        patch = d.get("patch", DEFAULTS["patch"]) if patch is None else patch
     elif patch is not None:
         raise ValueError("patch (random windows per step) is for loss 'sure'")
     patches = DEFAULTS["patches"] if patches is None else patches
