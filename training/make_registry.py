@@ -17,7 +17,8 @@ from skimage_trd._registry import sha256  # noqa: E402
 HEADER = """\
 # skimage-trd pretrained models, pooch registry format: file sha256:<hash> [url]
 # Regenerate with: python training/make_registry.py
-# Names: trd-gauss-s<sigma>-<f>x<f>-<T>st.npz (denoising), trd-jpeg-q<quality>-<f>x<f>-<T>st.npz (deblocking)
+# Names: trd-gauss-s<sigma>-<f>x<f>-<T>st.npz (denoising), trd-gauss-s<sigma>-<d>x<f>x<f>-<T>st.npz
+# (denoising volumes: 3-D filters), trd-jpeg-q<quality>-<f>x<f>-<T>st.npz (deblocking)
 # Files in skimage_trd/weights/ ship in the wheel; the others are downloaded and cached.
 """
 
