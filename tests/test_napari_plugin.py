@@ -313,9 +313,18 @@ def test_preview_of_a_plane_in_a_scaled_stack(make_napari_viewer, qtbot):
     lead, _ = widget.visible_region(layer)
     assert lead == (2,)
     widget.sigma.value = 0.05
+    assert widget.volume.value  # (a z-stack: a volume by default)
+    widget.volume.value = False
     widget.preview()
     _wait(qtbot, widget)
     assert abs(float(viewer.layers["stack_trd_preview"].data.mean()) - 0.8) < 0.02
+    # as a volume: the slab of (up to 16) planes around the displayed one, placed in z too
+    widget.volume.value = True
+    widget.preview()
+    _wait(qtbot, widget)
+    preview = viewer.layers["stack_trd_preview"]
+    assert preview.data.shape == (3, 40, 50) and widget.last_error is None
+    assert preview.translate[-3] == pytest.approx(10)
 
 
 @pytest.mark.napari

@@ -114,7 +114,8 @@ def denoise(data, *, sigma=None, model=AUTO, backend="auto", channel_axis=None, 
         sigma = None
     extra = {}
     if volume:
-        data = np.asarray(data)  # (volumes are denoised from memory)
+        if not type(data).__module__.startswith("dask"):  # (dask volumes stay lazy)
+            data = np.asarray(data)
         extra = dict(axes=volume_axes(data.ndim, channel_axis), spacing=spacing)
         channel_axis = None  # (the axes say where the channels are)
     if adapt:

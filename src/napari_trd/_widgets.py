@@ -281,6 +281,7 @@ def _stand_down(closed, running):
 
 
 PREVIEW_SLAB = 16  # planes of the volume preview around the displayed one
+VOLUME_MIN_PLANES = 3  # (the volume models' filters span 3 planes)
 
 
 class DenoiseWidget(_JobWidget):
@@ -380,7 +381,7 @@ class DenoiseWidget(_JobWidget):
             field.visible = not photons
         self.adapt.visible = not photons and not self.volume.value  # (planes only, for now)
         layer = self.layer(self.image) if hasattr(self, "image") else None
-        self.volume.enabled = layer is not None and layer.data.ndim - layer.rgb >= 3
+        self.volume.enabled = layer is not None and self._can_be_volume(layer)
         for field in (self.auto_photons, self.gain, self.offset, self.read_noise,
                       self.photon_estimate):
             field.visible = photons
@@ -396,16 +397,29 @@ class DenoiseWidget(_JobWidget):
         layer = self.layer(self.image)
         if layer is not None:
             self._fill_camera_fields(layer)
-            # z-stacks (three or more spatial axes) are denoised as volumes by default
+            # z-stacks are denoised as volumes by default
             with self.volume.changed.blocked():
-                self.volume.value = layer.data.ndim - layer.rgb >= 3
+                self.volume.value = self._can_be_volume(layer) and not self._time_axis(layer)
             self._show_fields()
         self._update_estimate()
+
+    @staticmethod
+    def _can_be_volume(layer):
+        """Three spatial axes or more, and the z axis (the third last) at least as long as
+        the volume models' filters."""
+        nd = layer.data.ndim - layer.rgb
+        return nd >= 3 and layer.data.shape[nd - 3] >= VOLUME_MIN_PLANES
+
+    def _time_axis(self, layer):
+        """Whether the viewer labels the layer's third-last spatial axis as time."""
+        nd = layer.data.ndim - layer.rgb
+        labels = list(self.viewer.dims.axis_labels)[-nd:]
+        return len(labels) == nd and str(labels[-3]).lower() in ("t", "time")
 
     def _volume_options(self, layer):
         """``volume``, ``spacing`` for :func:`_jobs.denoise` (the layer's scale as the voxel
         size), or {} plane by plane."""
-        if not (self.volume.value and layer.data.ndim - layer.rgb >= 3):
+        if not (self.volume.value and self._can_be_volume(layer)):
             return {}
         nd = layer.data.ndim - layer.rgb
         return dict(volume=True, spacing=tuple(float(s) for s in layer.scale[nd - 3:nd]))

@@ -108,6 +108,11 @@ def denoise_trd_dask(image, sigmas, channel_axis, opts, *, choices=None, unit=1.
     else:
         depth[spatial[0]] = depth[spatial[1]] = max(m.halo for m in opts.bank)
 
+    for ax in spatial:  # an axis shorter than the halo: one chunk along it, no overlap needed
+        if depth[ax] >= image.shape[ax]:
+            image = image.rechunk({ax: -1})
+            depth[ax] = 0
+
     def block(x, block_info=None):
         loc = block_info[0]["array-location"]
         out = np.empty(x.shape, dtype=out_dtype)
