@@ -32,6 +32,7 @@ DELIBERATELY_LAZY = {
     ("skimage_trd.cli", "skimage_trd._batch"),
     ("skimage_trd.cli", "skimage_trd.demo"),
     ("skimage_trd.cli", "skimage_trd.train.cli"),
+    ("skimage_trd.cli", "skimage_trd._axes"),  # (--axes checked before any work)
     # npe2 imports the plugin package to read its manifest; the widgets (Qt, napari) load on use
     ("napari_trd.__init__", "napari_trd._widgets"),
     # the napari plugin loads the library when a widget first needs it

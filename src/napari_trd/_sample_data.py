@@ -67,7 +67,7 @@ def noisy_volume():
     through a confocal point-spread function; 32 planes of 192 x 192, z-step 2 pixels,
     ``skimage_trd._volumes.fluorescence_volume``) with Gaussian noise 0.1, voxel size
     (2, 1, 1): denoise it as a volume."""
-    from skimage_trd._volumes import fluorescence_volume
+    from skimage_trd import fluorescence_volume
 
     clean = fluorescence_volume((32, 192, 192), psf="confocal", z_step=2.0, seed=7)
     noisy = clean + 0.1 * np.random.default_rng(0).standard_normal(clean.shape)

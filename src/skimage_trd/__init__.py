@@ -31,6 +31,7 @@ __getattr__, __dir__, _names = _lazy.attach(
         "_basis": ["dct_filter_basis"],
         "_matlab": ["import_matlab_model"],
         "_plot": ["plot_model", "penalty_functions"],
+        "_volumes": ["fluorescence_volume"],
     },
 )
 __all__ = [name for name in _names if name != "train"]  # functions and classes, not subpackages
