@@ -357,6 +357,13 @@ def test_cli_denoises_an_ome_tiff_volume_with_its_own_axes(volume_model, tmp_pat
         raw, 409.5, preserve_range=True, preserve_dtype=True))
     with pytest.raises(SystemExit):
         main(["denoise", str(src), "--axes", "ZYX", "--channel-axis", "0", *common])
+    # a zarr volume chunked in z: chunk by chunk, the same result
+    zarr = pytest.importorskip("zarr")
+    z = zarr.create_array(store=str(tmp_path / "vol.zarr"), shape=raw.shape, dtype=raw.dtype,
+                          chunks=(2, 20, 24), dimension_names=["z", "y", "x"])
+    z[:] = raw
+    assert main(["denoise", str(tmp_path / "vol.zarr"), "--axes", "file", *common]) == 0
+    np.testing.assert_array_equal(zarr.open_array(str(out / "vol.zarr"))[:], expected)
 
 
 def test_dask_volumes_chunked_in_z_equal_the_whole_volume():

@@ -493,10 +493,23 @@ def _zarr_dims(z):
     return list(dims) if dims is not None else None
 
 
+def _zarr_axes(asked, dims, ndim):
+    """``--axes`` for a zarr array: the letters given, or with ``file`` its dimension names
+    (OME-Zarr's t, c, z, y, x)."""
+    if asked is None or asked.lower() != "file":
+        return asked
+    names = {"t": "T", "time": "T", "z": "Z", "y": "Y", "x": "X"}
+    names.update({c: "C" for c in _CHANNEL_NAMES})
+    if dims is None or any(d is None or str(d).lower() not in names for d in dims):
+        raise ValueError(f"--axes file: the zarr array's dimension names {dims} are not all "
+                         "of t, c, z, y, x: give the letters (e.g. --axes ZYX)")
+    axes = "".join(names[str(d).lower()] for d in dims)
+    if len(axes) != ndim:
+        raise ValueError(f"--axes file: dimension names {dims} for {ndim} axes")
+    return axes
+
+
 def _run_zarr(job, progress_factory, client=None):
-    if job.options.axes is not None and "Z" in job.options.axes.upper():
-        raise ValueError("volumes (--axes with Z) are denoised from TIFF and .npy files for "
-                         "now; zarr arrays plane by plane (leave out --axes)")
     if job.options.adapt:
         raise ValueError("--adapt trains on the whole image in memory: not for zarr arrays "
                          "(adapt a model with skimage-trd train --loss sure --init MODEL on a "
@@ -518,8 +531,9 @@ def _run_zarr(job, progress_factory, client=None):
     local = dict(scheduler="threads", num_workers=opts.zarr_threads) if client is None else {}
     # one Numba thread per dask task: the parallelism is dask's (--threads tasks at once)
     zopts = _replace(opts, num_threads=1)
-    with dask.config.set(**local):
-        lazy = _restore(arr, zopts, axis, color, None)
+    axes = _zarr_axes(opts.axes, dims, arr.ndim)
+    with dask.config.set(**local):  # (volumes: chunks in z too, the model's reach in z)
+        lazy = _restore(arr, zopts, axis, color, None, axes=axes)
     # regular chunks, each written by one task: no two tasks write the same zarr chunk
     chunks = tuple(c[0] for c in lazy.chunks)
     if any(any(n != c[0] for n in c[:-1]) or c[-1] > c[0] for c in lazy.chunks):
