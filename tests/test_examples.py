@@ -79,3 +79,25 @@ def test_demo_writes_its_picture(tmp_path, monkeypatch, capsys, extra, name):
     assert (width, height) == ((3 * 240 + 16, 200 + 28) if "--crop" in extra else (3 * 512 + 16, 512 + 28))
     with pytest.raises(SystemExit, match="--crop"):
         main([*extra, "--crop", "1,2,3", "--out", str(out)])
+
+
+@pytest.mark.slow
+def test_ome_tiff_example_volume(tmp_path):
+    """An OME-TIFF z-stack denoised as a volume by the example, lazily in slabs of planes and
+    tiles (chunks in z too), equals the in-memory volume call."""
+    tifffile = pytest.importorskip("tifffile")
+    zarr = pytest.importorskip("zarr")
+    from skimage_trd import denoise_trd, fluorescence_volume
+
+    clean = fluorescence_volume((24, 64, 64), seed=3)
+    noisy = clean + 0.1 * np.random.default_rng(0).standard_normal(clean.shape)
+    stack = np.clip(noisy * 4095, 0, 4095).astype(np.uint16)
+    path, out_path = tmp_path / "stack.ome.tif", tmp_path / "out.zarr"
+    tifffile.imwrite(path, stack, ome=True, metadata={"axes": "ZYX"})
+    subprocess.run([sys.executable, str(ROOT / "examples" / "denoise_zarr.py"), str(path),
+                    str(out_path), "--keep-dtype", "--chunk", "32", "--axes", "file",
+                    "--planes", "12", "--sigma", "409.5"], check=True, capture_output=True)
+    out = zarr.open(str(out_path), mode="r")
+    assert out.chunks == (12, 32, 32)  # (two slabs of planes, overlapping by 10 in z)
+    expected = denoise_trd(stack, 409.5, axes="ZYX", preserve_range=True, preserve_dtype=True)
+    np.testing.assert_array_equal(np.asarray(out), expected)
