@@ -305,6 +305,7 @@ def fake_cupy():
     cp.pad = np.pad
     cp.isfinite = np.isfinite
     cp.empty = np.empty
+    cp.zeros = np.zeros
     cp.float32, cp.float64 = np.float32, np.float64
     cp.RawKernel = EmulatedKernel
     cp.RawModule = _RawModule

@@ -172,8 +172,9 @@ def test_training_kernels_test_can_fail(emulated, monkeypatch):
 
     bug = ("dj += delta; visit", "dj -= delta; visit")
     assert _cupy_kernels.RBF_SUM_SOURCE.count(bug[0]) == 1
-    monkeypatch.setattr(gradients_cupy, "RBF_SUM_SOURCE",
-                        _cupy_kernels.RBF_SUM_SOURCE.replace(*bug))
+    planted = _cupy_kernels.RBF_SUM_SOURCE.replace(*bug)
+    monkeypatch.setattr(gradients_cupy, "RBF_SUM_SOURCE", planted)  # (the RBF-weight kernel)
+    monkeypatch.setattr(_cupy_kernels, "RBF_SUM_SOURCE", planted)  # (phi, kernels.cuda)
     with pytest.raises(AssertionError):
         _check_training_kernels(emulated, np.float64, 1e-13)
 
@@ -207,3 +208,34 @@ def _check_training_kernels(emulated, dtype, rtol):
                             ("gemm_rbf_grad", np.dtype(dtype).name)}
     (launch,) = kernels[("gemm_rbf_grad", np.dtype(dtype).name)].launches
     assert launch[0][0] > 1  # blocks per row
+
+
+@pytest.mark.parametrize("dtype, atol", [(np.float64, 1e-9), (np.float32, 2e-2)])
+def test_volume_stages_on_the_gpu_path_equal_reference(emulated, dtype, atol):
+    """Volume models on the CuPy path (kernels/volume.py run_volume_gpu: im2col, products,
+    the CUDA phi kernel with the stage kernels' RBF sum, col2im), with the emulated CuPy."""
+    from skimage_trd.train.models import lift_to_volume
+
+    rng = np.random.default_rng(3)
+    m = lift_to_volume(random_model(n_stages=2, kernel_size=3, n_filters=4, seed=3), 3)
+    m.filters[:, :, 0] += 0.3 * m.filters[:, :, 1]  # (filters reaching the planes above, below)
+    m.filters -= m.filters.mean(axis=(2, 3, 4), keepdims=True)
+    f = rng.uniform(0, 255, (5, 12, 14)).astype(dtype)
+    out = run_model(f, m, backend="cupy")
+    assert out.dtype == dtype and out.shape == f.shape
+    np.testing.assert_allclose(out, trd_reference(f.astype(np.float64), m), rtol=0, atol=atol)
+    assert ("gemm_phi", np.dtype(dtype).name) in _compiled()
+
+
+def test_denoise_trd_volumes_on_the_gpu_path(emulated, monkeypatch):
+    """denoise_trd(axes="ZYX", backend="cupy") through the emulated CuPy: the CPU result."""
+    from skimage_trd import _denoise, denoise_trd, fluorescence_volume
+    from skimage_trd.train.models import lift_to_volume
+
+    monkeypatch.setattr(_denoise, "cupy_module", lambda: emulated)
+    m = lift_to_volume(random_model(n_stages=2, kernel_size=3, n_filters=4, seed=4), 3)
+    clean = fluorescence_volume((5, 16, 18), seed=1)
+    noisy = clean + 0.1 * np.random.default_rng(0).standard_normal(clean.shape)
+    gpu = denoise_trd(noisy, 0.1, axes="ZYX", model=m, backend="cupy", exact=True)
+    cpu = denoise_trd(noisy, 0.1, axes="ZYX", model=m, exact=True)
+    np.testing.assert_allclose(gpu, cpu, atol=1e-9)

@@ -417,11 +417,6 @@ def _volume_call(image, kind, sigmas, layout, *, model, backend, num_threads, ti
                  n_stages, data_range, exact, progress, preserve_range, preserve_dtype,
                  return_choices, adapt):
     """``denoise_trd`` with ``axes`` holding a Z: every (z, y, x) volume as one volume."""
-    if kind == "cupy":
-        raise ValueError("volumes (axes with Z) are denoised from NumPy or dask arrays for "
-                         "now, got a CuPy array (.get() it)")
-    if backend == "cupy":
-        raise ValueError("volume models have no GPU kernel yet: use backend='auto' or 'numba'")
     if tile_shape is not None:
         raise ValueError("volumes are denoised whole: tile_shape is for planes")
     z = layout.axes.index("Z")
@@ -455,6 +450,8 @@ def _volume_call(image, kind, sigmas, layout, *, model, backend, num_threads, ti
         if preserve_dtype:
             out = to_input_dtype(out, image.dtype, preserve_range)
         return (out, choices) if return_choices else out
+    if adapt and kind == "cupy":
+        raise ValueError("adapt=True trains on the CPU: pass a NumPy array (.get() it)")
     if adapt:  # the volume models fine-tuned on these volumes first (90 % of the progress)
         share = None
         if progress is not None:
@@ -468,10 +465,16 @@ def _volume_call(image, kind, sigmas, layout, *, model, backend, num_threads, ti
                 user_progress(adapt_units + (units - adapt_units) * done // total, units)
         opts = adapt_volume_bank(image, sigmas, layout, opts, progress=share)
     choices = [] if return_choices else None
-    out = np.empty(image.shape, dtype=opts.out_dtype)
+    if opts.backend == "cupy":  # (CuPy arrays, or NumPy ones sent to the GPU)
+        xp = cupy_module()
+        src = xp.asarray(image)
+    else:
+        xp = np
+        src = image.get() if kind == "cupy" else image
+    out = xp.empty(image.shape, dtype=opts.out_dtype)
     volumes = list(iter_volumes(image.shape, layout))
     for k, (index, channel) in enumerate(volumes):
-        vol = image[index]
+        vol = src[index]
         setting = plane_settings(vol, sigmas[channel or 0], opts)
         cb = None
         if progress is not None:
@@ -484,6 +487,10 @@ def _volume_call(image, kind, sigmas, layout, *, model, backend, num_threads, ti
         out[index] = denoise_plane(vol, setting, opts, cb)
         if cb is not None and setting.action != "denoise":
             cb(1, 1)
+    if opts.backend == "cupy" and kind != "cupy":
+        out = out.get() if hasattr(out, "get") else np.asarray(out)  # (to the host)
+    elif kind == "cupy" and opts.backend != "cupy":
+        out = cupy_module().asarray(out)
     if preserve_dtype:
         out = to_input_dtype(out, image.dtype, preserve_range)
     return (out, choices) if return_choices else out

@@ -493,3 +493,28 @@ def run_cupy(f, model, n_stages, exact, post_stage, progress):
         if progress is not None:
             progress(t + 1)
     return u
+
+
+# phi and phi' of every response: row n of the (N, Q) responses has weights w[n * J, ...)
+# (GPU training, train/gradients_cupy.py, and the volume stages, kernels/volume.py)
+_CUDA_PHI = r"""
+const long long n = i / Q;
+T dphi;
+v = rbf_phi_and_derivative(z, &w[n * J], mu0, delta, beta, J, K, dphi);
+dv = dphi;
+"""
+
+
+def phi_kernel(dtype):
+    """The ElementwiseKernel ``(Z, w, Q, J, mu0, delta, beta, K) -> (V, D)``: the exact RBF
+    sum phi and its derivative of every response of an (N, Q) matrix, row n with the weights
+    ``w[n * J:(n + 1) * J]`` (the RBF sum of :data:`RBF_SUM_SOURCE`)."""
+    def build():
+        import cupy
+
+        return cupy.ElementwiseKernel(
+            "T z, raw T w, int64 Q, int32 J, T mu0, T delta, T beta, int32 K",
+            "T v, T dv", _CUDA_PHI, "trd_phi_dphi", preamble=RBF_SUM_SOURCE,
+        )
+
+    return cached_kernel(("gemm_phi", np.dtype(dtype).name), build)

@@ -29,11 +29,12 @@ import threading
 import numpy as np
 
 from .._arrays import BACKENDS, _xp, normalize_tile_shape
+from . import cuda
 from . import numba_cpu as nk
 from .cuda import run_cupy
 from .prepare import LINEAR_TABLE_TOLERANCE, TABLE_TOLERANCE, model_fingerprint, prepare
 from .reference import diffusion_reference, lookup_phi, stage_reference
-from .volume import run_volume
+from .volume import run_volume, run_volume_gpu
 
 __all__ = ["run_model", "BACKENDS", "iter_tiles", "prepare", "model_fingerprint",
            "TABLE_TOLERANCE", "LINEAR_TABLE_TOLERANCE"]
@@ -231,7 +232,8 @@ def _run_volume(f, model, backend, n_stages, *, exact, tile_shape, post_stage, p
     if post_stage is not None or tile_shape is not None:
         raise ValueError("volume models run on whole volumes here (no tiles, no projection)")
     if backend == "cupy":
-        raise NotImplementedError("volume models have no GPU kernel yet: pass a NumPy array")
+        return run_volume_gpu(f, model, cuda.cupy_module(), n_stages=n_stages,
+                              progress=progress)
     if backend == "numpy":
         u = f
         for t in range(n_stages):

@@ -21,11 +21,13 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from .cuda import phi_kernel
 from .influence import RBF_REACH, influence_and_derivative, rbf_reach_terms
 from .prepare import prepare
 
 __all__ = ["volume_stage", "run_volume", "phi_rows_exact", "rbf_grad_rows", "slabs",
-           "im2col", "col2im_add", "GridRBF", "phi_rows_hermite", "hist_rows_hermite"]
+           "im2col", "col2im_add", "GridRBF", "phi_rows_hermite", "hist_rows_hermite",
+           "run_volume_gpu"]
 
 SLAB_BYTES = 48 << 20  # bound on the im2col matrix of one slab
 GRID_PER_RBF_STEP = 20  # volume training's phi grid: the RBF centres' spacing / 20
@@ -37,12 +39,13 @@ def slabs(n_planes, plane_size, n_taps, itemsize):
     return [(q, min(n_planes, q + per)) for q in range(0, n_planes, per)]
 
 
-def im2col(P, fshape, grid, q0, q1):
+def im2col(P, fshape, grid, q0, q1, xp=np):
     """Rows: the taps of a ``fshape`` filter; columns: the response positions of planes
-    ``q0:q1`` of ``grid`` (the response grid's shape) read from the padded volume ``P``."""
+    ``q0:q1`` of ``grid`` (the response grid's shape) read from the padded volume ``P``
+    (of the array module ``xp``: NumPy, or CuPy on the GPU)."""
     Fz, F, _ = fshape
     _, Hq, Wq = grid
-    cols = np.empty((Fz * F * F, q1 - q0, Hq, Wq), dtype=P.dtype)
+    cols = xp.empty((Fz * F * F, q1 - q0, Hq, Wq), dtype=P.dtype)
     t = 0
     for a in range(Fz):
         for b in range(F):
@@ -304,6 +307,40 @@ def volume_stage(u, f, stage, fshape, *, exact=None, out=None):
         out = np.empty_like(u)
     np.subtract(u, d + lam * (u - f), out=out)
     return out
+
+
+def run_volume_gpu(f, model, xp, n_stages=None, progress=None):
+    """:func:`run_volume` for a CuPy volume ``f`` (``xp`` is ``cupy``): the same matrix form,
+    the products in cuBLAS and the influence functions by the exact RBF sum of the CUDA
+    stage kernels (:func:`skimage_trd.kernels.cuda.phi_kernel`), in ``f``'s dtype."""
+    dtype = np.dtype(f.dtype)
+    prep = prepare(model, dtype)
+    fshape = model.filter_shape
+    T = int(np.prod(fshape))
+    K_rbf = rbf_reach_terms(model.centers, model.precision)
+    grid = tuple(n + 2 * (k // 2) for n, k in zip(f.shape, fshape, strict=True))
+    phi = phi_kernel(dtype)
+    u = f
+    n = model.n_stages if n_stages is None else n_stages
+    for t in range(n):
+        st = prep.stages[t]
+        N = st.filters.shape[0]
+        K = xp.asarray(st.filters.reshape(N, T))
+        Kbar_T = xp.asarray(np.ascontiguousarray(st.flipped.reshape(N, T).T))
+        w = xp.asarray(st.weights)
+        P = xp.pad(u, _pads(fshape), mode="symmetric")
+        d = xp.zeros(u.shape, dtype=dtype)
+        for q0, q1 in slabs(grid[0], grid[1] * grid[2], T, dtype.itemsize):
+            Z = K @ im2col(P, fshape, grid, q0, q1, xp)
+            V = phi(Z, w, np.int64(Z.shape[1]), np.int32(model.centers.size),
+                    dtype.type(prep.mu0), dtype.type(prep.delta), dtype.type(prep.beta),
+                    np.int32(K_rbf))[0]
+            C = (Kbar_T @ V).reshape((T, q1 - q0) + grid[1:])
+            col2im_add(C, fshape, d, q0, q1, (0, 0, 0))
+        u = u - (d + dtype.type(st.lam) * (u - f))
+        if progress is not None:
+            progress(t + 1, n)
+    return u
 
 
 def run_volume(f, model, dtype=np.float32, n_stages=None, progress=None, exact=None):

@@ -28,7 +28,7 @@ import numpy as np
 
 from .._arrays import _xp
 from .._jpeg import project_to_box, project_to_box_adjoint
-from ..kernels.cuda import CUDA_PRELUDE, RBF_SUM_SOURCE, cached_kernel
+from ..kernels.cuda import CUDA_PRELUDE, RBF_SUM_SOURCE, cached_kernel, phi_kernel
 from ..kernels.influence import influence_and_derivative, rbf_reach_terms
 from .gradients import (
     StageParams,
@@ -41,14 +41,6 @@ from .gradients import (
 __all__ = ["GemmTrainer"]
 
 IMAGES_PER_CHUNK = 100  # bounds the (F*F x Q) matrices: ~1 GB each for 180x180 7x7 float32
-
-# phi and phi' of every response: row n of the (N, Q) responses has weights w[n * J, ...)
-_CUDA_PHI = r"""
-const long long n = i / Q;
-T dphi;
-v = rbf_phi_and_derivative(z, &w[n * J], mu0, delta, beta, J, K, dphi);
-dv = dphi;
-"""
 
 _CUDA_RBF_GRAD = r"""
 extern "C" __global__ void rbf_grad(const T* __restrict__ Z, const T* __restrict__ E, long long Q,
@@ -88,18 +80,6 @@ def rbf_grad_source(dtype):
     return f"#define T {_ctype(dtype)}\n" + CUDA_PRELUDE + RBF_SUM_SOURCE + _CUDA_RBF_GRAD
 
 
-def _cuda_phi_kernel(dtype):
-    def build():
-        import cupy
-
-        return cupy.ElementwiseKernel(
-            "T z, raw T w, int64 Q, int32 J, T mu0, T delta, T beta, int32 K",
-            "T v, T dv", _CUDA_PHI, "trd_phi_dphi", preamble=RBF_SUM_SOURCE,
-        )
-
-    return cached_kernel(("gemm_phi", np.dtype(dtype).name), build)
-
-
 def _cuda_rbf_kernel(dtype):
     def build():
         import cupy
@@ -123,7 +103,7 @@ def phi_and_derivative(Z, weights, spec, xp):
     mu, delta = spec.centers[0], spec.centers[1] - spec.centers[0]
     K = rbf_reach_terms(spec.centers, spec.precision)
     w = xp.asarray(weights, dtype=Z.dtype)
-    return _cuda_phi_kernel(Z.dtype)(Z, w, np.int64(Z.shape[1]), np.int32(spec.n_rbf), T(mu),
+    return phi_kernel(Z.dtype)(Z, w, np.int64(Z.shape[1]), np.int32(spec.n_rbf), T(mu),
                                      T(delta), T(spec.precision), np.int32(K))
 
 
