@@ -868,7 +868,8 @@ def test_denoise_widget_volume(make_napari_viewer, qtbot, user_models):
     viewer = make_napari_viewer(show=True)
     layer = viewer.add_image(data, name="vol", scale=(2.0, 0.5, 0.5))
     widget = DenoiseWidget(viewer)
-    assert widget.volume.value and widget.volume.enabled and not widget.adapt.visible
+    viewer.window.add_dock_widget(widget, name="Denoise (TRD)")  # (shown: fields' visibility)
+    assert widget.volume.value and widget.volume.enabled and widget.adapt.visible
     widget.model.value = str(user_models / "volume.npz")
     widget.sigma.value = 0.1
     widget.run()
@@ -891,3 +892,21 @@ def test_denoise_widget_volume(make_napari_viewer, qtbot, user_models):
     viewer.add_image(data[0], name="plane")
     widget.image.value = "plane"
     assert not widget.volume.value and not widget.volume.enabled
+
+
+
+def test_denoise_job_adapts_volumes(monkeypatch):
+    """The job passes the volume's axes, voxel size and adapt=True together to the library."""
+    import skimage_trd
+
+    seen = {}
+
+    def fake(data, sigma, **kw):
+        seen.update(kw)
+        return np.asarray(data), []
+
+    monkeypatch.setattr(skimage_trd, "denoise_trd", fake)
+    _jobs.denoise(np.zeros((2, 5, 16, 16)), sigma=0.1, volume=True, spacing=(2.0, 1.0, 1.0),
+                  adapt=True)
+    assert seen["axes"] == "TZYX" and seen["spacing"] == (2.0, 1.0, 1.0) and seen["adapt"]
+    assert seen["channel_axis"] is None

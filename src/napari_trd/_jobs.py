@@ -120,7 +120,7 @@ def denoise(data, *, sigma=None, model=AUTO, backend="auto", channel_axis=None, 
         channel_axis = None  # (the axes say where the channels are)
     if adapt:
         data = np.asarray(data)  # (adapting trains on the whole layer)
-        extra = dict(adapt=True, color_transform="none")
+        extra.update(adapt=True, color_transform="none")
     out, chosen = skimage_trd.denoise_trd(
         data, sigma, model=_model_arg(model), channel_axis=channel_axis,
         backend={"CPU": "numba", "GPU": "cupy"}.get(backend, "auto"), preserve_range=True,

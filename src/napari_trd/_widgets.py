@@ -379,7 +379,7 @@ class DenoiseWidget(_JobWidget):
         photons = self._photon_mode()
         for field in (self.sigma, self.estimate):
             field.visible = not photons
-        self.adapt.visible = not photons and not self.volume.value  # (planes only, for now)
+        self.adapt.visible = not photons
         layer = self.layer(self.image) if hasattr(self, "image") else None
         self.volume.enabled = layer is not None and self._can_be_volume(layer)
         for field in (self.auto_photons, self.gain, self.offset, self.read_noise,
@@ -568,7 +568,7 @@ class DenoiseWidget(_JobWidget):
         keep, photons = self.keep_dtype.value, self._photon_params()
         select = _jobs.SELECT[self.select.value]
         volume = self._volume_options(layer)
-        adapt = self.adapt.value and photons is None and not volume
+        adapt = self.adapt.value and photons is None
         if volume and photons is not None:
             volume = dict(volume, axes=_jobs.volume_axes(data.ndim, channel_axis))
         summary = []  # the choices in one line, made by the job (it reads the data), shown after
