@@ -868,8 +868,7 @@ def test_denoise_widget_volume(make_napari_viewer, qtbot, user_models):
     viewer = make_napari_viewer(show=True)
     layer = viewer.add_image(data, name="vol", scale=(2.0, 0.5, 0.5))
     widget = DenoiseWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Denoise (TRD)")  # (shown: fields' visibility)
-    assert widget.volume.value and widget.volume.enabled and widget.adapt.visible
+    assert widget.volume.value and widget.volume.enabled and _visible_to(widget.adapt, widget)
     widget.model.value = str(user_models / "volume.npz")
     widget.sigma.value = 0.1
     widget.run()
