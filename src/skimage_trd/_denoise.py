@@ -188,8 +188,10 @@ def denoise_trd(
         every (z, y, x) volume is denoised as one volume with the volume models (3-D
         filters, ``model`` must be such models; default: the shipped ones); without, plane
         by plane as without ``axes``. ``C`` sets the channel axis (as ``channel_axis``).
-        Volumes need at least 3 planes; NumPy arrays (not yet CuPy or dask); no
-        ``tile_shape``, ``adapt`` or colour transform (channels one by one).
+        Volumes need at least 3 planes; NumPy, CuPy and dask arrays (dask: lazy, chunks in
+        z too, the result equal to the whole volume's); ``adapt`` adapts the volume model
+        (NumPy); no ``tile_shape`` or colour transform (channels one by one).
+        docs/volumes.md has the measurements.
     spacing : (float, float, float), optional
         Volumes: the voxel size ``(dz, dy, dx)`` in any one unit. The volume models are
         trained for z-steps of 1 to 4 pixels; a z-step beyond 6 pixels is denoised plane by
