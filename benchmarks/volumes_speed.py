@@ -1,9 +1,9 @@
 """Time per voxel of the volume call against the 2-D call's time per pixel times the ratio of
 filter taps (3 x 7 x 7 = 147 against 7 x 7 = 49: 3x).
 
-    python benchmarks/volumes_speed.py [--repeat 5]
+    python benchmarks/volumes_speed.py [--repeat 5] [--threads=1]
 
-One thread (OMP, OpenBLAS and Numba threads set to 1), float64 input in [0, 1], sigma 0.1,
+One thread (OMP, OpenBLAS and Numba threads set to 1; ``--threads=N``: N), float64 input in [0, 1], sigma 0.1,
 the default calls: ``denoise_trd(image, 0.1)`` on 512 x 512 and 1024 x 1024 images and
 ``denoise_trd(volume, 0.1, axes="ZYX")`` on 32 x 192 x 192 and 64 x 256 x 256 volumes (the
 shipped 5-stage models: 48 filters of 7 x 7, and of 3 x 7 x 7). Median of ``--repeat`` runs
@@ -21,8 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+THREADS = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--threads=")), "1")
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ[var] = "1"
+    os.environ[var] = THREADS
 
 import numpy as np  # noqa: E402
 
@@ -47,6 +48,7 @@ def median_time(fn, repeat):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--threads", default="1", help="threads (give it as --threads=N)")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     rows = []
@@ -59,7 +61,7 @@ def main(argv=None):
         x = rng.random(shape)
         t = median_time(lambda x=x: denoise_trd(x, 0.1, axes="ZYX"), args.repeat)
         rows.append(("3-D " + "x".join(map(str, shape)), t, t / x.size))
-    print(f"{cpu_name()}, one thread, {datetime.date.today().isoformat()}, median of "
+    print(f"{cpu_name()}, {THREADS} thread(s), {datetime.date.today().isoformat()}, median of "
           f"{args.repeat}\ncommand: python benchmarks/volumes_speed.py "
           + " ".join(argv or sys.argv[1:]))
     print("| call | seconds | ns per pixel/voxel | per voxel / (3 x 2-D per pixel at 512^2) |")

@@ -382,3 +382,26 @@ def test_dask_volumes_chunked_in_z_equal_the_whole_volume():
     two = da.from_array(np.stack([noisy, noisy]), chunks=(1, 5, 18, 20))
     np.testing.assert_allclose(denoise_trd(two, 0.1, axes="TZYX", model=model)[1].compute(),
                                whole, atol=1e-6)
+
+
+def test_volume_stage_on_several_threads_equals_one(monkeypatch):
+    """The slabs shared out over threads (sums per thread) give the one-thread result, and
+    OpenBLAS's thread count comes back as it was."""
+    import numba
+
+    from skimage_trd.kernels import volume as kv
+    from skimage_trd.kernels.numba_cpu import numba_threads
+
+    rng = np.random.default_rng(13)
+    m = random_volume_model(rng)
+    vol = rng.uniform(0, 255, (9, 14, 15)).astype(np.float32)
+    monkeypatch.setattr(kv, "SLAB_BYTES", 4096)  # (one plane a slab: many slabs)
+    with numba_threads(1):
+        one = kv.run_volume(vol, m)
+    funcs = kv._openblas_functions()
+    before = funcs[0]() if funcs else None
+    with numba_threads(min(2, numba.config.NUMBA_NUM_THREADS)):
+        several = kv.run_volume(vol, m)
+    np.testing.assert_allclose(several, one, rtol=0, atol=2e-4)
+    if funcs:
+        assert funcs[0]() == before
