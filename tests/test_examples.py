@@ -100,4 +100,5 @@ def test_ome_tiff_example_volume(tmp_path):
     out = zarr.open(str(out_path), mode="r")
     assert out.chunks == (12, 32, 32)  # (two slabs of planes, overlapping by 10 in z)
     expected = denoise_trd(stack, 409.5, axes="ZYX", preserve_range=True, preserve_dtype=True)
-    np.testing.assert_array_equal(np.asarray(out), expected)
+    # (float32 sums in another order on several threads: a rounding to uint16 may differ by 1)
+    assert np.abs(np.asarray(out).astype(int) - expected).max() <= 1

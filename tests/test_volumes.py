@@ -363,7 +363,9 @@ def test_cli_denoises_an_ome_tiff_volume_with_its_own_axes(volume_model, tmp_pat
                           chunks=(2, 20, 24), dimension_names=["z", "y", "x"])
     z[:] = raw
     assert main(["denoise", str(tmp_path / "vol.zarr"), "--axes", "file", *common]) == 0
-    np.testing.assert_array_equal(zarr.open_array(str(out / "vol.zarr"))[:], expected)
+    # (chunk by chunk on one thread each: float32 sums in another order, roundings may differ)
+    got = zarr.open_array(str(out / "vol.zarr"))[:]
+    assert np.abs(got.astype(int) - expected).max() <= 1
 
 
 def test_dask_volumes_chunked_in_z_equal_the_whole_volume():

@@ -13,6 +13,7 @@ import numpy as np
 from ._adapt import ADAPT_SHARE, adapt_bank, adapt_volume_bank
 from ._arrays import (
     _xp,
+    array_module,
     iter_planes,
     normalize_tile_shape,
     resolve_backend,
@@ -490,7 +491,7 @@ def _volume_call(image, kind, sigmas, layout, *, model, backend, num_threads, ti
         if cb is not None and setting.action != "denoise":
             cb(1, 1)
     if opts.backend == "cupy" and kind != "cupy":
-        out = out.get() if hasattr(out, "get") else np.asarray(out)  # (to the host)
+        out = out.get() if array_module(out) == "cupy" else np.asarray(out)  # (to the host)
     elif kind == "cupy" and opts.backend != "cupy":
         out = cupy_module().asarray(out)
     if preserve_dtype:
