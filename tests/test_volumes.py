@@ -407,3 +407,23 @@ def test_volume_stage_on_several_threads_equals_one(monkeypatch):
     np.testing.assert_allclose(several, one, rtol=0, atol=2e-4)
     if funcs:
         assert funcs[0]() == before
+
+
+def test_tiff_voxel_size_reads_ome_units():
+    from skimage_trd._batch import _tiff_spacing, _TiffInfo
+
+    xml = ('<OME><Image><Pixels ID="P" PhysicalSizeX="0.1" PhysicalSizeY="0.1" '
+           'PhysicalSizeZ="500" PhysicalSizeZUnit="nm" Type="uint16"></Pixels></Image></OME>')
+    info = _TiffInfo(axes="ZYX", photometric=1, planarconfig=1, ome=xml, imagej=None,
+                     resolution=None, resolutionunit=None, compressed=False)
+    assert _tiff_spacing(info) == pytest.approx((0.5, 0.1, 0.1))
+
+
+def test_volume_adapt_leaves_thin_volumes_and_select_sure_is_refused(volume_model):
+    from skimage_trd import denoise_trd
+
+    _, noisy = noisy_volume((4, 40, 44))  # (fewer than the 5 planes 2 stages of 3 span)
+    out = denoise_trd(noisy, 0.1, axes="ZYX", model=volume_model, adapt=True)
+    np.testing.assert_allclose(out, denoise_trd(noisy, 0.1, axes="ZYX", model=volume_model))
+    with pytest.raises(ValueError, match="range rule"):
+        denoise_trd(noisy, 0.1, axes="ZYX", model=volume_model, select="sure")

@@ -79,8 +79,15 @@ def adapt_volume_bank(image, sigmas, layout, opts, progress=None):
         setting = plane_settings(vol, sigmas[channel or 0], opts)
         if setting.action != "denoise":
             continue
+        m = setting.model
+        field = m.n_stages * (m.depth - 1) + 1  # (planes training needs: fit refuses fewer)
+        if vol.shape[0] < field:
+            logger.info("not adapting %s to a volume of %d planes (fewer than the %d its "
+                        "receptive field spans): the model is used as it is", m.name,
+                        vol.shape[0], field)
+            continue
         x = (vol.astype(np.float64) * opts.scale - setting.center) * setting.gain + MODEL_MID
-        groups.setdefault(setting.model.name, (setting.model, []))[1].append(x)
+        groups.setdefault(m.name, (m, []))[1].append(x)
     tuned = _tune(groups, progress, "volume(s)")
     return replace(opts, bank=tuple(tuned.get(m.name, m) for m in opts.bank))
 

@@ -178,11 +178,14 @@ def _restore(image, opts: RestoreOptions, channel_axis, color, progress, *, sour
     if sigma is not None and len(sigma) == 1:
         sigma = sigma[0]
     if axes is not None:
+        volume = "Z" in axes.upper()  # (volumes: the range rule, channels one by one)
         out = denoise_trd(image, sigma, model=opts.model, axes=axes, spacing=spacing,
                           preserve_range=True, preserve_dtype=not opts.float32,
                           backend=opts.backend, num_threads=opts.num_threads,
                           tile_shape=opts.tile_shape, progress=progress,
-                          color_transform="none", adapt=opts.adapt)
+                          select="range" if volume else opts.select,
+                          color_transform="opponent" if "C" in axes.upper() and not volume
+                          and not opts.adapt else "none", adapt=opts.adapt)
         return out.astype(np.float32, copy=False) if opts.float32 else out
     out = denoise_trd(image, sigma, model=opts.model, channel_axis=channel_axis,
                       preserve_range=True, preserve_dtype=not opts.float32,
@@ -412,14 +415,21 @@ def _tiff_axes(asked, info: _TiffInfo, shape):
     return axes, _tiff_spacing(info) if "Z" in axes else None
 
 
+_OME_UNITS = {"pm": 1e-6, "Å": 1e-4, "nm": 1e-3, "µm": 1.0, "um": 1.0, "mm": 1e3, "cm": 1e4,
+              "m": 1e6}
+
+
 def _tiff_spacing(info: _TiffInfo):
     """(dz, dy, dx) of an OME-TIFF's Pixels element or an ImageJ hyperstack, else None."""
     if info.ome:
         sizes = {}
-        for key in ("Z", "Y", "X"):
-            m = re.search(rf'<(?:\w+:)?Pixels\b[^>]*\sPhysicalSize{key}="([^"]+)"', info.ome)
-            if m:
-                sizes[key] = float(m.group(1))
+        pixels = re.search(r"<(?:\w+:)?Pixels\b[^>]*>", info.ome)
+        for key in ("Z", "Y", "X") if pixels else ():
+            m = re.search(rf'\sPhysicalSize{key}="([^"]+)"', pixels.group(0))
+            unit = re.search(rf'\sPhysicalSize{key}Unit="([^"]+)"', pixels.group(0))
+            if m:  # in micrometres (OME's default unit), whatever unit each is given in
+                sizes[key] = float(m.group(1)) * _OME_UNITS.get(unit.group(1) if unit else
+                                                                 "µm", 1.0)
         if len(sizes) == 3:
             return sizes["Z"], sizes["Y"], sizes["X"]
     if info.imagej and info.imagej.get("spacing") and info.resolution:

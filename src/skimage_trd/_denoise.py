@@ -287,6 +287,11 @@ def denoise_trd(
     _warn_sigma_units(sigmas, image.dtype)
     _warn_sigma_range(image, kind, sigmas)
     if layout is not None and layout.volume:
+        if select not in ("range", "sure"):
+            raise ValueError(f"select must be 'range' or 'sure', got {select!r}")
+        if select == "sure":
+            raise ValueError("select='sure' chooses among 2-D models plane by plane; volumes "
+                             "use the range rule (select='range')")
         return _volume_call(image, kind, sigmas, layout, model=model, backend=backend,
                             num_threads=num_threads, tile_shape=tile_shape, n_stages=n_stages,
                             data_range=data_range, exact=exact, progress=progress,

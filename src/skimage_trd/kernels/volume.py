@@ -94,6 +94,18 @@ _blas_users = 0
 _blas_before = 1
 
 
+def _concurrent_launches_allowed():
+    """Whether Numba's parallel kernels may run from several threads at once: not under its
+    'workqueue' layer (used when neither OpenMP nor TBB is available), which aborts the
+    process on concurrent launches. The layer is known after a first parallel launch."""
+    try:
+        return numba.threading_layer() != "workqueue"
+    except ValueError:  # (no parallel kernel has run yet: run one)
+        _phi_rows_table(np.zeros((1, 1), np.float32), np.zeros((1, 2), np.complex64),
+                        np.array([0.0, 1.0, 0.5], np.float32))
+        return numba.threading_layer() != "workqueue"
+
+
 def slabs(n_planes, plane_size, n_taps, itemsize):
     """Ranges of response planes whose im2col matrix stays within ``SLAB_BYTES``."""
     per = max(1, SLAB_BYTES // max(1, n_taps * plane_size * itemsize))
@@ -116,26 +128,29 @@ def im2col(P, fshape, grid, q0, q1, xp=np):
     return cols.reshape(cols.shape[0], -1)
 
 
-def col2im_add(C, fshape, out, q0, q1, offset):
+def col2im_add(C, fshape, out, q0, q1, offset, z_origin=0):
     """``out[x] += C[tap, x + tap - offset]`` for the response planes ``q0:q1`` held by ``C``
     (rows: taps): the adjoint of :func:`im2col`. ``offset`` (per axis) is 0 where ``out`` is
     the volume (the ``kbar`` correlation of the stage) and ``2 r`` where ``out`` is the padded
-    volume (the adjoint of the responses: there every tap lands inside)."""
+    volume (the adjoint of the responses: there every tap lands inside). ``out`` may hold
+    only the planes from ``z_origin`` on (of as many as it has; the planes beyond are not
+    touched): a thread's share of the volume."""
     Fz, F, _ = fshape
-    Zo, Ho, Wo = out.shape
+    Zn, Ho, Wo = out.shape
+    Zo = z_origin + Zn
     Hq, Wq = C.shape[2], C.shape[3]  # C: (taps, q1 - q0, Hq, Wq)
     oz, oy, ox = offset
     t = 0
     for a in range(Fz):
         # planes q with 0 <= q + oz - a < Zo
-        z0, z1 = max(q0, a - oz), min(q1, Zo + a - oz)
+        z0, z1 = max(q0, a - oz + z_origin), min(q1, Zo + a - oz)
         for b in range(F):
             for c in range(F):
                 if z1 > z0:
                     y0, x0 = oy - b, ox - c  # out row y holds C row y - y0
                     ys, xs = max(0, y0), max(0, x0)
                     ye, xe = min(Ho, y0 + Hq), min(Wo, x0 + Wq)
-                    out[z0 + oz - a : z1 + oz - a, ys:ye, xs:xe] += \
+                    out[z0 + oz - a - z_origin : z1 + oz - a - z_origin, ys:ye, xs:xe] += \
                         C[t, z0 - q0 : z1 - q0, ys - y0 : ye - y0, xs - x0 : xe - x0]
                 t += 1
 
@@ -353,7 +368,9 @@ def volume_stage(u, f, stage, fshape, *, exact=None, out=None):
     P = np.pad(u, _pads(fshape), mode="symmetric")
     r = [n // 2 for n in fshape]
     grid = tuple(n + 2 * ri for n, ri in zip(u.shape, r, strict=True))
-    def run(part, d):
+    def run(part, d, z_origin=0, threads=None):
+        if threads is not None:  # (a new thread starts at Numba's default count)
+            numba.set_num_threads(threads)
         for q0, q1 in part:
             Z = K @ im2col(P, fshape, grid, q0, q1)
             if exact is None:
@@ -362,20 +379,34 @@ def volume_stage(u, f, stage, fshape, *, exact=None, out=None):
             else:
                 V = phi_rows_exact(Z, stage.weights, *exact, False)[0]
             C = (Kbar_T @ V).reshape((T, q1 - q0) + grid[1:])
-            col2im_add(C, fshape, d, q0, q1, (0, 0, 0))
+            col2im_add(C, fshape, d, q0, q1, (0, 0, 0), z_origin)
         return d
 
     todo = slabs(grid[0], grid[1] * grid[2], T, u.itemsize)
-    n = min(numba.get_num_threads(), len(todo))
+    total = numba.get_num_threads()
+    n = min(total, len(todo))
+    d = np.zeros_like(u)
+    if n > 1 and not _concurrent_launches_allowed():
+        n = 1
     if n <= 1:
-        d = run(todo, np.zeros_like(u))
-    else:  # slabs shared out over threads (NumPy and BLAS release the GIL), a sum per thread
-        parts = [todo[k::n] for k in range(n)]
-        with single_threaded_blas(), ThreadPoolExecutor(n) as pool:
-            sums = list(pool.map(lambda part: run(part, np.zeros_like(u)), parts))
-        d = sums[0]
-        for other in sums[1:]:
-            d += other
+        run(todo, d)
+    else:
+        # contiguous runs of slabs over threads (NumPy and BLAS release the GIL); each thread
+        # adds into its own planes (its response planes' outputs: 2 r_z more than it has),
+        # added into d at the end (memory: about one volume more in all)
+        per = -(-len(todo) // n)
+        parts = [todo[k:k + per] for k in range(0, len(todo), per)]
+        fz = fshape[0]
+
+        def share(part):
+            z0 = max(0, part[0][0] - (fz - 1))
+            z1 = min(u.shape[0], part[-1][1])
+            buf = np.zeros((z1 - z0,) + u.shape[1:], u.dtype)
+            return z0, run(part, buf, z0, max(1, total // len(parts)))
+
+        with single_threaded_blas(), ThreadPoolExecutor(len(parts)) as pool:
+            for z0, buf in pool.map(share, parts):
+                d[z0:z0 + buf.shape[0]] += buf
     lam = u.dtype.type(stage.lam)
     if out is None:
         out = np.empty_like(u)
