@@ -128,7 +128,7 @@ def im2col(P, fshape, grid, q0, q1, xp=np):
     return cols.reshape(cols.shape[0], -1)
 
 
-def col2im_add(C, fshape, out, q0, q1, offset, z_origin=0):
+def col2im_add(C, fshape, out, q0, q1, offset, *, z_origin=0):
     """``out[x] += C[tap, x + tap - offset]`` for the response planes ``q0:q1`` held by ``C``
     (rows: taps): the adjoint of :func:`im2col`. ``offset`` (per axis) is 0 where ``out`` is
     the volume (the ``kbar`` correlation of the stage) and ``2 r`` where ``out`` is the padded
@@ -379,7 +379,7 @@ def volume_stage(u, f, stage, fshape, *, exact=None, out=None):
             else:
                 V = phi_rows_exact(Z, stage.weights, *exact, False)[0]
             C = (Kbar_T @ V).reshape((T, q1 - q0) + grid[1:])
-            col2im_add(C, fshape, d, q0, q1, (0, 0, 0), z_origin)
+            col2im_add(C, fshape, d, q0, q1, (0, 0, 0), z_origin=z_origin)
         return d
 
     todo = slabs(grid[0], grid[1] * grid[2], T, u.itemsize)
