@@ -286,9 +286,9 @@ def denoise_trd(
     backend = resolve_backend(backend, kind)
     _warn_sigma_units(sigmas, image.dtype)
     _warn_sigma_range(image, kind, sigmas)
+    if select not in ("range", "sure"):
+        raise ValueError(f"select must be 'range' or 'sure', got {select!r}")
     if layout is not None and layout.volume:
-        if select not in ("range", "sure"):
-            raise ValueError(f"select must be 'range' or 'sure', got {select!r}")
         if select == "sure":
             raise ValueError("select='sure' chooses among 2-D models plane by plane; volumes "
                              "use the range rule (select='range')")
@@ -305,15 +305,7 @@ def denoise_trd(
                              "the planes are denoised one by one: give 2-D models (or none)")
         raise ValueError("volume models (3-D filters) denoise volumes: give axes with a Z "
                          "(e.g. axes='ZYX')")
-    if n_stages is not None:
-        n_stages = int(n_stages)
-        shortest = min(m.n_stages for m in bank)
-        if not 1 <= n_stages <= shortest:
-            raise ValueError(f"n_stages must be in 1..{shortest}, got {n_stages}")
-    if data_range is not None and not (np.isfinite(data_range) and data_range > 0):
-        raise ValueError(f"data_range must be a positive number, got {data_range!r}")
-    if select not in ("range", "sure"):
-        raise ValueError(f"select must be 'range' or 'sure', got {select!r}")
+    n_stages = _check_bank_options(bank, n_stages, data_range)
     opts = PlaneOptions(bank=bank, in_dtype=image.dtype, preserve_range=bool(preserve_range),
                         backend=backend, num_threads=num_threads,
                         tile_shape=normalize_tile_shape(tile_shape), n_stages=n_stages,
@@ -329,16 +321,7 @@ def denoise_trd(
             raise ValueError("adapt=True adapts gray models: for a colour image pass "
                              "color_transform='none' (channels denoised one by one), or "
                              "adapt a model with skimage_trd.train.fit")
-        share = None
-        if progress is not None:
-            user_progress, units = progress, 1000
-            adapt_units = int(units * ADAPT_SHARE)
-
-            def share(done, total):
-                user_progress(adapt_units * done // total, units)
-
-            def progress(done, total):
-                user_progress(adapt_units + (units - adapt_units) * done // total, units)
+        share, progress = _adapt_progress(progress)
         opts = adapt_bank(image, sigmas, channel_axis, opts, progress=share)
     if opponent:
         out = _denoise_opponent(image, kind, sigmas[0], channel_axis, opts, progress=progress,
@@ -421,6 +404,35 @@ def _denoise_planes(image, kind, sigmas, channel_axis, opts, *, progress=None, c
     return out
 
 
+def _check_bank_options(bank, n_stages, data_range):
+    """``n_stages`` (as an int, or None) checked against the bank, and ``data_range``."""
+    if n_stages is not None:
+        n_stages = int(n_stages)
+        shortest = min(m.n_stages for m in bank)
+        if not 1 <= n_stages <= shortest:
+            raise ValueError(f"n_stages must be in 1..{shortest}, got {n_stages}")
+    if data_range is not None and not (np.isfinite(data_range) and data_range > 0):
+        raise ValueError(f"data_range must be a positive number, got {data_range!r}")
+    return n_stages
+
+
+def _adapt_progress(progress):
+    """``(share, rest)``: a call's progress split between adapting the models (the first
+    ``ADAPT_SHARE`` of it) and denoising (the rest); both None without ``progress``."""
+    if progress is None:
+        return None, None
+    units = 1000
+    adapt_units = int(units * ADAPT_SHARE)
+
+    def share(done, total):
+        progress(adapt_units * done // total, units)
+
+    def rest(done, total):
+        progress(adapt_units + (units - adapt_units) * done // total, units)
+
+    return share, rest
+
+
 def _volume_call(image, kind, sigmas, layout, *, model, backend, num_threads, tile_shape,
                  n_stages, data_range, exact, progress, preserve_range, preserve_dtype,
                  return_choices, adapt):
@@ -439,13 +451,7 @@ def _volume_call(image, kind, sigmas, layout, *, model, backend, num_threads, ti
         raise ValueError(f"the volumes have {image.shape[z]} planes (axis Z of shape "
                          f"{image.shape}), fewer than the {depth} planes of the volume "
                          "models' filters: denoise them plane by plane (axes without Z)")
-    if n_stages is not None:
-        n_stages = int(n_stages)
-        shortest = min(m.n_stages for m in bank)
-        if not 1 <= n_stages <= shortest:
-            raise ValueError(f"n_stages must be in 1..{shortest}, got {n_stages}")
-    if data_range is not None and not (np.isfinite(data_range) and data_range > 0):
-        raise ValueError(f"data_range must be a positive number, got {data_range!r}")
+    n_stages = _check_bank_options(bank, n_stages, data_range)
     opts = PlaneOptions(bank=bank, in_dtype=image.dtype, preserve_range=bool(preserve_range),
                         backend=resolve_backend(backend, kind), num_threads=num_threads,
                         n_stages=n_stages, data_range=data_range, exact=bool(exact))
@@ -461,18 +467,8 @@ def _volume_call(image, kind, sigmas, layout, *, model, backend, num_threads, ti
     if adapt and kind == "cupy":
         raise ValueError("adapt=True trains on the CPU: pass a NumPy array (.get() it)")
     if adapt:  # the volume models fine-tuned on these volumes first (90 % of the progress)
-        share = None
-        if progress is not None:
-            user_progress, units = progress, 1000
-            adapt_units = int(units * ADAPT_SHARE)
-
-            def share(done, total):
-                user_progress(adapt_units * done // total, units)
-
-            def progress(done, total):
-                user_progress(adapt_units + (units - adapt_units) * done // total, units)
+        share, progress = _adapt_progress(progress)
         opts = adapt_volume_bank(image, sigmas, layout, opts, progress=share)
-    choices = [] if return_choices else None
     if opts.backend == "cupy":  # (CuPy arrays, or NumPy ones sent to the GPU)
         xp = cupy_module()
         src = xp.asarray(image)

@@ -28,9 +28,10 @@ from numba import njit, prange
 
 from .cuda import phi_kernel
 from .influence import RBF_REACH, influence_and_derivative, rbf_reach_terms
+from .numba_cpu import _phi_exact
 from .prepare import prepare
 
-__all__ = ["volume_stage", "run_volume", "phi_rows_exact", "rbf_grad_rows", "slabs",
+__all__ = ["volume_stage", "run_volume", "phi_rows_exact", "slabs",
            "im2col", "col2im_add", "GridRBF", "phi_rows_hermite", "hist_rows_hermite",
            "run_volume_gpu"]
 
@@ -172,81 +173,17 @@ def _phi_rows_table(Z, pairs, grid):
 
 
 @njit(cache=True, parallel=True)
-def phi_rows_exact(Z, W, mu0, delta, beta, K, derivative):
-    """``phi_i(Z[i])`` (and ``phi_i'(Z[i])`` if ``derivative``) for every row ``i``: the
-    Gaussian RBF sum over the ``2K + 1`` centres nearest to each response, by the
-    two-exponential recurrence between equidistant centres (float64 inside)."""
+def phi_rows_exact(Z, W, mu0, delta, beta, K):
+    """``phi_i(Z[i])`` for every row ``i``: the exact Gaussian RBF sum over the ``2K + 1``
+    centres nearest to each response (the 2-D CPU kernels' ``numba_cpu._phi_exact``)."""
     N, M = Z.shape
     J = W.shape[1]
     V = np.empty_like(Z)
-    D = np.empty_like(Z) if derivative else np.empty((0, 0), Z.dtype)
-    q = math.exp(-beta * delta * delta)
     for i in prange(N):
         w = W[i]
         for m in range(M):
-            z = np.float64(Z[i, m])
-            jc = int(math.floor((z - mu0) / delta + 0.5))
-            jc = min(max(jc, 0), J - 1)
-            d = z - (mu0 + jc * delta)
-            s = 0.0
-            ds = 0.0
-            if abs(d) <= (K + 1) * delta:
-                g0 = math.exp(-0.5 * beta * d * d)
-                s = w[jc] * g0
-                ds = -beta * d * w[jc] * g0
-                g = g0
-                rho = math.exp(beta * delta * d - 0.5 * beta * delta * delta)
-                for j in range(jc + 1, min(J, jc + K + 1)):
-                    g *= rho
-                    rho *= q
-                    s += w[j] * g
-                    ds += -beta * (z - (mu0 + j * delta)) * w[j] * g
-                g = g0
-                rho = math.exp(-beta * delta * d - 0.5 * beta * delta * delta)
-                for j in range(jc - 1, max(-1, jc - K - 1), -1):
-                    g *= rho
-                    rho *= q
-                    s += w[j] * g
-                    ds += -beta * (z - (mu0 + j * delta)) * w[j] * g
-            V[i, m] = s
-            if derivative:
-                D[i, m] = ds
-    return V, D
-
-
-@njit(cache=True, parallel=True)
-def rbf_grad_rows(Z, E, J, mu0, delta, beta, K):
-    """``out[i, j] = sum_q E[i, q] exp(-beta/2 (Z[i, q] - mu_j)**2)`` over the ``2K + 1``
-    centres nearest to each response (float64 sums)."""
-    N, M = Z.shape
-    out = np.zeros((N, J))
-    q = math.exp(-beta * delta * delta)
-    for i in prange(N):
-        acc = np.zeros(J)
-        for m in range(M):
-            z = np.float64(Z[i, m])
-            e = np.float64(E[i, m])
-            jc = int(math.floor((z - mu0) / delta + 0.5))
-            jc = min(max(jc, 0), J - 1)
-            d = z - (mu0 + jc * delta)
-            if abs(d) > (K + 1) * delta:
-                continue
-            g0 = math.exp(-0.5 * beta * d * d) * e
-            acc[jc] += g0
-            g = g0
-            rho = math.exp(beta * delta * d - 0.5 * beta * delta * delta)
-            for j in range(jc + 1, min(J, jc + K + 1)):
-                g *= rho
-                rho *= q
-                acc[j] += g
-            g = g0
-            rho = math.exp(-beta * delta * d - 0.5 * beta * delta * delta)
-            for j in range(jc - 1, max(-1, jc - K - 1), -1):
-                g *= rho
-                rho *= q
-                acc[j] += g
-        out[i] = acc
-    return out
+            V[i, m] = _phi_exact(np.float64(Z[i, m]), w, mu0, delta, beta, J, K)
+    return V
 
 
 @njit(cache=True, parallel=True)
@@ -377,7 +314,7 @@ def volume_stage(u, f, stage, fshape, *, exact=None, out=None):
                 _phi_rows_table(Z, stage.linear.pairs, stage.grid)
                 V = Z
             else:
-                V = phi_rows_exact(Z, stage.weights, *exact, False)[0]
+                V = phi_rows_exact(Z, stage.weights, *exact)
             C = (Kbar_T @ V).reshape((T, q1 - q0) + grid[1:])
             col2im_add(C, fshape, d, q0, q1, (0, 0, 0), z_origin=z_origin)
         return d

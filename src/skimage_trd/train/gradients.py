@@ -1177,6 +1177,26 @@ class KernelStages:
         return StageParams(gr.coefficients, gr.weights, d_log_lambda), gr.u
 
 
+class BatchTrainer:
+    """What the matrix-form trainers (``gradients_cupy.GemmTrainer``, the volumes'
+    ``gradients_volume.VolumeTrainer``) add to their stages: ``forward`` and ``loss_and_grad``
+    on their batch (``f``, targets ``x``), through :func:`backprop`."""
+
+    def forward(self, stages, u=None):
+        """Outputs of the stages (list of StageParams) on the batch, starting from ``u``."""
+        u = self.f if u is None else u
+        for p in stages:
+            u = self.stage_forward(self.stage(p), u)[0]
+        return u
+
+    def loss_and_grad(self, params, *, stages="all", u_start=None, weights=None):
+        """As :func:`loss_and_grad`, on the trainer's batch (the same driver, :func:`backprop`)."""
+        u0 = self.f if stages != "last" or u_start is None else u_start
+        if weights is not None:
+            weights = self.xp.asarray(weights, dtype=self.dtype)
+        return backprop(self, params, self.spec, self.x, u0, stages=stages, weights=weights)
+
+
 def mse_loss(u, clean, xp=np, weights=None):
     """``1/2 sum ||u - clean||**2`` (accumulated in float64) and its gradient ``u - clean``;
     with ``weights`` (0 or 1 per pixel: the pixels a fine-tuning run holds out for its

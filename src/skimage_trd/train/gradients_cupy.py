@@ -31,11 +31,11 @@ from .._jpeg import project_to_box, project_to_box_adjoint
 from ..kernels.cuda import CUDA_PRELUDE, RBF_SUM_SOURCE, cached_kernel, phi_kernel
 from ..kernels.influence import influence_and_derivative, rbf_reach_terms
 from .gradients import (
+    BatchTrainer,
     StageParams,
     TrainingSpec,
     _filter_grad_to_coefficients,
     _filters_and_norms,
-    backprop,
 )
 
 __all__ = ["GemmTrainer"]
@@ -206,7 +206,7 @@ class BatchProjection:
         return project_to_box_adjoint(g, inside, unclipped)
 
 
-class GemmTrainer:
+class GemmTrainer(BatchTrainer):
     """Loss and gradient of a TRD model on a fixed batch kept on the device.
 
     Parameters
@@ -307,22 +307,6 @@ class GemmTrainer:
                 du[sl] = self.dtype.type(1.0 - st.lam) * gc + (self.Rh @ dP) @ self.Rw.T
         da = _filter_grad_to_coefficients(dK.reshape(-1, F, F), st.params.coefficients, F)
         return StageParams(da, dW, dtheta), du
-
-    # --------------------------------------------------------------------------- training
-    def forward(self, stages, u=None):
-        """Outputs of the stages (list of StageParams) on the batch, starting from ``u``."""
-        u = self.f if u is None else u
-        for p in stages:
-            u = self.stage_forward(self.stage(p), u)[0]
-        return u
-
-    def loss_and_grad(self, params, *, stages="all", u_start=None, weights=None):
-        """As :func:`skimage_trd.train.gradients.loss_and_grad`, on the device batch (the
-        same driver, :func:`skimage_trd.train.gradients.backprop`)."""
-        u0 = self.f if stages != "last" or u_start is None else u_start
-        if weights is not None:
-            weights = self.xp.asarray(weights, dtype=self.dtype)
-        return backprop(self, params, self.spec, self.x, u0, stages=stages, weights=weights)
 
 
 def _to_host(a):

@@ -25,12 +25,12 @@ from ..kernels.influence import influence_and_derivative
 from ..kernels.reference import correlate_valid, diffusion_reference
 from ..kernels.volume import GridRBF, col2im_add, im2col, slabs
 from .gradients import (
+    BatchTrainer,
     StageGradient,
     StageParams,
     TrainingSpec,
     _filter_grad_to_coefficients,
     _filters_and_norms,
-    backprop,
 )
 
 __all__ = ["VolumeStages", "VolumeTrainer", "pad_symmetric_adjoint_nd", "stage_backward_volume_reference",
@@ -181,18 +181,10 @@ class VolumeStages:
                                           fshape)
         return StageParams(da, dW, dtheta), du
 
-    # ---------------------------------------------------------------- the trainer's API
-    def forward(self, stages, u=None):
-        """Outputs of the stages (list of StageParams) on the batch, starting from ``u``."""
-        u = self.f if u is None else u
-        for p in stages:
-            u = self.stage_forward(self.stage(p), u)[0]
-        return u
 
-
-class VolumeTrainer(VolumeStages):
-    """:class:`VolumeStages` with clean (or Noise2Noise) targets: ``loss_and_grad`` as
-    ``gradients_cupy.GemmTrainer`` has it."""
+class VolumeTrainer(VolumeStages, BatchTrainer):
+    """:class:`VolumeStages` with clean (or Noise2Noise) targets: ``forward`` and
+    ``loss_and_grad`` of :class:`~skimage_trd.train.gradients.BatchTrainer`."""
 
     def __init__(self, noisy, clean, spec, dtype=None):
         super().__init__(noisy, spec, dtype)
@@ -200,9 +192,3 @@ class VolumeTrainer(VolumeStages):
         if self.x.shape != self.f.shape:
             raise ValueError(f"noisy and clean volumes differ in shape: {self.f.shape} and "
                              f"{self.x.shape}")
-
-    def loss_and_grad(self, params, *, stages="all", u_start=None, weights=None):
-        u0 = self.f if stages != "last" or u_start is None else u_start
-        if weights is not None:
-            weights = np.asarray(weights, dtype=self.dtype)
-        return backprop(self, params, self.spec, self.x, u0, stages=stages, weights=weights)
