@@ -7,7 +7,9 @@ from scipy.ndimage import correlate
 from skimage_trd import TRDModel, dct_filter_basis
 from skimage_trd._model import ModelFileError
 from skimage_trd._volumes import fluorescence_volume
+from skimage_trd.kernels._simd import has_avx512
 from skimage_trd.kernels.engine import run_model
+from skimage_trd.kernels.prepare import prepare
 from skimage_trd.kernels.reference import correlate_valid, trd_reference
 from skimage_trd.kernels.volume import GridRBF, run_volume
 from skimage_trd.train import fit
@@ -103,6 +105,80 @@ def test_volume_kernel_matches_reference(dtype, atol):
     ref = trd_reference(vol, m)
     np.testing.assert_allclose(run_volume(vol, m, dtype), ref, atol=atol)
     np.testing.assert_allclose(run_model(vol.astype(dtype), m, backend="numpy"), ref, atol=atol)
+
+
+requires_avx512 = pytest.mark.skipif(not has_avx512(), reason="the volume block kernels need AVX-512")
+
+
+def tabled_volume_reference(f, m, kind):
+    """The reference with phi from the tables the block kernels read (``kind`` 'p': the piecewise
+    polynomials, 'l': the linear tables)."""
+    stages = prepare(m, np.float32).stages
+    if kind == "p":
+        return trd_reference(f, m, phi=lambda t, i, z: stages[t].poly(z, row=i))
+    return trd_reference(f, m, phi=lambda t, i, z: stages[t].linear(z, row=i))
+
+
+@requires_avx512
+@pytest.mark.parametrize("fshape", [(3, 7, 7), (3, 5, 5), (1, 3, 3), (5, 5, 5),
+                                    pytest.param((3, 9, 9), marks=pytest.mark.slow)])
+@pytest.mark.parametrize("kind", ["p", "l"])
+@pytest.mark.parametrize("shape, tiles", [((1, 1, 1), None), ((4, 9, 11), None),
+                                          ((19, 70, 75), (8, 32, 32)), ((11, 40, 150), None)])
+def test_volume_block_kernels_equal_the_reference_with_their_tables(fshape, kind, shape, tiles):
+    """The register-blocked volume stages against the NumPy reference with the same influence
+    tables, on volumes cut into tiles in all three axes (with ``tiles``) or not."""
+    from skimage_trd.kernels.volume_blocks import run_volume_blocks
+
+    rng = np.random.default_rng(sum(fshape) + sum(shape))
+    m = random_volume_model(rng, shape=fshape)
+    prep = prepare(m, np.float32)
+    if kind == "p":
+        assert all(st.poly is not None for st in prep.stages)
+    f = rng.uniform(-100, 400, shape)  # responses beyond both ends of the tables' grid too
+    out = run_volume_blocks(f.astype(np.float32), prep, fshape, kind, m.n_stages, tiles=tiles)
+    assert out.dtype == np.float32 and out.shape == shape
+    ref = tabled_volume_reference(f, m, kind)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=4e-3)
+    # ... and the comparison can fail: one tap of the filters' first plane changed
+    m.filters[0, 1, 0, fshape[1] // 2, 0] += 0.05
+    if shape[0] > 1:
+        assert np.abs(out - tabled_volume_reference(f, m, kind)).max() > 1e-2
+
+
+@requires_avx512
+def test_volume_block_kernels_are_what_float32_volumes_run_and_threads_agree():
+    from skimage_trd.kernels import volume_blocks as vbk
+    from skimage_trd.kernels.numba_cpu import numba_threads
+
+    rng = np.random.default_rng(21)
+    m = random_volume_model(rng, shape=(3, 7, 7))
+    vol = rng.uniform(0, 255, (13, 50, 70)).astype(np.float32)
+    prep = prepare(m, np.float32)
+    kind = "p" if all(st.poly is not None for st in prep.stages) else "l"
+    with numba_threads(1):
+        one = vbk.run_volume_blocks(vol, prep, m.filter_shape, kind, m.n_stages, tiles=(4, 16, 32))
+        assert vbk.volume_tiles(vol.shape, 4, 16, 32) == 4 * 4 * 3
+        np.testing.assert_array_equal(run_model(vol, m), vbk.run_volume_blocks(
+            vol, prep, m.filter_shape, kind, m.n_stages))
+    with numba_threads(2):
+        two = vbk.run_volume_blocks(vol, prep, m.filter_shape, kind, m.n_stages, tiles=(4, 16, 32))
+    np.testing.assert_array_equal(one, two)
+    # float64 volumes keep the exact RBF sums of the matrix form
+    vol64 = vol.astype(np.float64)
+    np.testing.assert_allclose(run_model(vol64, m), trd_reference(vol64, m), atol=1e-9)
+
+
+def test_volume_blocks_module_is_what_its_generator_writes():
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("gen_blocks", root / "tools" / "gen_simd_blocks.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    text = (root / "src" / "skimage_trd" / "kernels" / "_vblocks.py").read_text()
+    assert text == gen.source(volume=True)
 
 
 def test_run_model_refuses_mismatched_dimensions():

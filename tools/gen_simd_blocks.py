@@ -1,4 +1,5 @@
-"""Generate src/skimage_trd/kernels/_blocks.py: register-blocked correlations for the CPU kernels.
+"""Generate src/skimage_trd/kernels/_blocks.py and _vblocks.py: register-blocked correlations for
+the CPU kernels of images and of volumes.
 
     python tools/gen_simd_blocks.py
 
@@ -20,7 +21,12 @@ Two kinds per filter size:
 * ``bwd{F}`` (``bwd{F}_row``): the second correlation added to (or, for the first filter, stored into) the
   accumulator.
 
-The file is generated (not built at import time) so that Numba can cache the compiled kernels
+``_vblocks.py`` holds the same blocks for 3-D filters (``vfwd``/``vbwd``): a loop over the
+filter's planes around the unrolled 2-D body, the accumulators carried through it, so a
+``D x F x F`` correlation costs ``D`` times the FMAs of an ``F x F`` one and no extra loads or
+stores.
+
+The files are generated (not built at import time) so that Numba can cache the compiled kernels
 on disk.
 """
 
@@ -76,24 +82,32 @@ COLS = {cols}  # columns of a block
 SHIFT = "align"  # shifted inputs by "load" (unaligned loads) or "align" (from C + 1 loads)
 
 
-def _accumulate(F, R, C):
-    """The body shared by both kinds: R * C accumulators a{r}_{c} over the block's input rows."""
+def _accumulate(F, R, C, volume=False):
+    """The body shared by both kinds: R * C accumulators a{r}_{c} over the block's input rows
+    (``volume``: over the rows of the planes at offsets ``po`` from ``o``, filter plane ``dz`` at
+    ``k[dz * F * F:]``, the accumulators carried through the loop over the planes)."""
+    ind = "            " if volume else "        "
     lines = []
+    if volume:
+        lines += ["        for dz in range(po.shape[0]):",
+                  "            pz = p + po[dz]",
+                  f"            kz = dz * {F * F}"]
+    base, koff = ("pz", "kz + ") if volume else ("p", "")
     for j in range(R + F - 1):
-        lines.append(f"        q = p + {j} * s" if j else "        q = p")
+        lines.append(f"{ind}q = {base} + {j} * s" if j else f"{ind}q = {base}")
         if SHIFT == "align":
-            lines += [f"        v{c} = vload(src, q + {16 * c})" for c in range(C + 1)]
+            lines += [f"{ind}v{c} = vload(src, q + {16 * c})" for c in range(C + 1)]
         for b in range(F):
             uses = [r for r in range(R) if 0 <= j - r < F]
             if not uses:
                 continue
             if SHIFT == "align":
-                lines += [f"        i{c} = vshift(v{c}, v{c + 1}, {b})" for c in range(C)]
+                lines += [f"{ind}i{c} = vshift(v{c}, v{c + 1}, {b})" for c in range(C)]
             else:
-                lines += [f"        i{c} = vload(src, q + {b + 16 * c})" for c in range(C)]
+                lines += [f"{ind}i{c} = vload(src, q + {b + 16 * c})" for c in range(C)]
             for r in uses:
-                lines.append(f"        w = vsplat(k[{(j - r) * F + b}])")
-                lines += [f"        a{r}_{c} = vfma(w, i{c}, a{r}_{c})" for c in range(C)]
+                lines.append(f"{ind}w = vsplat(k[{koff}{(j - r) * F + b}])")
+                lines += [f"{ind}a{r}_{c} = vfma(w, i{c}, a{r}_{c})" for c in range(C)]
     return lines
 
 
@@ -108,9 +122,11 @@ PHI = {
 _SUFFIX = ("", "_row")  # blocks of ROWS rows, blocks of one row
 
 
-def forward(F, R, C, kind):
+def forward(F, R, C, kind, volume=False):
+    name, planes = ("vfwd", "po, ") if volume else ("fwd", "")
     lines = ["@njit(cache=True, fastmath=True, inline='always')",
-             f"def fwd{F}{kind}{_SUFFIX[R == 1]}(src, o, s, k, dst, d, ds, n, table, lo, ih, top):",
+             f"def {name}{F}{kind}{_SUFFIX[R == 1]}(src, o, s, {planes}k, dst, d, ds, n, table, lo, ih, "
+             "top):",
              "    zero = vzero()"]
     if kind == "p":
         lines.append("    half = vsplat(np.float32(0.5))")
@@ -118,7 +134,7 @@ def forward(F, R, C, kind):
              f"    for x in range(0, n, {16 * C}):",
              "        p = o + x"]
     lines += [f"        a{r}_{c} = zero" for r in range(R) for c in range(C)]
-    lines += _accumulate(F, R, C)
+    lines += _accumulate(F, R, C, volume)
     for r in range(R):
         for c in range(C):
             lines += [f"        t = vclip(vmul(vsub(a{r}_{c}, lo), ih), zero, top)",
@@ -127,9 +143,10 @@ def forward(F, R, C, kind):
     return "\n".join(lines) + "\n"
 
 
-def backward(F, R, C):
+def backward(F, R, C, volume=False):
+    name, planes = ("vbwd", "po, ") if volume else ("bwd", "")
     lines = ["@njit(cache=True, fastmath=True, inline='always')",
-             f"def bwd{F}{_SUFFIX[R == 1]}(src, o, s, k, dst, d, ds, n, first):",
+             f"def {name}{F}{_SUFFIX[R == 1]}(src, o, s, {planes}k, dst, d, ds, n, first):",
              f"    for x in range(0, n, {16 * C}):",
              "        p = o + x",
              "        if first:"]
@@ -137,29 +154,50 @@ def backward(F, R, C):
     lines.append("        else:")
     lines += [f"            a{r}_{c} = vload(dst, d + {r} * ds + x + {16 * c})"
               for r in range(R) for c in range(C)]
-    lines += _accumulate(F, R, C)
+    lines += _accumulate(F, R, C, volume)
     lines += [f"        vstore(dst, d + {r} * ds + x + {16 * c}, a{r}_{c})"
               for r in range(R) for c in range(C)]
     return "\n".join(lines) + "\n"
 
 
-def source():
-    """The text of ``_blocks.py``."""
-    parts = [HEADER.format(cols=16 * VECS, rows=ROWS)]
+VOLUME_HEADER = '''"""Register-blocked 3-D correlations (``D x F x F`` filters) for the Numba volume kernels.
+
+GENERATED by tools/gen_simd_blocks.py; do not edit (the generator explains the blocking).
+
+The blocks of ``_blocks.py`` with a loop over the ``D`` input planes inside (the
+accumulators stay in registers through it): plane ``dz`` starts at ``o + po[dz]`` (``po``
+int64 offsets: planes of a volume, or of a ring buffer in any order); ``k`` is the filter
+raveled (D * F * F).
+
+* ``vfwd{{F}}{{kind}}(src, o, s, po, k, dst, d, ds, n, table, lo, ih, top)``: rows
+  ``0..ROWS-1`` of one plane of ``dst = phi(corr(src, k))``;
+* ``vbwd{{F}}(src, o, s, po, k, dst, d, ds, n, first)``: ``dst (+)= corr(src, k)`` on one
+  plane.
+"""
+'''
+
+
+def source(volume=False):
+    """The text of ``_blocks.py`` (``volume``: of ``_vblocks.py``)."""
+    header = HEADER.format(cols=16 * VECS, rows=ROWS)
+    if volume:
+        header = VOLUME_HEADER.format() + header[header.index("\nimport numpy"):]
+    parts = [header]
     for F in SIZES:
         for R in (ROWS, 1):
             for kind in PHI:
-                parts.append(forward(F, R, VECS, kind))
+                parts.append(forward(F, R, VECS, kind, volume))
                 parts.append("\n")
-            parts.append(backward(F, R, VECS))
+            parts.append(backward(F, R, VECS, volume))
             parts.append("\n")
     return "\n".join(parts).rstrip() + "\n"
 
 
 def main():
-    out = Path(__file__).resolve().parents[1] / "src" / "skimage_trd" / "kernels" / "_blocks.py"
-    out.write_text(source())
-    print(f"wrote {out}")
+    out = Path(__file__).resolve().parents[1] / "src" / "skimage_trd" / "kernels"
+    for name, volume in (("_blocks.py", False), ("_vblocks.py", True)):
+        (out / name).write_text(source(volume))
+        print(f"wrote {out / name}")
 
 
 if __name__ == "__main__":

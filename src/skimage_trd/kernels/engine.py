@@ -35,6 +35,7 @@ from .cuda import run_cupy
 from .prepare import LINEAR_TABLE_TOLERANCE, TABLE_TOLERANCE, model_fingerprint, prepare
 from .reference import diffusion_reference, lookup_phi, stage_reference
 from .volume import run_volume, run_volume_gpu
+from .volume_blocks import run_volume_blocks
 
 __all__ = ["run_model", "BACKENDS", "iter_tiles", "prepare", "model_fingerprint",
            "TABLE_TOLERANCE", "LINEAR_TABLE_TOLERANCE"]
@@ -224,8 +225,9 @@ def run_model(
 
 
 def _run_volume(f, model, backend, n_stages, *, exact, tile_shape, post_stage, progress):
-    """:func:`run_model` for a volume model: the matrix-form CPU stages of ``volume.py`` (the
-    NumPy reference with ``backend='numpy'``)."""
+    """:func:`run_model` for a volume model: float32 on AVX-512 processors the register-blocked
+    stages of ``volume_blocks.py`` (chosen as for images, :func:`influence_kind`), otherwise the
+    matrix-form stages of ``volume.py``; the NumPy reference with ``backend='numpy'``."""
     if f.ndim != 3:
         raise ValueError(f"a volume model (3-D filters) runs on volumes (z, y, x), got shape "
                          f"{f.shape}")
@@ -241,4 +243,9 @@ def _run_volume(f, model, backend, n_stages, *, exact, tile_shape, post_stage, p
             if progress is not None:
                 progress(t + 1, n_stages)
         return u
+    prep = prepare(model, f.dtype)
+    kind = influence_kind(prep, n_stages, model.kernel_size, f.dtype, exact)
+    if kind is not None:
+        return run_volume_blocks(np.ascontiguousarray(f), prep, model.filter_shape, kind, n_stages,
+                                 progress=progress)
     return run_volume(f, model, f.dtype, n_stages=n_stages, progress=progress, exact=exact)
