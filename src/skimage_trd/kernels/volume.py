@@ -1,4 +1,6 @@
-"""TRD stages on volumes (3-D filters ``depth x F x F``) on the CPU, as dense matrix products.
+"""TRD stages on volumes (3-D filters ``depth x F x F``) as dense matrix products: float64
+volumes and processors without AVX-512 on the CPU (float32 volumes on AVX-512 run the
+register-blocked stages of ``volume_blocks.py``, 3x faster), and CuPy volumes on the GPU.
 
 The stage map is the one of ``reference.py`` (paper Eq. 7) with 3-D correlation. Write
 ``P = pad(u)`` (symmetric, ``2 r`` per axis), ``Q`` the response grid (the volume grown by
