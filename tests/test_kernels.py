@@ -299,7 +299,8 @@ def test_tile_width_divides_rows_into_nearly_equal_tiles():
     for W in (1, 17, 255, 256, 300, 511, 512, 2048, 4096, 5000):
         tw = nk.tile_width(W, 3)
         n = -(-W // tw)
-        assert 1 <= tw <= max(W, 1) and tw <= 512 and n * tw - W < n
+        assert 1 <= tw <= max(W, 1) and tw <= 512 and n * tw - W < 16 * n
+        assert tw % 16 == 0 or tw == W  # tiles start on whole vectors
         assert nk.n_tiles(100, W, 64, tw) == 2 * n
 
 

@@ -89,7 +89,7 @@ def _run_numba(f, model, n_stages, exact, post_stage, progress, *, kind="auto"):
                 _launch(nk.table_kernel(st.filters.shape[1]), padded, f, st.lam, st.filters,
                         st.flipped, st.linear.pairs, st.grid, strip, out)
     else:  # the register-blocked kernels: PAD_SLACK zero columns beyond the padded image
-        padded = np.zeros((H + 4 * r, W + 4 * r + nk.PAD_SLACK), dtype=np.float32)
+        padded = nk.padded_buffer((H + 4 * r, W + 4 * r + nk.PAD_SLACK))
         kernel = nk.block_kernel(model.kernel_size, kind)
         tile_w = nk.tile_width(W, r)
         n_tiles = nk.n_tiles(H, W, nk.TILE_ROWS, tile_w)

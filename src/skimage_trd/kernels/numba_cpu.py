@@ -324,14 +324,34 @@ def _round_up(n, m):
     return -(-n // m) * m
 
 
+LANES = 16  # float32 lanes of a vector; 64 bytes, a cache line
+
+
+@njit(cache=True)
+def aligned_zeros(n):
+    """``n`` float32 zeros starting on a cache line (64 bytes): the blocks' whole-vector loads
+    and stores at multiples of 16 elements then never straddle two lines (NumPy's large
+    buffers start 16 bytes past a page boundary)."""
+    buf = np.zeros(n + LANES, dtype=np.float32)
+    o = (-(buf.ctypes.data >> 2)) & (LANES - 1)
+    return buf[o:o + n]
+
+
+def padded_buffer(shape):
+    """A zeroed float32 buffer of ``shape`` (the padded image, or volume) for the block kernels,
+    its rows ``shape[-1]`` rounded up to whole vectors apart and starting on cache lines."""
+    shape = tuple(shape[:-1]) + (_round_up(shape[-1], LANES),)
+    return aligned_zeros(int(np.prod(shape))).reshape(shape)
+
+
 def tile_width(W, r, target=256):
     """Columns of a tile for an image W wide and filters of radius r: tiles of a row nearly
-    equal, about ``target`` wide, with the fewest columns computed in vain (blocks round the
+    equal (whole vectors of 16 columns, but the last), about ``target`` wide, with the fewest columns computed in vain (blocks round the
     responses' ``w + 2r`` and the output's ``w`` columns up to whole blocks, and neighbouring
     tiles recompute ``2r`` columns of responses)."""
     best = None
     for n_tiles in range(max(1, W // (2 * target)), W // 16 + 2):
-        tx = -(-W // n_tiles)
+        tx = min(W, _round_up(-(-W // n_tiles), LANES))  # (tiles start on whole vectors)
         if tx > 2 * target:
             continue
         waste = (_round_up(tx + 2 * r, bk.COLS) + _round_up(tx, bk.COLS) - tx) / tx
@@ -362,8 +382,8 @@ def _block_stage(fwd, fwd1, bwd, bwd1, padded, f, lam, filters, flipped, tables,
     # beyond a tile's nz are read (for outputs beyond w, which are dropped), so they must hold
     # numbers (zeros, or an earlier tile's responses)
     zs_max = ((tile_w + 2 * r + bk.COLS - 1) // bk.COLS + 1) * bk.COLS + 16
-    z = np.zeros((tile_h + 2 * r) * zs_max, dtype=np.float32)
-    acc = np.empty(tile_h * zs_max, dtype=np.float32)
+    z = aligned_zeros((tile_h + 2 * r) * zs_max)
+    acc = aligned_zeros(tile_h * zs_max)
     for tile in range(first_tile, min(last_tile, n_ty * n_tx)):
         y0 = (tile // n_tx) * tile_h
         x0 = (tile % n_tx) * tile_w

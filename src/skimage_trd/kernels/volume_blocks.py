@@ -22,7 +22,15 @@ from numba import njit
 
 from . import _vblocks as vb
 from ._simd import vsplat
-from .numba_cpu import PAD_SLACK, _mirror, pad_symmetric, run_tiles, tile_width
+from .numba_cpu import (
+    PAD_SLACK,
+    _mirror,
+    aligned_zeros,
+    pad_symmetric,
+    padded_buffer,
+    run_tiles,
+    tile_width,
+)
 
 __all__ = ["TILE_PLANES", "TILE_ROWS", "block_volume_kernel", "pad_volume",
            "run_volume_blocks", "volume_tiles"]
@@ -60,8 +68,8 @@ def _vblock_stage(fwd, fwd1, bwd, bwd1, padded, f, lam, filters, flipped, tables
     n_tx = (W + tile_w - 1) // tile_w
     zs_max = ((tile_w + 2 * r + vb.COLS - 1) // vb.COLS + 1) * vb.COLS + 16
     slot = (tile_h + 2 * r) * zs_max  # one response plane of the ring
-    ring = np.zeros(D * slot, dtype=np.float32)  # zeroed once: see numba_cpu._block_stage
-    acc = np.empty(tile_d * tile_h * zs_max, dtype=np.float32)
+    ring = aligned_zeros(D * slot)  # zeroed once: see numba_cpu._block_stage
+    acc = aligned_zeros(tile_d * tile_h * zs_max)
     po_in = np.arange(D) * PS  # a response plane's input planes in ``padded``
     po_ring = np.empty(D, dtype=np.int64)  # an output plane's response planes in the ring
     for tile in range(first_tile, min(last_tile, n_tz * n_ty * n_tx)):
@@ -210,7 +218,7 @@ def run_volume_blocks(f, prep, filter_shape, kind, n_stages, *, progress=None, n
         tiles = (TILE_PLANES, TILE_ROWS, tile_width(W, r))
     tile_d, tile_h, tile_w = tiles
     kernel = block_volume_kernel(F, kind)
-    padded = np.zeros((Z + 4 * rz, H + 4 * r, W + 4 * r + PAD_SLACK), dtype=np.float32)
+    padded = padded_buffer((Z + 4 * rz, H + 4 * r, W + 4 * r + PAD_SLACK))
     n = volume_tiles(f.shape, tile_d, tile_h, tile_w)
     buffers = [np.empty_like(f), np.empty_like(f)]
     u = f
