@@ -36,18 +36,18 @@ from skimage_trd._metrics import psnr  # noqa: E402
 
 def noisy_cases(sigmas, shape):
     """(label, clean, noisy, sigma): the procedural volumes at each sigma (the noise of
-    volumes_bm4d.py), then the foreign volumes at 0.1."""
+    volumes_bm4d.py, draw for draw), then the foreign volumes at 0.1."""
     cases = []
     for sigma in sigmas:
         for index, name in enumerate(VOLUMES):
             clean = volume(name, shape)
             rng = np.random.default_rng(round(sigma * 1000) + index)
-            cases.append((f"{name} {sigma:g}", clean, clean + rng.normal(0, sigma, clean.shape),
+            cases.append((f"{name} {sigma:g}", clean, clean + sigma * rng.standard_normal(clean.shape),
                           sigma))
     for index, (name, make) in enumerate(FOREIGN.items()):
         clean = make()
         rng = np.random.default_rng(100 + index)
-        cases.append((f"{name} 0.1", clean, clean + rng.normal(0, 0.1, clean.shape), 0.1))
+        cases.append((f"{name} 0.1", clean, clean + 0.1 * rng.standard_normal(clean.shape), 0.1))
     return cases
 
 
@@ -63,7 +63,7 @@ def main(argv=None):
     cases = noisy_cases([float(s) for s in args.sigmas.split(",")], shape)
     table = {}
     for label, clean, noisy, sigma in cases:
-        table[label] = [psnr(clean, denoise_trd(noisy, sigma, axes="ZYX", model=m), 1.0)
+        table[label] = [psnr(denoise_trd(noisy, sigma, axes="ZYX", model=m), clean, 1.0)
                         for m in models]
         print(label, " ".join(f"{v:.2f}" for v in table[label]), flush=True)
     mixed = next(noisy for label, _, noisy, _ in cases if label.startswith("mixed"))
