@@ -253,27 +253,30 @@ def test_smooth_gaussian_is_scipys_gaussian_filter(shape, threads):
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float64])
 def test_scale_maps_equal_the_numpy_steps_exactly(dtype):
     rng = np.random.default_rng(3)
-    plane = (rng.uniform(0, 1, (37, 53)) * (255 if dtype == np.uint8 else 4095)).astype(dtype)
+    plane = (rng.uniform(0, 1, (137, 53)) * (255 if dtype == np.uint8 else 4095)).astype(dtype)
     scale, center, gain, mid = 1 / 255, 0.4321, 151.37, 127.5
     x = plane.astype(np.float64)
     x *= scale
     x -= center
     x *= gain
     x += mid
-    f = np.empty(plane.shape, np.float32)
-    nk.to_model_scale(plane, scale, center, gain, mid, f)
-    np.testing.assert_array_equal(f, x.astype(np.float32))
-    res = f + rng.standard_normal(f.shape).astype(np.float32)
-    for lo, hi in ((0.0, 1.0), (1.0, 0.0)):  # clipped, and not (lo > hi)
-        y = res.astype(np.float64)
-        y -= mid
-        y /= gain
-        y += center
-        if lo <= hi:
-            np.clip(y, lo, hi, out=y)
-        out = np.empty(plane.shape, np.float64)
-        nk.from_model_scale(res, mid, gain, center, lo, hi, out)
-        np.testing.assert_array_equal(out, y)
+    for threads in (1, 2):  # (rows in blocks of MAP_ROWS over the threads)
+        f = np.empty(plane.shape, np.float32)
+        with nk.numba_threads(threads):
+            nk.to_model_scale(plane, scale, center, gain, mid, f)
+        np.testing.assert_array_equal(f, x.astype(np.float32))
+        res = f + np.random.default_rng(4).standard_normal(f.shape).astype(np.float32)
+        for lo, hi in ((0.0, 1.0), (1.0, 0.0)):  # clipped, and not (lo > hi)
+            y = res.astype(np.float64)
+            y -= mid
+            y /= gain
+            y += center
+            if lo <= hi:
+                np.clip(y, lo, hi, out=y)
+            out = np.empty(plane.shape, np.float64)
+            with nk.numba_threads(threads):
+                nk.from_model_scale(res, mid, gain, center, lo, hi, out)
+            np.testing.assert_array_equal(out, y)
 
 
 def test_block_kernels_run_in_a_forked_child_of_a_process_that_used_them():

@@ -257,17 +257,18 @@ def _denoise_fused(plane, setting, opts, progress):
     """:func:`denoise_plane` for a NumPy plane computed in float32 with float64 maps: each map
     one pass (the same float64 steps in the same order, so the same numbers), no float64 copy."""
     f = np.empty(plane.shape, np.float32)
-    nk.to_model_scale(plane, float(opts.scale), float(setting.center), float(setting.gain),
-                      MODEL_MID, f)
     backend = opts.backend
-    with numba_threads(opts.num_threads if backend == "numba" else None):
-        res = run_model(f, setting.model, backend=backend, n_stages=opts.n_stages,
-                        tile_shape=opts.tile_shape, exact=bool(opts.exact) and backend != "numpy",
-                        progress=progress)
     clip = clip_limits(opts.in_dtype, opts.preserve_range)
     lo, hi = (float(clip[0]), float(clip[1])) if clip is not None else (1.0, 0.0)
     out = np.empty(plane.shape, np.float64)
-    nk.from_model_scale(res, MODEL_MID, float(setting.gain), float(setting.center), lo, hi, out)
+    with numba_threads(opts.num_threads if backend == "numba" else None):
+        nk.to_model_scale(plane, float(opts.scale), float(setting.center), float(setting.gain),
+                          MODEL_MID, f)
+        res = run_model(f, setting.model, backend=backend, n_stages=opts.n_stages,
+                        tile_shape=opts.tile_shape, exact=bool(opts.exact) and backend != "numpy",
+                        progress=progress)
+        nk.from_model_scale(res, MODEL_MID, float(setting.gain), float(setting.center), lo, hi,
+                            out)
     return out
 
 

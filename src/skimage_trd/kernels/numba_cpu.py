@@ -346,9 +346,9 @@ def padded_buffer(shape):
 
 def tile_width(W, r, target=256):
     """Columns of a tile for an image W wide and filters of radius r: tiles of a row nearly
-    equal (whole vectors of 16 columns, but the last), about ``target`` wide, with the fewest columns computed in vain (blocks round the
-    responses' ``w + 2r`` and the output's ``w`` columns up to whole blocks, and neighbouring
-    tiles recompute ``2r`` columns of responses)."""
+    equal (whole vectors of 16 columns, but the last), about ``target`` wide, with the fewest
+    columns computed in vain (blocks round the responses' ``w + 2r`` and the output's ``w``
+    columns up to whole blocks, and neighbouring tiles recompute ``2r`` columns of responses)."""
     best = None
     for n_tiles in range(max(1, W // (2 * target)), W // 16 + 2):
         tx = min(W, _round_up(-(-W // n_tiles), LANES))  # (tiles start on whole vectors)
@@ -556,11 +556,12 @@ def block_kernel(kernel_size, kind):
 # --- the maps onto the model's scale and back (one pass each, float64 arithmetic) ---------------
 
 
+MAP_ROWS = 64  # rows of a work item of the maps below
+
+
 @njit(cache=True, nogil=True)
-def to_model_scale(plane, scale, center, gain, mid, out):
-    """``out = ((plane * scale - center) * gain + mid)`` computed in float64 in this order (as
-    the in-place NumPy steps it replaces), stored in ``out``'s dtype; 2-D arrays."""
-    for y in range(plane.shape[0]):
+def _to_model_scale_rows(plane, scale, center, gain, mid, out, first, last):
+    for y in range(first * MAP_ROWS, min(last * MAP_ROWS, plane.shape[0])):
         for x in range(plane.shape[1]):
             v = np.float64(plane[y, x]) * scale
             v = (v - center) * gain
@@ -568,16 +569,29 @@ def to_model_scale(plane, scale, center, gain, mid, out):
 
 
 @njit(cache=True, nogil=True)
-def from_model_scale(res, mid, gain, center, lo, hi, out):
-    """``out = clip((res - mid) / gain + center, lo, hi)`` in float64 (no clipping for
-    ``lo > hi``); 2-D arrays."""
+def _from_model_scale_rows(res, mid, gain, center, lo, hi, out, first, last):
     clip = lo <= hi
-    for y in range(res.shape[0]):
+    for y in range(first * MAP_ROWS, min(last * MAP_ROWS, res.shape[0])):
         for x in range(res.shape[1]):
             v = (np.float64(res[y, x]) - mid) / gain + center
             if clip:
                 v = min(max(v, lo), hi)
             out[y, x] = v
+
+
+def to_model_scale(plane, scale, center, gain, mid, out):
+    """``out = ((plane * scale - center) * gain + mid)`` computed in float64 in this order (as
+    the in-place NumPy steps it replaces), stored in ``out``'s dtype; 2-D arrays; rows shared
+    out over the threads as the kernels' tiles are (:func:`run_tiles`)."""
+    run_tiles(_to_model_scale_rows, (plane, float(scale), float(center), float(gain), float(mid),
+                                     out), -(-plane.shape[0] // MAP_ROWS))
+
+
+def from_model_scale(res, mid, gain, center, lo, hi, out):
+    """``out = clip((res - mid) / gain + center, lo, hi)`` in float64 (no clipping for
+    ``lo > hi``); 2-D arrays; rows shared out over the threads."""
+    run_tiles(_from_model_scale_rows, (res, float(mid), float(gain), float(center), float(lo),
+                                       float(hi), out), -(-res.shape[0] // MAP_ROWS))
 
 
 # --- the model choice's smoothing ---------------------------------------------------------------
