@@ -275,7 +275,7 @@ def test_scale_maps_equal_the_numpy_steps_exactly(dtype):
                 np.clip(y, lo, hi, out=y)
             out = np.empty(plane.shape, np.float64)
             with nk.numba_threads(threads):
-                nk.from_model_scale(res, mid, gain, center, lo, hi, out)
+                nk.from_model_scale(res, mid, gain, center, lo, hi, out=out)
             np.testing.assert_array_equal(out, y)
 
 

@@ -268,7 +268,7 @@ def _denoise_fused(plane, setting, opts, progress):
                         tile_shape=opts.tile_shape, exact=bool(opts.exact) and backend != "numpy",
                         progress=progress)
         nk.from_model_scale(res, MODEL_MID, float(setting.gain), float(setting.center), lo, hi,
-                            out)
+                            out=out)
     return out
 
 

@@ -587,7 +587,7 @@ def to_model_scale(plane, scale, center, gain, mid, out):
                                      out), -(-plane.shape[0] // MAP_ROWS))
 
 
-def from_model_scale(res, mid, gain, center, lo, hi, out):
+def from_model_scale(res, mid, gain, center, lo, hi, *, out):
     """``out = clip((res - mid) / gain + center, lo, hi)`` in float64 (no clipping for
     ``lo > hi``); 2-D arrays; rows shared out over the threads."""
     run_tiles(_from_model_scale_rows, (res, float(mid), float(gain), float(center), float(lo),
