@@ -324,6 +324,16 @@ def denoise_trd_poisson(image, gain=None, read_noise=None, *, offset=0.0, channe
     return to_input_dtype(out, image.dtype, True) if preserve_dtype else out
 
 
+def _estimate_volume(vol, offset, gain):
+    """:func:`estimate_poisson_gaussian` of a (z, y, x) volume: the estimator reads 2-D data, so
+    the planes go one under another, each cut to whole blocks of 8 rows first (no block, and no
+    2x2 detail, straddles two planes: across planes the structure changes, and would count as
+    noise)."""
+    h8 = vol.shape[-2] // 8 * 8
+    stacked = vol[:, :h8] if h8 else vol
+    return estimate_poisson_gaussian(stacked.reshape(-1, vol.shape[-1]), offset=offset, gain=gain)
+
+
 def _poisson_volumes(x, layout, gain, read_noise, offset, **kwargs):
     """:func:`denoise_trd_poisson` for volumes (``axes`` with a Z): each (z, y, x) volume
     stabilised whole, denoised with the volume models, and mapped back."""
@@ -333,9 +343,8 @@ def _poisson_volumes(x, layout, gain, read_noise, offset, **kwargs):
     for k, (index, _) in enumerate(volumes):
         vol = x[index]
         g, r = gain, read_noise
-        if g is None or r is None:  # (the estimator reads 2-D data: the planes one under another)
-            eg, er = estimate_poisson_gaussian(vol.reshape(-1, vol.shape[-1]), offset=offset,
-                                               gain=g)
+        if g is None or r is None:
+            eg, er = _estimate_volume(vol, offset, g)
             g = eg if g is None else g
             r = er if r is None else r
         t = generalized_anscombe(vol, g, r, offset)
