@@ -74,6 +74,25 @@ def load_jsonl(path, key):
     return done
 
 
+def measured_row(done, path, key, fields, run, score):
+    """The row of ``done`` (from :func:`load_jsonl`) at ``key``, or a new one: ``run()`` timed,
+    stored with ``fields``, ``score(output)`` (a dict), the seconds, CPU and date, appended to
+    ``path`` and to ``done``. Returns (row, whether it was measured now)."""
+    if key in done:
+        return done[key], False
+    t0 = time.perf_counter()
+    out = run()
+    seconds = time.perf_counter() - t0
+    import datetime
+
+    row = {**fields, **score(out), "seconds": seconds, "cpu": cpu_name(),
+           "date": datetime.date.today().isoformat()}
+    with open(path, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    done[key] = row
+    return row, True
+
+
 def gain_table(rows, after="adapted"):
     """A markdown table of per-image PSNR before and after (rows with ``image``, ``shape``,
     ``before``, ``after``, ``seconds``), in the given order, and their mean and least gain."""

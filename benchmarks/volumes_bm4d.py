@@ -30,10 +30,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import sys
-import time
 from pathlib import Path
 
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
@@ -42,7 +40,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _data import cpu_name  # noqa: E402
+from _data import cpu_name, load_jsonl, measured_row  # noqa: E402
 
 from skimage_trd import denoise_trd  # noqa: E402
 from skimage_trd._metrics import psnr  # noqa: E402
@@ -90,11 +88,8 @@ def main(argv=None):
     measure = methods if args.methods is None else args.methods.split(",")
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
-    done = {}
-    if results.exists():
-        for line in results.read_text().splitlines():
-            r = json.loads(line)
-            done[(r["method"], r["model"], r["volume"], r["sigma"], tuple(r["shape"]))] = r
+    done = load_jsonl(results, lambda r: (r["method"], r["model"], r["volume"], r["sigma"],
+                                          tuple(r["shape"])))
     if "trd-3d" in measure:
         denoise_trd(np.random.default_rng(0).random((8, 32, 32)), 0.1, axes="ZYX",
                     model=args.model)
@@ -108,18 +103,13 @@ def main(argv=None):
             for method in measure:
                 model = args.model if method == "trd-3d" else None
                 key = (method, model, name, sigma, shape)
-                if key not in done:
-                    t = time.perf_counter()
-                    out = run(method, noisy, sigma, args.model)
-                    seconds = time.perf_counter() - t
-                    done[key] = {"method": method, "model": model, "volume": name,
-                                 "sigma": sigma, "shape": list(shape),
-                                 "psnr": psnr(out, clean, 1.0), "noisy_psnr": psnr(noisy, clean, 1.0),
-                                 "seconds": seconds, "cpu": cpu_name(),
-                                 "date": datetime.date.today().isoformat()}
-                    with open(results, "a") as fh:
-                        fh.write(json.dumps(done[key]) + "\n")
-                    r = done[key]
+                r, new = measured_row(
+                    done, results, key, {"method": method, "model": model, "volume": name,
+                                         "sigma": sigma, "shape": list(shape)},
+                    lambda: run(method, noisy, sigma, args.model),
+                    lambda out: {"psnr": psnr(out, clean, 1.0),
+                                 "noisy_psnr": psnr(noisy, clean, 1.0)})
+                if new:
                     print(f"  {method:10s} {name:8s} sigma {sigma:g}: {r['psnr']:.2f} dB "
                           f"{r['seconds']:.1f} s", flush=True)
                 rows.append(done[key])

@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import sys
-import time
 from pathlib import Path
 
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
@@ -34,7 +32,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _data import cpu_name  # noqa: E402
+from _data import cpu_name, load_jsonl, measured_row  # noqa: E402
 from volumes_bm4d import VOLUMES, volume  # noqa: E402
 
 from skimage_trd import (  # noqa: E402
@@ -74,11 +72,8 @@ def main(argv=None):
     methods = args.methods.split(",")
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
-    done = {}
-    if results.exists():
-        for line in results.read_text().splitlines():
-            r = json.loads(line)
-            done[(r["method"], r["model"], r["volume"], r["peak"], tuple(r["shape"]))] = r
+    done = load_jsonl(results, lambda r: (r["method"], r["model"], r["volume"], r["peak"],
+                                          tuple(r["shape"])))
     rows = []
     for peak in peaks:
         for k, name in enumerate(names):
@@ -90,20 +85,15 @@ def main(argv=None):
             for method in methods:
                 model = args.model if method == "trd-3d" else None
                 key = (method, model, name, peak, shape)
-                if key not in done:
-                    t = time.perf_counter()
-                    out = run(method, raw, args.model)
-                    seconds = time.perf_counter() - t
-                    done[key] = {"method": method, "model": model, "volume": name, "peak": peak,
-                                 "shape": list(shape),
-                                 "psnr": psnr(out - OFFSET, target - OFFSET, GAIN * peak,
-                                              clip=False),
-                                 "seconds": seconds, "cpu": cpu_name(),
-                                 "date": datetime.date.today().isoformat()}
-                    with open(results, "a") as fh:
-                        fh.write(json.dumps(done[key]) + "\n")
-                    print(f"  {method:10s} {name:8s} peak {peak:g}: {done[key]['psnr']:.2f} dB "
-                          f"{seconds:.1f} s", flush=True)
+                r, new = measured_row(
+                    done, results, key, {"method": method, "model": model, "volume": name,
+                                         "peak": peak, "shape": list(shape)},
+                    lambda: run(method, raw, args.model),
+                    lambda out: {"psnr": psnr(out - OFFSET, target - OFFSET, GAIN * peak,
+                                              clip=False)})
+                if new:
+                    print(f"  {method:10s} {name:8s} peak {peak:g}: {r['psnr']:.2f} dB "
+                          f"{r['seconds']:.1f} s", flush=True)
                 rows.append(done[key])
     print(f"\n{cpu_name()}, one thread, {datetime.date.today().isoformat()}, volumes of "
           f"{shape}, gain {GAIN:g}, offset {OFFSET:g}, read noise {READ:g}\n"
