@@ -95,6 +95,13 @@ def main(argv=None):
                 g = replay(rows, threshold, patience)
                 print(f"| {threshold:g} | {patience or 'none'} | {sum(g.values()) / len(g):+.3f} "
                       f"| {min(g.values()):+.3f} | {sum(v != 0 for v in g.values())} |")
+        # bounds: the checkpoint the truth would pick, and a fixed number of steps
+        start = {r["image"]: r["true"] for r in rows if r["iteration"] == 0}
+        best = {i: max(r["true"] for r in rows if r["image"] == i) - start[i] for i in start}
+        print(f"\nbest checkpoint by the truth (a bound): mean {sum(best.values()) / len(best):+.3f}")
+        for it in (10, 20, 50, 100):
+            g = [r["true"] - start[r["image"]] for r in rows if r["iteration"] == it]
+            print(f"always {it} steps: mean {sum(g) / len(g):+.3f}, least {min(g):+.3f}")
         return
     images = set_images("set12")
     if args.only:
