@@ -363,6 +363,21 @@ def tile_width(W, r, target=256):
 
 
 @njit(cache=True, inline="always")
+def _response_stride_max(tile_w, r):
+    """Row stride of a response buffer that serves every tile up to ``tile_w`` columns wide."""
+    return ((tile_w + 2 * r + bk.COLS - 1) // bk.COLS + 1) * bk.COLS + 16
+
+
+@njit(cache=True, inline="always")
+def _tile_columns(w, r):
+    """(nz, nw, zs) of a tile ``w`` columns wide: its responses' ``w + 2r`` and its output's
+    ``w`` columns rounded up to whole blocks, and its responses' row stride."""
+    nz = (w + 2 * r + bk.COLS - 1) // bk.COLS * bk.COLS
+    nw = (w + bk.COLS - 1) // bk.COLS * bk.COLS
+    return nz, nw, max(nz, nw + 2 * r) + 16
+
+
+@njit(cache=True, inline="always")
 def _block_stage(fwd, fwd1, bwd, bwd1, padded, f, lam, filters, flipped, tables, grid, tile_h,
                  tile_w, out, first_tile, last_tile):
     # out = u - (sum_i rot180(k_i) * phi_i(k_i * u) + lam (u - f)), tile by tile; ``padded`` is
@@ -381,7 +396,7 @@ def _block_stage(fwd, fwd1, bwd, bwd1, padded, f, lam, filters, flipped, tables,
     # one pair of buffers for this call's tiles, sized for the widest; z zeroed once: columns
     # beyond a tile's nz are read (for outputs beyond w, which are dropped), so they must hold
     # numbers (zeros, or an earlier tile's responses)
-    zs_max = ((tile_w + 2 * r + bk.COLS - 1) // bk.COLS + 1) * bk.COLS + 16
+    zs_max = _response_stride_max(tile_w, r)
     z = aligned_zeros((tile_h + 2 * r) * zs_max)
     acc = aligned_zeros(tile_h * zs_max)
     for tile in range(first_tile, min(last_tile, n_ty * n_tx)):
@@ -389,9 +404,7 @@ def _block_stage(fwd, fwd1, bwd, bwd1, padded, f, lam, filters, flipped, tables,
         x0 = (tile % n_tx) * tile_w
         h = min(tile_h, H - y0)
         w = min(tile_w, W - x0)
-        nz = (w + 2 * r + bk.COLS - 1) // bk.COLS * bk.COLS  # responses: w + 2r columns
-        nw = (w + bk.COLS - 1) // bk.COLS * bk.COLS  # output: w columns
-        zs = max(nz, nw + 2 * r) + 16
+        nz, nw, zs = _tile_columns(w, r)  # responses' and output's columns, stride
         rows = h + 2 * r
         for i in range(N):
             # z = phi_i(k_i * u) on the tile's h + 2r rows and w + 2r columns

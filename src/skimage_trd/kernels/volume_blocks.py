@@ -25,6 +25,8 @@ from ._simd import vsplat
 from .numba_cpu import (
     PAD_SLACK,
     _mirror,
+    _response_stride_max,
+    _tile_columns,
     aligned_zeros,
     pad_symmetric,
     padded_buffer,
@@ -66,7 +68,7 @@ def _vblock_stage(fwd, fwd1, bwd, bwd1, padded, f, lam, filters, flipped, tables
     n_tz = (Z + tile_d - 1) // tile_d
     n_ty = (H + tile_h - 1) // tile_h
     n_tx = (W + tile_w - 1) // tile_w
-    zs_max = ((tile_w + 2 * r + vb.COLS - 1) // vb.COLS + 1) * vb.COLS + 16
+    zs_max = _response_stride_max(tile_w, r)
     slot = (tile_h + 2 * r) * zs_max  # one response plane of the ring
     ring = aligned_zeros(D * slot)  # zeroed once: see numba_cpu._block_stage
     acc = aligned_zeros(tile_d * tile_h * zs_max)
@@ -79,9 +81,7 @@ def _vblock_stage(fwd, fwd1, bwd, bwd1, padded, f, lam, filters, flipped, tables
         d = min(tile_d, Z - z0)
         h = min(tile_h, H - y0)
         w = min(tile_w, W - x0)
-        nz = (w + 2 * r + vb.COLS - 1) // vb.COLS * vb.COLS  # responses: w + 2r columns
-        nw = (w + vb.COLS - 1) // vb.COLS * vb.COLS  # output: w columns
-        zs = max(nz, nw + 2 * r) + 16
+        nz, nw, zs = _tile_columns(w, r)  # responses' and output's columns, stride
         rows = h + 2 * r
         plane = h * nw  # one output plane of acc
         for i in range(N):
