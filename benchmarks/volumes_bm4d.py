@@ -59,6 +59,13 @@ def volume(name, shape):
     return fluorescence_volume(shape, **VOLUMES[name])
 
 
+def noisy_volume(clean, sigma, index):
+    """The benchmark's noisy volume: Gaussian noise of ``sigma``, ``default_rng(round(sigma *
+    1000) + index)``."""
+    rng = np.random.default_rng(round(sigma * 1000) + index)
+    return clean + sigma * rng.standard_normal(clean.shape)
+
+
 def run(method, noisy, sigma, model):
     if method == "trd-3d":
         return denoise_trd(noisy, sigma, axes="ZYX", model=model)
@@ -98,8 +105,7 @@ def main(argv=None):
     for sigma in sigmas:
         for k, name in enumerate(names):
             clean = volume(name, shape)
-            rng = np.random.default_rng(round(sigma * 1000) + k)
-            noisy = clean + sigma * rng.standard_normal(clean.shape)
+            noisy = noisy_volume(clean, sigma, k)
             for method in measure:
                 model = args.model if method == "trd-3d" else None
                 key = (method, model, name, sigma, shape)

@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import cpu_name, median_times  # noqa: E402
 from volumes_adapt import VOLUMES as FOREIGN  # noqa: E402
-from volumes_bm4d import VOLUMES, volume  # noqa: E402
+from volumes_bm4d import VOLUMES, noisy_volume, volume  # noqa: E402
 
 from skimage_trd import denoise_trd, load_model  # noqa: E402
 from skimage_trd._metrics import psnr  # noqa: E402
@@ -41,9 +41,7 @@ def noisy_cases(sigmas, shape):
     for sigma in sigmas:
         for index, name in enumerate(VOLUMES):
             clean = volume(name, shape)
-            rng = np.random.default_rng(round(sigma * 1000) + index)
-            cases.append((f"{name} {sigma:g}", clean, clean + sigma * rng.standard_normal(clean.shape),
-                          sigma))
+            cases.append((f"{name} {sigma:g}", clean, noisy_volume(clean, sigma, index), sigma))
     for index, (name, make) in enumerate(FOREIGN.items()):
         clean = make()
         rng = np.random.default_rng(100 + index)
