@@ -1,5 +1,6 @@
 """Adapting a model to the user's noisy data (issue 33): one front door with its defaults, the
-held-out estimate, the best model kept, never a worse one, ``denoise_trd(adapt=True)``."""
+judges (held-out pixels, the twin run), the best model kept, never a worse one,
+``denoise_trd(adapt=True)``."""
 
 import subprocess
 import sys
@@ -21,8 +22,10 @@ from skimage_trd.train import (
 from skimage_trd.train import fitting as fitting_module
 from skimage_trd.train import objectives as objectives_module
 from skimage_trd.train.cli import command
+from skimage_trd.train.config import Checkpoint
 from skimage_trd.train.data import unclipped_weights
-from skimage_trd.train.objectives import HeldOut
+from skimage_trd.train.objectives import HeldOut, TwinEstimate, _TwinObjective
+from skimage_trd.train.optimizers import _adam_chunks
 
 
 def _noisy(size=96, sigma=25.0, seed=0, offset=(100, 150)):
@@ -103,16 +106,19 @@ def test_held_out_sure_estimates_the_true_error_of_fixed_models():
     assert 0.4 * diff_true < diff_est < 1.6 * diff_true, (diff_est, diff_true)
 
 
-def _scripted_scores(monkeypatch, scores):
-    """Make the held-out estimate return ``scores`` in turn (the start's first)."""
+def _scripted_scores(monkeypatch, scores, zs=None):
+    """Make the judges' estimates (held-out pixels, twin run) return ``scores`` in turn (the
+    start's first), and their gains over the start ``zs`` standard errors (default 10)."""
     it = iter(scores)
+    zs = iter(zs) if zs is not None else None
 
-    def psnr(self, stages, spec):
+    def psnr(self, *args):
         self.last_maps = None
         return next(it)
 
-    monkeypatch.setattr(objectives_module.HeldOut, "psnr", psnr)
-    monkeypatch.setattr(objectives_module.HeldOut, "gain_z", lambda self, a, b: 10.0)
+    for judge in (objectives_module.HeldOut, objectives_module.TwinEstimate):
+        monkeypatch.setattr(judge, "psnr", psnr)
+        monkeypatch.setattr(judge, "gain_z", lambda self, a, b: 10.0 if zs is None else next(zs))
 
 
 def test_a_run_that_never_beats_its_start_returns_the_start_unchanged(monkeypatch, small_base):
@@ -156,15 +162,7 @@ def test_the_best_checkpoint_is_the_result_and_patience_stops_early(monkeypatch,
 def test_a_gain_within_the_estimates_noise_is_no_gain(monkeypatch, small_base):
     # a checkpoint that scores higher but not by two standard errors is not the result
     clean, noisy = _noisy(96)
-    it = iter([30.0, 30.3, 30.6])
-
-    def psnr(self, stages, spec):
-        self.last_maps = None
-        return next(it)
-
-    monkeypatch.setattr(objectives_module.HeldOut, "psnr", psnr)
-    zs = iter([1.5, 2.5])
-    monkeypatch.setattr(objectives_module.HeldOut, "gain_z", lambda self, a, b: next(zs))
+    _scripted_scores(monkeypatch, [30.0, 30.3, 30.6], zs=[1.5, 2.5])
     tuned = fit([noisy], sigma=25, loss="sure", init=small_base, iterations=4, chunk=2,
                 patience=0)
     result = tuned.metadata["provenance"]["result"]
@@ -239,12 +237,16 @@ def test_every_front_door_fine_tunes_with_the_same_defaults(monkeypatch, tmp_pat
     assert all(name == base for _, name in seen)
     d = fine_tuning_defaults("sure")
     for c in configs:
-        assert (c.optimizer, c.learning_rate, c.joint_iterations, c.chunk, c.holdout,
+        assert (c.optimizer, c.learning_rate, c.joint_iterations, c.chunk, c.twin, c.holdout,
                 c.patience, c.patch, c.patches, c.crop) == (
-            d["optimizer"], d["learning_rate"], d["iterations"], d["chunk"], d["holdout"],
-            d["patience"], d["patch"], d["patches"], None)
+            d["optimizer"], d["learning_rate"], d["iterations"], d["chunk"], d["twin"],
+            d["holdout"], d["patience"], d["patch"], d["patches"], None)
         assert c.sigma == 25 and c.loss == "sure" and c.greedy_iterations == 0
-    assert d["optimizer"] == "adam" and DEFAULTS["adapt"]["holdout"] > 0
+    # judged by a twin run, nothing held out; with L-BFGS (no twin) by held-out pixels
+    assert d["optimizer"] == "adam" and d["twin"] and d["holdout"] == 0
+    with pytest.raises(_Seen):
+        fit([noisy8.astype(float)], sigma=25, loss="sure", init=base, optimizer="lbfgs")
+    assert not seen[-1][0].twin and seen[-1][0].holdout == DEFAULTS["adapt"]["holdout"] > 0
 
 
 def test_the_console_script_exits_0_on_success_and_1_on_failure(tmp_path):
@@ -306,3 +308,135 @@ def test_command_line_and_napari_job_adapt(monkeypatch, tmp_path):
     choices = []
     layer = _jobs.denoise(noisy8, sigma=25, adapt=True, keep_dtype=True, choices=choices)
     assert layer.dtype == np.uint8 and choices[0]["model"].startswith("trd-gauss-s25")
+
+
+# ----------------------------------------------------------------------------- the twin run
+def test_adam_on_a_run_and_its_twin_is_adam_on_each_alone():
+    # one parameter vector for both: Adam is elementwise, so nothing couples them
+    class Quadratic:
+        def __init__(self, centre):
+            self.centre, self.calls = centre, 0
+            self.last_loss_per_px = self.last_psnr = self.last_time = 0.0
+            self.psnr_name = None
+
+        def start_chunk(self, done):
+            pass
+
+        def __call__(self, x):
+            self.calls += 1
+            d = x - self.centre * np.cos(self.calls)  # (a gradient that changes every step)
+            return float(d @ d), 2 * d
+
+    class Quiet:
+        def iteration(self, *args):
+            pass
+
+    x0 = np.linspace(-1, 1, 7)
+    seen = []
+    both = _adam_chunks(_TwinObjective(Quadratic(3.0), Quadratic(-2.0)), np.concatenate([x0, x0]),
+                        0, 9, chunk=4, on_chunk=lambda x, done, m: seen.append(done),
+                        reporter=Quiet(), label="", learning_rate=0.1)
+    alone = [_adam_chunks(Quadratic(c), x0, 0, 9, chunk=4, on_chunk=lambda *a: None,
+                          reporter=Quiet(), label="", learning_rate=0.1) for c in (3.0, -2.0)]
+    np.testing.assert_array_equal(both, np.concatenate(alone))
+    assert seen == [4, 8, 9]
+
+
+def test_the_twin_run_is_the_same_adaptation_of_the_perturbed_images(small_base, tmp_path):
+    # the run and its twin, side by side, end where each ends alone (the run on the image, the
+    # twin on the image plus TwinEstimate's probe): same probes, same steps
+    clean, noisy = _noisy(64)
+    cfg = TrainingConfig.for_model(small_base, sigma=25, greedy_iterations=0,
+                                   joint_iterations=4, chunk=2, crop=None, loss="sure",
+                                   optimizer="adam", twin=True, dtype="float64")
+    train_model(None, cfg, noisy=[noisy], checkpoint_dir=tmp_path / "both", init_model=small_base)
+    both = Checkpoint(tmp_path / "both", cfg, "")
+    with np.load(both.path) as z:
+        params, twin_params = z["params"], z["twin_params"]
+    alone = cfg.__class__(**{**cfg.__dict__, "twin": False})
+    twin_image = TwinEstimate([noisy], None, cfg).twin_inputs[0]
+    for image, expected in ((noisy, params), (twin_image, twin_params)):
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        train_model(None, alone, noisy=[image], checkpoint_dir=folder, init_model=small_base)
+        with np.load(folder / "checkpoint.npz") as z:
+            np.testing.assert_allclose(z["params"], expected, rtol=0, atol=1e-12)
+    assert not np.array_equal(params, twin_params)  # (the twin saw other data)
+
+
+def test_the_twin_estimate_of_fixed_models_is_sure():
+    # a twin that equals the run (no adaptation): SURE with the twin's probe, near the true
+    # error, and the difference of two fixed models (what picks a result) too
+    from skimage_trd.train import rescale_model
+
+    good = skimage_trd.load_model("trd-gauss-s25-7x7-5st")
+    smooth = rescale_model(good, 35.0)
+    smooth.sigma = 25.0  # (run at the scale of noise 25: it smooths as for noise 35)
+    cfg = TrainingConfig.for_model(good, sigma=25, greedy_iterations=0, joint_iterations=0,
+                                   loss="sure", optimizer="adam", twin=True)
+    run = skimage_trd.kernels.engine.run_model
+    est, true = [], []
+    for seed in range(3):
+        clean, noisy = _noisy(256, seed=seed)
+        judge = TwinEstimate([noisy], None, cfg)
+        est.append([float(judge.maps(m, m)[0].mean()) for m in (good, smooth)])
+        true.append([float(np.mean((run(noisy, m, exact=False) - clean) ** 2))
+                     for m in (good, smooth)])
+    est, true = np.array(est), np.array(true)
+    assert np.all(est[:, 1] > est[:, 0])  # the worse model is judged worse, every time
+    assert abs(est.mean() - true.mean()) < 0.1 * true.mean(), (est, true)
+    diff_est, diff_true = np.diff(est).mean(), np.diff(true).mean()
+    assert 0.6 * diff_true < diff_est < 1.4 * diff_true, (diff_est, diff_true)
+
+
+def test_the_twin_estimate_counts_what_the_adaptation_learnt_of_the_noise(small_base):
+    # after an adaptation to one small image, SURE through the adapted model with the twin's
+    # probe alone (the parameters taken as fixed) runs above the true gain; the twin run's
+    # estimate does not
+    clean, noisy = _noisy(64, offset=(300, 200))
+    cfg = TrainingConfig.for_model(small_base, sigma=25, greedy_iterations=0,
+                                   joint_iterations=20, chunk=20, crop=None, loss="sure",
+                                   optimizer="adam", learning_rate=0.01, dtype="float64")
+    judge = TwinEstimate([noisy], None, cfg)
+    run_ = train_model(None, cfg, noisy=[noisy], init_model=small_base)
+    twin = train_model(None, cfg, noisy=[judge.twin_inputs[0]], init_model=small_base)
+    run = skimage_trd.kernels.engine.run_model
+
+    def true_mse(m):
+        return float(np.mean((run(noisy, m, exact=False) - clean) ** 2))
+
+    true_gain = true_mse(small_base) - true_mse(run_)
+    start = judge.maps(small_base, small_base)[0]
+    twin_gain = float((start - judge.maps(run_, twin)[0]).mean())
+    fixed_gain = float((start - judge.maps(run_, run_)[0]).mean())
+    assert fixed_gain > true_gain + 5, (fixed_gain, true_gain)  # optimistic: fitted to the noise
+    assert abs(twin_gain - true_gain) < 0.5 * (fixed_gain - true_gain), (twin_gain, true_gain)
+
+
+def test_overfitting_with_adam_hands_back_no_worse_model(small_base):
+    # the defaults (Adam, judged by the twin run) with a large step on one small image
+    clean, noisy = _noisy(64, offset=(300, 200))
+    tuned = fit([noisy], sigma=25, loss="sure", init=small_base, learning_rate=0.02,
+                iterations=30)
+    run = skimage_trd.kernels.engine.run_model
+
+    def true_psnr(m):
+        return 10 * np.log10(255**2 / np.mean((run(noisy, m) - clean) ** 2))
+
+    assert tuned.metadata["provenance"]["config"]["twin"]
+    assert true_psnr(tuned) > true_psnr(small_base) - 0.1
+
+
+def test_a_resumed_twin_run_continues_where_it_stopped(small_base, tmp_path):
+    # 4 steps, then the same run asked for 8 (checkpoint: the run's, the twin's parameters
+    # and Adam's moments of both): the same as 8 at once
+    clean, noisy = _noisy(64)
+    kw = dict(sigma=25, loss="sure", init=small_base, chunk=2, patience=0)
+    fit([noisy], iterations=4, checkpoint_dir=tmp_path / "a", **kw)
+    resumed = fit([noisy], iterations=8, checkpoint_dir=tmp_path / "a", **kw)
+    straight = fit([noisy], iterations=8, checkpoint_dir=tmp_path / "b", **kw)
+    with np.load(tmp_path / "a" / "checkpoint.npz") as a, \
+            np.load(tmp_path / "b" / "checkpoint.npz") as b:
+        for key in ("params", "twin_params", "best_params"):
+            np.testing.assert_array_equal(a[key], b[key])
+    np.testing.assert_array_equal(resumed.weights, straight.weights)
+    assert resumed.metadata["provenance"]["result"] == straight.metadata["provenance"]["result"]

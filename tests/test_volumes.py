@@ -311,6 +311,7 @@ def test_fit_adapts_a_volume_model_by_sure_with_held_out_pixels():
     result = m.metadata["provenance"]["result"]
     assert "unchanged" in result or result.get("iteration", 0) > 0
     assert any("held-out" in line for line in lines)
+    assert not m.metadata["provenance"]["config"].get("twin")
 
 
 # ------------------------------------------------------------------------------- the API

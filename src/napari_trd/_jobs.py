@@ -263,8 +263,8 @@ def train(clean, *, noisy=None, sigma, kernel_size=5, n_stages=3, greedy_iterati
     the range of ``clean`` (all of its planes); ``sigma`` is in its units. ``on_step``
     receives each iteration's :class:`skimage_trd.train.TrainingStep` (the widget's loss
     plot). With ``start_from`` (a model name or file) the model is fine-tuned (``fit``'s
-    defaults for fine-tuning unless ``joint_iterations`` is given: by SURE, Adam with a
-    fifth of the pixels held out, the best parameters kept, the starting model returned
+    defaults for fine-tuning unless ``joint_iterations`` is given: by SURE, Adam judged by a
+    twin run (SURE of the whole adaptation), the best parameters kept, the starting model returned
     unchanged if nothing beats it); ``kernel_size``, ``n_stages`` and ``greedy_iterations``
     are those of a new model. The model is saved into :func:`user_models_dir` as
     ``<name>.npz`` (``<name>-2.npz``, ... if taken; nothing is overwritten) and its path

@@ -13,8 +13,9 @@ from qtpy.QtWidgets import QSizePolicy, QWidget
 class LossPlot(QWidget):
     """Training progress: the loss per pixel after each iteration (the squared error on the
     [0, 255] scale; with SURE its estimate on the training pixels, which the optimiser fits;
-    with Noise2Noise against the noisy targets) and, in the caption, the PSNR estimated on the
-    held-out pixels at the last checkpoint (what picks the result), phases (greedy stages, joint)
+    with Noise2Noise against the noisy targets) and, in the caption, the PSNR estimated by
+    the run's judge (held-out pixels, or SURE's twin run) at the last checkpoint (what picks the
+    result), phases (greedy stages, joint)
     marked by a change of colour. The vertical scale leaves out the first iteration (the
     plain initialisation's loss, often several times the rest); points above it are drawn at
     the top edge.
@@ -54,9 +55,9 @@ class LossPlot(QWidget):
         self.points.append((phase, iteration, loss))
         self.total = max(self.total, total)
         as_psnr = f" ({psnr:.2f} dB)" if loss > 0 and math.isfinite(psnr) else ""
-        # (SURE's own PSNR is the optimiser's fitted figure and comes as NaN: the estimate on
-        # the held-out pixels is the one that tells)
-        held = f", held-out {validation:.2f} dB" if math.isfinite(validation) else ""
+        # (SURE's own PSNR is the optimiser's fitted figure and comes as NaN: the judge's
+        # estimate is the one that tells)
+        held = f", estimated {validation:.2f} dB" if math.isfinite(validation) else ""
         self.caption = (f"{phase}: iteration {iteration}/{total}, loss/px {loss:.4g}{as_psnr}"
                         f"{held}")
         self.update()

@@ -332,9 +332,9 @@ class DenoiseWidget(_JobWidget):
                                        "image (often better; four times the work or more)")
         self.adapt = CheckBox(label="adapt the model to this layer", value=False,
                               tooltip="first fine-tune the model on this layer itself by SURE "
-                                      "(no clean image; a fifth of the pixels held out, never "
-                                      "worse than the model there): one to six minutes per "
-                                      "512x512 plane's model on one core, then denoise")
+                                      "(no clean image; judged by a twin run, never worse "
+                                      "than the model by that estimate): two to five minutes "
+                                      "per plane's model on one core, then denoise")
         self.volume = CheckBox(label="denoise as a volume (3-D)", value=False,
                                tooltip="filter the last three axes (z, y, x) as one volume "
                                        "with the volume models (3-D filters) instead of plane "
@@ -769,8 +769,8 @@ class TrainWidget(_JobWidget):
         self.greedy = SpinBox(label="greedy iterations / stage", value=30, min=0, max=1000)
         self.joint = SpinBox(label="joint iterations", value=self.NEW_JOINT, min=0, max=1000,
                              tooltip="fine-tuning a model: the training front door's default "
-                                     "(skimage_trd.train.fit; by SURE: Adam, a fifth of the "
-                                     "pixels held out, the best step kept, early stop)")
+                                     "(skimage_trd.train.fit; by SURE: Adam judged by a twin "
+                                     "run, the best step kept, early stop)")
         self.model_name = LineEdit(label="model name", value="my-trd-model")
         self.start_from = ComboBox(label="start from", choices=self._start_choices)
         super().__init__(napari_viewer, [self.data_kind, self.clean, self.folder, self.noisy,

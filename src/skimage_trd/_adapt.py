@@ -56,9 +56,9 @@ def _tune(groups, progress, what):
                           callback=callback, log=logger.info,
                           data_source="denoise_trd(..., adapt=True)")
         result = tuned[name].metadata["provenance"].get("result", {})
-        logger.info("%s: held-out estimate %.3f -> %.3f dB%s", name,
+        logger.info("%s: estimated %.3f -> %.3f dB (%s)%s", name,
                     result.get("start_score", float("nan")),
-                    result.get("best_score", float("nan")),
+                    result.get("best_score", float("nan")), result.get("judged_by", "?"),
                     " (unchanged)" if result.get("unchanged") else "")
     return tuned
 

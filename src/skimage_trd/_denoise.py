@@ -168,16 +168,20 @@ def denoise_trd(
         First adapt the models the call would use to this image, without a
         clean image: each is fine-tuned by Stein's unbiased risk estimate on
         the planes it would denoise (:func:`skimage_trd.train.fit` with
-        ``loss='sure'`` and its defaults: up to 100 Adam steps on four random
-        128 x 128 windows, a fifth of the pixels held out to judge progress
-        every 5 steps, the best parameters kept, stopped after 20 steps
-        without progress), then the image is denoised with them. A model
-        that no step improves on the held-out pixels is used unchanged, and
+        ``loss='sure'`` and its defaults: up to 40 Adam steps on four random
+        128 x 128 windows, judged every 5 steps by SURE of the whole
+        adaptation on every pixel (a twin run of the same adaptation on the
+        image plus a known probe, beside it), the best parameters kept,
+        stopped after 20 steps without progress; volumes: a fifth of the
+        (y, x) blocks held out instead), then the image is denoised with
+        them. A model that no step improves by two standard errors of that
+        estimate is used unchanged, and
         so is one for images clipped at their limits (8-bit data at 0 or 255,
         saturation) where fewer than a quarter of the pixels lie 3 sigmas or
         more from the limit (SURE's estimate does not hold near it). About
-        2.3 s per step on one core: one to six minutes for a 256 x 256 or
-        512 x 512 gray image (Set12 on one thread: 60 to 340 s), as much
+        5 s per step on one core (the run and its twin): two to five minutes
+        for a 256 x 256 or 512 x 512 gray image (Set12 on one thread: 100 to
+        280 s), as much
         again for every further model a stack's planes use; progress is
         reported for it (90 % of the call's). NumPy images only, gray, stacks or channels denoised one by
         one (``color_transform='none'``). To keep the adapted model, call

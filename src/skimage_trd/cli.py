@@ -107,8 +107,8 @@ def _restore_parser(sub, task):
                             "better, four times the work or more)")
         p.add_argument("--adapt", action="store_true",
                        help="first fine-tune the model(s) on each image itself by SURE (no clean "
-                            "image; a fifth of the pixels held out, never worse than the model "
-                            "there; one to six minutes per image on one core); colour images are "
+                            "image; judged by a twin run, never worse than the model by that "
+                            "estimate; two to five minutes per image on one core); colour images are "
                             "then denoised channel by channel; not for zarr")
         p.add_argument("--axes", default=None, metavar="AXES|file",
                        help="what the array's axes are (T, S, C, Z, Y, X; e.g. ZYX, TZYX, "

@@ -36,12 +36,13 @@ the earlier number was a multiple of ``--chunk``). The model's provenance lists 
 
 Adapting a model to your own noisy images (no clean image) is ``--loss sure --init MODEL``
 (or :func:`fit` with ``loss="sure", init=...``, or ``denoise_trd(noisy, sigma, adapt=True)``):
-Adam, a fifth of the pixels held out to judge progress, the best parameters by that estimate
-returned, and the starting model unchanged if nothing beats it.
+Adam, progress judged by SURE of the whole adaptation (a twin run of the same adaptation on
+the images plus a known probe: ``objectives.TwinEstimate``), the best parameters by that
+estimate returned, and the starting model unchanged if nothing beats it.
 
 The package's modules, one purpose each: ``fitting`` (:func:`fit`, the one front door: defaults, the roles
 of the data, the starting model), ``data`` (images, noise, held-out pixels), ``config``
-(configuration, checkpoints), ``objectives`` (losses and the held-out estimate),
+(configuration, checkpoints), ``objectives`` (losses, the held-out and the twin estimates),
 ``optimizers`` (L-BFGS, Adam), ``loop`` (:func:`train_model`), ``models`` (initial and
 rescaled models), ``cli`` (the command line), ``gradients`` and ``gradients_cupy`` (the
 hand-written gradients).

@@ -79,7 +79,7 @@ def _parser(prog="python -m skimage_trd.train"):
                     help="centre crop size, 0: no crop (default: 180 (deblocking 176) for clean "
                          "images at least that large, none for noisy images alone)")
     ap.add_argument("--chunk", type=int,
-                    help="iterations per checkpoint and held-out estimate (L-BFGS restarts "
+                    help="iterations per checkpoint and estimate (L-BFGS restarts "
                          f"there) (default: {new['chunk']}; --loss sure with --init "
                          f"{tune['chunk']})")
     ap.add_argument("--optimizer", choices=list(OPTIMIZERS),
@@ -95,9 +95,11 @@ def _parser(prog="python -m skimage_trd.train"):
     ap.add_argument("--holdout", type=float,
                     help="fraction of the pixels held out to judge progress; the result is the "
                          "best by that estimate, never worse than the --init model (default: "
-                         f"{tune['holdout']} for --loss sure with --init, else 0)")
+                         "0; --loss sure with --init is judged by a twin run of the same "
+                         "adaptation instead, SURE of the whole procedure on every pixel, "
+                         f"and with --optimizer lbfgs by {tune['holdout']})")
     ap.add_argument("--patience", type=int,
-                    help="stop after this many checkpoints without a better held-out score, 0: "
+                    help="stop after this many checkpoints without a better estimate, 0: "
                          f"never (default: {tune['patience']} for --loss sure with --init, "
                          "else 0)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"],

@@ -55,6 +55,10 @@ class TrainingConfig:
     # over every image) to judge progress on: the run keeps the parameters that score best
     # there, and a fine-tuning run that never beats its starting model returns that model
     holdout: float = 0.0
+    # SURE adaptation with Adam: judge progress by a twin run, the same adaptation of the images
+    # plus a small known perturbation run beside it (objectives.TwinEstimate: SURE of the whole
+    # procedure, training included, on every pixel; no pixel held out)
+    twin: bool = False
     # the joint phase stops after this many checkpoints in a row without a better score on
     # the held-out pixels (0: it runs its iterations)
     patience: int = 0
@@ -75,6 +79,12 @@ class TrainingConfig:
             raise ValueError(f"holdout must be a fraction in [0, 0.5], got {self.holdout!r}")
         if self.holdout and self.task != "denoise":
             raise ValueError("holdout (validation pixels) is for denoising runs")
+        if self.twin and (self.loss != "sure" or self.optimizer != "adam" or self.holdout
+                          or self.greedy_iterations):
+            raise ValueError("twin (judging by a twin run) is for adapting a model by SURE "
+                             f"with Adam, nothing held out; got loss={self.loss!r}, optimizer="
+                             f"{self.optimizer!r}, holdout={self.holdout!r}, greedy_iterations="
+                             f"{self.greedy_iterations!r}")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ValueError(f"learning_rate must be a positive number, got "
                              f"{self.learning_rate!r}")
@@ -136,6 +146,8 @@ class TrainingConfig:
             fields.pop("patches")
         if not self.holdout:  # ... and held-out pixels
             fields.pop("holdout")
+        if not self.twin:  # ... and the twin run
+            fields.pop("twin")
         if not self.patience:  # ... and early stopping
             fields.pop("patience")
         if self.depth is None:  # ... and volume models
@@ -195,6 +207,7 @@ class Checkpoint:
         self.data_digest = data_digest
         self.best_params = None  # the best parameters of the loaded checkpoint, if it has them
         self.start_params = None  # ... and those of the joint phase's starting point
+        self.twin_params = None  # ... and those of the twin run (TrainingConfig.twin)
 
     def load(self) -> tuple[RunState, np.ndarray, tuple | None] | None:
         if not self.path.exists():
@@ -205,6 +218,7 @@ class Checkpoint:
             moments = (z["adam_m"].copy(), z["adam_v"].copy()) if "adam_m" in z else None
             self.best_params = z["best_params"].copy() if "best_params" in z else None
             self.start_params = z["start_params"].copy() if "start_params" in z else None
+            self.twin_params = z["twin_params"].copy() if "twin_params" in z else None
         if state.get("config_digest") != self.config.digest():
             # the same run with another number of joint iterations: continue it (or refuse to
             # cut it shorter than it already is)
@@ -226,9 +240,10 @@ class Checkpoint:
         return RunState.from_json(state), params, moments
 
     def save(self, state: RunState, params: np.ndarray, moments=None, best_params=None,
-             start_params=None):
+             start_params=None, *, twin_params=None):
         """Write the state and parameters (and Adam's moments mid-phase, for an exact
-        resume, and the best parameters on the held-out pixels)."""
+        resume, the best parameters by the run's judge, the starting point's, and the twin
+        run's parameters)."""
         data = {**state.to_json(), "config_digest": self.config.digest(),
                 "config": asdict(self.config), "data_digest": self.data_digest}
         extra = {} if moments is None else {"adam_m": moments[0], "adam_v": moments[1]}
@@ -236,6 +251,8 @@ class Checkpoint:
             extra["best_params"] = best_params
         if start_params is not None:
             extra["start_params"] = start_params
+        if twin_params is not None:
+            extra["twin_params"] = twin_params
         buf = io.BytesIO()
         np.savez(buf, params=params, state=np.array(json.dumps(data)), **extra)
         atomic_write_bytes(self.path, buf.getvalue())

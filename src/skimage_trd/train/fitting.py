@@ -32,15 +32,19 @@ __all__ = ["fit", "DEFAULTS", "fine_tuning_defaults"]
 # of several sizes); fine-tuning with targets (``init``, clean images or Noise2Noise pairs)
 # the same, less the greedy phase. Adapting a model to noisy images alone (``init`` with SURE):
 # the settings benchmarks/adapt_sure.py found best on one noisy image (docs/models.md, issue
-# 33), with a fifth of the pixels held out to judge progress; the run returns the parameters
-# that score best there, or the starting model unchanged if nothing beats it.
+# 33); progress is judged by a twin run (SURE of the whole adaptation on every pixel,
+# objectives.TwinEstimate; with L-BFGS, which couples the parameters, by a fifth of the pixels
+# held out); the run returns the parameters that score best, or the starting model unchanged
+# if nothing beats it.
 DEFAULTS = {
     "new": {"kernel_size": 7, "n_stages": 5, "greedy_iterations": 200, "iterations": 200,
             "chunk": 20, "holdout": 0.0, "patience": 0},
-    "adapt": {"iterations": 100, "chunk": 5, "holdout": 0.2, "patience": 4},
+    "adapt": {"iterations": 40, "chunk": 5, "twin": True, "holdout": 0.2, "patience": 4},
     # adapting a volume model: fewer, smaller windows (each step is a volume's: 4 windows of
-    # 16 x 64 x 64 voxels) and fewer steps
-    "adapt_volume": {"iterations": 40, "patch": 64},
+    # 16 x 64 x 64 voxels), and judged by held-out voxels (a 32 x 128 x 128 volume holds about
+    # 25,000 of them, five times a 256 x 256 image's; a twin run would double runs of about
+    # 15 minutes: docs/volumes.md)
+    "adapt_volume": {"iterations": 40, "patch": 64, "twin": False},
     "optimizer": {"adapt": "adam"},  # else "lbfgs"
     "learning_rate": 1e-3,
     # SURE: random windows per step (drawn with each probe); a batch no larger is used whole
@@ -52,11 +56,14 @@ DEFAULTS = {
 
 def fine_tuning_defaults(loss="sure"):
     """The settings :func:`fit` uses to fine-tune a model by ``loss`` when none are given (a
-    dict: optimizer, learning_rate, iterations, chunk, holdout, patience, patch, patches)."""
+    dict: optimizer, learning_rate, iterations, chunk, twin, holdout, patience, patch,
+    patches; ``twin``: judged by a twin run, ``holdout``: by held-out pixels)."""
     d = DEFAULTS["adapt" if loss == "sure" else "new"]
+    twin = d.get("twin", False)
     return {"optimizer": DEFAULTS["optimizer"].get("adapt" if loss == "sure" else "new", "lbfgs"),
             "learning_rate": DEFAULTS["learning_rate"], "iterations": d["iterations"],
-            "chunk": d["chunk"], "holdout": d["holdout"], "patience": d["patience"],
+            "chunk": d["chunk"], "twin": twin, "holdout": 0.0 if twin else d["holdout"],
+            "patience": d["patience"],
             "patch": DEFAULTS["patch"] if loss == "sure" else None,
             "patches": DEFAULTS["patches"]}
 
@@ -145,15 +152,15 @@ def fit(images, *, sigma=None, loss="mse", targets=None, init=None, task="denois
         Fine-tune this model (a shipped name, a file, or a model; rescaled to ``sigma`` if it
         was trained for another level): joint training from it, its filter size, stages and
         RBF grid kept. The result is named ``<init>-<loss>-<data digest>``; if no iteration
-        beats the starting model on the held-out pixels, the starting model comes back
-        unchanged (said in the log and in ``metadata['provenance']['result']``).
+        beats the starting model by the run's estimate (``holdout``), the starting model comes
+        back unchanged (said in the log and in ``metadata['provenance']['result']``).
     task, quality : optional
         ``'deblock'`` with a JPEG ``quality`` trains a deblocking model (``loss='mse'``).
     kernel_size, n_stages, greedy_iterations : int, optional
         A new model's filter size and stages, and L-BFGS iterations per greedy stage
         (:data:`DEFAULTS`: the paper's 7, 5 and 200). Ignored with ``init``.
     iterations : int, optional
-        Joint iterations (Adam steps with Adam). Default: 200; 100 adapting a model by SURE
+        Joint iterations (Adam steps with Adam). Default: 200; 40 adapting a model by SURE
         (with early stopping, ``patience``).
     optimizer, learning_rate : optional
         ``'lbfgs'`` (the paper's, restarted every ``chunk``) or ``'adam'`` with its step size.
@@ -165,15 +172,20 @@ def fit(images, *, sigma=None, loss="mse", targets=None, init=None, task="denois
         (default 4 of 128; images no larger than the windows are used whole; images of several
         sizes are fine). Not used by the other losses.
     holdout : float, optional
-        The fraction of pixels held out of the loss (32x32 blocks spread over each image) to
-        judge progress after every ``chunk``: the run returns the best parameters by that
-        estimate (SURE's on those pixels, without clean images), never a model worse than
-        its start by it. Default: 0.2 adapting a model by SURE, 0 otherwise (fine-tuning with
-        clean targets or Noise2Noise pairs can be judged so too: give it).
+        The fraction of pixels held out of the loss (64x64 blocks spread over each image,
+        scored a receptive field's reach inside) to judge progress after every ``chunk``: the
+        run returns the best parameters by that estimate (SURE's on those pixels, without
+        clean images), never a model worse than its start by it. Default 0. Adapting a model
+        by SURE with Adam (the default) is judged without holding pixels out, by a twin run:
+        the same adaptation of the images plus a small known probe, run beside it (twice the
+        work per step), gives SURE of the whole procedure, training included, on every pixel
+        (:class:`~skimage_trd.train.objectives.TwinEstimate`); with ``optimizer='lbfgs'``
+        and for volume models by 0.2 held out. Fine-tuning with clean targets or Noise2Noise
+        pairs can be judged by held-out pixels too: give it.
     patience : int, optional
-        Stop the joint phase after this many checkpoints in a row without a better held-out
-        (or validation) score (0: run every iteration). Default: 4 adapting a model by SURE,
-        else 0.
+        Stop the joint phase after this many checkpoints in a row without a better estimate
+        (held-out, twin run or validation) (0: run every iteration). Default: 4 adapting a
+        model by SURE, else 0.
     crop : int, None or 'auto', optional
         Centre crops of this size (None or 0: whole images, all of one size). 'auto': whole
         images if they are of one size; else 180x180 centre crops (deblocking 176) of clean
@@ -297,10 +309,13 @@ def fit(images, *, sigma=None, loss="mse", targets=None, init=None, task="denois
         iterations = d["iterations"]
     if chunk is None:
         chunk = d["chunk"]
+    # the judge of an adaptation: a twin run (Adam), else held-out pixels (L-BFGS couples the
+    # parameters of a run and its twin: they cannot share one optimiser)
+    twin = bool(d.get("twin")) and optimizer == "adam" and not holdout and validation is None
     if holdout is None:
-        holdout = d["holdout"] if task == "denoise" else 0.0
+        holdout = d["holdout"] if task == "denoise" and not twin else 0.0
     if patience is None:
-        patience = d["patience"] if holdout or validation is not None else 0
+        patience = d["patience"] if holdout or twin or validation is not None else 0
     if learning_rate is None:
         learning_rate = DEFAULTS["learning_rate"]
     if loss == "sure":
@@ -340,7 +355,8 @@ def fit(images, *, sigma=None, loss="mse", targets=None, init=None, task="denois
 
     common = dict(joint_iterations=int(iterations), seed=seed, crop=crop, chunk=int(chunk),
                   loss=loss, optimizer=optimizer, learning_rate=float(learning_rate),
-                  patch=patch, patches=int(patches), holdout=float(holdout), patience=int(patience),
+                  patch=patch, patches=int(patches), holdout=float(holdout), twin=twin,
+                  patience=int(patience),
                   dtype=dtype)
     if task == "deblock":
         common.update(task="deblock", quality=int(quality))

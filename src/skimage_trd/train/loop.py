@@ -4,6 +4,7 @@ provenance of the model (:func:`train_model`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
 import os
@@ -24,7 +25,15 @@ from .config import Checkpoint, RunState, TrainingConfig
 from .data import _prepare_data
 from .gradients import pack_params, unpack_params
 from .models import _initial_stages, _to_model, plain_initial_stage
-from .objectives import FINAL_PROBE, SIGNIFICANCE, HeldOut, _make_batch, _Objective
+from .objectives import (
+    FINAL_PROBE,
+    SIGNIFICANCE,
+    HeldOut,
+    TwinEstimate,
+    _make_batch,
+    _Objective,
+    _TwinObjective,
+)
 from .optimizers import _adam_chunks, _lbfgs_chunks, _Reporter
 
 __all__ = ["train_model"]
@@ -115,8 +124,17 @@ def train_model(
     """
     data = _prepare_data(clean, noisy, config, names, init_model)
     batch = _make_batch(data, config, backend, init_model, log)
+    twin = None
+    if config.twin:  # the twin run: the same adaptation of the images plus a known probe
+        estimate = TwinEstimate(data.inputs, data.weights, config)
+        inputs = estimate.twin_inputs
+        if isinstance(data.inputs, np.ndarray):  # (as the run's batch has them)
+            inputs = np.stack(inputs)
+        twin = (estimate, _make_batch(dataclasses.replace(data, inputs=inputs), config, backend,
+                                      init_model, lambda line: None))
     run = _TrainingRun(config, data, batch, checkpoint_dir=checkpoint_dir, validation=validation,
-                       log=log, callback=callback, backend=backend, init_model=init_model)
+                       log=log, callback=callback, backend=backend, init_model=init_model,
+                       twin=twin)
     run.greedy_phase()
     run.joint_phase()
     provenance = run.provenance(data_source=data_source, command=command, init_model=init_model)
@@ -137,8 +155,11 @@ class _TrainingRun:
     one), the greedy and joint phases, checkpoints, validation and provenance."""
 
     def __init__(self, config, data, batch, *, checkpoint_dir, validation, log, callback,
-                 backend, init_model):
+                 backend, init_model, twin=None):
         self.config, self.spec, self.data, self.batch = config, config.spec(), data, batch
+        # the twin run's estimate and batch (config.twin), and its stages at the last chunk
+        self.twin, self.twin_batch = twin or (None, None)
+        self.twin_stages = None
         self.validation, self.log = validation, log
         self.ckpt = Checkpoint(checkpoint_dir, config, data.digest) if checkpoint_dir else None
         self.state = RunState()
@@ -170,6 +191,10 @@ class _TrainingRun:
             self.held_out = HeldOut(data.inputs, targets, data.held, config, loss=config.loss)
             self.val_kind = " on the held-out pixels" + (" (SURE)" if config.loss == "sure"
                                                           else "")
+        if self.twin is not None:
+            self.val_kind = " (SURE, twin run)"
+        # what judges a fine-tuning run's checkpoints against its start, per pixel
+        self.judge = self.twin if self.twin is not None else self.held_out
         self.reporter.validation_name = "validation PSNR" + self.val_kind
         self.best_params = self.ckpt.best_params if self.ckpt is not None else None
         self.start_params = self.ckpt.start_params if self.ckpt is not None else None
@@ -182,6 +207,8 @@ class _TrainingRun:
             return
         self.state, params, self.moments = loaded
         stages = unpack_params(params, self.spec) if params.size else []
+        if self.twin is not None and self.ckpt.twin_params is not None:
+            self.twin_stages = unpack_params(self.ckpt.twin_params, self.spec)
         if self.state.phase == "greedy":
             # a checkpoint taken right after a stage finished holds no next stage yet
             self.trained = stages[: self.state.stage]
@@ -194,7 +221,9 @@ class _TrainingRun:
     def save(self, stages):
         if self.ckpt is not None:
             self.ckpt.save(self.state, pack_params(stages) if stages else np.zeros(0),
-                           self.moments, self.best_params, self.start_params)
+                           self.moments, self.best_params, self.start_params,
+                           twin_params=None if self.twin_stages is None
+                           else pack_params(self.twin_stages))
 
     def _optimize(self, obj, x, total, label, on_chunk):
         """Run the configured optimiser on ``obj`` from ``x`` (``self.state.done`` of ``total``
@@ -217,6 +246,8 @@ class _TrainingRun:
     def score(self, stages):
         """The PSNR estimated on the held-out pixels for these stages, or the validation
         images' mean PSNR (SURE's estimate without clean images), or None without either."""
+        if self.twin is not None:
+            return self.twin.psnr(stages, self.twin_stages or stages, self.spec, self.config)
         if self.held_out is not None:
             return self.held_out.psnr(stages, self.spec)
         if self.validation is None:
@@ -287,15 +318,17 @@ class _TrainingRun:
             self.save(self.trained)
 
     def _consider(self, stages, score, iteration):
-        """Keep ``stages`` as the best so far if they score higher than the best (with
-        held-out pixels: and beat the starting point by :data:`SIGNIFICANCE` standard
-        errors)."""
+        """Keep ``stages`` as the best so far if they score higher than the best (judged per
+        pixel, by held-out pixels or a twin run: and beat the starting point by
+        :data:`SIGNIFICANCE` standard errors)."""
         best = self.state.best
-        if iteration and self.held_out is not None:
+        if iteration and self.judge is not None:
             if self.start_maps is None:  # (a resumed run: the starting point's, again)
-                self.start_maps = self.held_out.maps(_to_model(
-                    unpack_params(self.start_params, self.spec), self.spec, self.config))
-            z = self.held_out.gain_z(self.start_maps, self.held_out.last_maps)
+                start = _to_model(unpack_params(self.start_params, self.spec), self.spec,
+                                  self.config)
+                self.start_maps = (self.judge.maps(start, start) if self.twin is not None
+                                   else self.judge.maps(start))
+            z = self.judge.gain_z(self.start_maps, self.judge.last_maps)
             self.state.history[-1]["gain_z"] = z
             if z < SIGNIFICANCE:
                 return
@@ -307,15 +340,17 @@ class _TrainingRun:
         """Train all stages together; with held-out pixels (or validation images), the run's
         result is the best of the starting point and every checkpoint by their estimate."""
         config, spec, state = self.config, self.spec, self.state
-        judged = self.held_out is not None or self.validation is not None
+        judged = self.judge is not None or self.validation is not None
         if judged and state.best is None and self.trained:
+            if self.twin is not None:
+                self.twin_stages = self.trained  # (the twin starts where the run does)
             start = self.score(self.trained)
             self.reporter.validation = start
             self.log(f"starting point: validation PSNR{self.val_kind} {start:.3f}")
             state.history.append({"phase": "joint-start", "iteration": 0, "val_psnr": start})
             self.start_params = pack_params(self.trained)
-            if self.held_out is not None:
-                self.start_maps = self.held_out.last_maps
+            if self.judge is not None:
+                self.start_maps = self.judge.last_maps
             self._consider(self.trained, start, 0)
             self.save(self.trained)
         if (config.joint_iterations > 0 and state.done < config.joint_iterations
@@ -346,15 +381,23 @@ class _TrainingRun:
     def _joint_iterations(self):
         config, spec, state = self.config, self.spec, self.state
         obj = _Objective(self.batch, self.n_px, "all", loss=config.loss, key=(0,))
+        x = pack_params(self.trained)
+        if self.twin is not None:  # the run's parameters, then its twin's (Adam: as if apart)
+            obj = _TwinObjective(obj, _Objective(self.twin_batch, self.n_px, "all",
+                                                 loss=config.loss, key=(0,)))
+            x = np.concatenate([x, pack_params(self.twin_stages or self.trained)])
+        n = pack_params(self.trained).size
 
         def on_chunk(xv, done):
             state.done = done
-            self._chunk_done("joint", unpack_params(xv, spec), obj.last_loss_per_px,
+            if self.twin is not None:
+                self.twin_stages = unpack_params(xv[n:], spec)
+            self._chunk_done("joint", unpack_params(xv[:n], spec), obj.last_loss_per_px,
                              phase="joint")
 
-        xv = self._optimize(obj, pack_params(self.trained), config.joint_iterations,
-                            f"joint {config.n_stages} stages", on_chunk)
-        self.trained = unpack_params(xv, spec)
+        xv = self._optimize(obj, x, config.joint_iterations, f"joint {config.n_stages} stages",
+                            on_chunk)
+        self.trained = unpack_params(xv[:n], spec)
 
     def final_loss(self):
         """The loss of the trained stages (SURE: on a probe no chunk was fitted to) and the
@@ -393,6 +436,7 @@ class _TrainingRun:
             **({} if state.best is None else {"result": {
                 "judged_by": "validation PSNR" + self.val_kind,
                 "held_out_fraction": config.holdout,
+                **({} if self.twin is None else {"twin_probe_step": self.twin.eps}),
                 "start_score": self._start_score(),
                 "best_score": state.best["score"],
                 "best_joint_iteration": state.best["iteration"],
