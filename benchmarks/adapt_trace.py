@@ -1,22 +1,24 @@
-"""Trace of SURE adaptation on Set12: every held-out judgement beside the truth (issue 33).
+"""Trace of SURE adaptation on Set12: every judgement of the run beside the truth (issue 33).
 
     python benchmarks/adapt_trace.py [--only 01.png,02.png] [--results benchmarks/results/adapt_trace.jsonl]
     python benchmarks/adapt_trace.py --replay [--results ...]
 
 For each Set12 image (noise 25 as ``adapt_defaults.py --door fit`` adds it), the fit door with
-its defaults, except that it never stops early (``patience=0``: all 100 steps), so that every
+its defaults, except that it never stops early (``patience=0``: all its steps), so that every
 checkpoint is seen: ``fit([noisy], sigma=25, loss="sure", init="trd-gauss-s25-7x7-5st",
-patience=0)``. At each judgement (every 5 steps) a row records the held-out estimate (validation
-PSNR on the held-out pixels, SURE), its paired gain over the start in standard errors
-(``gain_z``, the quantity the acceptance rule compares with ``loop.SIGNIFICANCE``) and the true
-PSNR of the checkpoint's model on the whole image (``denoise_trd(noisy, 25, model=...)``
-against the clean image, never seen by the run). With these rows other acceptance rules and
-patiences can be replayed offline without running the adaptation again (``--replay``: for
-each threshold on ``gain_z`` and patience, the mean and least true gain over the traced images,
-with the rule of ``loop._TrainingRun._consider``: a checkpoint is kept if its ``gain_z`` reaches
-the threshold and its estimate beats the kept one's; the run stops once ``patience``
-judgements pass without a kept checkpoint). One thread; rows are appended as they come (JSON
-lines) and images already traced are skipped.
+patience=0)``. At each judgement (every 5 steps) a row records the run's estimate (``estimate``:
+the PSNR its judge estimates, the twin run's SURE of the whole adaptation by default; rows of
+``adapt_trace_heldout.jsonl``, traced before the twin run existed, hold the held-out pixels'
+as ``held_out``), its paired gain over the start in standard errors (``gain_z``, the quantity
+the acceptance rule compares with ``objectives.SIGNIFICANCE``) and the true PSNR of the
+checkpoint's model on the whole image (``denoise_trd(noisy, 25, model=...)`` against the clean
+image, never seen by the run). With these rows other acceptance rules and patiences can be
+replayed offline without running the adaptation again (``--replay``: for each threshold on
+``gain_z`` and patience, the mean and least true gain over the traced images, with the rule of
+``loop._TrainingRun._consider``: a checkpoint is kept if its ``gain_z`` reaches the threshold and
+its estimate beats the kept one's; the run stops once ``patience`` judgements pass without a
+kept checkpoint). One thread; rows are appended as they come (JSON lines) and images already
+traced are skipped.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ from _data import load_jsonl  # noqa: E402
 from adapt_defaults import BASE, SIGMA, psnr_of, set_images  # noqa: E402
 
 from skimage_trd import load_model  # noqa: E402
-from skimage_trd.train import fit, loop  # noqa: E402
+from skimage_trd.train import DEFAULTS, fit, loop  # noqa: E402
+
+STEPS = DEFAULTS["adapt"]["iterations"]  # (fit's default: every step of a run is traced)
 
 
 def trace(name, clean, noisy, out):
@@ -44,7 +48,8 @@ def trace(name, clean, noisy, out):
     def consider(self, stages, score, iteration):
         original(self, stages, score, iteration)
         model = loop._to_model(stages, self.spec, self.config)
-        row = {"image": name, "iteration": int(iteration), "held_out": float(score),
+        row = {"image": name, "iteration": int(iteration), "estimate": float(score),
+               "judge": "twin" if self.twin is not None else "held-out",
                "gain_z": self.state.history[-1].get("gain_z"),
                "true": psnr_of(model, noisy, clean)}
         out.write(json.dumps(row) + "\n")
@@ -60,6 +65,10 @@ def trace(name, clean, noisy, out):
         loop._TrainingRun._consider = original
 
 
+def _estimate(row):
+    return row.get("estimate", row.get("held_out"))  # (rows traced before the twin run)
+
+
 def replay(rows, threshold, patience):
     """{image: true gain} under an acceptance rule (see the module's text)."""
     gains = {}
@@ -71,7 +80,7 @@ def replay(rows, threshold, patience):
             if patience and r["iteration"] - best_it > patience * 5:
                 break
             if r["gain_z"] is not None and r["gain_z"] >= threshold and (
-                    best is None or r["held_out"] > best["held_out"]):
+                    best is None or _estimate(r) > _estimate(best)):
                 best, best_it = r, r["iteration"]
         gains[image] = (best["true"] if best else start) - start
     return gains
@@ -86,9 +95,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.replay:
         rows = list(load_jsonl(args.results, id).values())
-        complete = {r["image"] for r in rows if r.get("iteration") == 100}
+        steps = max(r["iteration"] for r in rows)  # (the traced runs' length: 100 before the twin)
+        complete = {r["image"] for r in rows if r.get("iteration") == steps}
         rows = [r for r in rows if r["image"] in complete]
-        print(f"{len(complete)} images traced to 100 steps\n| gain_z at least | patience "
+        print(f"{len(complete)} images traced to {steps} steps\n| gain_z at least | patience "
               "(judgements) | mean true gain | least | images changed |\n|---|---|---|---|---|")
         for threshold in (0.0, 0.5, 1.0, 1.5, 2.0, 2.5):
             for patience in (2, 4, 6, 0):
@@ -99,7 +109,7 @@ def main(argv=None):
         start = {r["image"]: r["true"] for r in rows if r["iteration"] == 0}
         best = {i: max(r["true"] for r in rows if r["image"] == i) - start[i] for i in start}
         print(f"\nbest checkpoint by the truth (a bound): mean {sum(best.values()) / len(best):+.3f}")
-        for it in (10, 20, 50, 100):
+        for it in sorted({10, 20, steps // 2, steps}):
             g = [r["true"] - start[r["image"]] for r in rows if r["iteration"] == it]
             print(f"always {it} steps: mean {sum(g) / len(g):+.3f}, least {min(g):+.3f}")
         return
@@ -107,7 +117,7 @@ def main(argv=None):
     if args.only:
         images = [im for im in images if im[0] in args.only.split(",")]
     done = {r["image"] for r in load_jsonl(args.results, lambda r: id(r)).values()
-            if r.get("iteration") == 100}
+            if r.get("iteration") == STEPS}
     with args.results.open("a") as out:
         for name, clean, noisy in images:
             if name not in done:
