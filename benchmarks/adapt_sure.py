@@ -76,7 +76,9 @@ def measure(args, results_path):
             tuned = fit([noisy], sigma=args.sigma, loss="sure", init=base, iterations=args.steps,
                         chunk=args.chunk or args.steps, optimizer=args.optimizer,
                         learning_rate=args.learning_rate, patch=args.patch,
-                        patches=args.patches, holdout=args.holdout, patience=0)
+                        patches=args.patches, holdout=args.holdout,
+                        twin=args.twin and args.optimizer == "adam" and not args.holdout,
+                        patience=0)
             seconds = time.perf_counter() - t0
             before = psnr(denoise_trd(noisy, args.sigma, model=base, data_range=255.0), clean)
             after = psnr(denoise_trd(noisy, args.sigma, model=tuned, data_range=255.0), clean)
@@ -97,6 +99,7 @@ def measure(args, results_path):
 def _setting(args):
     text = f"{args.optimizer} steps={args.steps} lr={args.learning_rate:g} chunk={args.chunk}"
     text += f" patch={args.patch}x{args.patches}" if args.patch else ""
+    text += " twin" if args.twin else ""
     return text + (f" holdout={args.holdout:g}" if args.holdout else "")
 
 
@@ -118,7 +121,11 @@ def main(argv=None):
     ap.add_argument("--patches", type=int, default=4)
     ap.add_argument("--holdout", type=float, default=0.0,
                     help="pixels held out to pick the best step (fit's default for fine-tuning "
-                         "is 0.2; 0 reproduces the runs of docs/models.md's explicit settings)")
+                         "judges by a twin run instead; 0 without --twin reproduces the runs "
+                         "of docs/models.md's explicit settings)")
+    ap.add_argument("--twin", action="store_true",
+                    help="judge by a twin run (fit's default for fine-tuning with Adam; the "
+                         "best step by it is the result)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--results", type=Path,
                     default=Path(__file__).resolve().parent / "results" / "adapt_sure.jsonl")

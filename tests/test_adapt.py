@@ -440,3 +440,37 @@ def test_a_resumed_twin_run_continues_where_it_stopped(small_base, tmp_path):
             np.testing.assert_array_equal(a[key], b[key])
     np.testing.assert_array_equal(resumed.weights, straight.weights)
     assert resumed.metadata["provenance"]["result"] == straight.metadata["provenance"]["result"]
+
+
+def test_the_judge_gets_the_twin_runs_parameters(monkeypatch, small_base, tmp_path):
+    # every estimate compares the run's stages with its twin's (never the run's twice)
+    from skimage_trd.train.gradients import pack_params
+
+    clean, noisy = _noisy(64)
+    seen = []
+    psnr = TwinEstimate.psnr
+
+    def spy(self, stages, twin_stages, spec, config):
+        seen.append((pack_params(stages), pack_params(twin_stages)))
+        return psnr(self, stages, twin_stages, spec, config)
+
+    monkeypatch.setattr(TwinEstimate, "psnr", spy)
+    fit([noisy], sigma=25, loss="sure", init=small_base, iterations=4, chunk=2, patience=0,
+        checkpoint_dir=tmp_path)
+    np.testing.assert_array_equal(*seen[0])  # the start: both the same
+    with np.load(tmp_path / "checkpoint.npz") as z:
+        np.testing.assert_array_equal(seen[-1][0], z["params"])
+        np.testing.assert_array_equal(seen[-1][1], z["twin_params"])
+    assert not np.array_equal(*seen[-1])
+
+
+def test_the_twin_is_an_option(small_base):
+    clean, noisy = _noisy(64)
+    plain = fit([noisy], sigma=25, loss="sure", init=small_base, iterations=2, chunk=1,
+                holdout=0, twin=False)  # no judge: the last parameters
+    assert "result" not in plain.metadata["provenance"]
+    assert not plain.metadata["provenance"]["config"]["twin"]
+    with pytest.raises(ValueError, match="twin=True"):
+        fit([noisy], sigma=25, loss="sure", init=small_base, optimizer="lbfgs", twin=True)
+    with pytest.raises(ValueError, match="twin=True"):
+        fit([noisy], sigma=25, loss="sure", init=small_base, holdout=0.2, twin=True)

@@ -58,7 +58,8 @@ def _tune(groups, progress, what):
         result = tuned[name].metadata["provenance"].get("result", {})
         logger.info("%s: estimated %.3f -> %.3f dB (%s)%s", name,
                     result.get("start_score", float("nan")),
-                    result.get("best_score", float("nan")), result.get("judged_by", "?"),
+                    result.get("best_score", float("nan")),
+                    result.get("judged_by", result.get("reason", "")),
                     " (unchanged)" if result.get("unchanged") else "")
     return tuned
 
@@ -95,7 +96,7 @@ def adapt_volume_bank(image, sigmas, layout, opts, progress=None):
 def adapt_bank(image, sigmas, channel_axis, opts, progress=None):
     """``opts`` with each model of its bank that some plane of ``image`` would use replaced
     by that model fine-tuned by SURE on those planes (or kept, where fine-tuning did not beat
-    it on the held-out pixels). Progress is reported as ``progress(done, total)`` over the
+    it by the run's estimate). Progress is reported as ``progress(done, total)`` over the
     fine-tuning iterations of all models."""
     groups = _model_scale_planes(image, sigmas, channel_axis, opts)
     tuned = _tune(groups, progress, "plane(s)")

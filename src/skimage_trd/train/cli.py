@@ -97,7 +97,12 @@ def _parser(prog="python -m skimage_trd.train"):
                          "best by that estimate, never worse than the --init model (default: "
                          "0; --loss sure with --init is judged by a twin run of the same "
                          "adaptation instead, SURE of the whole procedure on every pixel, "
-                         f"and with --optimizer lbfgs by {tune['holdout']})")
+                         f"and with --optimizer lbfgs, volume models or --validation by "
+                         f"{tune['holdout']})")
+    ap.add_argument("--twin", action=argparse.BooleanOptionalAction, default=None,
+                    help="--loss sure with --init and Adam: judge by a twin run (default: yes "
+                         "for images, unless --holdout or --validation); --no-twin: held-out "
+                         "pixels instead (with --holdout 0: no judge, the last parameters)")
     ap.add_argument("--patience", type=int,
                     help="stop after this many checkpoints without a better estimate, 0: "
                          f"never (default: {tune['patience']} for --loss sure with --init, "
@@ -204,7 +209,8 @@ def command(argv=None, prog="python -m skimage_trd.train"):
                     n_stages=args.stages, greedy_iterations=args.greedy_iterations,
                     iterations=args.joint_iterations, optimizer=args.optimizer,
                     learning_rate=args.learning_rate, patch=args.patch, patches=args.patches,
-                    holdout=args.holdout, patience=args.patience, crop=crop, chunk=args.chunk, seed=args.seed,
+                    holdout=args.holdout, twin=args.twin, patience=args.patience, crop=crop,
+                    chunk=args.chunk, seed=args.seed,
                     dtype=args.dtype, photons=photons, validation=validation,
                     backend=args.backend, checkpoint_dir=out, log=log, names=names,
                     data_source=str(args.data) + (f" and {args.noisy}" if args.noisy else ""),

@@ -59,8 +59,8 @@ class TrainingConfig:
     # plus a small known perturbation run beside it (objectives.TwinEstimate: SURE of the whole
     # procedure, training included, on every pixel; no pixel held out)
     twin: bool = False
-    # the joint phase stops after this many checkpoints in a row without a better score on
-    # the held-out pixels (0: it runs its iterations)
+    # the joint phase stops after this many checkpoints in a row without a better score by
+    # the judge (held-out pixels, twin run, validation images; 0: it runs its iterations)
     patience: int = 0
     # volume models: filter taps along z (filters depth x kernel_size x kernel_size); None: 2-D
     depth: int | None = None
@@ -168,7 +168,7 @@ class RunState:
     history: list = field(default_factory=list)
     sessions: list = field(default_factory=list)
     init_model: str | None = None
-    # the best score on the held-out pixels so far: {"score": PSNR, "iteration": joint
+    # the best score by the run's judge so far: {"score": PSNR, "iteration": joint
     # iterations done, or 0 for the starting point} (its parameters in the checkpoint)
     best: dict | None = None
     stopped_early: bool = False  # the joint phase stopped (patience ran out)

@@ -57,7 +57,8 @@ DEFAULTS = {
 def fine_tuning_defaults(loss="sure"):
     """The settings :func:`fit` uses to fine-tune a model by ``loss`` when none are given (a
     dict: optimizer, learning_rate, iterations, chunk, twin, holdout, patience, patch,
-    patches; ``twin``: judged by a twin run, ``holdout``: by held-out pixels)."""
+    patches; ``twin``: judged by a twin run, ``holdout``: by held-out pixels). For 2-D
+    models; adapting a volume model, ``DEFAULTS["adapt_volume"]`` replaces some of them."""
     d = DEFAULTS["adapt" if loss == "sure" else "new"]
     twin = d.get("twin", False)
     return {"optimizer": DEFAULTS["optimizer"].get("adapt" if loss == "sure" else "new", "lbfgs"),
@@ -125,7 +126,7 @@ def _square_tiles(planes, size):
 
 def fit(images, *, sigma=None, loss="mse", targets=None, init=None, task="denoise",
         quality=None, kernel_size=None, n_stages=None, greedy_iterations=None, iterations=None,
-        optimizer=None, learning_rate=None, patch=None, patches=None, holdout=None,
+        optimizer=None, learning_rate=None, patch=None, patches=None, holdout=None, twin=None,
         patience=None, crop="auto", chunk=None, seed=0, dtype="float32", photons=None, validation=None,
         backend="numba", checkpoint_dir=None, callback=None, log=None, names=None,
         data_source=None, command=None, depth=None) -> TRDModel:
@@ -152,7 +153,7 @@ def fit(images, *, sigma=None, loss="mse", targets=None, init=None, task="denois
         Fine-tune this model (a shipped name, a file, or a model; rescaled to ``sigma`` if it
         was trained for another level): joint training from it, its filter size, stages and
         RBF grid kept. The result is named ``<init>-<loss>-<data digest>``; if no iteration
-        beats the starting model by the run's estimate (``holdout``), the starting model comes
+        beats the starting model by the run's estimate (``twin``, ``holdout``), the starting model comes
         back unchanged (said in the log and in ``metadata['provenance']['result']``).
     task, quality : optional
         ``'deblock'`` with a JPEG ``quality`` trains a deblocking model (``loss='mse'``).
@@ -182,6 +183,11 @@ def fit(images, *, sigma=None, loss="mse", targets=None, init=None, task="denois
         (:class:`~skimage_trd.train.objectives.TwinEstimate`); with ``optimizer='lbfgs'``
         and for volume models by 0.2 held out. Fine-tuning with clean targets or Noise2Noise
         pairs can be judged by held-out pixels too: give it.
+    twin : bool, optional
+        Judge an adaptation by SURE with Adam by a twin run (above). Default: yes where
+        nothing is held out and no ``validation`` images are given (2-D models). ``False``:
+        held-out pixels judge instead (``holdout``, 0.2 unless given; with ``holdout=0`` no
+        judge: the last parameters are the result).
     patience : int, optional
         Stop the joint phase after this many checkpoints in a row without a better estimate
         (held-out, twin run or validation) (0: run every iteration). Default: 4 adapting a
@@ -193,7 +199,7 @@ def fit(images, *, sigma=None, loss="mse", targets=None, init=None, task="denois
         of the smallest side cut from every image (SURE's random windows need neither);
         deblocking: 176x176 (whole JPEG blocks), or the most whole blocks that fit.
     chunk : int, optional
-        Iterations between checkpoints (and held-out estimates; L-BFGS restarts there).
+        Iterations between checkpoints (and the judge's estimates; L-BFGS restarts there).
     seed, dtype, backend, checkpoint_dir
         As in :func:`train_model` (``checkpoint_dir``: a resumable run).
     photons : dict, optional
@@ -221,7 +227,7 @@ def fit(images, *, sigma=None, loss="mse", targets=None, init=None, task="denois
     -------
     TRDModel
         With its provenance in ``metadata['provenance']`` (configuration, data digest, seeds,
-        iterations, the held-out scores, the starting model, the git commit).
+        iterations, the judge's scores, the starting model, the git commit).
 
     Examples
     --------
@@ -311,7 +317,13 @@ def fit(images, *, sigma=None, loss="mse", targets=None, init=None, task="denois
         chunk = d["chunk"]
     # the judge of an adaptation: a twin run (Adam), else held-out pixels (L-BFGS couples the
     # parameters of a run and its twin: they cannot share one optimiser)
-    twin = bool(d.get("twin")) and optimizer == "adam" and not holdout and validation is None
+    if twin is None:
+        twin = bool(d.get("twin")) and optimizer == "adam" and not holdout and validation is None
+    elif twin and not (kind == "adapt" and optimizer == "adam" and not holdout
+                       and validation is None):
+        raise ValueError("twin=True judges adapting a model (init) by SURE with Adam, nothing "
+                         "held out and no validation images")
+    twin = bool(twin)
     if holdout is None:
         holdout = d["holdout"] if task == "denoise" and not twin else 0.0
     if patience is None:

@@ -1,5 +1,6 @@
 """The training loop: greedy stages, then the joint phase, with checkpoints after every chunk
-of iterations, the held-out estimate that picks the parameters a run returns, and the
+of iterations, the estimate that picks the parameters a run returns (held-out pixels or a
+twin run), and the
 provenance of the model (:func:`train_model`)."""
 
 from __future__ import annotations
@@ -122,6 +123,8 @@ def train_model(
         With ``metadata['provenance']`` recording configuration, data, seeds,
         iterations, final loss and the git commit of the code.
     """
+    if config.twin and validation is not None:
+        raise ValueError("a run judged by a twin run (config.twin) takes no validation images")
     data = _prepare_data(clean, noisy, config, names, init_model)
     batch = _make_batch(data, config, backend, init_model, log)
     twin = None
@@ -140,7 +143,7 @@ def train_model(
     provenance = run.provenance(data_source=data_source, command=command, init_model=init_model)
     metadata = {"provenance": provenance, "source": "skimage_trd.train"}
     if init_model is not None and run.unchanged:
-        # nothing beat the starting model on the held-out pixels: it is handed back as it was
+        # nothing beat the starting model by the run's estimate: it is handed back as it was
         meta = dict(init_model.metadata)  # (its own provenance is in provenance's
         meta.update(metadata)                #  initial_model)
         return replace_model(init_model, metadata=meta)
@@ -198,7 +201,7 @@ class _TrainingRun:
         self.reporter.validation_name = "validation PSNR" + self.val_kind
         self.best_params = self.ckpt.best_params if self.ckpt is not None else None
         self.start_params = self.ckpt.start_params if self.ckpt is not None else None
-        self.start_maps = None  # the starting point's held-out estimates, per pixel
+        self.start_maps = None  # the starting point's estimates by the judge, per pixel
         self.unchanged = False  # the result is the starting point (nothing beat it)
 
     def _resume(self):
@@ -244,10 +247,10 @@ class _TrainingRun:
         return x
 
     def score(self, stages):
-        """The PSNR estimated on the held-out pixels for these stages, or the validation
-        images' mean PSNR (SURE's estimate without clean images), or None without either."""
+        """The PSNR the twin run's SURE or the held-out pixels estimate for these stages, or
+        the validation images' mean PSNR (SURE's estimate without clean images), or None."""
         if self.twin is not None:
-            return self.twin.psnr(stages, self.twin_stages or stages, self.spec, self.config)
+            return self.twin.psnr(stages, self._twin_stages(), self.spec, self.config)
         if self.held_out is not None:
             return self.held_out.psnr(stages, self.spec)
         if self.validation is None:
@@ -337,7 +340,7 @@ class _TrainingRun:
             self.best_params = pack_params(stages)
 
     def joint_phase(self):
-        """Train all stages together; with held-out pixels (or validation images), the run's
+        """Train all stages together; with a judge (or validation images), the run's
         result is the best of the starting point and every checkpoint by their estimate."""
         config, spec, state = self.config, self.spec, self.state
         judged = self.judge is not None or self.validation is not None
@@ -372,6 +375,14 @@ class _TrainingRun:
                          f"validation PSNR{self.val_kind} {best['score']:.3f} (starting point "
                          f"{self._start_score():.3f})")
 
+    def _twin_stages(self):
+        """The twin run's stages (never stand-ins: the run's own would make the estimate
+        SURE with the parameters taken as fixed, which the adaptation fools)."""
+        if self.twin_stages is None:
+            raise RuntimeError("the twin run's parameters are missing (a checkpoint written "
+                               "without them?): delete the run's checkpoint and start again")
+        return self.twin_stages
+
     def _start_score(self):
         for h in self.state.history:
             if h.get("phase") == "joint-start":
@@ -385,7 +396,7 @@ class _TrainingRun:
         if self.twin is not None:  # the run's parameters, then its twin's (Adam: as if apart)
             obj = _TwinObjective(obj, _Objective(self.twin_batch, self.n_px, "all",
                                                  loss=config.loss, key=(0,)))
-            x = np.concatenate([x, pack_params(self.twin_stages or self.trained)])
+            x = np.concatenate([x, pack_params(self._twin_stages())])
         n = pack_params(self.trained).size
 
         def on_chunk(xv, done):

@@ -1,6 +1,7 @@
 """What a run minimises and how it judges progress: the training batch with its loss and
 gradient (clean targets, Noise2Noise pairs, deblocking, or SURE on noisy images alone), the
-objective the optimisers call, and the estimate on the held-out pixels (:class:`HeldOut`)."""
+objective the optimisers call, and the estimates that judge a run: on the held-out pixels
+(:class:`HeldOut`) and SURE of the whole adaptation by a twin run (:class:`TwinEstimate`)."""
 
 from __future__ import annotations
 
@@ -194,7 +195,7 @@ class _Objective:
     """loss_and_grad with bookkeeping (timing, loss per pixel, training PSNR)."""
 
     # what the PSNR computed from the loss means, per loss (SURE: none, as the optimiser
-    # fits its estimate on the training pixels; the held-out estimate is what tells)
+    # fits its estimate on the training pixels; the judge's estimate is what tells)
     PSNR_NAMES = {"mse": "train PSNR", "sure": None, "n2n": "PSNR to the noisy targets"}
 
     def __init__(self, batch, n_px, stages, fixed=None, loss="mse", key=()):

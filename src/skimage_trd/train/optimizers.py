@@ -24,8 +24,8 @@ class TrainingStep(NamedTuple):
     total: int  # iterations of the whole run
     loss: float  # loss per pixel (the SURE estimate with loss='sure')
     psnr: float  # the PSNR that loss stands for (NaN for SURE: the optimiser fits that figure)
-    # the PSNR estimated on the held-out pixels at the last checkpoint (SURE's estimate
-    # without clean images; NaN before the first, or without held-out pixels)
+    # the PSNR the run's judge estimated at the last checkpoint (held-out pixels, the twin
+    # run's SURE, or validation images; NaN before the first, or without a judge)
     validation: float = float("nan")
 
 
@@ -37,7 +37,7 @@ class _Reporter:
         self.done = done_iterations
         self.t0 = time.perf_counter()
         self.done_at_start = done_iterations
-        self.validation = float("nan")  # the last held-out estimate (set by the run)
+        self.validation = float("nan")  # the judge's last estimate (set by the run)
         self.validation_name = "validation PSNR"
 
     def step(self, label, fun):
