@@ -38,16 +38,19 @@ def check(clean, noisy, steps, factor, seed):
     rows = []
     original = loop._TrainingRun._consider
 
+    def mse(model):
+        return float(np.mean((run_model(noisy, model, exact=False) - clean) ** 2))
+
+    start_mse = mse(load_model(BASE))
+
     def consider(self, stages, score, iteration):
         original(self, stages, score, iteration)
-        twin, spec, config = self.twin, self.spec, self.config
-        model = loop._to_model(stages, spec, config)
-        start = twin.maps(load_model(BASE), load_model(BASE))[0]
-        gain = float((start - twin.last_maps[0]).mean())
-        fixed = float((start - twin.maps(model, model)[0]).mean())
-        mse = [float(np.mean((run_model(noisy, m, exact=False) - clean) ** 2))
-               for m in (load_model(BASE), model)]
-        rows.append((iteration, mse[0] - mse[1], gain, fixed, self.state.history[-1].get("gain_z")))
+        model = loop._to_model(stages, self.spec, self.config)
+        start = self.start_maps[0]  # (the judge's maps of the starting model, run and twin)
+        gain = float((start - self.twin.last_maps[0]).mean())
+        fixed = float((start - self.twin.maps(model, model)[0]).mean())
+        rows.append((iteration, start_mse - mse(model), gain, fixed,
+                     self.state.history[-1].get("gain_z")))
 
     loop._TrainingRun._consider = consider
     try:

@@ -79,16 +79,23 @@ def test_pixels_near_a_clipping_bound_are_left_out_of_sure():
     assert w[:36].mean() < 0.05 and w[50:].mean() > 0.9  # the dark, clipped band is left out
 
 
+def _good_and_smooth():
+    """The shipped sigma-25 model and one that smooths too much (its sigma-35 rescaling run at
+    the scale of noise 25): two fixed models whose true errors differ."""
+    from skimage_trd.train import rescale_model
+
+    good = skimage_trd.load_model("trd-gauss-s25-7x7-5st")
+    smooth = rescale_model(good, 35.0)
+    smooth.sigma = 25.0
+    return good, smooth
+
+
 def test_held_out_sure_estimates_the_true_error_of_fixed_models():
     # SURE on the held-out pixels of two fixed models (the shipped one and one that smooths
     # too much) against the true squared error there: levels and, what picks a result, the
     # difference (deterministic: fixed seeds)
-    from skimage_trd.train import rescale_model
-
     run = skimage_trd.kernels.engine.run_model
-    good = skimage_trd.load_model("trd-gauss-s25-7x7-5st")
-    smooth = rescale_model(good, 35.0)
-    smooth.sigma = 25.0  # (run at the scale of noise 25: it smooths as for noise 35)
+    good, smooth = _good_and_smooth()
     cfg = TrainingConfig.for_model(good, sigma=25, greedy_iterations=0, joint_iterations=0,
                                    loss="sure", holdout=0.2)
     est, true = [], []
@@ -366,11 +373,7 @@ def test_the_twin_run_is_the_same_adaptation_of_the_perturbed_images(small_base,
 def test_the_twin_estimate_of_fixed_models_is_sure():
     # a twin that equals the run (no adaptation): SURE with the twin's probe, near the true
     # error, and the difference of two fixed models (what picks a result) too
-    from skimage_trd.train import rescale_model
-
-    good = skimage_trd.load_model("trd-gauss-s25-7x7-5st")
-    smooth = rescale_model(good, 35.0)
-    smooth.sigma = 25.0  # (run at the scale of noise 25: it smooths as for noise 35)
+    good, smooth = _good_and_smooth()
     cfg = TrainingConfig.for_model(good, sigma=25, greedy_iterations=0, joint_iterations=0,
                                    loss="sure", optimizer="adam", twin=True)
     run = skimage_trd.kernels.engine.run_model
